@@ -1,0 +1,943 @@
+//! [`SimFs`]: a deterministic in-memory disk with a page cache, durable media and a crash model.
+//!
+//! # Model
+//!
+//! * Every file keeps two images: `data` (what processes read: the page cache) and `durable` (what the
+//!   media holds), plus the byte ranges written since the last sync. `sync` copies those ranges (and
+//!   the length) from cache to media.
+//! * Every directory keeps two child maps: `children` (what processes see) and `durable_children`
+//!   (what the media's directory block holds). `sync_dir` copies one to the other. Create, rename and
+//!   remove change `children` only. This is stricter than ext4's journal (which commits a rename
+//!   atomically): a rename between two directories is durable in each only after *that* directory is
+//!   synced, so callers must sync both.
+//! * [`CrashKind::ProcessKill`]: the page cache survives; open handles die. An armed crash that lands
+//!   on a write lets a prefix of its sectors reach the cache first (a write stopped part way).
+//! * [`CrashKind::PowerLoss`]: every directory reverts to its durable children (never-synced entries
+//!   vanish, unsynced removals come back); every unsynced sector of a surviving file is kept, dropped
+//!   (the media's previous bytes; zeros past the durable end) or filled with garbage, drawn
+//!   independently from [`crate::SectorOdds`]. Only the unsynced bytes of a sector change: synced
+//!   data is never touched. An unsynced length change survives with the keep odds.
+//! * Faults: `EIO`, bit flips ([`crate::FaultRule`]), `ENOSPC` at a capacity, `EXDEV` across
+//!   declared mounts, explicit [`SimFs::flip_bit`]. Faults are applied to the stored bytes, so a
+//!   re-read never heals them.
+//! * All randomness comes from one `ChaCha8` stream seeded at construction; maps are `BTreeMap`s, so
+//!   the same seed and the same calls give the same bytes.
+//!
+//! Counters of every fault path that fired are kept ([`SimFs::coverage`]) so a test can prove the
+//! fault it names actually happened.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use durakv::io::{DeviceId, DirEntry, EntryKind, Fs, FsFile, Metadata, OpenOptions};
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::options::{FaultEffect, OpKind, OptionsError, SectorFate, SimFsOptions};
+
+/// How a simulated node dies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CrashKind {
+    /// OOM-kill or SIGKILL: the process dies, the kernel's page cache survives.
+    ProcessKill,
+    /// The machine loses power: the page cache is lost, unsynced sectors meet their fates.
+    PowerLoss,
+}
+
+/// How much of a write that a crash interrupts reaches the page cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TornWrite {
+    /// The seeded RNG picks how many of the write's sectors landed (0 to all).
+    Random,
+    /// Exactly this many sectors (clamped to the write's sector count) landed.
+    Sectors(u64),
+}
+
+/// The error every operation returns while the simulated process is dead (after an armed crash
+/// fired, until [`SimFs::resume`]), and on a handle opened before a crash.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("simulated crash: {0}")]
+pub struct SimCrashed(pub &'static str);
+
+/// Is this error the simulated crash (rather than an injected fault or a real bug)?
+pub fn is_crash_error(err: &io::Error) -> bool {
+    err.get_ref().is_some_and(|e| e.downcast_ref::<SimCrashed>().is_some())
+}
+
+fn crashed(why: &'static str) -> io::Error {
+    io::Error::other(SimCrashed(why))
+}
+
+fn os_err(code: i32) -> io::Error {
+    io::Error::from_raw_os_error(code)
+}
+
+fn not_found(path: &Path) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, format!("{}: no such file or directory", path.display()))
+}
+
+const ROOT: u64 = 0;
+
+#[derive(Debug, Clone, Default)]
+struct FileData {
+    data: Vec<u8>,
+    durable: Vec<u8>,
+    /// Byte ranges written since the last sync: start -> end, disjoint and coalesced.
+    dirty: BTreeMap<u64, u64>,
+    /// The length changed (set_len) since the last sync.
+    len_dirty: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct DirData {
+    children: BTreeMap<String, u64>,
+    durable_children: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone)]
+enum Inode {
+    File(FileData),
+    Dir(DirData),
+}
+
+struct Armed {
+    at_op: u64,
+    kind: CrashKind,
+    torn: TornWrite,
+}
+
+struct State {
+    opts: SimFsOptions,
+    rng: ChaCha8Rng,
+    inodes: BTreeMap<u64, Inode>,
+    next_ino: u64,
+    /// Bumped by every crash; handles from an older generation are dead.
+    generation: u64,
+    /// Durability operations (everything but reads) run so far: the crash points.
+    ops_done: u64,
+    armed: Option<Armed>,
+    halted: bool,
+    rule_fires: Vec<u64>,
+    coverage: BTreeMap<&'static str, u64>,
+}
+
+/// The simulated disk. Cloning gives another handle to the same disk (one per simulated node, kept
+/// across that node's restarts).
+#[derive(Clone)]
+pub struct SimFs {
+    state: Arc<Mutex<State>>,
+}
+
+impl fmt::Debug for SimFs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimFs").finish_non_exhaustive()
+    }
+}
+
+impl SimFs {
+    /// A fresh, empty disk (only `/` exists, durably).
+    pub fn new(seed: u64, opts: SimFsOptions) -> Result<Self, OptionsError> {
+        opts.validate()?;
+        let mut inodes = BTreeMap::new();
+        inodes.insert(ROOT, Inode::Dir(DirData::default()));
+        let rule_fires = vec![0; opts.rules.len()];
+        Ok(SimFs {
+            state: Arc::new(Mutex::new(State {
+                opts,
+                rng: ChaCha8Rng::seed_from_u64(seed),
+                inodes,
+                next_ino: ROOT + 1,
+                generation: 0,
+                ops_done: 0,
+                armed: None,
+                halted: false,
+                rule_fires,
+                coverage: BTreeMap::new(),
+            })),
+        })
+    }
+
+    /// A disk with default options.
+    pub fn with_seed(seed: u64) -> Self {
+        match Self::new(seed, SimFsOptions::default()) {
+            Ok(fs) => fs,
+            Err(e) => unreachable!("default options are valid: {e}"),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock is a bug in this module; the state is still the best record
+        // of what happened, so keep using it.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Crash now. Open handles die; the disk stays usable (the restarted process opens new handles).
+    pub fn crash(&self, kind: CrashKind) {
+        self.lock().crash(kind);
+    }
+
+    /// Crash during durability operation number `at_op` (0-based; see [`SimFs::ops_done`]): that
+    /// operation does not complete (a write may land part way), it and every later operation fail with
+    /// [`SimCrashed`] until [`SimFs::resume`].
+    pub fn arm_crash(&self, at_op: u64, kind: CrashKind, torn: TornWrite) {
+        self.lock().armed = Some(Armed { at_op, kind, torn });
+    }
+
+    /// The simulated process restarts: operations work again (old handles stay dead).
+    pub fn resume(&self) {
+        let mut s = self.lock();
+        s.halted = false;
+        s.armed = None;
+    }
+
+    /// Did an armed crash fire (and the process not yet resume)?
+    pub fn is_halted(&self) -> bool {
+        self.lock().halted
+    }
+
+    /// Durability operations run so far (writes, syncs, dir syncs, renames, removes, set_len, creates).
+    pub fn ops_done(&self) -> u64 {
+        self.lock().ops_done
+    }
+
+    /// How often each fault path fired, by name (`crash.power_loss`, `fault.eio.sync`, …).
+    pub fn coverage(&self) -> BTreeMap<&'static str, u64> {
+        self.lock().coverage.clone()
+    }
+
+    /// Flip one bit of a file on the media and in the cache (silent corruption).
+    pub fn flip_bit(&self, path: &Path, offset: u64, bit: u8) -> io::Result<()> {
+        let mut s = self.lock();
+        let ino = s.resolve(path)?;
+        let f = s.file_mut(ino, path)?;
+        let mask = 1u8 << (bit % 8);
+        let mut flipped = false;
+        for image in [&mut f.data, &mut f.durable] {
+            if let Some(b) = usize::try_from(offset).ok().and_then(|o| image.get_mut(o)) {
+                *b ^= mask;
+                flipped = true;
+            }
+        }
+        if !flipped {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "offset past end of file"));
+        }
+        s.cover("fault.bit_flip.explicit");
+        Ok(())
+    }
+
+    /// Flip a seeded random bit of a file; returns the offset and bit flipped.
+    pub fn flip_random_bit(&self, path: &Path) -> io::Result<(u64, u8)> {
+        let (offset, bit) = {
+            let mut s = self.lock();
+            let ino = s.resolve(path)?;
+            let len = s.file_mut(ino, path)?.data.len() as u64;
+            if len == 0 {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty file"));
+            }
+            let offset = s.rng.random_range(0..len);
+            let bit = s.rng.random_range(0..8u8);
+            (offset, bit)
+        };
+        self.flip_bit(path, offset, bit)?;
+        Ok((offset, bit))
+    }
+
+    /// Every file's cached (what a process reads) image, by path.
+    pub fn cached_image(&self) -> BTreeMap<PathBuf, Vec<u8>> {
+        self.lock().image(false)
+    }
+
+    /// Every file's durable image (what a power loss right now would start from), by path, walking
+    /// the durable directory entries.
+    pub fn durable_image(&self) -> BTreeMap<PathBuf, Vec<u8>> {
+        self.lock().image(true)
+    }
+}
+
+impl State {
+    fn cover(&mut self, what: &'static str) {
+        *self.coverage.entry(what).or_insert(0) += 1;
+    }
+
+    fn sector(&self) -> u64 {
+        self.opts.sector_size_bytes
+    }
+
+    fn file_mut(&mut self, ino: u64, path: &Path) -> io::Result<&mut FileData> {
+        match self.inodes.get_mut(&ino) {
+            Some(Inode::File(f)) => Ok(f),
+            Some(Inode::Dir(_)) => Err(os_err(libc::EISDIR)),
+            None => Err(not_found(path)),
+        }
+    }
+
+    fn dir_mut(&mut self, ino: u64) -> io::Result<&mut DirData> {
+        match self.inodes.get_mut(&ino) {
+            Some(Inode::Dir(d)) => Ok(d),
+            Some(Inode::File(_)) => Err(os_err(libc::ENOTDIR)),
+            None => Err(os_err(libc::ENOENT)),
+        }
+    }
+
+    /// Split an absolute path into its names. `..` and relative paths are refused.
+    fn names(path: &Path) -> io::Result<Vec<String>> {
+        if !path.is_absolute() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("SimFs needs absolute paths, got {}", path.display()),
+            ));
+        }
+        let mut out = Vec::new();
+        for c in path.components() {
+            match c {
+                Component::RootDir | Component::CurDir => {}
+                Component::Normal(n) => out.push(
+                    n.to_str()
+                        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "non-UTF-8 path"))?
+                        .to_string(),
+                ),
+                Component::ParentDir | Component::Prefix(_) => {
+                    return Err(io::Error::new(io::ErrorKind::InvalidInput, "`..` in SimFs path"));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn resolve(&self, path: &Path) -> io::Result<u64> {
+        let mut ino = ROOT;
+        for name in Self::names(path)? {
+            ino = match self.inodes.get(&ino) {
+                Some(Inode::Dir(d)) => *d.children.get(&name).ok_or_else(|| not_found(path))?,
+                _ => return Err(os_err(libc::ENOTDIR)),
+            };
+        }
+        Ok(ino)
+    }
+
+    /// The parent directory's inode and the last name.
+    fn resolve_parent(&self, path: &Path) -> io::Result<(u64, String)> {
+        let mut names = Self::names(path)?;
+        let last = names
+            .pop()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the root has no parent"))?;
+        let mut ino = ROOT;
+        for name in names {
+            ino = match self.inodes.get(&ino) {
+                Some(Inode::Dir(d)) => *d.children.get(&name).ok_or_else(|| not_found(path))?,
+                _ => return Err(os_err(libc::ENOTDIR)),
+            };
+        }
+        match self.inodes.get(&ino) {
+            Some(Inode::Dir(_)) => Ok((ino, last)),
+            _ => Err(os_err(libc::ENOTDIR)),
+        }
+    }
+
+    fn device(&self, path: &Path) -> DeviceId {
+        let mut best: Option<(usize, usize)> = None;
+        for (i, m) in self.opts.mounts.iter().enumerate() {
+            if path.starts_with(m) {
+                let depth = m.components().count();
+                if best.is_none_or(|(_, d)| depth > d) {
+                    best = Some((i, depth));
+                }
+            }
+        }
+        DeviceId(best.map_or(0, |(i, _)| i as u64 + 1))
+    }
+
+    /// Start a durability operation: count it, fire an armed crash, apply fault rules. Returns the
+    /// armed crash if this operation is the one it lands on (the caller applies the partial effect).
+    fn begin(&mut self, op: OpKind, path: &Path) -> io::Result<Option<Armed>> {
+        if self.halted {
+            return Err(crashed("the process was killed; resume() restarts it"));
+        }
+        let this_op = self.ops_done;
+        self.ops_done += 1;
+        if self.armed.as_ref().is_some_and(|a| a.at_op == this_op) {
+            self.halted = true;
+            return Ok(self.armed.take());
+        }
+        self.check_eio(op, path)?;
+        Ok(None)
+    }
+
+    fn check_eio(&mut self, op: OpKind, path: &Path) -> io::Result<()> {
+        if self.fire(FaultEffect::Eio, op, path) {
+            self.cover(match op {
+                OpKind::Read => "fault.eio.read",
+                OpKind::Write => "fault.eio.write",
+                OpKind::Sync => "fault.eio.sync",
+                _ => "fault.eio.other",
+            });
+            return Err(os_err(libc::EIO));
+        }
+        Ok(())
+    }
+
+    /// Does a rule with this effect fire on this operation? Draws from the RNG only for rules that
+    /// match, in rule order.
+    fn fire(&mut self, effect: FaultEffect, op: OpKind, path: &Path) -> bool {
+        let text = path.to_string_lossy();
+        for i in 0..self.opts.rules.len() {
+            let rule = &self.opts.rules[i];
+            if rule.effect != effect || !rule.matches(op, &text, self.ops_done.saturating_sub(1)) {
+                continue;
+            }
+            if rule.max_fires.is_some_and(|m| self.rule_fires[i] >= m) {
+                continue;
+            }
+            let probability = rule.probability;
+            if probability.sample(&mut self.rng) {
+                self.rule_fires[i] += 1;
+                return true;
+            }
+        }
+        false
+    }
+
+    fn crash_armed(&mut self, armed: Armed) -> io::Error {
+        self.crash(armed.kind);
+        crashed("killed during this operation")
+    }
+
+    fn crash(&mut self, kind: CrashKind) {
+        self.generation += 1;
+        match kind {
+            CrashKind::ProcessKill => self.cover("crash.process_kill"),
+            CrashKind::PowerLoss => {
+                self.cover("crash.power_loss");
+                self.power_loss();
+            }
+        }
+    }
+
+    fn power_loss(&mut self) {
+        // Directories fall back to what their media holds.
+        for inode in self.inodes.values_mut() {
+            if let Inode::Dir(d) = inode {
+                d.children = d.durable_children.clone();
+            }
+        }
+        // Only what is reachable from the root through durable entries survives.
+        let mut reachable = std::collections::BTreeSet::new();
+        let mut stack = vec![ROOT];
+        while let Some(ino) = stack.pop() {
+            if !reachable.insert(ino) {
+                continue;
+            }
+            if let Some(Inode::Dir(d)) = self.inodes.get(&ino) {
+                stack.extend(d.children.values().copied());
+            }
+        }
+        self.inodes.retain(|ino, _| reachable.contains(ino));
+        let sector = self.sector();
+        let odds = self.opts.power_loss;
+        let mut fates = [0u64; 3];
+        for inode in self.inodes.values_mut() {
+            let Inode::File(f) = inode else { continue };
+            let mut image = f.durable.clone();
+            let cached_len = f.data.len() as u64;
+            let durable_len = f.durable.len() as u64;
+            let mut surviving_end = durable_len;
+            // Visit every sector that holds unsynced bytes, in order, and draw its fate.
+            let mut sectors: Vec<u64> = Vec::new();
+            for (&start, &end) in &f.dirty {
+                let mut s = start / sector;
+                while s * sector < end {
+                    if sectors.last() != Some(&s) {
+                        sectors.push(s);
+                    }
+                    s += 1;
+                }
+            }
+            for s in sectors {
+                let fate = odds.pick(&mut self.rng);
+                fates[fate as usize] += 1;
+                let (lo, hi) = (s * sector, (s + 1) * sector);
+                for (&start, &end) in f.dirty.range(..hi) {
+                    let (a, b) = (start.max(lo), end.min(hi));
+                    if a >= b {
+                        continue;
+                    }
+                    match fate {
+                        SectorFate::Drop => {}
+                        SectorFate::Keep => {
+                            let b = b.min(cached_len);
+                            if a < b {
+                                put(&mut image, a, &f.data[a as usize..b as usize]);
+                                surviving_end = surviving_end.max(b);
+                            }
+                        }
+                        SectorFate::Garbage => {
+                            let mut junk = vec![0u8; (b - a) as usize];
+                            self.rng.fill_bytes(&mut junk);
+                            put(&mut image, a, &junk);
+                            surviving_end = surviving_end.max(b);
+                        }
+                    }
+                }
+            }
+            // The length: growth survives as far as the last surviving sector; an unsynced shrink
+            // survives with the keep odds.
+            let new_len = if cached_len >= durable_len {
+                surviving_end.min(cached_len.max(durable_len))
+            } else if f.len_dirty && odds.pick(&mut self.rng) == SectorFate::Keep {
+                cached_len
+            } else {
+                surviving_end
+            };
+            image.resize(new_len as usize, 0);
+            f.durable = image.clone();
+            f.data = image;
+            f.dirty.clear();
+            f.len_dirty = false;
+        }
+        for (name, n) in [("power_loss.sector.keep", 0), ("power_loss.sector.drop", 1), ("power_loss.sector.garbage", 2)]
+        {
+            if fates[n] > 0 {
+                *self.coverage.entry(name).or_insert(0) += fates[n];
+            }
+        }
+    }
+
+    fn image(&self, durable: bool) -> BTreeMap<PathBuf, Vec<u8>> {
+        let mut out = BTreeMap::new();
+        let mut stack = vec![(ROOT, PathBuf::from("/"))];
+        while let Some((ino, path)) = stack.pop() {
+            match self.inodes.get(&ino) {
+                Some(Inode::Dir(d)) => {
+                    let kids = if durable { &d.durable_children } else { &d.children };
+                    for (name, child) in kids {
+                        stack.push((*child, path.join(name)));
+                    }
+                }
+                Some(Inode::File(f)) => {
+                    out.insert(path, if durable { f.durable.clone() } else { f.data.clone() });
+                }
+                None => {}
+            }
+        }
+        out
+    }
+
+    fn used_bytes(&self) -> u64 {
+        self.inodes
+            .values()
+            .map(|i| match i {
+                Inode::File(f) => f.data.len() as u64,
+                Inode::Dir(_) => 0,
+            })
+            .sum()
+    }
+
+    /// Would growing a file from `old_len` to `new_len` pass the capacity?
+    fn check_space(&mut self, old_len: u64, new_len: u64) -> io::Result<()> {
+        if let Some(cap) = self.opts.capacity_bytes
+            && new_len > old_len
+            && self.used_bytes().saturating_add(new_len - old_len) > cap
+        {
+            self.cover("fault.enospc");
+            return Err(os_err(libc::ENOSPC));
+        }
+        Ok(())
+    }
+}
+
+/// Write `bytes` into `image` at `at`, growing it with zeros as needed.
+fn put(image: &mut Vec<u8>, at: u64, bytes: &[u8]) {
+    let at = at as usize;
+    if image.len() < at + bytes.len() {
+        image.resize(at + bytes.len(), 0);
+    }
+    image[at..at + bytes.len()].copy_from_slice(bytes);
+}
+
+/// Record `[start, end)` as unsynced, merging with neighbours.
+fn mark_dirty(dirty: &mut BTreeMap<u64, u64>, mut start: u64, mut end: u64) {
+    if start >= end {
+        return;
+    }
+    let overlapping: Vec<(u64, u64)> = dirty
+        .range(..=end)
+        .rev()
+        .take_while(|&(_, &e)| e >= start)
+        .map(|(&s, &e)| (s, e))
+        .collect();
+    for (s, e) in overlapping {
+        dirty.remove(&s);
+        start = start.min(s);
+        end = end.max(e);
+    }
+    dirty.insert(start, end);
+}
+
+struct SimFile {
+    fs: SimFs,
+    ino: u64,
+    generation: u64,
+    path: PathBuf,
+    readable: bool,
+    writable: bool,
+}
+
+impl fmt::Debug for SimFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimFile").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl SimFile {
+    fn live<'a>(&self, s: &'a mut MutexGuard<'_, State>) -> io::Result<&'a mut State> {
+        if s.generation != self.generation {
+            return Err(crashed("handle opened before a crash"));
+        }
+        Ok(&mut **s)
+    }
+}
+
+impl FsFile for SimFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        if !self.readable {
+            return Err(os_err(libc::EBADF));
+        }
+        let mut g = self.fs.lock();
+        let s = self.live(&mut g)?;
+        if s.halted {
+            return Err(crashed("the process was killed; resume() restarts it"));
+        }
+        s.check_eio(OpKind::Read, &self.path)?;
+        let flip = s.fire(FaultEffect::BitFlip, OpKind::Read, &self.path);
+        let draw = if flip { Some((s.rng.next_u64(), s.rng.random_range(0..8u8))) } else { None };
+        let f = s.file_mut(self.ino, &self.path)?;
+        let len = f.data.len() as u64;
+        if offset >= len {
+            return Ok(0);
+        }
+        let n = (len - offset).min(buf.len() as u64) as usize;
+        if let Some((r, bit)) = draw {
+            // A latent sector error: the bit is wrong on the media and stays wrong.
+            let at = (offset + r % n as u64) as usize;
+            f.data[at] ^= 1 << bit;
+            if let Some(b) = f.durable.get_mut(at) {
+                *b ^= 1 << bit;
+            }
+            s.cover("fault.bit_flip.read");
+        }
+        let f = s.file_mut(self.ino, &self.path)?;
+        buf[..n].copy_from_slice(&f.data[offset as usize..offset as usize + n]);
+        Ok(n)
+    }
+
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if !self.writable {
+            return Err(os_err(libc::EBADF));
+        }
+        let mut g = self.fs.lock();
+        let s = self.live(&mut g)?;
+        let armed = s.begin(OpKind::Write, &self.path)?;
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "write past u64::MAX"))?;
+        let old_len = s.file_mut(self.ino, &self.path)?.data.len() as u64;
+        if armed.is_none() {
+            s.check_space(old_len, end.max(old_len))?;
+        }
+        // How much of the write lands: all of it, or a sector prefix when a crash interrupts it.
+        let landed_end = match &armed {
+            None => end,
+            Some(a) => {
+                let sector = s.sector();
+                let mut cuts = vec![offset];
+                let mut next = (offset / sector + 1) * sector;
+                while next < end {
+                    cuts.push(next);
+                    next += sector;
+                }
+                cuts.push(end);
+                let pieces = (cuts.len() - 1) as u64;
+                let landed = match a.torn {
+                    TornWrite::Random => s.rng.random_range(0..=pieces),
+                    TornWrite::Sectors(n) => n.min(pieces),
+                };
+                s.cover("crash.torn_write");
+                cuts[landed as usize]
+            }
+        };
+        let flip = armed.is_none() && s.fire(FaultEffect::BitFlip, OpKind::Write, &self.path);
+        let draw = if flip { Some((s.rng.next_u64(), s.rng.random_range(0..8u8))) } else { None };
+        let f = s.file_mut(self.ino, &self.path)?;
+        let landed = &buf[..(landed_end - offset) as usize];
+        if !landed.is_empty() || offset > f.data.len() as u64 {
+            if offset > f.data.len() as u64 {
+                mark_dirty(&mut f.dirty, f.data.len() as u64, offset);
+            }
+            put(&mut f.data, offset, landed);
+            mark_dirty(&mut f.dirty, offset, landed_end);
+        }
+        if let Some((r, bit)) = draw
+            && !buf.is_empty()
+        {
+            let at = (offset + r % buf.len() as u64) as usize;
+            f.data[at] ^= 1 << bit;
+            s.cover("fault.bit_flip.write");
+        }
+        if let Some(a) = armed {
+            return Err(s.crash_armed(a));
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        let mut g = self.fs.lock();
+        let s = self.live(&mut g)?;
+        let armed = match s.begin(OpKind::Sync, &self.path) {
+            Ok(a) => a,
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => {
+                // fsyncgate: a random subset of the dirty ranges reached the media, the rest are
+                // forgotten (marked clean but never written back).
+                let coin: Vec<bool> = {
+                    let n = s.file_mut(self.ino, &self.path)?.dirty.len();
+                    (0..n).map(|_| s.rng.random_range(0..2u8) == 0).collect()
+                };
+                let f = s.file_mut(self.ino, &self.path)?;
+                let ranges: Vec<(u64, u64)> = f.dirty.iter().map(|(&a, &b)| (a, b)).collect();
+                for ((a, b), keep) in ranges.into_iter().zip(coin) {
+                    if keep {
+                        let b = b.min(f.data.len() as u64);
+                        if a < b {
+                            let bytes = f.data[a as usize..b as usize].to_vec();
+                            put(&mut f.durable, a, &bytes);
+                        }
+                    }
+                }
+                f.dirty.clear();
+                f.len_dirty = false;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(a) = armed {
+            return Err(s.crash_armed(a));
+        }
+        let f = s.file_mut(self.ino, &self.path)?;
+        let len = f.data.len();
+        f.durable.resize(len, 0);
+        for (&a, &b) in &f.dirty {
+            let b = (b as usize).min(len);
+            let a = a as usize;
+            if a < b {
+                f.durable[a..b].copy_from_slice(&f.data[a..b]);
+            }
+        }
+        f.dirty.clear();
+        f.len_dirty = false;
+        Ok(())
+    }
+
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        if !self.writable {
+            return Err(os_err(libc::EBADF));
+        }
+        let mut g = self.fs.lock();
+        let s = self.live(&mut g)?;
+        if let Some(a) = s.begin(OpKind::SetLen, &self.path)? {
+            return Err(s.crash_armed(a));
+        }
+        let old = s.file_mut(self.ino, &self.path)?.data.len() as u64;
+        s.check_space(old, len)?;
+        let f = s.file_mut(self.ino, &self.path)?;
+        f.data.resize(len as usize, 0);
+        if len > old {
+            mark_dirty(&mut f.dirty, old, len);
+        }
+        f.len_dirty = true;
+        Ok(())
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        let mut g = self.fs.lock();
+        let s = self.live(&mut g)?;
+        Ok(s.file_mut(self.ino, &self.path)?.data.len() as u64)
+    }
+}
+
+impl Fs for SimFs {
+    fn open(&self, path: &Path, opts: OpenOptions) -> io::Result<Box<dyn FsFile>> {
+        let mut s = self.lock();
+        if s.halted {
+            return Err(crashed("the process was killed; resume() restarts it"));
+        }
+        let (parent, name) = s.resolve_parent(path)?;
+        let existing = s.dir_mut(parent)?.children.get(&name).copied();
+        let ino = match existing {
+            Some(_) if opts.create_new => return Err(os_err(libc::EEXIST)),
+            Some(ino) => {
+                s.file_mut(ino, path)?;
+                if opts.truncate {
+                    if let Some(a) = s.begin(OpKind::SetLen, path)? {
+                        return Err(s.crash_armed(a));
+                    }
+                    let f = s.file_mut(ino, path)?;
+                    if !f.data.is_empty() {
+                        f.data.clear();
+                        f.len_dirty = true;
+                    }
+                }
+                ino
+            }
+            None if opts.create || opts.create_new => {
+                if let Some(a) = s.begin(OpKind::Create, path)? {
+                    return Err(s.crash_armed(a));
+                }
+                let ino = s.next_ino;
+                s.next_ino += 1;
+                s.inodes.insert(ino, Inode::File(FileData::default()));
+                s.dir_mut(parent)?.children.insert(name, ino);
+                ino
+            }
+            None => return Err(not_found(path)),
+        };
+        Ok(Box::new(SimFile {
+            fs: self.clone(),
+            ino,
+            generation: s.generation,
+            path: path.to_path_buf(),
+            readable: opts.read,
+            writable: opts.write,
+        }))
+    }
+
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        let mut s = self.lock();
+        let mut ino = ROOT;
+        for name in State::names(path)? {
+            let next = s.dir_mut(ino)?.children.get(&name).copied();
+            ino = match next {
+                Some(child) => {
+                    s.dir_mut(child)?;
+                    child
+                }
+                None => {
+                    if let Some(a) = s.begin(OpKind::Create, path)? {
+                        return Err(s.crash_armed(a));
+                    }
+                    let child = s.next_ino;
+                    s.next_ino += 1;
+                    s.inodes.insert(child, Inode::Dir(DirData::default()));
+                    s.dir_mut(ino)?.children.insert(name, child);
+                    child
+                }
+            };
+        }
+        Ok(())
+    }
+
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        let mut s = self.lock();
+        let ino = s.resolve(path)?;
+        s.dir_mut(ino)?;
+        if let Some(a) = s.begin(OpKind::SyncDir, path)? {
+            return Err(s.crash_armed(a));
+        }
+        let d = s.dir_mut(ino)?;
+        d.durable_children = d.children.clone();
+        Ok(())
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut s = self.lock();
+        let (src_dir, src_name) = s.resolve_parent(from)?;
+        let (dst_dir, dst_name) = s.resolve_parent(to)?;
+        let ino = *s.dir_mut(src_dir)?.children.get(&src_name).ok_or_else(|| not_found(from))?;
+        if let Some(a) = s.begin(OpKind::Rename, from)? {
+            return Err(s.crash_armed(a));
+        }
+        if s.device(from) != s.device(to) {
+            s.cover("fault.exdev");
+            return Err(os_err(libc::EXDEV));
+        }
+        if let Some(&target) = s.dir_mut(dst_dir)?.children.get(&dst_name) {
+            let moving_dir = matches!(s.inodes.get(&ino), Some(Inode::Dir(_)));
+            match s.inodes.get(&target) {
+                Some(Inode::Dir(_)) if !moving_dir => return Err(os_err(libc::EISDIR)),
+                Some(Inode::Dir(d)) if !d.children.is_empty() => return Err(os_err(libc::ENOTEMPTY)),
+                Some(Inode::File(_)) if moving_dir => return Err(os_err(libc::ENOTDIR)),
+                _ => {}
+            }
+        }
+        s.dir_mut(src_dir)?.children.remove(&src_name);
+        s.dir_mut(dst_dir)?.children.insert(dst_name, ino);
+        Ok(())
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        let mut s = self.lock();
+        let (dir, name) = s.resolve_parent(path)?;
+        let ino = *s.dir_mut(dir)?.children.get(&name).ok_or_else(|| not_found(path))?;
+        s.file_mut(ino, path)?;
+        if let Some(a) = s.begin(OpKind::Remove, path)? {
+            return Err(s.crash_armed(a));
+        }
+        s.dir_mut(dir)?.children.remove(&name);
+        Ok(())
+    }
+
+    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        let mut s = self.lock();
+        let (dir, name) = s.resolve_parent(path)?;
+        let ino = *s.dir_mut(dir)?.children.get(&name).ok_or_else(|| not_found(path))?;
+        if !s.dir_mut(ino)?.children.is_empty() {
+            return Err(os_err(libc::ENOTEMPTY));
+        }
+        if let Some(a) = s.begin(OpKind::Remove, path)? {
+            return Err(s.crash_armed(a));
+        }
+        s.dir_mut(dir)?.children.remove(&name);
+        Ok(())
+    }
+
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<DirEntry>> {
+        let mut s = self.lock();
+        let ino = s.resolve(path)?;
+        let names: Vec<(String, u64)> =
+            s.dir_mut(ino)?.children.iter().map(|(n, i)| (n.clone(), *i)).collect();
+        Ok(names
+            .into_iter()
+            .map(|(name, i)| {
+                let kind = match s.inodes.get(&i) {
+                    Some(Inode::Dir(_)) => EntryKind::Dir,
+                    _ => EntryKind::File,
+                };
+                DirEntry { name, kind }
+            })
+            .collect())
+    }
+
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        match self.lock().resolve(path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn metadata(&self, path: &Path) -> io::Result<Metadata> {
+        let s = self.lock();
+        let ino = s.resolve(path)?;
+        Ok(match s.inodes.get(&ino) {
+            Some(Inode::File(f)) => Metadata { len: f.data.len() as u64, kind: EntryKind::File },
+            Some(Inode::Dir(_)) => Metadata { len: 0, kind: EntryKind::Dir },
+            None => return Err(not_found(path)),
+        })
+    }
+
+    fn device(&self, path: &Path) -> io::Result<DeviceId> {
+        State::names(path)?;
+        Ok(self.lock().device(path))
+    }
+}

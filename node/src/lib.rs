@@ -1,0 +1,12 @@
+//! durakv: a Raft key-value database whose durability is proven by deterministic simulation.
+//!
+//! This crate is the production node. Its storage layers:
+//!
+//! * [`io`]: the [`io::Fs`] trait every durability-relevant operation goes through, with
+//!   [`io::RealFs`] for the host filesystem (the simulated disk lives in `durakv-faults`);
+//! * [`wal`]: the segmented, CRC32C-framed write-ahead log with group commit and torn-tail repair.
+//!
+//! The durability contract (D1–D11) is in `docs/durability.md`.
+
+pub mod io;
+pub mod wal;

@@ -1,0 +1,684 @@
+//! The write-ahead log: segmented files of CRC32C-framed records, group commit, and recovery that
+//! tells a torn tail (repair) from corruption (refuse).
+//!
+//! # Contract
+//!
+//! * [`Wal::append`] writes a whole [`Batch`] with one `write` and one fsync and returns only once the
+//!   batch is durable. Appends are serialized, so when an append starts, every earlier byte of its
+//!   segment is durable. A failed write or fsync poisons the WAL: every later call fails with
+//!   [`WalError::Poisoned`] (the page cache's state is unknown after a failed fsync; restart and
+//!   recover instead of retrying — D10).
+//! * The log is append-only. A raft conflict is a [`Record::Truncate`] record, compaction a
+//!   [`Record::Compact`] record followed by the removal of whole segments that hold only discarded
+//!   entries (oldest first, then one directory fsync). Nothing already written is ever rewritten, so a
+//!   crash can only damage bytes after the last fsync.
+//! * Each process writes to segments it created: the first append after [`Wal::open`] starts a new
+//!   segment (created as `<name>.tmp`, header fsynced, renamed, directory fsynced), whose first records
+//!   restate the compaction floor and every meta value, so old segments can be dropped without losing
+//!   them. Only the last segment can therefore hold unsynced bytes.
+//! * Every frame records where its batch started. At start-up, at the first bad frame of a segment:
+//!   - in any segment but the last, or in [`RecoveryMode::Strict`]: [`WalError::Corrupt`];
+//!   - if the bad frame is explained by a single flipped bit in a sector a torn write would have
+//!     zeroed or scrambled whole: corruption (bit rot);
+//!   - if a valid frame follows whose batch started *after* the bad bytes: those bytes had been
+//!     fsynced before that later append began, so this is corruption of acknowledged data;
+//!   - otherwise the damage lies inside the last, unacknowledged batch: a torn tail. It is repaired:
+//!     the dropped bytes are copied to `<segment>.broken`, the segment is truncated and fsynced, and a
+//!     warning names the segment, offset and bytes dropped (D4).
+//!
+//! Memory: the in-memory index holds a location (about 32 bytes) per live entry plus the meta values;
+//! recovery reads one segment at a time.
+
+mod format;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub use format::{
+    Entry, FRAME_HEADER_LEN, Frame, FrameProblem, HeaderProblem, MAX_PAYLOAD_BYTES, Record, SEGMENT_HEADER_LEN,
+    SegmentScan, decode_frame, decode_frame_at, decode_segment_header, encode_frame, encode_segment_header, frame_len,
+    later_batch_after, scan_segment, single_bit_rot,
+};
+
+use crate::io::{FsFile, OpenOptions, SharedFs, parent_dir, tmp_path};
+
+/// Why recovery refused a WAL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CorruptReason {
+    #[error("{0}")]
+    Header(HeaderProblem),
+    #[error("{0}")]
+    Frame(FrameProblem),
+    #[error("{problem}, explained by a single flipped bit at offset {bit_offset} (bit rot, not a torn write)")]
+    BitRot { problem: FrameProblem, bit_offset: u64 },
+    #[error("{problem}, followed by a valid record at offset {later} from a later append (the bad bytes had been fsynced)")]
+    FollowedByValid { problem: FrameProblem, later: u64 },
+    #[error("segment {missing} is missing between {before} and {after}")]
+    MissingSegment { missing: u64, before: u64, after: u64 },
+    #[error("entry {found} does not follow entry {expected_after}")]
+    NonContiguous { expected_after: u64, found: u64 },
+    #[error("entry {found} is below the compaction floor {floor}")]
+    BelowFloor { found: u64, floor: u64 },
+    #[error("stored entry {found} where the index expects {expected}")]
+    IndexMismatch { expected: u64, found: u64 },
+}
+
+/// Errors of the WAL.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error("WAL I/O error on {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("corrupt WAL segment {path} at offset {offset}: {reason}")]
+    Corrupt { path: PathBuf, offset: u64, reason: CorruptReason },
+    #[error("invalid WAL append: {0}")]
+    InvalidArgument(String),
+    #[error("the WAL is poisoned by an earlier failed write or fsync; restart the node to recover")]
+    Poisoned,
+    #[error("entry {index} is not in the log (first {first:?}, last {last:?})")]
+    Unavailable { index: u64, first: Option<u64>, last: Option<u64> },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
+    move |source| WalError::Io { path: path.to_path_buf(), source }
+}
+
+/// What recovery does with a damaged last segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecoveryMode {
+    /// Repair a torn tail of the last segment (the default); refuse corruption.
+    #[default]
+    RepairTornTail,
+    /// Refuse any damage, torn tail included (for forensics: leaves the files untouched).
+    Strict,
+}
+
+/// WAL settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalOptions {
+    /// Start a new segment once the active one reaches this size. Default 64 MiB; minimum 4 KiB.
+    /// A segment may exceed it by one batch (a batch never spans two segments).
+    pub segment_size_bytes: u64,
+    /// Default [`RecoveryMode::RepairTornTail`].
+    pub recovery: RecoveryMode,
+    /// Sector size the bit-rot test assumes for torn writes. Default 512.
+    pub sector_size_bytes: usize,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions { segment_size_bytes: 64 << 20, recovery: RecoveryMode::default(), sector_size_bytes: 512 }
+    }
+}
+
+/// A group of records made durable together by one fsync.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Batch {
+    records: Vec<Record>,
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Batch::default()
+    }
+
+    /// Append an entry. Entries must be consecutive (after any truncation earlier in the log).
+    pub fn entry(&mut self, index: u64, term: u64, data: Vec<u8>) -> &mut Self {
+        self.records.push(Record::Entry(Entry { index, term, data }));
+        self
+    }
+
+    /// Remove every entry with index >= `from`.
+    pub fn truncate_from(&mut self, from: u64) -> &mut Self {
+        self.records.push(Record::Truncate { from });
+        self
+    }
+
+    /// Set a meta value (hard state, conf state, …). The last write of a key wins.
+    pub fn set_meta(&mut self, key: u16, value: Vec<u8>) -> &mut Self {
+        self.records.push(Record::Meta { key, value });
+        self
+    }
+
+    pub fn records(&self) -> &[Record] {
+        &self.records
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+}
+
+/// What recovery found and did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RecoveryReport {
+    pub segments: usize,
+    pub records: u64,
+    /// Set when a torn tail was repaired.
+    pub repaired: Option<TornTail>,
+    /// Leftover `.tmp` files removed.
+    pub removed_tmp: Vec<PathBuf>,
+}
+
+/// A repaired torn tail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTail {
+    pub segment: PathBuf,
+    pub offset: u64,
+    pub bytes_dropped: u64,
+    pub broken_copy: PathBuf,
+    pub problem: FrameProblem,
+}
+
+/// Where a live entry's frame is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Loc {
+    seq: u64,
+    offset: u64,
+    term: u64,
+}
+
+#[derive(Debug)]
+struct Segment {
+    path: PathBuf,
+    file: Box<dyn FsFile>,
+    len: u64,
+}
+
+/// The shape of the log: enough to validate a record without touching the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Shape {
+    first: Option<u64>,
+    last: Option<u64>,
+    /// Entries below this index are gone for good.
+    floor: u64,
+}
+
+impl Shape {
+    fn step(&mut self, record: &Record) -> Result<(), CorruptReason> {
+        match record {
+            Record::Entry(e) => {
+                match self.last {
+                    Some(last) if e.index != last + 1 => {
+                        return Err(CorruptReason::NonContiguous { expected_after: last, found: e.index });
+                    }
+                    None if e.index < self.floor => {
+                        return Err(CorruptReason::BelowFloor { found: e.index, floor: self.floor });
+                    }
+                    _ => {}
+                }
+                self.first.get_or_insert(e.index);
+                self.last = Some(e.index);
+            }
+            Record::Truncate { from } => match (self.first, self.last) {
+                (Some(first), _) if *from <= first => (self.first, self.last) = (None, None),
+                (Some(_), Some(last)) if *from <= last => self.last = Some(from - 1),
+                _ => {}
+            },
+            Record::Compact { first_index } => {
+                self.floor = self.floor.max(*first_index);
+                match (self.first, self.last) {
+                    (Some(_), Some(last)) if last < self.floor => (self.first, self.last) = (None, None),
+                    (Some(first), Some(_)) if first < self.floor => self.first = Some(self.floor),
+                    _ => {}
+                }
+            }
+            Record::Meta { .. } => {}
+        }
+        Ok(())
+    }
+}
+
+/// The write-ahead log. See the module documentation for the contract.
+#[derive(Debug)]
+pub struct Wal {
+    fs: SharedFs,
+    dir: PathBuf,
+    opts: WalOptions,
+    segments: BTreeMap<u64, Segment>,
+    /// The segment this process appends to; `None` until the first append after open.
+    active: Option<u64>,
+    shape: Shape,
+    /// Locations of live entries, `shape.first ..= shape.last`.
+    locs: VecDeque<Loc>,
+    metas: BTreeMap<u16, Vec<u8>>,
+    poisoned: bool,
+}
+
+fn segment_name(seq: u64) -> String {
+    format!("{seq:020}.wal")
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".wal")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+impl Wal {
+    /// Open (or create) the WAL in `dir`, recovering as the module documentation describes.
+    pub fn open(fs: SharedFs, dir: &Path, opts: WalOptions) -> Result<(Wal, RecoveryReport), WalError> {
+        if opts.segment_size_bytes < 4096 || opts.sector_size_bytes == 0 {
+            return Err(WalError::InvalidArgument(format!(
+                "segment_size_bytes must be at least 4096 (got {}), sector_size_bytes at least 1",
+                opts.segment_size_bytes
+            )));
+        }
+        if !fs.exists(dir).map_err(io_err(dir))? {
+            fs.create_dir_all(dir).map_err(io_err(dir))?;
+            // The directory's own name must be durable before segments in it are acknowledged.
+            fs.sync_dir(parent_dir(dir)).map_err(io_err(dir))?;
+        }
+        let mut report = RecoveryReport::default();
+        let mut seqs = Vec::new();
+        for entry in fs.read_dir(dir).map_err(io_err(dir))? {
+            if entry.name.ends_with(".tmp") {
+                // A segment or broken-copy whose creation never finished; nothing refers to it.
+                let path = dir.join(&entry.name);
+                fs.remove_file(&path).map_err(io_err(&path))?;
+                report.removed_tmp.push(path);
+            } else if let Some(seq) = parse_segment_name(&entry.name) {
+                seqs.push(seq);
+            }
+        }
+        seqs.sort_unstable();
+        for pair in seqs.windows(2) {
+            if pair[1] != pair[0] + 1 {
+                return Err(WalError::Corrupt {
+                    path: dir.join(segment_name(pair[0] + 1)),
+                    offset: 0,
+                    reason: CorruptReason::MissingSegment { missing: pair[0] + 1, before: pair[0], after: pair[1] },
+                });
+            }
+        }
+        let mut wal = Wal {
+            fs,
+            dir: dir.to_path_buf(),
+            opts,
+            segments: BTreeMap::new(),
+            active: None,
+            shape: Shape::default(),
+            locs: VecDeque::new(),
+            metas: BTreeMap::new(),
+            poisoned: false,
+        };
+        for (i, &seq) in seqs.iter().enumerate() {
+            let is_last = i + 1 == seqs.len();
+            wal.recover_segment(seq, is_last, &mut report)?;
+        }
+        report.segments = wal.segments.len();
+        Ok((wal, report))
+    }
+
+    fn recover_segment(&mut self, seq: u64, is_last: bool, report: &mut RecoveryReport) -> Result<(), WalError> {
+        let path = self.dir.join(segment_name(seq));
+        let opts = if is_last { OpenOptions::read_write() } else { OpenOptions::read_only() };
+        let mut file = self.fs.open(&path, opts).map_err(io_err(&path))?;
+        let len = file.len().map_err(io_err(&path))?;
+        let size = usize::try_from(len)
+            .map_err(|_| WalError::InvalidArgument(format!("segment {} is larger than memory", path.display())))?;
+        let mut buf = vec![0u8; size];
+        file.read_exact_at(&mut buf, 0).map_err(io_err(&path))?;
+        let corrupt = |offset: u64, reason| WalError::Corrupt { path: path.clone(), offset, reason };
+        let scan = scan_segment(&buf).map_err(|p| corrupt(0, CorruptReason::Header(p)))?;
+        if scan.seq != seq {
+            return Err(corrupt(0, CorruptReason::Header(HeaderProblem::SeqMismatch { expected: seq, found: scan.seq })));
+        }
+        let mut valid_len = len;
+        if let Some((offset, problem)) = scan.stopped {
+            let at = offset as usize;
+            if !is_last || self.opts.recovery == RecoveryMode::Strict {
+                return Err(corrupt(offset, CorruptReason::Frame(problem)));
+            }
+            if let Some(bit_offset) = single_bit_rot(&buf, at, self.opts.sector_size_bytes) {
+                return Err(corrupt(offset, CorruptReason::BitRot { problem, bit_offset }));
+            }
+            if let Some(later) = later_batch_after(&buf, at) {
+                return Err(corrupt(offset, CorruptReason::FollowedByValid { problem, later }));
+            }
+            let broken_copy = self.save_broken(&path, &buf[at..])?;
+            // Drop the torn bytes and make the shorter length durable before anything relies on it.
+            file.set_len(offset).map_err(io_err(&path))?;
+            file.sync().map_err(io_err(&path))?;
+            let bytes_dropped = len - offset;
+            tracing::warn!(
+                path = %path.display(),
+                offset,
+                bytes_dropped,
+                broken_copy = %broken_copy.display(),
+                reason = %problem,
+                "repaired torn WAL tail: dropped bytes after the last complete record"
+            );
+            report.repaired = Some(TornTail { segment: path.clone(), offset, bytes_dropped, broken_copy, problem });
+            valid_len = offset;
+        }
+        for frame in scan.frames {
+            self.shape.step(&frame.record).map_err(|r| corrupt(frame.offset, r))?;
+            self.apply(seq, frame.offset, frame.record);
+            report.records += 1;
+        }
+        self.segments.insert(seq, Segment { path, file, len: valid_len });
+        Ok(())
+    }
+
+    /// Write the bytes a repair drops to `<segment>.broken` (or `.broken.N` if taken), durably.
+    fn save_broken(&self, segment: &Path, bytes: &[u8]) -> Result<PathBuf, WalError> {
+        let mut n = 0u32;
+        let target = loop {
+            let mut name = segment.as_os_str().to_owned();
+            name.push(if n == 0 { ".broken".to_string() } else { format!(".broken.{n}") });
+            let candidate = PathBuf::from(name);
+            if !self.fs.exists(&candidate).map_err(io_err(&candidate))? {
+                break candidate;
+            }
+            n += 1;
+        };
+        crate::io::write_file_durably(&*self.fs, &target, bytes).map_err(io_err(&target))?;
+        Ok(target)
+    }
+
+    /// Apply a validated record to the in-memory index.
+    fn apply(&mut self, seq: u64, offset: u64, record: Record) {
+        match record {
+            Record::Entry(e) => self.locs.push_back(Loc { seq, offset, term: e.term }),
+            // `shape` already moved: trim the index to match it, from the back for a truncation,
+            // from the front for a compaction.
+            Record::Truncate { .. } => self.locs.truncate(self.live_len()),
+            Record::Compact { .. } => {
+                let excess = self.locs.len() - self.live_len();
+                self.locs.drain(..excess);
+            }
+            Record::Meta { key, value } => {
+                self.metas.insert(key, value);
+            }
+        }
+        debug_assert_eq!(self.locs.len(), self.live_len(), "the index holds exactly the live entries");
+    }
+
+    fn live_len(&self) -> usize {
+        match (self.shape.first, self.shape.last) {
+            (Some(first), Some(last)) => (last - first + 1) as usize,
+            _ => 0,
+        }
+    }
+
+    /// Make `batch` durable with one write and one fsync. Returns once it is durable.
+    pub fn append(&mut self, batch: &Batch) -> Result<(), WalError> {
+        self.append_records(batch.records())
+    }
+
+    fn append_records(&mut self, records: &[Record]) -> Result<(), WalError> {
+        if self.poisoned {
+            return Err(WalError::Poisoned);
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        // Validate the whole batch before writing a byte.
+        let mut shape = self.shape;
+        for r in records {
+            shape.step(r).map_err(|reason| WalError::InvalidArgument(reason.to_string()))?;
+            if frame_len(r) - FRAME_HEADER_LEN > MAX_PAYLOAD_BYTES as usize {
+                return Err(WalError::InvalidArgument(format!("record {r} exceeds {MAX_PAYLOAD_BYTES} bytes")));
+            }
+        }
+        let result = self.write_batch(records);
+        if result.is_err() {
+            // A failed write or fsync leaves the file in an unknown state: never write to it again.
+            self.poisoned = true;
+        }
+        result
+    }
+
+    fn write_batch(&mut self, records: &[Record]) -> Result<(), WalError> {
+        let needs_roll = match self.active.and_then(|s| self.segments.get(&s)) {
+            None => true,
+            Some(seg) => seg.len >= self.opts.segment_size_bytes,
+        };
+        let mut all: Vec<Record> = Vec::new();
+        if needs_roll {
+            self.roll()?;
+            // Restate what compaction of older segments must not lose.
+            if self.shape.floor > 0 {
+                all.push(Record::Compact { first_index: self.shape.floor });
+            }
+            for (key, value) in &self.metas {
+                all.push(Record::Meta { key: *key, value: value.clone() });
+            }
+        }
+        all.extend_from_slice(records);
+        let seq = self.active.expect("roll() sets the active segment");
+        let seg = self.segments.get_mut(&seq).expect("the active segment is in the segment map");
+        let batch_start = seg.len;
+        let mut buf = Vec::with_capacity(all.iter().map(frame_len).sum());
+        let mut offsets = Vec::with_capacity(all.len());
+        for r in &all {
+            offsets.push(batch_start + buf.len() as u64);
+            encode_frame(&mut buf, r, batch_start);
+        }
+        seg.file.write_at(&buf, batch_start).map_err(io_err(&seg.path))?;
+        // The batch is acknowledged only once it is on the media (D1).
+        seg.file.sync().map_err(io_err(&seg.path))?;
+        seg.len += buf.len() as u64;
+        for (r, offset) in all.into_iter().zip(offsets) {
+            self.shape.step(&r).expect("the batch was validated before it was written");
+            self.apply(seq, offset, r);
+        }
+        Ok(())
+    }
+
+    /// Start a new segment: `<seq>.wal.tmp` with its header, fsync, rename, fsync the directory.
+    fn roll(&mut self) -> Result<(), WalError> {
+        let seq = self.segments.keys().next_back().map_or(1, |s| s + 1);
+        let path = self.dir.join(segment_name(seq));
+        let tmp = tmp_path(&path);
+        let mut file = self.fs.open(&tmp, OpenOptions::create_truncate()).map_err(io_err(&tmp))?;
+        file.write_at(&encode_segment_header(seq), 0).map_err(io_err(&tmp))?;
+        // The header must be durable before the segment's name exists, so a named segment always
+        // has a valid header.
+        file.sync().map_err(io_err(&tmp))?;
+        self.fs.rename(&tmp, &path).map_err(io_err(&path))?;
+        // The name must be durable before a record in it is acknowledged.
+        self.fs.sync_dir(&self.dir).map_err(io_err(&self.dir))?;
+        drop(file);
+        // Reopen under the final name so error messages and reads name the real file.
+        let file = self.fs.open(&path, OpenOptions::read_write()).map_err(io_err(&path))?;
+        self.segments.insert(seq, Segment { path, file, len: SEGMENT_HEADER_LEN as u64 });
+        self.active = Some(seq);
+        Ok(())
+    }
+
+    /// Remove every entry with index >= `from` (durably). Shorthand for a batch with one truncate.
+    pub fn truncate_from(&mut self, from: u64) -> Result<(), WalError> {
+        self.append_records(&[Record::Truncate { from }])
+    }
+
+    /// Discard entries below `first_index`: write a compact record (durably), then remove whole
+    /// segments that hold no live entry, oldest first, then fsync the directory once.
+    pub fn compact(&mut self, first_index: u64) -> Result<(), WalError> {
+        if first_index <= self.shape.floor {
+            return Ok(());
+        }
+        self.append_records(&[Record::Compact { first_index }])?;
+        let active = self.active.expect("append sets the active segment");
+        let keep_from = self.locs.front().map_or(active, |l| l.seq.min(active));
+        let doomed: Vec<u64> = self.segments.range(..keep_from).map(|(s, _)| *s).collect();
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        for seq in doomed {
+            if let Some(seg) = self.segments.remove(&seq) {
+                drop(seg.file);
+                self.fs.remove_file(&seg.path).map_err(io_err(&seg.path))?;
+            }
+        }
+        // Removals become durable together; if they do not, the segments come back after a power
+        // loss, which is harmless: the compact record already discards their entries.
+        self.fs.sync_dir(&self.dir).map_err(io_err(&self.dir))?;
+        Ok(())
+    }
+
+    /// Index of the first live entry.
+    pub fn first_index(&self) -> Option<u64> {
+        self.shape.first
+    }
+
+    /// Index of the last live entry.
+    pub fn last_index(&self) -> Option<u64> {
+        self.shape.last
+    }
+
+    /// Entries below this index were compacted away.
+    pub fn compacted_below(&self) -> u64 {
+        self.shape.floor
+    }
+
+    /// The term of a live entry.
+    pub fn term(&self, index: u64) -> Option<u64> {
+        self.loc(index).map(|l| l.term)
+    }
+
+    /// A meta value.
+    pub fn meta(&self, key: u16) -> Option<&[u8]> {
+        self.metas.get(&key).map(Vec::as_slice)
+    }
+
+    /// All meta values.
+    pub fn metas(&self) -> &BTreeMap<u16, Vec<u8>> {
+        &self.metas
+    }
+
+    /// Segment files currently in use, oldest first.
+    pub fn segment_paths(&self) -> Vec<PathBuf> {
+        self.segments.values().map(|s| s.path.clone()).collect()
+    }
+
+    /// Has a failed write or fsync poisoned this WAL?
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    fn loc(&self, index: u64) -> Option<Loc> {
+        let first = self.shape.first?;
+        let i = usize::try_from(index.checked_sub(first)?).ok()?;
+        self.locs.get(i).copied()
+    }
+
+    /// Read one entry back from disk, re-checking its checksums.
+    pub fn entry(&self, index: u64) -> Result<Entry, WalError> {
+        let unavailable = || WalError::Unavailable { index, first: self.shape.first, last: self.shape.last };
+        let loc = self.loc(index).ok_or_else(unavailable)?;
+        let seg = self.segments.get(&loc.seq).ok_or_else(unavailable)?;
+        let mut header = [0u8; FRAME_HEADER_LEN];
+        seg.file.read_exact_at(&mut header, loc.offset).map_err(io_err(&seg.path))?;
+        let corrupt = |reason| WalError::Corrupt { path: seg.path.clone(), offset: loc.offset, reason };
+        // Trust the length only once the header checksum holds (bit rot since open must not make us
+        // allocate a bogus length).
+        let stored = u32::from_be_bytes([header[16], header[17], header[18], header[19]]);
+        if crc32c::crc32c(&header[0..16]) != stored {
+            return Err(corrupt(CorruptReason::Frame(FrameProblem::HeaderChecksum)));
+        }
+        let payload_len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]).min(MAX_PAYLOAD_BYTES);
+        let mut frame = vec![0u8; FRAME_HEADER_LEN + payload_len as usize];
+        seg.file.read_exact_at(&mut frame, loc.offset).map_err(io_err(&seg.path))?;
+        match decode_frame_at(&frame, 0, loc.offset) {
+            Ok(Frame { record: Record::Entry(e), .. }) if e.index == index => Ok(e),
+            Ok(Frame { record: Record::Entry(e), .. }) => {
+                Err(corrupt(CorruptReason::IndexMismatch { expected: index, found: e.index }))
+            }
+            Ok(_) => Err(corrupt(CorruptReason::Frame(FrameProblem::BadRecord {
+                kind: "entry",
+                detail: "the index points at a record of another kind",
+            }))),
+            Err(p) => Err(corrupt(CorruptReason::Frame(p))),
+        }
+    }
+
+    /// Entries `lo..hi` (replay from an index), stopping early once `max_bytes` of data is collected
+    /// (at least one entry is always returned when `lo < hi`).
+    pub fn entries(&self, lo: u64, hi: u64, max_bytes: Option<u64>) -> Result<Vec<Entry>, WalError> {
+        let mut out = Vec::new();
+        let mut size = 0u64;
+        for index in lo..hi {
+            let e = self.entry(index)?;
+            size += e.data.len() as u64;
+            out.push(e);
+            if max_bytes.is_some_and(|m| size >= m) {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::RealFs;
+    use std::sync::Arc;
+
+    fn open(dir: &Path) -> (Wal, RecoveryReport) {
+        Wal::open(Arc::new(RealFs::new()), dir, WalOptions::default()).expect("open WAL")
+    }
+
+    #[test]
+    fn shape_rules() {
+        let mut s = Shape::default();
+        let entry = |i| Record::Entry(Entry { index: i, term: 1, data: vec![] });
+        s.step(&entry(5)).expect("an empty log starts anywhere above the floor");
+        s.step(&entry(6)).expect("consecutive");
+        assert!(s.step(&entry(8)).is_err());
+        s.step(&Record::Truncate { from: 6 }).expect("truncate");
+        assert_eq!((s.first, s.last), (Some(5), Some(5)));
+        s.step(&Record::Compact { first_index: 10 }).expect("compact past the end empties the log");
+        assert_eq!((s.first, s.last, s.floor), (None, None, 10));
+        assert!(s.step(&entry(9)).is_err(), "below the floor");
+        s.step(&entry(10)).expect("at the floor");
+    }
+
+    #[test]
+    fn append_read_truncate_compact_reopen() -> Result<(), WalError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (mut wal, report) = open(dir.path());
+        assert_eq!(report.segments, 0);
+        let mut b = Batch::new();
+        for i in 1..=10 {
+            b.entry(i, 1, vec![i as u8; i as usize]);
+        }
+        b.set_meta(1, b"hard".to_vec());
+        wal.append(&b)?;
+        wal.append(Batch::new().truncate_from(8).entry(8, 2, b"new8".to_vec()))?;
+        assert_eq!(wal.last_index(), Some(8));
+        assert_eq!(wal.entry(8)?.data, b"new8");
+        assert_eq!(wal.term(7), Some(1));
+        wal.compact(4)?;
+        assert_eq!(wal.first_index(), Some(4));
+        assert!(matches!(wal.entry(3), Err(WalError::Unavailable { .. })));
+        assert!(matches!(
+            wal.append(Batch::new().entry(20, 2, vec![])),
+            Err(WalError::InvalidArgument(_))
+        ));
+        drop(wal);
+        let (wal, report) = open(dir.path());
+        assert_eq!(report.repaired, None);
+        assert_eq!((wal.first_index(), wal.last_index()), (Some(4), Some(8)));
+        assert_eq!(wal.meta(1), Some(&b"hard"[..]));
+        let got: Vec<u64> = wal.entries(4, 9, None)?.into_iter().map(|e| e.index).collect();
+        assert_eq!(got, vec![4, 5, 6, 7, 8]);
+        assert_eq!(wal.entries(4, 9, Some(1))?.len(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn segment_names_round_trip() {
+        assert_eq!(parse_segment_name(&segment_name(42)), Some(42));
+        assert_eq!(parse_segment_name("42.wal"), None);
+        assert_eq!(parse_segment_name("0000000000000000004x.wal"), None);
+    }
+}
