@@ -497,7 +497,8 @@ impl State {
             f.dirty.clear();
             f.len_dirty = false;
         }
-        for (name, n) in [("power_loss.sector.keep", 0), ("power_loss.sector.drop", 1), ("power_loss.sector.garbage", 2)]
+        for (name, n) in
+            [("power_loss.sector.keep", 0), ("power_loss.sector.drop", 1), ("power_loss.sector.garbage", 2)]
         {
             if fates[n] > 0 {
                 *self.coverage.entry(name).or_insert(0) += fates[n];
@@ -562,12 +563,8 @@ fn mark_dirty(dirty: &mut BTreeMap<u64, u64>, mut start: u64, mut end: u64) {
     if start >= end {
         return;
     }
-    let overlapping: Vec<(u64, u64)> = dirty
-        .range(..=end)
-        .rev()
-        .take_while(|&(_, &e)| e >= start)
-        .map(|(&s, &e)| (s, e))
-        .collect();
+    let overlapping: Vec<(u64, u64)> =
+        dirty.range(..=end).rev().take_while(|&(_, &e)| e >= start).map(|(&s, &e)| (s, e)).collect();
     for (s, e) in overlapping {
         dirty.remove(&s);
         start = start.min(s);

@@ -263,7 +263,10 @@ fn a_dropped_sector_before_a_kept_one_reads_as_zeros() -> io::Result<()> {
 
 #[test]
 fn partial_sector_garbage_spares_the_synced_prefix() -> io::Result<()> {
-    let fs = disk_with(14, SimFsOptions { power_loss: SectorOdds::new(0, 0, 1).expect("odds"), ..SimFsOptions::default() });
+    let fs = disk_with(
+        14,
+        SimFsOptions { power_loss: SectorOdds::new(0, 0, 1).expect("odds"), ..SimFsOptions::default() },
+    );
     write_synced(&fs, "/f", &[9u8; 100])?;
     fs.sync_dir(&p("/"))?;
     let mut f = fs.open(&p("/f"), OpenOptions::read_write())?;
@@ -294,7 +297,10 @@ fn armed_crash_tears_a_write_at_a_sector_boundary() -> io::Result<()> {
 
 #[test]
 fn armed_crash_on_sync_leaves_data_unsynced() -> io::Result<()> {
-    let fs = disk_with(16, SimFsOptions { power_loss: SectorOdds::new(0, 1, 0).expect("odds"), ..SimFsOptions::default() });
+    let fs = disk_with(
+        16,
+        SimFsOptions { power_loss: SectorOdds::new(0, 1, 0).expect("odds"), ..SimFsOptions::default() },
+    );
     write_synced(&fs, "/f", b"v1")?;
     fs.sync_dir(&p("/"))?;
     let mut f = fs.open(&p("/f"), OpenOptions::read_write())?;
@@ -311,7 +317,10 @@ fn script(seed: u64) -> io::Result<std::collections::BTreeMap<PathBuf, Vec<u8>>>
     let fs = disk(seed);
     for i in 0..20u8 {
         let path = format!("/d/f{}", i % 5);
-        let mut f = fs.open(&p(&path), OpenOptions { read: true, write: true, create: true, ..OpenOptions::default() })?;
+        let mut f = fs.open(
+            &p(&path),
+            OpenOptions { read: true, write: true, create: true, ..OpenOptions::default() },
+        )?;
         f.write_at(&vec![i; 700 + i as usize * 37], u64::from(i) * 300)?;
         if i % 3 == 0 {
             f.sync()?;

@@ -154,10 +154,7 @@ mod tests {
         assert_eq!(read_file(&fs, &path)?, b"Jello");
         let mut past = [0u8; 4];
         assert_eq!(f.read_at(&mut past, 5)?, 0);
-        assert_eq!(
-            f.read_exact_at(&mut past, 3).map_err(|e| e.kind()),
-            Err(io::ErrorKind::UnexpectedEof)
-        );
+        assert_eq!(f.read_exact_at(&mut past, 3).map_err(|e| e.kind()), Err(io::ErrorKind::UnexpectedEof));
         Ok(())
     }
 

@@ -334,14 +334,19 @@ pub fn later_batch_after(buf: &[u8], bad: usize) -> Option<u64> {
 }
 
 /// Is the frame at `offset` damaged by exactly one flipped bit, where a torn write could not have
-/// produced that damage? A crash changes whole sectors' unsynced bytes (to zeros or garbage); a lone
-/// wrong bit in a sector piece of at least 8 bytes that is not all zeros is bit rot.
-pub fn single_bit_rot(buf: &[u8], offset: usize, sector: usize) -> Option<u64> {
-    let h = buf.get(offset..offset + FRAME_HEADER_LEN)?;
+/// produced that damage? Returns the offset of the bad byte.
+///
+/// A crash changes *all* unsynced bytes of a sector at once (zeros for a dropped sector, random bytes
+/// for a torn one), never a lone bit. So a single-bit error is bit rot when the frame's own bytes in
+/// that sector are at least 4 and not all zero (a random 4-byte piece is within one bit of the
+/// original with odds of 33 in 2^32), or when another frame of the same append batch that shares the
+/// sector decodes cleanly (the sector was written intact). `prev` is the valid frame just before.
+pub fn single_bit_rot(buf: &[u8], offset: usize, sector: usize, prev: Option<&Frame>) -> Option<u64> {
+    let h = buf.get(offset..offset.checked_add(FRAME_HEADER_LEN)?)?;
     let header_ok = crc32c::crc32c(&h[0..16]) == be_u32(h, 16);
-    let (pos, frame_end) = if header_ok {
+    let body = offset + FRAME_HEADER_LEN;
+    let (pos, frame_end, batch_start) = if header_ok {
         let len = be_u32(h, 0) as usize;
-        let body = offset + FRAME_HEADER_LEN;
         let payload = buf.get(body..body.checked_add(len)?)?;
         let syndrome = crc32c::crc32c(payload) ^ be_u32(h, 20);
         if syndrome == 0 {
@@ -353,7 +358,7 @@ pub fn single_bit_rot(buf: &[u8], offset: usize, sector: usize) -> Option<u64> {
         } else {
             body + locate_single_bit(payload, syndrome)?
         };
-        (pos, body + len)
+        (pos, body + len, be_u64(h, 8))
     } else {
         // Try each bit of the checked header bytes; the corrected header must then also validate
         // its payload, so a random header cannot pass by chance.
@@ -364,11 +369,10 @@ pub fn single_bit_rot(buf: &[u8], offset: usize, sector: usize) -> Option<u64> {
             fixed[bit / 8] ^= 1 << (bit % 8);
             if crc32c::crc32c(&fixed[0..16]) == be_u32(&fixed, 16) {
                 let len = be_u32(&fixed, 0) as usize;
-                let body = offset + FRAME_HEADER_LEN;
                 if let Some(payload) = body.checked_add(len).and_then(|end| buf.get(body..end))
                     && crc32c::crc32c(payload) == be_u32(&fixed, 20)
                 {
-                    found = Some((offset + bit / 8, body + len));
+                    found = Some((offset + bit / 8, body + len, be_u64(&fixed, 8)));
                 }
             }
             fixed[bit / 8] ^= 1 << (bit % 8);
@@ -379,10 +383,13 @@ pub fn single_bit_rot(buf: &[u8], offset: usize, sector: usize) -> Option<u64> {
         found?
     };
     let sector_start = pos / sector * sector;
-    let lo = sector_start.max(offset);
-    let hi = (sector_start + sector).min(frame_end);
-    let piece = &buf[lo..hi];
-    (piece.len() >= 8 && piece.iter().any(|&b| b != 0)).then_some(pos as u64)
+    let sector_end = sector_start + sector;
+    let piece = &buf[sector_start.max(offset)..sector_end.min(frame_end)];
+    let piece_evidence = piece.len() >= 4 && piece.iter().any(|&b| b != 0);
+    let prev_evidence = prev.is_some_and(|p| p.batch_start == batch_start && offset > sector_start);
+    let next_evidence = frame_end < sector_end
+        && matches!(decode_frame(buf, frame_end), Ok(next) if next.batch_start == batch_start);
+    (piece_evidence || prev_evidence || next_evidence).then_some(pos as u64)
 }
 
 /// CRC32C (reflected 0x82F63B78) table for advancing the register by one zero byte.
@@ -528,7 +535,7 @@ mod tests {
             let mut b = buf.clone();
             b[pos] ^= 0x20;
             assert!(decode_frame(&b, second).is_err());
-            assert_eq!(single_bit_rot(&b, second, 512), Some(pos as u64), "flip at {pos}");
+            assert_eq!(single_bit_rot(&b, second, 512, None), Some(pos as u64), "flip at {pos}");
         }
     }
 
@@ -539,12 +546,12 @@ mod tests {
         for b in &mut zeroed[1024..1536] {
             *b = 0;
         }
-        assert_eq!(single_bit_rot(&zeroed, SEGMENT_HEADER_LEN, 512), None);
+        assert_eq!(single_bit_rot(&zeroed, SEGMENT_HEADER_LEN, 512, None), None);
         let mut junk = buf;
         for (i, b) in junk[1024..1536].iter_mut().enumerate() {
             *b = (i * 97 + 13) as u8;
         }
-        assert_eq!(single_bit_rot(&junk, SEGMENT_HEADER_LEN, 512), None);
+        assert_eq!(single_bit_rot(&junk, SEGMENT_HEADER_LEN, 512, None), None);
     }
 
     #[test]

@@ -36,9 +36,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use format::{
-    Entry, FRAME_HEADER_LEN, Frame, FrameProblem, HeaderProblem, MAX_PAYLOAD_BYTES, Record, SEGMENT_HEADER_LEN,
-    SegmentScan, decode_frame, decode_frame_at, decode_segment_header, encode_frame, encode_segment_header, frame_len,
-    later_batch_after, scan_segment, single_bit_rot,
+    Entry, FRAME_HEADER_LEN, Frame, FrameProblem, HeaderProblem, MAX_PAYLOAD_BYTES, Record,
+    SEGMENT_HEADER_LEN, SegmentScan, decode_frame, decode_frame_at, decode_segment_header, encode_frame,
+    encode_segment_header, frame_len, later_batch_after, scan_segment, single_bit_rot,
 };
 
 use crate::io::{FsFile, OpenOptions, SharedFs, parent_dir, tmp_path};
@@ -50,9 +50,13 @@ pub enum CorruptReason {
     Header(HeaderProblem),
     #[error("{0}")]
     Frame(FrameProblem),
-    #[error("{problem}, explained by a single flipped bit at offset {bit_offset} (bit rot, not a torn write)")]
+    #[error(
+        "{problem}, explained by a single flipped bit at offset {bit_offset} (bit rot, not a torn write)"
+    )]
     BitRot { problem: FrameProblem, bit_offset: u64 },
-    #[error("{problem}, followed by a valid record at offset {later} from a later append (the bad bytes had been fsynced)")]
+    #[error(
+        "{problem}, followed by a valid record at offset {later} from a later append (the bad bytes had been fsynced)"
+    )]
     FollowedByValid { problem: FrameProblem, later: u64 },
     #[error("segment {missing} is missing between {before} and {after}")]
     MissingSegment { missing: u64, before: u64, after: u64 },
@@ -293,7 +297,11 @@ impl Wal {
                 return Err(WalError::Corrupt {
                     path: dir.join(segment_name(pair[0] + 1)),
                     offset: 0,
-                    reason: CorruptReason::MissingSegment { missing: pair[0] + 1, before: pair[0], after: pair[1] },
+                    reason: CorruptReason::MissingSegment {
+                        missing: pair[0] + 1,
+                        before: pair[0],
+                        after: pair[1],
+                    },
                 });
             }
         }
@@ -316,19 +324,28 @@ impl Wal {
         Ok((wal, report))
     }
 
-    fn recover_segment(&mut self, seq: u64, is_last: bool, report: &mut RecoveryReport) -> Result<(), WalError> {
+    fn recover_segment(
+        &mut self,
+        seq: u64,
+        is_last: bool,
+        report: &mut RecoveryReport,
+    ) -> Result<(), WalError> {
         let path = self.dir.join(segment_name(seq));
         let opts = if is_last { OpenOptions::read_write() } else { OpenOptions::read_only() };
         let mut file = self.fs.open(&path, opts).map_err(io_err(&path))?;
         let len = file.len().map_err(io_err(&path))?;
-        let size = usize::try_from(len)
-            .map_err(|_| WalError::InvalidArgument(format!("segment {} is larger than memory", path.display())))?;
+        let size = usize::try_from(len).map_err(|_| {
+            WalError::InvalidArgument(format!("segment {} is larger than memory", path.display()))
+        })?;
         let mut buf = vec![0u8; size];
         file.read_exact_at(&mut buf, 0).map_err(io_err(&path))?;
         let corrupt = |offset: u64, reason| WalError::Corrupt { path: path.clone(), offset, reason };
         let scan = scan_segment(&buf).map_err(|p| corrupt(0, CorruptReason::Header(p)))?;
         if scan.seq != seq {
-            return Err(corrupt(0, CorruptReason::Header(HeaderProblem::SeqMismatch { expected: seq, found: scan.seq })));
+            return Err(corrupt(
+                0,
+                CorruptReason::Header(HeaderProblem::SeqMismatch { expected: seq, found: scan.seq }),
+            ));
         }
         let mut valid_len = len;
         if let Some((offset, problem)) = scan.stopped {
@@ -336,7 +353,9 @@ impl Wal {
             if !is_last || self.opts.recovery == RecoveryMode::Strict {
                 return Err(corrupt(offset, CorruptReason::Frame(problem)));
             }
-            if let Some(bit_offset) = single_bit_rot(&buf, at, self.opts.sector_size_bytes) {
+            if let Some(bit_offset) =
+                single_bit_rot(&buf, at, self.opts.sector_size_bytes, scan.frames.last())
+            {
                 return Err(corrupt(offset, CorruptReason::BitRot { problem, bit_offset }));
             }
             if let Some(later) = later_batch_after(&buf, at) {
@@ -355,7 +374,8 @@ impl Wal {
                 reason = %problem,
                 "repaired torn WAL tail: dropped bytes after the last complete record"
             );
-            report.repaired = Some(TornTail { segment: path.clone(), offset, bytes_dropped, broken_copy, problem });
+            report.repaired =
+                Some(TornTail { segment: path.clone(), offset, bytes_dropped, broken_copy, problem });
             valid_len = offset;
         }
         for frame in scan.frames {
@@ -425,7 +445,9 @@ impl Wal {
         for r in records {
             shape.step(r).map_err(|reason| WalError::InvalidArgument(reason.to_string()))?;
             if frame_len(r) - FRAME_HEADER_LEN > MAX_PAYLOAD_BYTES as usize {
-                return Err(WalError::InvalidArgument(format!("record {r} exceeds {MAX_PAYLOAD_BYTES} bytes")));
+                return Err(WalError::InvalidArgument(format!(
+                    "record {r} exceeds {MAX_PAYLOAD_BYTES} bytes"
+                )));
             }
         }
         let result = self.write_batch(records);
@@ -584,7 +606,8 @@ impl Wal {
         if crc32c::crc32c(&header[0..16]) != stored {
             return Err(corrupt(CorruptReason::Frame(FrameProblem::HeaderChecksum)));
         }
-        let payload_len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]).min(MAX_PAYLOAD_BYTES);
+        let payload_len =
+            u32::from_be_bytes([header[0], header[1], header[2], header[3]]).min(MAX_PAYLOAD_BYTES);
         let mut frame = vec![0u8; FRAME_HEADER_LEN + payload_len as usize];
         seg.file.read_exact_at(&mut frame, loc.offset).map_err(io_err(&seg.path))?;
         match decode_frame_at(&frame, 0, loc.offset) {
@@ -660,10 +683,7 @@ mod tests {
         wal.compact(4)?;
         assert_eq!(wal.first_index(), Some(4));
         assert!(matches!(wal.entry(3), Err(WalError::Unavailable { .. })));
-        assert!(matches!(
-            wal.append(Batch::new().entry(20, 2, vec![])),
-            Err(WalError::InvalidArgument(_))
-        ));
+        assert!(matches!(wal.append(Batch::new().entry(20, 2, vec![])), Err(WalError::InvalidArgument(_))));
         drop(wal);
         let (wal, report) = open(dir.path());
         assert_eq!(report.repaired, None);

@@ -1,0 +1,482 @@
+//! Crash-state exploration of the WAL on the simulated disk (CrashMonkey-style).
+//!
+//! Failure injected: a process kill or a power loss at every durability operation (every write, fsync,
+//! directory fsync, rename, remove, truncate, create) of generated sequences of appends, truncations,
+//! compactions and restarts; for power loss, several seeds of sector fates. Also bit flips in
+//! acknowledged records.
+//!
+//! Invariants checked after recovery:
+//! * recovery never reports corruption after a crash alone, and needs no operator;
+//! * every record whose append returned is present and intact; the log is the acknowledged log plus a
+//!   prefix of the batch in flight (so no record after a gap);
+//! * the recovered WAL accepts new appends and reopens cleanly;
+//! * a bit flip inside an acknowledged record that valid records follow is always `Corrupt`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use durakv::io::{Fs, OpenOptions, SharedFs, read_file};
+use durakv::wal::{Batch, CorruptReason, Record, Wal, WalError, WalOptions, scan_segment};
+use durakv_faults::{CrashKind, SimFs, SimFsOptions, TornWrite, is_crash_error};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const DIR: &str = "/node/wal";
+
+fn opts() -> WalOptions {
+    // Small segments so sequences roll over and compaction removes files.
+    WalOptions { segment_size_bytes: 4096, ..WalOptions::default() }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Append(Batch),
+    Compact(u64),
+    Reopen,
+}
+
+/// What the log must hold: entries by index, metas, compaction floor.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Model {
+    entries: BTreeMap<u64, (u64, Vec<u8>)>,
+    metas: BTreeMap<u16, Vec<u8>>,
+    floor: u64,
+}
+
+impl Model {
+    fn apply(&mut self, r: &Record) {
+        match r {
+            Record::Entry(e) => {
+                self.entries.insert(e.index, (e.term, e.data.clone()));
+            }
+            Record::Truncate { from } => {
+                self.entries.split_off(from);
+            }
+            Record::Meta { key, value } => {
+                self.metas.insert(*key, value.clone());
+            }
+            Record::Compact { first_index } => {
+                self.floor = self.floor.max(*first_index);
+                self.entries = self.entries.split_off(&self.floor);
+            }
+        }
+    }
+
+    fn last(&self) -> Option<u64> {
+        self.entries.keys().next_back().copied()
+    }
+
+    fn first(&self) -> Option<u64> {
+        self.entries.keys().next().copied()
+    }
+
+    /// The models a crash during `op` may leave: its records applied as a prefix.
+    fn candidates(&self, op: Option<&Op>) -> Vec<Model> {
+        let mut out = vec![self.clone()];
+        match op {
+            Some(Op::Append(b)) => {
+                let mut m = self.clone();
+                for r in b.records() {
+                    m.apply(r);
+                    out.push(m.clone());
+                }
+            }
+            Some(Op::Compact(i)) => {
+                let mut m = self.clone();
+                m.apply(&Record::Compact { first_index: *i });
+                out.push(m);
+            }
+            Some(Op::Reopen) | None => {}
+        }
+        out
+    }
+}
+
+/// Read everything the recovered WAL holds into a model.
+fn observe(wal: &Wal) -> Result<Model, WalError> {
+    let mut m = Model { floor: wal.compacted_below(), metas: wal.metas().clone(), ..Model::default() };
+    if let (Some(first), Some(last)) = (wal.first_index(), wal.last_index()) {
+        for e in wal.entries(first, last + 1, None)? {
+            m.entries.insert(e.index, (e.term, e.data));
+        }
+    }
+    Ok(m)
+}
+
+/// A generated sequence of operations, with the model after each op valid in order.
+fn generate(seed: u64, len: usize) -> Vec<Op> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut model = Model::default();
+    let mut term = 1;
+    let mut ops = Vec::new();
+    for _ in 0..len {
+        let roll = rng.random_range(0..100);
+        let op = if roll < 10 {
+            Op::Reopen
+        } else if roll < 20 && model.last().is_some() {
+            let lo = model.first().unwrap_or(1);
+            let hi = model.last().map_or(lo, |l| l + 1);
+            Op::Compact(rng.random_range(lo..=hi).max(model.floor + 1))
+        } else {
+            let mut b = Batch::new();
+            let mut next = model.last().map_or(model.floor.max(1), |l| l + 1);
+            if rng.random_range(0..5) == 0
+                && let (Some(first), Some(last)) = (model.first(), model.last())
+            {
+                // A raft conflict: rewrite the tail from a new term.
+                let from = rng.random_range(first..=last);
+                b.truncate_from(from);
+                term += 1;
+                next = from;
+            }
+            for _ in 0..rng.random_range(1..=5) {
+                let size = [0usize, 9, 100, 700, 2500][rng.random_range(0..5)];
+                let data: Vec<u8> = (0..size).map(|_| rng.random()).collect();
+                b.entry(next, term, data);
+                next += 1;
+            }
+            if rng.random_range(0..3) == 0 {
+                let key = rng.random_range(0..3u16);
+                let value: Vec<u8> = (0..rng.random_range(1..40)).map(|_| rng.random()).collect();
+                b.set_meta(key, value);
+            }
+            Op::Append(b)
+        };
+        if let Op::Append(b) = &op {
+            for r in b.records() {
+                model.apply(r);
+            }
+        } else if let Op::Compact(i) = &op {
+            model.apply(&Record::Compact { first_index: *i });
+        }
+        ops.push(op);
+    }
+    ops
+}
+
+fn new_disk(seed: u64) -> SimFs {
+    let fs = SimFs::new(seed, SimFsOptions::default()).expect("default options are valid");
+    fs.create_dir_all(Path::new("/node")).expect("mkdir");
+    fs.sync_dir(Path::new("/")).expect("sync /");
+    fs
+}
+
+fn open_wal(fs: &SimFs) -> Result<Wal, WalError> {
+    let shared: SharedFs = Arc::new(fs.clone());
+    Wal::open(shared, Path::new(DIR), opts()).map(|(w, _)| w)
+}
+
+/// Run `ops`; returns the acknowledged model and the op in flight when the disk crashed (if it did).
+fn run(fs: &SimFs, ops: &[Op]) -> (Model, Option<usize>) {
+    let mut model = Model::default();
+    let mut wal = match open_wal(fs) {
+        Ok(w) => w,
+        Err(e) => {
+            assert!(is_sim_crash(&e), "open failed without a crash: {e}");
+            return (model, None);
+        }
+    };
+    for (i, op) in ops.iter().enumerate() {
+        let result = match op {
+            Op::Append(b) => wal.append(b),
+            Op::Compact(idx) => wal.compact(*idx),
+            Op::Reopen => {
+                drop(wal);
+                match open_wal(fs) {
+                    Ok(w) => {
+                        wal = w;
+                        Ok(())
+                    }
+                    Err(e) => {
+                        assert!(is_sim_crash(&e), "reopen failed without a crash: {e}");
+                        return (model, Some(i));
+                    }
+                }
+            }
+        };
+        match result {
+            Ok(()) => {
+                if let Op::Append(b) = op {
+                    for r in b.records() {
+                        model.apply(r);
+                    }
+                } else if let Op::Compact(idx) = op {
+                    model.apply(&Record::Compact { first_index: *idx });
+                }
+            }
+            Err(e) => {
+                assert!(is_sim_crash(&e), "op {i} failed without a crash: {e}");
+                return (model, Some(i));
+            }
+        }
+    }
+    (model, None)
+}
+
+fn is_sim_crash(e: &WalError) -> bool {
+    match e {
+        WalError::Io { source, .. } => is_crash_error(source),
+        _ => false,
+    }
+}
+
+fn image_digest(fs: &SimFs) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    fs.cached_image().hash(&mut h);
+    h.finish()
+}
+
+/// Crash at `at_op` with `kind`, recover, and check every invariant. Returns the post-crash digest
+/// and whether recovery repaired a torn tail.
+fn explore_one(seq_seed: u64, ops: &[Op], at_op: u64, kind: CrashKind, disk_seed: u64) -> (u64, bool) {
+    let fs = new_disk(disk_seed);
+    fs.arm_crash(at_op, kind, TornWrite::Random);
+    let (acked, in_flight) = run(&fs, ops);
+    assert!(fs.is_halted(), "the crash at op {at_op} fired");
+    fs.resume();
+    let digest = image_digest(&fs);
+    let ctx = format!(
+        "sequence {seq_seed}, crash {kind:?} at op {at_op}, disk seed {disk_seed}, in flight {in_flight:?}"
+    );
+    let shared: SharedFs = Arc::new(fs.clone());
+    let (mut wal, report) = match Wal::open(shared, Path::new(DIR), opts()) {
+        Ok(w) => w,
+        Err(e) => panic!("{ctx}: recovery after a crash alone failed: {e}"),
+    };
+    let got = observe(&wal).unwrap_or_else(|e| panic!("{ctx}: reading back failed: {e}"));
+    let candidates = acked.candidates(in_flight.map(|i| &ops[i]));
+    assert!(
+        candidates.contains(&got),
+        "{ctx}: recovered log is not the acknowledged log plus a prefix of the batch in flight\n got: {:?}\n acked: {:?}",
+        summary(&got),
+        summary(&acked)
+    );
+    // The node goes on without an operator: it can append and restart.
+    let next = got.last().map_or(got.floor.max(1), |l| l + 1);
+    wal.append(Batch::new().entry(next, 99, b"after".to_vec()))
+        .unwrap_or_else(|e| panic!("{ctx}: append after recovery failed: {e}"));
+    drop(wal);
+    let wal = open_wal(&fs).unwrap_or_else(|e| panic!("{ctx}: second reopen failed: {e}"));
+    assert_eq!(wal.last_index(), Some(next), "{ctx}");
+    (digest, report.repaired.is_some())
+}
+
+fn summary(m: &Model) -> String {
+    format!(
+        "floor {} entries {:?} metas {:?}",
+        m.floor,
+        m.entries.iter().map(|(i, (t, d))| (*i, *t, d.len())).collect::<Vec<_>>(),
+        m.metas.keys().collect::<Vec<_>>()
+    )
+}
+
+#[test]
+fn crash_at_every_durability_point_loses_nothing_acknowledged() {
+    let mut states = BTreeSet::new();
+    let mut runs = 0u64;
+    let mut repairs = 0u64;
+    let mut visit = |(digest, repaired): (u64, bool)| {
+        states.insert(digest);
+        repairs += u64::from(repaired);
+    };
+    for seq_seed in 0..24u64 {
+        let ops = generate(seq_seed, 14);
+        // Count the durability operations of a crash-free run.
+        let clean = new_disk(0);
+        let base = clean.ops_done();
+        let (model, in_flight) = run(&clean, &ops);
+        assert_eq!(in_flight, None);
+        let total = clean.ops_done() - base;
+        let wal = open_wal(&clean).expect("clean reopen");
+        assert_eq!(
+            observe(&wal).expect("read back"),
+            model,
+            "sequence {seq_seed}: clean run matches the model"
+        );
+        for k in 0..total {
+            let at = base + k;
+            visit(explore_one(seq_seed, &ops, at, CrashKind::ProcessKill, seq_seed * 1000 + k));
+            runs += 1;
+            for variant in 0..3 {
+                let disk_seed = seq_seed * 1_000_000 + k * 10 + variant;
+                visit(explore_one(seq_seed, &ops, at, CrashKind::PowerLoss, disk_seed));
+                runs += 1;
+            }
+        }
+    }
+    println!(
+        "explored {runs} crashes, {} distinct post-crash disk images, {repairs} torn tails repaired",
+        states.len()
+    );
+    assert!(states.len() >= 1000, "only {} distinct crash states visited", states.len());
+    // The exploration must actually exercise the repair path, not only clean recoveries.
+    assert!(repairs >= 100, "only {repairs} torn tails were repaired");
+}
+
+#[test]
+fn crash_during_recovery_is_recovered_too() {
+    // A torn tail, then a crash at each step of its repair, then a clean recovery.
+    let ops = generate(7, 10);
+    for k in 0..40u64 {
+        let fs = new_disk(k);
+        let base = fs.ops_done();
+        fs.arm_crash(base + 25 + k % 15, CrashKind::ProcessKill, TornWrite::Random);
+        let (acked, in_flight) = run(&fs, &ops);
+        fs.resume();
+        let before = fs.ops_done();
+        fs.arm_crash(before + k % 6, CrashKind::PowerLoss, TornWrite::Random);
+        let _ = open_wal(&fs);
+        fs.resume();
+        let wal =
+            open_wal(&fs).unwrap_or_else(|e| panic!("k={k}: recovery after a crash during recovery: {e}"));
+        let got = observe(&wal).expect("read back");
+        assert!(acked.candidates(in_flight.map(|i| &ops[i])).contains(&got), "k={k}");
+    }
+}
+
+/// The frames of every segment file, as (path, offset, end, batch_start).
+fn frames(fs: &SimFs) -> Vec<(PathBuf, u64, u64, u64)> {
+    let mut out = Vec::new();
+    for e in fs.read_dir(Path::new(DIR)).expect("list") {
+        if !e.name.ends_with(".wal") {
+            continue;
+        }
+        let path = Path::new(DIR).join(&e.name);
+        let bytes = read_file(fs, &path).expect("read");
+        let scan = scan_segment(&bytes).expect("clean segment");
+        for f in scan.frames {
+            out.push((path.clone(), f.offset, f.end, f.batch_start));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_bit_flip_in_an_acknowledged_record_followed_by_valid_records_is_corrupt() {
+    let mut checked = 0;
+    for seed in 0..300u64 {
+        let fs = new_disk(seed);
+        let ops = generate(seed % 17, 8);
+        let (_, in_flight) = run(&fs, &ops);
+        assert_eq!(in_flight, None);
+        let all = frames(&fs);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        // Any frame but the very last one is followed by valid records.
+        let victim = rng.random_range(0..all.len() - 1);
+        let (path, start, end, _) = &all[victim];
+        let offset = rng.random_range(*start..*end);
+        let bit = rng.random_range(0..8u8);
+        fs.flip_bit(path, offset, bit).expect("flip");
+        let err = open_wal(&fs).expect_err("a flipped acknowledged record must not open");
+        match err {
+            WalError::Corrupt { path: p, offset: at, reason } => {
+                assert_eq!(&p, path, "seed {seed}: the error names the damaged segment");
+                assert_eq!(at, *start, "seed {seed}: the error names the damaged record's offset");
+                assert!(!matches!(reason, CorruptReason::NonContiguous { .. }), "seed {seed}: {reason}");
+            }
+            other => panic!("seed {seed}: expected Corrupt, got {other}"),
+        }
+        // Nothing was truncated or moved aside.
+        assert!(fs.read_dir(Path::new(DIR)).expect("list").iter().all(|e| !e.name.contains("broken")));
+        checked += 1;
+    }
+    assert_eq!(checked, 300);
+}
+
+/// elastickv's three cases, on the real layout of a WAL.
+#[test]
+fn truncating_inside_the_last_record_is_repaired_and_earlier_records_survive() {
+    let fs = new_disk(1);
+    let mut wal = open_wal(&fs).expect("open");
+    for i in 1..=5u64 {
+        wal.append(Batch::new().entry(i, 1, vec![i as u8; 300])).expect("append");
+    }
+    drop(wal);
+    let all = frames(&fs);
+    let (path, start, end, _) = all.last().expect("frames").clone();
+    let cut = end - 5;
+    let mut f = fs.open(&path, OpenOptions::read_write()).expect("open segment");
+    f.set_len(cut).expect("cut inside the last record");
+    drop(f);
+    let shared: SharedFs = Arc::new(fs.clone());
+    let (wal, report) = Wal::open(shared, Path::new(DIR), opts()).expect("repaired");
+    let torn = report.repaired.expect("a repair was reported");
+    assert_eq!(torn.segment, path);
+    assert_eq!(torn.offset, start);
+    assert_eq!(torn.bytes_dropped, cut - start);
+    assert_eq!(read_file(&fs, &torn.broken_copy).expect("broken copy").len() as u64, cut - start);
+    assert_eq!(wal.last_index(), Some(4));
+    for i in 1..=4 {
+        assert_eq!(wal.entry(i).expect("survivor").data, vec![i as u8; 300]);
+    }
+}
+
+#[test]
+fn flipping_a_byte_in_a_middle_record_is_an_error() {
+    let fs = new_disk(2);
+    let mut wal = open_wal(&fs).expect("open");
+    for i in 1..=5u64 {
+        wal.append(Batch::new().entry(i, 1, vec![i as u8; 300])).expect("append");
+    }
+    drop(wal);
+    let all = frames(&fs);
+    let (path, start, _, _) = all[all.len() / 2].clone();
+    let mut f = fs.open(&path, OpenOptions::read_write()).expect("open segment");
+    let mut byte = [0u8; 1];
+    f.read_exact_at(&mut byte, start + 60).expect("read");
+    f.write_at(&[byte[0] ^ 0xFF], start + 60).expect("flip a byte");
+    drop(f);
+    match open_wal(&fs) {
+        Err(WalError::Corrupt { path: p, offset, .. }) => {
+            assert_eq!((p, offset), (path, start));
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_clean_open_repairs_nothing() {
+    let fs = new_disk(3);
+    let mut wal = open_wal(&fs).expect("open");
+    wal.append(Batch::new().entry(1, 1, b"x".to_vec())).expect("append");
+    drop(wal);
+    let shared: SharedFs = Arc::new(fs.clone());
+    let (_, report) = Wal::open(shared, Path::new(DIR), opts()).expect("clean");
+    assert_eq!(report.repaired, None);
+    assert_eq!(report.records, 1);
+}
+
+#[test]
+fn a_missing_middle_segment_is_corrupt() {
+    let fs = new_disk(4);
+    let mut wal = open_wal(&fs).expect("open");
+    for i in 1..=40u64 {
+        wal.append(Batch::new().entry(i, 1, vec![0u8; 700])).expect("append");
+    }
+    let paths = wal.segment_paths();
+    drop(wal);
+    assert!(paths.len() >= 3);
+    fs.remove_file(&paths[1]).expect("remove");
+    assert!(matches!(
+        open_wal(&fs),
+        Err(WalError::Corrupt { reason: CorruptReason::MissingSegment { .. }, .. })
+    ));
+}
+
+#[test]
+fn a_failed_fsync_poisons_the_wal() {
+    use durakv_faults::{FaultEffect, FaultRule, OpKind};
+    let rule =
+        FaultRule::always(FaultEffect::Eio, &[OpKind::Sync]).on_path("*.wal").expect("pattern").after_ops(10);
+    let fs = SimFs::new(5, SimFsOptions { rules: vec![rule], ..SimFsOptions::default() }).expect("options");
+    fs.create_dir_all(Path::new("/node")).expect("mkdir");
+    let mut wal = open_wal(&fs).expect("open");
+    wal.append(Batch::new().entry(1, 1, b"a".to_vec())).expect("first append before the fault");
+    let err = wal.append(Batch::new().entry(2, 1, b"b".to_vec())).expect_err("EIO on fsync");
+    assert!(matches!(err, WalError::Io { .. }), "{err}");
+    assert!(wal.is_poisoned());
+    assert!(matches!(wal.append(Batch::new().entry(2, 1, b"b".to_vec())), Err(WalError::Poisoned)));
+    assert_eq!(fs.coverage().get("fault.eio.sync"), Some(&1));
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install what building and testing durakv needs, only when it is missing:
+#   clang + libclang-dev  bindgen (librocksdb-sys) parses RocksDB's C header with libclang
+#   protobuf-compiler     protoc, for raft-rs's prost codec
+#   rustfmt, clippy       part of `make test`
+set -euo pipefail
+
+need=()
+command -v clang >/dev/null 2>&1 || need+=(clang)
+ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 \
+    || need+=(libclang-dev)
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+command -v g++ >/dev/null 2>&1 || need+=(g++)
+command -v make >/dev/null 2>&1 || need+=(make)
+
+if ((${#need[@]})); then
+    echo "install-deps: installing Debian packages: ${need[*]}"
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null 2>&1 || { echo "install-deps: need root or sudo to install ${need[*]}" >&2; exit 1; }
+        sudo="sudo"
+    fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+for component in rustfmt clippy; do
+    if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+        echo "install-deps: adding rustup component $component"
+        rustup component add "$component"
+    fi
+done
