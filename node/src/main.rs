@@ -84,7 +84,7 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
                 };
                 println!("{} (seq {}, {} bytes)", path.display(), scan.seq, bytes.len());
                 for f in &scan.frames {
-                    println!("  @{:<10} batch@{:<10} {}", f.offset, f.batch_start, f.record);
+                    println!("  @{:<10} batch@{:<10} {}", f.offset, f.durable_upto, f.record);
                 }
                 if let Some((offset, problem)) = scan.stopped {
                     println!("  @{offset:<10} STOP: {problem} ({} bytes after)", bytes.len() as u64 - offset);

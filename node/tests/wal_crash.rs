@@ -33,8 +33,73 @@ fn opts() -> WalOptions {
 #[derive(Debug, Clone)]
 enum Op {
     Append(Batch),
+    /// `append_unsynced`: survives a process kill, may be lost (as a suffix) on power loss.
+    AppendUnsynced(Batch),
+    Sync,
     Compact(u64),
     Reopen,
+}
+
+impl Op {
+    /// The records this op writes, in order.
+    fn records(&self) -> Vec<Record> {
+        match self {
+            Op::Append(b) | Op::AppendUnsynced(b) => b.records().to_vec(),
+            Op::Compact(i) => vec![Record::Compact { first_index: *i }],
+            Op::Sync | Op::Reopen => Vec::new(),
+        }
+    }
+
+    /// Does this op, once it returns, make everything written before it durable?
+    fn syncs(&self) -> bool {
+        !matches!(self, Op::AppendUnsynced(_))
+    }
+}
+
+/// What has been made durable, and what was written since without an fsync.
+#[derive(Debug, Clone, Default)]
+struct Tracker {
+    durable: Model,
+    unsynced: Vec<Record>,
+}
+
+impl Tracker {
+    fn done(&mut self, op: &Op) {
+        self.unsynced.extend(op.records());
+        if op.syncs() {
+            for r in self.unsynced.drain(..) {
+                self.durable.apply(&r);
+            }
+        }
+    }
+
+    /// Everything the process saw, durable or not.
+    fn written(&self) -> Model {
+        let mut m = self.durable.clone();
+        for r in &self.unsynced {
+            m.apply(r);
+        }
+        m
+    }
+
+    /// The logs a crash of `kind` during `in_flight` may leave: after a process kill, everything
+    /// written plus a prefix of the op in flight; after a power loss, the durable log plus any prefix
+    /// of what was written since (the op in flight included).
+    fn candidates(&self, kind: CrashKind, in_flight: Option<&Op>) -> Vec<Model> {
+        let tail = in_flight.map(Op::records).unwrap_or_default();
+        let (mut m, rest): (Model, Vec<Record>) = match kind {
+            CrashKind::ProcessKill => (self.written(), tail),
+            CrashKind::PowerLoss => {
+                (self.durable.clone(), self.unsynced.iter().cloned().chain(tail).collect())
+            }
+        };
+        let mut out = vec![m.clone()];
+        for r in &rest {
+            m.apply(r);
+            out.push(m.clone());
+        }
+        out
+    }
 }
 
 /// What the log must hold: entries by index, metas, compaction floor.
@@ -71,27 +136,6 @@ impl Model {
     fn first(&self) -> Option<u64> {
         self.entries.keys().next().copied()
     }
-
-    /// The models a crash during `op` may leave: its records applied as a prefix.
-    fn candidates(&self, op: Option<&Op>) -> Vec<Model> {
-        let mut out = vec![self.clone()];
-        match op {
-            Some(Op::Append(b)) => {
-                let mut m = self.clone();
-                for r in b.records() {
-                    m.apply(r);
-                    out.push(m.clone());
-                }
-            }
-            Some(Op::Compact(i)) => {
-                let mut m = self.clone();
-                m.apply(&Record::Compact { first_index: *i });
-                out.push(m);
-            }
-            Some(Op::Reopen) | None => {}
-        }
-        out
-    }
 }
 
 /// Read everything the recovered WAL holds into a model.
@@ -105,9 +149,11 @@ fn observe(wal: &Wal) -> Result<Model, WalError> {
     Ok(m)
 }
 
-/// A generated sequence of operations, with the model after each op valid in order.
+/// A generated sequence of operations, each valid after the ones before it. Odd seeds also use
+/// unsynced appends and explicit syncs.
 fn generate(seed: u64, len: usize) -> Vec<Op> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let unsynced = seed % 2 == 1;
     let mut model = Model::default();
     let mut term = 1;
     let mut ops = Vec::new();
@@ -115,6 +161,8 @@ fn generate(seed: u64, len: usize) -> Vec<Op> {
         let roll = rng.random_range(0..100);
         let op = if roll < 10 {
             Op::Reopen
+        } else if unsynced && roll < 16 {
+            Op::Sync
         } else if roll < 20 && model.last().is_some() {
             let lo = model.first().unwrap_or(1);
             let hi = model.last().map_or(lo, |l| l + 1);
@@ -142,14 +190,10 @@ fn generate(seed: u64, len: usize) -> Vec<Op> {
                 let value: Vec<u8> = (0..rng.random_range(1..40)).map(|_| rng.random()).collect();
                 b.set_meta(key, value);
             }
-            Op::Append(b)
+            if unsynced && rng.random_range(0..2) == 0 { Op::AppendUnsynced(b) } else { Op::Append(b) }
         };
-        if let Op::Append(b) = &op {
-            for r in b.records() {
-                model.apply(r);
-            }
-        } else if let Op::Compact(i) = &op {
-            model.apply(&Record::Compact { first_index: *i });
+        for r in op.records() {
+            model.apply(&r);
         }
         ops.push(op);
     }
@@ -168,19 +212,21 @@ fn open_wal(fs: &SimFs) -> Result<Wal, WalError> {
     Wal::open(shared, Path::new(DIR), opts()).map(|(w, _)| w)
 }
 
-/// Run `ops`; returns the acknowledged model and the op in flight when the disk crashed (if it did).
-fn run(fs: &SimFs, ops: &[Op]) -> (Model, Option<usize>) {
-    let mut model = Model::default();
+/// Run `ops`; returns what was durable and written, and the op in flight when the disk crashed.
+fn run(fs: &SimFs, ops: &[Op]) -> (Tracker, Option<usize>) {
+    let mut tracker = Tracker::default();
     let mut wal = match open_wal(fs) {
         Ok(w) => w,
         Err(e) => {
             assert!(is_sim_crash(&e), "open failed without a crash: {e}");
-            return (model, None);
+            return (tracker, None);
         }
     };
     for (i, op) in ops.iter().enumerate() {
         let result = match op {
             Op::Append(b) => wal.append(b),
+            Op::AppendUnsynced(b) => wal.append_unsynced(b),
+            Op::Sync => wal.sync(),
             Op::Compact(idx) => wal.compact(*idx),
             Op::Reopen => {
                 drop(wal);
@@ -191,28 +237,20 @@ fn run(fs: &SimFs, ops: &[Op]) -> (Model, Option<usize>) {
                     }
                     Err(e) => {
                         assert!(is_sim_crash(&e), "reopen failed without a crash: {e}");
-                        return (model, Some(i));
+                        return (tracker, Some(i));
                     }
                 }
             }
         };
         match result {
-            Ok(()) => {
-                if let Op::Append(b) = op {
-                    for r in b.records() {
-                        model.apply(r);
-                    }
-                } else if let Op::Compact(idx) = op {
-                    model.apply(&Record::Compact { first_index: *idx });
-                }
-            }
+            Ok(()) => tracker.done(op),
             Err(e) => {
                 assert!(is_sim_crash(&e), "op {i} failed without a crash: {e}");
-                return (model, Some(i));
+                return (tracker, Some(i));
             }
         }
     }
-    (model, None)
+    (tracker, None)
 }
 
 fn is_sim_crash(e: &WalError) -> bool {
@@ -233,7 +271,7 @@ fn image_digest(fs: &SimFs) -> u64 {
 fn explore_one(seq_seed: u64, ops: &[Op], at_op: u64, kind: CrashKind, disk_seed: u64) -> (u64, bool) {
     let fs = new_disk(disk_seed);
     fs.arm_crash(at_op, kind, TornWrite::Random);
-    let (acked, in_flight) = run(&fs, ops);
+    let (tracker, in_flight) = run(&fs, ops);
     assert!(fs.is_halted(), "the crash at op {at_op} fired");
     fs.resume();
     let digest = image_digest(&fs);
@@ -246,12 +284,13 @@ fn explore_one(seq_seed: u64, ops: &[Op], at_op: u64, kind: CrashKind, disk_seed
         Err(e) => panic!("{ctx}: recovery after a crash alone failed: {e}"),
     };
     let got = observe(&wal).unwrap_or_else(|e| panic!("{ctx}: reading back failed: {e}"));
-    let candidates = acked.candidates(in_flight.map(|i| &ops[i]));
+    let candidates = tracker.candidates(kind, in_flight.map(|i| &ops[i]));
     assert!(
         candidates.contains(&got),
-        "{ctx}: recovered log is not the acknowledged log plus a prefix of the batch in flight\n got: {:?}\n acked: {:?}",
+        "{ctx}: recovered log is not the acknowledged log plus a prefix of what was in flight\n got: {:?}\n durable: {:?}\n unsynced: {}",
         summary(&got),
-        summary(&acked)
+        summary(&tracker.durable),
+        tracker.unsynced.len()
     );
     // The node goes on without an operator: it can append and restart.
     let next = got.last().map_or(got.floor.max(1), |l| l + 1);
@@ -286,8 +325,9 @@ fn crash_at_every_durability_point_loses_nothing_acknowledged() {
         // Count the durability operations of a crash-free run.
         let clean = new_disk(0);
         let base = clean.ops_done();
-        let (model, in_flight) = run(&clean, &ops);
+        let (tracker, in_flight) = run(&clean, &ops);
         assert_eq!(in_flight, None);
+        let model = tracker.written();
         let total = clean.ops_done() - base;
         let wal = open_wal(&clean).expect("clean reopen");
         assert_eq!(
@@ -323,7 +363,7 @@ fn crash_during_recovery_is_recovered_too() {
         let fs = new_disk(k);
         let base = fs.ops_done();
         fs.arm_crash(base + 25 + k % 15, CrashKind::ProcessKill, TornWrite::Random);
-        let (acked, in_flight) = run(&fs, &ops);
+        let (tracker, in_flight) = run(&fs, &ops);
         fs.resume();
         let before = fs.ops_done();
         fs.arm_crash(before + k % 6, CrashKind::PowerLoss, TornWrite::Random);
@@ -332,11 +372,13 @@ fn crash_during_recovery_is_recovered_too() {
         let wal =
             open_wal(&fs).unwrap_or_else(|e| panic!("k={k}: recovery after a crash during recovery: {e}"));
         let got = observe(&wal).expect("read back");
-        assert!(acked.candidates(in_flight.map(|i| &ops[i])).contains(&got), "k={k}");
+        // The first crash was a process kill, the second a power loss: the power loss can take
+        // whatever the first crash left unsynced, so check against the power-loss candidates.
+        assert!(tracker.candidates(CrashKind::PowerLoss, in_flight.map(|i| &ops[i])).contains(&got), "k={k}");
     }
 }
 
-/// The frames of every segment file, as (path, offset, end, batch_start).
+/// The frames of every segment file, as (path, offset, end, durable_upto).
 fn frames(fs: &SimFs) -> Vec<(PathBuf, u64, u64, u64)> {
     let mut out = Vec::new();
     for e in fs.read_dir(Path::new(DIR)).expect("list") {
@@ -347,7 +389,7 @@ fn frames(fs: &SimFs) -> Vec<(PathBuf, u64, u64, u64)> {
         let bytes = read_file(fs, &path).expect("read");
         let scan = scan_segment(&bytes).expect("clean segment");
         for f in scan.frames {
-            out.push((path.clone(), f.offset, f.end, f.batch_start));
+            out.push((path.clone(), f.offset, f.end, f.durable_upto));
         }
     }
     out

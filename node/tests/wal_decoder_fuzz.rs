@@ -9,7 +9,7 @@ use std::sync::Arc;
 use durakv::io::{Fs, OpenOptions, SharedFs};
 use durakv::wal::{
     Batch, Entry, Record, SEGMENT_HEADER_LEN, Wal, WalError, WalOptions, decode_frame, encode_frame,
-    encode_segment_header, later_batch_after, scan_segment, single_bit_rot,
+    encode_segment_header, later_durable_after, scan_segment, single_bit_rot,
 };
 use durakv_faults::SimFs;
 use proptest::collection::vec;
@@ -18,9 +18,9 @@ use proptest::prelude::*;
 fn valid_segment(records: &[(u64, Vec<u8>)]) -> Vec<u8> {
     let mut buf = encode_segment_header(1).to_vec();
     for (i, (term, data)) in records.iter().enumerate() {
-        let batch_start = buf.len() as u64;
+        let durable_upto = buf.len() as u64;
         let r = Record::Entry(Entry { index: i as u64 + 1, term: *term, data: data.clone() });
-        encode_frame(&mut buf, &r, batch_start);
+        encode_frame(&mut buf, &r, durable_upto);
     }
     buf
 }
@@ -34,7 +34,7 @@ proptest! {
         for off in 0..bytes.len().min(6) {
             let _ = decode_frame(&bytes, off);
             let _ = single_bit_rot(&bytes, off, 512, None);
-            let _ = later_batch_after(&bytes, off);
+            let _ = later_durable_after(&bytes, off);
         }
     }
 

@@ -16,7 +16,7 @@
 //!   4  kind         1  1 entry, 2 truncate, 3 meta, 4 compact
 //!   5  flags        1  zero
 //!   6  reserved     2  zero
-//!   8  batch_start  8  offset in the segment of the first frame of this frame's append batch
+//!   8  durable_upto 8  segment offset below which every byte was fsynced when this frame was written
 //!  16  header_crc   4  crc32c(bytes 0..16)
 //!  20  payload_crc  4  crc32c(payload)
 //!  24  payload      payload_len bytes
@@ -110,8 +110,8 @@ pub enum FrameProblem {
     UnknownKind(u8),
     #[error("reserved frame bits are set")]
     Reserved,
-    #[error("frame claims its batch starts at {batch_start}, not before the frame")]
-    BadBatchStart { batch_start: u64 },
+    #[error("frame claims bytes up to {durable_upto} were durable, which is not before the frame")]
+    BadDurableUpto { durable_upto: u64 },
     #[error("file ends inside a record ({available} of {len} payload bytes)")]
     ShortPayload { available: usize, len: u32 },
     #[error("record checksum mismatch")]
@@ -125,7 +125,7 @@ pub enum FrameProblem {
 pub struct Frame {
     pub offset: u64,
     pub end: u64,
-    pub batch_start: u64,
+    pub durable_upto: u64,
     pub record: Record,
 }
 
@@ -178,7 +178,7 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<u64, HeaderProblem> {
 }
 
 /// Append one frame for `record` to `out`.
-pub fn encode_frame(out: &mut Vec<u8>, record: &Record, batch_start: u64) {
+pub fn encode_frame(out: &mut Vec<u8>, record: &Record, durable_upto: u64) {
     let start = out.len();
     out.resize(start + FRAME_HEADER_LEN, 0);
     match record {
@@ -200,7 +200,7 @@ pub fn encode_frame(out: &mut Vec<u8>, record: &Record, batch_start: u64) {
     let h = &mut out[start..start + FRAME_HEADER_LEN];
     h[0..4].copy_from_slice(&(payload_len as u32).to_be_bytes());
     h[4] = record.kind();
-    h[8..16].copy_from_slice(&batch_start.to_be_bytes());
+    h[8..16].copy_from_slice(&durable_upto.to_be_bytes());
     let header_crc = crc32c::crc32c(&h[0..16]);
     h[16..20].copy_from_slice(&header_crc.to_be_bytes());
     h[20..24].copy_from_slice(&payload_crc.to_be_bytes());
@@ -212,7 +212,7 @@ pub fn frame_len(record: &Record) -> usize {
 }
 
 /// Check a frame header at `offset` (within a segment of `buf.len()` bytes). Returns
-/// `(payload_len, kind, batch_start)`.
+/// `(payload_len, kind, durable_upto)`.
 fn check_frame_header(buf: &[u8], offset: usize, file_offset: u64) -> Result<(u32, u8, u64), FrameProblem> {
     let available = buf.len().saturating_sub(offset);
     if available < FRAME_HEADER_LEN {
@@ -233,11 +233,11 @@ fn check_frame_header(buf: &[u8], offset: usize, file_offset: u64) -> Result<(u3
     if h[5] != 0 || h[6] != 0 || h[7] != 0 {
         return Err(FrameProblem::Reserved);
     }
-    let batch_start = be_u64(h, 8);
-    if batch_start > file_offset || batch_start < SEGMENT_HEADER_LEN as u64 {
-        return Err(FrameProblem::BadBatchStart { batch_start });
+    let durable_upto = be_u64(h, 8);
+    if durable_upto > file_offset || durable_upto < SEGMENT_HEADER_LEN as u64 {
+        return Err(FrameProblem::BadDurableUpto { durable_upto });
     }
-    Ok((len, kind, batch_start))
+    Ok((len, kind, durable_upto))
 }
 
 /// Decode the frame at `offset` of a segment image. Never panics, whatever the bytes.
@@ -248,7 +248,7 @@ pub fn decode_frame(buf: &[u8], offset: usize) -> Result<Frame, FrameProblem> {
 /// Decode the frame at `offset` of `buf`, where `buf[offset]` sits at `file_offset` in its segment
 /// (for a frame read back on its own).
 pub fn decode_frame_at(buf: &[u8], offset: usize, file_offset: u64) -> Result<Frame, FrameProblem> {
-    let (len, kind, batch_start) = check_frame_header(buf, offset, file_offset)?;
+    let (len, kind, durable_upto) = check_frame_header(buf, offset, file_offset)?;
     let body = offset + FRAME_HEADER_LEN;
     let available = buf.len() - body;
     if (len as usize) > available {
@@ -261,7 +261,7 @@ pub fn decode_frame_at(buf: &[u8], offset: usize, file_offset: u64) -> Result<Fr
     Ok(Frame {
         offset: file_offset,
         end: file_offset + (FRAME_HEADER_LEN + len as usize) as u64,
-        batch_start,
+        durable_upto,
         record: parse_record(kind, payload)?,
     })
 }
@@ -323,12 +323,12 @@ pub fn scan_segment(buf: &[u8]) -> Result<SegmentScan, HeaderProblem> {
     Ok(SegmentScan { seq, frames, stopped: None })
 }
 
-/// The first valid frame after `bad` that belongs to a batch written *after* `bad`'s bytes, i.e.
-/// proof that the bytes at `bad` had been fsynced (every append syncs before the next one starts).
-pub fn later_batch_after(buf: &[u8], bad: usize) -> Option<u64> {
+/// The first valid frame after `bad` written when the bytes at `bad` were already durable (its
+/// `durable_upto` lies past `bad`): proof that those bytes had been fsynced.
+pub fn later_durable_after(buf: &[u8], bad: usize) -> Option<u64> {
     let last = buf.len().checked_sub(FRAME_HEADER_LEN)?;
     (bad + 1..=last).find_map(|at| match decode_frame(buf, at) {
-        Ok(f) if f.batch_start > bad as u64 => Some(at as u64),
+        Ok(f) if f.durable_upto > bad as u64 => Some(at as u64),
         _ => None,
     })
 }
@@ -339,13 +339,14 @@ pub fn later_batch_after(buf: &[u8], bad: usize) -> Option<u64> {
 /// A crash changes *all* unsynced bytes of a sector at once (zeros for a dropped sector, random bytes
 /// for a torn one), never a lone bit. So a single-bit error is bit rot when the frame's own bytes in
 /// that sector are at least 4 and not all zero (a random 4-byte piece is within one bit of the
-/// original with odds of 33 in 2^32), or when another frame of the same append batch that shares the
-/// sector decodes cleanly (the sector was written intact). `prev` is the valid frame just before.
+/// original with odds of 33 in 2^32), or when another frame of the same unsynced stretch (same
+/// `durable_upto`) that shares the sector decodes cleanly (the sector was written intact). `prev` is
+/// the valid frame just before.
 pub fn single_bit_rot(buf: &[u8], offset: usize, sector: usize, prev: Option<&Frame>) -> Option<u64> {
     let h = buf.get(offset..offset.checked_add(FRAME_HEADER_LEN)?)?;
     let header_ok = crc32c::crc32c(&h[0..16]) == be_u32(h, 16);
     let body = offset + FRAME_HEADER_LEN;
-    let (pos, frame_end, batch_start) = if header_ok {
+    let (pos, frame_end, durable_upto) = if header_ok {
         let len = be_u32(h, 0) as usize;
         let payload = buf.get(body..body.checked_add(len)?)?;
         let syndrome = crc32c::crc32c(payload) ^ be_u32(h, 20);
@@ -386,9 +387,9 @@ pub fn single_bit_rot(buf: &[u8], offset: usize, sector: usize, prev: Option<&Fr
     let sector_end = sector_start + sector;
     let piece = &buf[sector_start.max(offset)..sector_end.min(frame_end)];
     let piece_evidence = piece.len() >= 4 && piece.iter().any(|&b| b != 0);
-    let prev_evidence = prev.is_some_and(|p| p.batch_start == batch_start && offset > sector_start);
+    let prev_evidence = prev.is_some_and(|p| p.durable_upto == durable_upto && offset > sector_start);
     let next_evidence = frame_end < sector_end
-        && matches!(decode_frame(buf, frame_end), Ok(next) if next.batch_start == batch_start);
+        && matches!(decode_frame(buf, frame_end), Ok(next) if next.durable_upto == durable_upto);
     (piece_evidence || prev_evidence || next_evidence).then_some(pos as u64)
 }
 
@@ -562,12 +563,12 @@ mod tests {
         encode_frame(&mut buf, &entry(2, 10), second_batch);
         let mut bad = buf.clone();
         bad[SEGMENT_HEADER_LEN + 30] ^= 0xFF;
-        assert_eq!(later_batch_after(&bad, SEGMENT_HEADER_LEN), Some(second_batch));
+        assert_eq!(later_durable_after(&bad, SEGMENT_HEADER_LEN), Some(second_batch));
         // Same batch: not proof of an earlier sync.
         let mut same = encode_segment_header(1).to_vec();
         encode_frame(&mut same, &entry(1, 10), SEGMENT_HEADER_LEN as u64);
         encode_frame(&mut same, &entry(2, 10), SEGMENT_HEADER_LEN as u64);
         same[SEGMENT_HEADER_LEN + 30] ^= 0xFF;
-        assert_eq!(later_batch_after(&same, SEGMENT_HEADER_LEN), None);
+        assert_eq!(later_durable_after(&same, SEGMENT_HEADER_LEN), None);
     }
 }

@@ -4,10 +4,10 @@
 //! # Contract
 //!
 //! * [`Wal::append`] writes a whole [`Batch`] with one `write` and one fsync and returns only once the
-//!   batch is durable. Appends are serialized, so when an append starts, every earlier byte of its
-//!   segment is durable. A failed write or fsync poisons the WAL: every later call fails with
-//!   [`WalError::Poisoned`] (the page cache's state is unknown after a failed fsync; restart and
-//!   recover instead of retrying — D10).
+//!   batch is durable (group commit). [`Wal::append_unsynced`] writes without the fsync (the simulated
+//!   FSM engine's `NoSync` journal); [`Wal::sync`] makes everything written durable. A failed write or
+//!   fsync poisons the WAL: every later call fails with [`WalError::Poisoned`] (the page cache's state
+//!   is unknown after a failed fsync; restart and recover instead of retrying — D10).
 //! * The log is append-only. A raft conflict is a [`Record::Truncate`] record, compaction a
 //!   [`Record::Compact`] record followed by the removal of whole segments that hold only discarded
 //!   entries (oldest first, then one directory fsync). Nothing already written is ever rewritten, so a
@@ -15,16 +15,18 @@
 //! * Each process writes to segments it created: the first append after [`Wal::open`] starts a new
 //!   segment (created as `<name>.tmp`, header fsynced, renamed, directory fsynced), whose first records
 //!   restate the compaction floor and every meta value, so old segments can be dropped without losing
-//!   them. Only the last segment can therefore hold unsynced bytes.
-//! * Every frame records where its batch started. At start-up, at the first bad frame of a segment:
+//!   them. A segment is fsynced before the next one is started, and open fsyncs the last segment it
+//!   found, so only the last segment can hold unsynced bytes.
+//! * Every frame records `durable_upto`: the offset below which its segment was known durable when the
+//!   frame was written. At start-up, at the first bad frame of a segment:
 //!   - in any segment but the last, or in [`RecoveryMode::Strict`]: [`WalError::Corrupt`];
 //!   - if the bad frame is explained by a single flipped bit in a sector a torn write would have
 //!     zeroed or scrambled whole: corruption (bit rot);
-//!   - if a valid frame follows whose batch started *after* the bad bytes: those bytes had been
-//!     fsynced before that later append began, so this is corruption of acknowledged data;
-//!   - otherwise the damage lies inside the last, unacknowledged batch: a torn tail. It is repaired:
-//!     the dropped bytes are copied to `<segment>.broken`, the segment is truncated and fsynced, and a
-//!     warning names the segment, offset and bytes dropped (D4).
+//!   - if a valid frame follows whose `durable_upto` lies *past* the bad bytes: those bytes had been
+//!     fsynced, so this is corruption of acknowledged data;
+//!   - otherwise the damage lies in the unsynced tail, which was never acknowledged: a torn tail. It is
+//!     repaired: the dropped bytes are copied to `<segment>.broken`, the segment is truncated and
+//!     fsynced, and a warning names the segment, offset and bytes dropped (D4).
 //!
 //! Memory: the in-memory index holds a location (about 32 bytes) per live entry plus the meta values;
 //! recovery reads one segment at a time.
@@ -38,7 +40,7 @@ use std::path::{Path, PathBuf};
 pub use format::{
     Entry, FRAME_HEADER_LEN, Frame, FrameProblem, HeaderProblem, MAX_PAYLOAD_BYTES, Record,
     SEGMENT_HEADER_LEN, SegmentScan, decode_frame, decode_frame_at, decode_segment_header, encode_frame,
-    encode_segment_header, frame_len, later_batch_after, scan_segment, single_bit_rot,
+    encode_segment_header, frame_len, later_durable_after, scan_segment, single_bit_rot,
 };
 
 use crate::io::{FsFile, OpenOptions, SharedFs, parent_dir, tmp_path};
@@ -191,6 +193,8 @@ struct Segment {
     path: PathBuf,
     file: Box<dyn FsFile>,
     len: u64,
+    /// Every byte below this offset is durable.
+    synced_len: u64,
 }
 
 /// The shape of the log: enough to validate a record without touching the index.
@@ -358,7 +362,7 @@ impl Wal {
             {
                 return Err(corrupt(offset, CorruptReason::BitRot { problem, bit_offset }));
             }
-            if let Some(later) = later_batch_after(&buf, at) {
+            if let Some(later) = later_durable_after(&buf, at) {
                 return Err(corrupt(offset, CorruptReason::FollowedByValid { problem, later }));
             }
             let broken_copy = self.save_broken(&path, &buf[at..])?;
@@ -383,7 +387,7 @@ impl Wal {
             self.apply(seq, frame.offset, frame.record);
             report.records += 1;
         }
-        self.segments.insert(seq, Segment { path, file, len: valid_len });
+        self.segments.insert(seq, Segment { path, file, len: valid_len, synced_len: valid_len });
         Ok(())
     }
 
@@ -430,10 +434,40 @@ impl Wal {
 
     /// Make `batch` durable with one write and one fsync. Returns once it is durable.
     pub fn append(&mut self, batch: &Batch) -> Result<(), WalError> {
-        self.append_records(batch.records())
+        self.append_records(batch.records(), true)
     }
 
-    fn append_records(&mut self, records: &[Record]) -> Result<(), WalError> {
+    /// Write `batch` without an fsync: it survives a process kill (page cache) and may be lost, as a
+    /// whole suffix of unsynced batches, on power loss. [`Wal::sync`] or a later [`Wal::append`]
+    /// makes it durable.
+    pub fn append_unsynced(&mut self, batch: &Batch) -> Result<(), WalError> {
+        self.append_records(batch.records(), false)
+    }
+
+    /// Make every record written so far durable.
+    pub fn sync(&mut self) -> Result<(), WalError> {
+        if self.poisoned {
+            return Err(WalError::Poisoned);
+        }
+        let result = self.sync_active();
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
+    }
+
+    fn sync_active(&mut self) -> Result<(), WalError> {
+        if let Some(seg) = self.active.and_then(|s| self.segments.get_mut(&s))
+            && seg.synced_len < seg.len
+        {
+            // Unsynced appends become durable (and acknowledged) here.
+            seg.file.sync().map_err(io_err(&seg.path))?;
+            seg.synced_len = seg.len;
+        }
+        Ok(())
+    }
+
+    fn append_records(&mut self, records: &[Record], sync: bool) -> Result<(), WalError> {
         if self.poisoned {
             return Err(WalError::Poisoned);
         }
@@ -450,7 +484,7 @@ impl Wal {
                 )));
             }
         }
-        let result = self.write_batch(records);
+        let result = self.write_batch(records, sync);
         if result.is_err() {
             // A failed write or fsync leaves the file in an unknown state: never write to it again.
             self.poisoned = true;
@@ -458,7 +492,7 @@ impl Wal {
         result
     }
 
-    fn write_batch(&mut self, records: &[Record]) -> Result<(), WalError> {
+    fn write_batch(&mut self, records: &[Record], sync: bool) -> Result<(), WalError> {
         let needs_roll = match self.active.and_then(|s| self.segments.get(&s)) {
             None => true,
             Some(seg) => seg.len >= self.opts.segment_size_bytes,
@@ -477,14 +511,14 @@ impl Wal {
         all.extend_from_slice(records);
         let seq = self.active.expect("roll() sets the active segment");
         let seg = self.segments.get_mut(&seq).expect("the active segment is in the segment map");
-        let batch_start = seg.len;
+        let durable_upto = seg.len;
         let mut buf = Vec::with_capacity(all.iter().map(frame_len).sum());
         let mut offsets = Vec::with_capacity(all.len());
         for r in &all {
-            offsets.push(batch_start + buf.len() as u64);
-            encode_frame(&mut buf, r, batch_start);
+            offsets.push(durable_upto + buf.len() as u64);
+            encode_frame(&mut buf, r, durable_upto);
         }
-        seg.file.write_at(&buf, batch_start).map_err(io_err(&seg.path))?;
+        seg.file.write_at(&buf, durable_upto).map_err(io_err(&seg.path))?;
         // The batch is acknowledged only once it is on the media (D1).
         seg.file.sync().map_err(io_err(&seg.path))?;
         seg.len += buf.len() as u64;
@@ -497,6 +531,9 @@ impl Wal {
 
     /// Start a new segment: `<seq>.wal.tmp` with its header, fsync, rename, fsync the directory.
     fn roll(&mut self) -> Result<(), WalError> {
+        // Only the last segment may hold unsynced bytes: recovery treats damage anywhere else as
+        // corruption.
+        self.sync_active()?;
         let seq = self.segments.keys().next_back().map_or(1, |s| s + 1);
         let path = self.dir.join(segment_name(seq));
         let tmp = tmp_path(&path);
@@ -511,14 +548,15 @@ impl Wal {
         drop(file);
         // Reopen under the final name so error messages and reads name the real file.
         let file = self.fs.open(&path, OpenOptions::read_write()).map_err(io_err(&path))?;
-        self.segments.insert(seq, Segment { path, file, len: SEGMENT_HEADER_LEN as u64 });
+        let len = SEGMENT_HEADER_LEN as u64;
+        self.segments.insert(seq, Segment { path, file, len, synced_len: len });
         self.active = Some(seq);
         Ok(())
     }
 
     /// Remove every entry with index >= `from` (durably). Shorthand for a batch with one truncate.
     pub fn truncate_from(&mut self, from: u64) -> Result<(), WalError> {
-        self.append_records(&[Record::Truncate { from }])
+        self.append_records(&[Record::Truncate { from }], true)
     }
 
     /// Discard entries below `first_index`: write a compact record (durably), then remove whole
@@ -527,7 +565,7 @@ impl Wal {
         if first_index <= self.shape.floor {
             return Ok(());
         }
-        self.append_records(&[Record::Compact { first_index }])?;
+        self.append_records(&[Record::Compact { first_index }], true)?;
         let active = self.active.expect("append sets the active segment");
         let keep_from = self.locs.front().map_or(active, |l| l.seq.min(active));
         let doomed: Vec<u64> = self.segments.range(..keep_from).map(|(s, _)| *s).collect();
