@@ -381,6 +381,10 @@ impl Wal {
             report.repaired =
                 Some(TornTail { segment: path.clone(), offset, bytes_dropped, broken_copy, problem });
             valid_len = offset;
+        } else if is_last {
+            // A killed process may have left unsynced bytes in the page cache. Make them durable
+            // before building on them, so no segment but a new last one can ever be torn.
+            file.sync().map_err(io_err(&path))?;
         }
         for frame in scan.frames {
             self.shape.step(&frame.record).map_err(|r| corrupt(frame.offset, r))?;
@@ -511,17 +515,21 @@ impl Wal {
         all.extend_from_slice(records);
         let seq = self.active.expect("roll() sets the active segment");
         let seg = self.segments.get_mut(&seq).expect("the active segment is in the segment map");
-        let durable_upto = seg.len;
+        let batch_start = seg.len;
         let mut buf = Vec::with_capacity(all.iter().map(frame_len).sum());
         let mut offsets = Vec::with_capacity(all.len());
         for r in &all {
-            offsets.push(durable_upto + buf.len() as u64);
-            encode_frame(&mut buf, r, durable_upto);
+            offsets.push(batch_start + buf.len() as u64);
+            // Everything below `synced_len` is durable: for a synced log that is the batch start.
+            encode_frame(&mut buf, r, seg.synced_len);
         }
-        seg.file.write_at(&buf, durable_upto).map_err(io_err(&seg.path))?;
-        // The batch is acknowledged only once it is on the media (D1).
-        seg.file.sync().map_err(io_err(&seg.path))?;
+        seg.file.write_at(&buf, batch_start).map_err(io_err(&seg.path))?;
         seg.len += buf.len() as u64;
+        if sync {
+            // The batch is acknowledged only once it is on the media (D1).
+            seg.file.sync().map_err(io_err(&seg.path))?;
+            seg.synced_len = seg.len;
+        }
         for (r, offset) in all.into_iter().zip(offsets) {
             self.shape.step(&r).expect("the batch was validated before it was written");
             self.apply(seq, offset, r);
