@@ -4,9 +4,12 @@
 //!
 //! * [`io`]: the [`io::Fs`] trait every durability-relevant operation goes through, with
 //!   [`io::RealFs`] for the host filesystem (the simulated disk lives in `durakv-faults`);
-//! * [`wal`]: the segmented, CRC32C-framed write-ahead log with group commit and torn-tail repair.
+//! * [`wal`]: the segmented, CRC32C-framed write-ahead log with group commit and torn-tail repair;
+//! * [`fsm`]: the state machine's storage engines (RocksDB, and a deterministic engine on `Fs`) and
+//!   the KV state machine with its sync/nosync split.
 //!
 //! The durability contract (D1–D11) is in `docs/durability.md`.
 
+pub mod fsm;
 pub mod io;
 pub mod wal;

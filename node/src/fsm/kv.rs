@@ -1,0 +1,310 @@
+//! The KV state machine: client commands (prost-encoded raft entry payloads) applied to an [`Engine`].
+//!
+//! * [`Kv::apply_raft`] applies the committed entry at `index` in the configured [`FsmSync`] mode,
+//!   with the applied index in the same atomic batch as the data.
+//! * [`Kv::apply_direct`] is for every write that has no raft log behind it (bootstrap, admin, tests):
+//!   it always syncs, whatever the mode (D3).
+//! * A *command* error (INCR of a value that is not an integer, a malformed payload) is a
+//!   deterministic reply: the entry is applied as a no-op and the index advances on every replica
+//!   alike. An *engine* error (I/O, corruption) is fatal: the applied index does not advance, the entry
+//!   is not skipped, and the caller must fail-stop and re-apply after restart (D10).
+
+use std::str::FromStr;
+
+use prost::Message;
+
+use super::{Engine, FsmError, WriteBatch, WriteMode};
+
+/// `fsm_sync`: whether the raft-apply path fsyncs the FSM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FsmSync {
+    /// Every applied entry is durable in the FSM before apply returns (the default).
+    #[default]
+    Sync,
+    /// Applied entries may be lost on power loss; the raft WAL replays them (D2).
+    NoSync,
+}
+
+impl FromStr for FsmSync {
+    type Err = FsmError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "sync" => Ok(FsmSync::Sync),
+            "nosync" => Ok(FsmSync::NoSync),
+            other => Err(FsmError::InvalidConfig(format!(
+                "fsm_sync must be \"sync\" or \"nosync\", got {other:?}"
+            ))),
+        }
+    }
+}
+
+/// The condition of a SET.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, prost::Enumeration)]
+#[repr(i32)]
+pub enum SetCondition {
+    /// Unconditional (the default, 0).
+    Always = 0,
+    /// Only if the key does not exist (NX).
+    IfAbsent = 1,
+    /// Only if the key exists (XX).
+    IfPresent = 2,
+}
+
+/// A client command as stored in a raft entry.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Command {
+    #[prost(oneof = "command::Kind", tags = "1, 2, 3, 4, 5")]
+    pub kind: Option<command::Kind>,
+}
+
+pub mod command {
+    /// The command kinds.
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Kind {
+        #[prost(message, tag = "1")]
+        Set(Set),
+        #[prost(message, tag = "2")]
+        Del(Del),
+        #[prost(message, tag = "3")]
+        IncrBy(IncrBy),
+        #[prost(message, tag = "4")]
+        MSet(MSet),
+        #[prost(message, tag = "5")]
+        Append(Append),
+    }
+
+    /// SET key value [NX|XX].
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Set {
+        #[prost(bytes = "vec", tag = "1")]
+        pub key: Vec<u8>,
+        #[prost(bytes = "vec", tag = "2")]
+        pub value: Vec<u8>,
+        #[prost(enumeration = "super::SetCondition", tag = "3")]
+        pub condition: i32,
+    }
+
+    /// DEL key [key …], one atomic batch.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Del {
+        #[prost(bytes = "vec", repeated, tag = "1")]
+        pub keys: Vec<Vec<u8>>,
+    }
+
+    /// INCRBY key delta (INCR and DECR are deltas of ±1): read, add, write, in one apply.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct IncrBy {
+        #[prost(bytes = "vec", tag = "1")]
+        pub key: Vec<u8>,
+        #[prost(sint64, tag = "2")]
+        pub delta: i64,
+    }
+
+    /// MSET key value [key value …], one atomic batch.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct MSet {
+        #[prost(message, repeated, tag = "1")]
+        pub pairs: Vec<KeyValue>,
+    }
+
+    /// One pair of an MSET.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct KeyValue {
+        #[prost(bytes = "vec", tag = "1")]
+        pub key: Vec<u8>,
+        #[prost(bytes = "vec", tag = "2")]
+        pub value: Vec<u8>,
+    }
+
+    /// APPEND key value.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Append {
+        #[prost(bytes = "vec", tag = "1")]
+        pub key: Vec<u8>,
+        #[prost(bytes = "vec", tag = "2")]
+        pub value: Vec<u8>,
+    }
+}
+
+impl Command {
+    pub fn set(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>, condition: SetCondition) -> Self {
+        let set = command::Set { key: key.into(), value: value.into(), condition: condition as i32 };
+        Command { kind: Some(command::Kind::Set(set)) }
+    }
+
+    pub fn del(keys: Vec<Vec<u8>>) -> Self {
+        Command { kind: Some(command::Kind::Del(command::Del { keys })) }
+    }
+
+    pub fn incr_by(key: impl Into<Vec<u8>>, delta: i64) -> Self {
+        Command { kind: Some(command::Kind::IncrBy(command::IncrBy { key: key.into(), delta })) }
+    }
+
+    pub fn mset(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Self {
+        let pairs = pairs.into_iter().map(|(key, value)| command::KeyValue { key, value }).collect();
+        Command { kind: Some(command::Kind::MSet(command::MSet { pairs })) }
+    }
+
+    pub fn append(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
+        Command {
+            kind: Some(command::Kind::Append(command::Append { key: key.into(), value: value.into() })),
+        }
+    }
+
+    /// The raft entry payload.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.encode_to_vec()
+    }
+}
+
+/// The result of applying a command, returned to the client that proposed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// SET, MSET, APPEND's write happened.
+    Ok,
+    /// A conditional SET did not write.
+    NotWritten,
+    /// An integer result: DEL's count, INCRBY's new value, APPEND's new length.
+    Int(i64),
+    /// A deterministic command error; the entry was applied as a no-op.
+    Error(String),
+    /// The entry was at or below the applied index (replay after restart): nothing was done.
+    AlreadyApplied,
+}
+
+/// The state machine over an engine.
+#[derive(Debug)]
+pub struct Kv<E: Engine> {
+    engine: E,
+    mode: FsmSync,
+    applied: u64,
+}
+
+impl<E: Engine> Kv<E> {
+    /// Wrap an opened engine; the applied index is read from it (0 for a fresh one).
+    pub fn new(engine: E, mode: FsmSync) -> Result<Self, FsmError> {
+        let applied = engine.applied_index()?.unwrap_or(0);
+        Ok(Kv { engine, mode, applied })
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.applied
+    }
+
+    pub fn engine(&self) -> &E {
+        &self.engine
+    }
+
+    pub fn mode(&self) -> FsmSync {
+        self.mode
+    }
+
+    /// Apply the committed raft entry `index` carrying `payload` (an encoded [`Command`]; empty for a
+    /// raft-internal entry that only advances the index).
+    pub fn apply_raft(&mut self, index: u64, payload: &[u8]) -> Result<Reply, FsmError> {
+        if index <= self.applied {
+            return Ok(Reply::AlreadyApplied);
+        }
+        if index != self.applied + 1 {
+            return Err(FsmError::OutOfOrder { index, applied: self.applied });
+        }
+        let (mut batch, reply) = if payload.is_empty() {
+            (WriteBatch::new(), Reply::Ok)
+        } else {
+            match Command::decode(payload) {
+                Ok(cmd) => self.plan(&cmd)?,
+                Err(e) => {
+                    (WriteBatch::new(), Reply::Error(format!("ERR malformed command in entry {index}: {e}")))
+                }
+            }
+        };
+        batch.set_applied_index(index);
+        let mode = match self.mode {
+            FsmSync::Sync => WriteMode::Sync,
+            FsmSync::NoSync => WriteMode::NoSync,
+        };
+        // On error the applied index stays where it was: the entry is neither skipped nor half done.
+        self.engine.write(&batch, mode)?;
+        self.applied = index;
+        Ok(reply)
+    }
+
+    /// Apply a command that has no raft log behind it. Always synced (D3).
+    pub fn apply_direct(&mut self, cmd: &Command) -> Result<Reply, FsmError> {
+        let (batch, reply) = self.plan(cmd)?;
+        self.engine.write(&batch, WriteMode::Sync)?;
+        Ok(reply)
+    }
+
+    /// Read a key.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, FsmError> {
+        self.engine.get(key)
+    }
+
+    /// Turn a command into the batch it writes and the reply it gives. Reads see the state before
+    /// this command (applies are serialized).
+    fn plan(&self, cmd: &Command) -> Result<(WriteBatch, Reply), FsmError> {
+        use command::Kind;
+        let mut batch = WriteBatch::new();
+        let reply = match &cmd.kind {
+            None => Reply::Error("ERR empty command".into()),
+            Some(Kind::Set(set)) => {
+                let condition = SetCondition::from_i32(set.condition).unwrap_or(SetCondition::Always);
+                let exists = match condition {
+                    SetCondition::Always => None,
+                    _ => Some(self.engine.get(&set.key)?.is_some()),
+                };
+                let write = !matches!(
+                    (condition, exists),
+                    (SetCondition::IfAbsent, Some(true)) | (SetCondition::IfPresent, Some(false))
+                );
+                if write {
+                    batch.put(set.key.clone(), set.value.clone());
+                    Reply::Ok
+                } else {
+                    Reply::NotWritten
+                }
+            }
+            Some(Kind::Del(del)) => {
+                let mut count = 0i64;
+                let mut seen = std::collections::BTreeSet::new();
+                for key in &del.keys {
+                    if seen.insert(key) && self.engine.get(key)?.is_some() {
+                        count += 1;
+                    }
+                    batch.delete(key.clone());
+                }
+                Reply::Int(count)
+            }
+            Some(Kind::IncrBy(incr)) => {
+                let current = match self.engine.get(&incr.key)? {
+                    None => Some(0i64),
+                    Some(v) => std::str::from_utf8(&v).ok().and_then(|s| s.parse::<i64>().ok()),
+                };
+                match current.map(|c| c.checked_add(incr.delta)) {
+                    None => Reply::Error("ERR value is not an integer or out of range".into()),
+                    Some(None) => Reply::Error("ERR increment or decrement would overflow".into()),
+                    Some(Some(n)) => {
+                        batch.put(incr.key.clone(), n.to_string().into_bytes());
+                        Reply::Int(n)
+                    }
+                }
+            }
+            Some(Kind::MSet(mset)) => {
+                for kv in &mset.pairs {
+                    batch.put(kv.key.clone(), kv.value.clone());
+                }
+                Reply::Ok
+            }
+            Some(Kind::Append(app)) => {
+                let mut value = self.engine.get(&app.key)?.unwrap_or_default();
+                value.extend_from_slice(&app.value);
+                let len = value.len() as i64;
+                batch.put(app.key.clone(), value);
+                Reply::Int(len)
+            }
+        };
+        Ok((batch, reply))
+    }
+}
