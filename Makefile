@@ -8,7 +8,7 @@ PROFILE ?= fast
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps test fmt-check lint unit run build bench bench-wal clean help
+.PHONY: all deps test fmt-check lint unit run build bench bench-wal bench-fsm clean help
 
 all: test
 
@@ -43,11 +43,16 @@ run: build
 	@echo "  $(CARGO_TARGET_DIR)/$(PROFILE)/durakv wal dump <dir>     list its records"
 	@echo "  $(CARGO_TARGET_DIR)/$(PROFILE)/durakv wal repair <dir>   repair a torn tail, refuse corruption"
 
+# Benches use the shared `fast` profile: a separate bench profile would compile RocksDB's C++ a second
+# time (about 20 minutes here) for a few percent of speed.
 bench: deps
-	$(CARGO) bench -p durakv-benches
+	$(CARGO) bench --profile $(PROFILE) -p durakv-benches
 
 bench-wal: deps
-	$(CARGO) bench -p durakv-benches --bench wal
+	$(CARGO) bench --profile $(PROFILE) -p durakv-benches --bench wal
+
+bench-fsm: deps
+	$(CARGO) bench --profile $(PROFILE) -p durakv-benches --bench fsm
 
 clean:
 	$(CARGO) clean

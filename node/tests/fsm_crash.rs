@@ -72,7 +72,7 @@ fn batch(i: u64) -> WriteBatch {
     let mut b = WriteBatch::new();
     // Values span sectors so torn writes cut through batches.
     b.put(format!("b{i}"), vec![i as u8; 150 + (i as usize * 37) % 300]).put("last", i.to_string());
-    if i % 5 == 0 {
+    if i.is_multiple_of(5) {
         b.delete(format!("b{}", i - 1));
     }
     b.set_applied_index(i);
