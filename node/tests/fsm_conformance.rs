@@ -261,6 +261,39 @@ fn kv_commands(h: &mut dyn Harness) -> Result<(), FsmError> {
     Ok(())
 }
 
+fn restore_replaces_everything_only_on_commit(h: &mut dyn Harness) -> Result<(), FsmError> {
+    let e = h.open();
+    let mut b = WriteBatch::new();
+    b.put("a", "1").put("b", "2").set_applied_index(5);
+    e.write(&b, WriteMode::Sync)?;
+    // An abandoned restore changes nothing.
+    {
+        let mut r = e.begin_restore()?;
+        r.put(b"c", b"3")?;
+    }
+    assert_eq!(keys_of(&e.scan(b"", None, 10)?), vec![b"a".to_vec(), b"b".to_vec()]);
+    // A committed one replaces all client data and sets the applied index and term.
+    let mut r = e.begin_restore()?;
+    for i in 0..1000 {
+        r.put(&key(i), &[7u8; 100])?;
+    }
+    assert_eq!(e.get(b"a")?, Some(b"1".to_vec()), "nothing is visible before commit");
+    r.commit(9, 2)?;
+    assert_eq!(e.get(b"a")?, None);
+    assert_eq!(e.scan(b"", None, usize::MAX)?.len(), 1000);
+    assert_eq!(e.applied_index()?, Some(9));
+    assert_eq!(e.meta(MetaKey::AppliedTerm)?, Some(2u64.to_be_bytes().to_vec()));
+    // Writes go on after it, and all of it survives a reopen.
+    e.write(WriteBatch::new().put("after", "x").set_applied_index(10), WriteMode::Sync)?;
+    drop(e);
+    let e = h.open();
+    assert_eq!(e.applied_index()?, Some(10));
+    assert_eq!(e.get(&key(999))?, Some(vec![7u8; 100]));
+    assert_eq!(e.get(b"after")?, Some(b"x".to_vec()));
+    assert_eq!(e.get(b"b")?, None);
+    Ok(())
+}
+
 macro_rules! conformance {
     ($module:ident, $make:expr) => {
         mod $module {
@@ -299,6 +332,11 @@ macro_rules! conformance {
             #[test]
             fn kv_commands() -> Result<(), FsmError> {
                 super::kv_commands(&mut $make)
+            }
+
+            #[test]
+            fn restore_replaces_everything_only_on_commit() -> Result<(), FsmError> {
+                super::restore_replaces_everything_only_on_commit(&mut $make)
             }
         }
     };

@@ -33,6 +33,13 @@ pub use kv::{Command, FsmSync, Kv, Reply, SetCondition, command};
 pub use rocks::RocksEngine;
 pub use sim::{SimEngine, SimEngineOptions};
 
+/// Write `applied_index` (and term) into `batch`'s meta values.
+fn restored_metas(batch: &mut WriteBatch, applied_index: u64, applied_term: u64) {
+    batch
+        .set_applied_index(applied_index)
+        .set_meta(MetaKey::AppliedTerm, applied_term.to_be_bytes().to_vec());
+}
+
 use crate::wal::WalError;
 
 /// Client key-value pairs, in key order.
@@ -116,6 +123,10 @@ pub trait Engine: Send + Sync + fmt::Debug {
         f: &mut dyn FnMut(&dyn EngineSnapshot) -> Result<(), FsmError>,
     ) -> Result<(), FsmError>;
 
+    /// Start replacing the whole state (a snapshot restore). Nothing is visible until
+    /// [`RestoreTarget::commit`] swaps the restored state in; dropping the target discards it (D8).
+    fn begin_restore(&self) -> Result<Box<dyn RestoreTarget + '_>, FsmError>;
+
     /// Client keys starting with `prefix`, in order, at most `limit`.
     fn scan_prefix(&self, prefix: &[u8], limit: usize) -> Result<KeyValues, FsmError> {
         let end = prefix_end(prefix);
@@ -156,6 +167,20 @@ impl<E: Engine + ?Sized> Engine for Box<E> {
     ) -> Result<(), FsmError> {
         (**self).with_snapshot(f)
     }
+
+    fn begin_restore(&self) -> Result<Box<dyn RestoreTarget + '_>, FsmError> {
+        (**self).begin_restore()
+    }
+}
+
+/// A restore in progress: a fresh location filled key by key, swapped in only on commit.
+pub trait RestoreTarget {
+    /// Add a client key (keys arrive in ascending order).
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), FsmError>;
+
+    /// Replace the engine's whole state with what was put, recording `applied_index` and
+    /// `applied_term`, atomically and durably.
+    fn commit(self: Box<Self>, applied_index: u64, applied_term: u64) -> Result<(), FsmError>;
 }
 
 /// A point-in-time view of an engine.

@@ -27,7 +27,10 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{Engine, EngineSnapshot, FsmError, KeyValues, MetaKey, Op, Visitor, WriteBatch, WriteMode, keys};
+use super::{
+    Engine, EngineSnapshot, FsmError, KeyValues, MetaKey, Op, RestoreTarget, Visitor, WriteBatch, WriteMode,
+    keys, restored_metas,
+};
 use crate::io::{SharedFs, parent_dir, read_file, write_file_durably};
 use crate::wal::{Batch, Wal, WalOptions};
 
@@ -267,6 +270,47 @@ impl Engine for SimEngine {
     ) -> Result<(), FsmError> {
         let state = Arc::clone(&self.lock().state);
         f(&SimSnapshot { state })
+    }
+
+    fn begin_restore(&self) -> Result<Box<dyn RestoreTarget + '_>, FsmError> {
+        Ok(Box::new(SimRestore { engine: self, state: Map::new() }))
+    }
+}
+
+/// A restore into a fresh map; `commit` checkpoints it and swaps it in.
+struct SimRestore<'a> {
+    engine: &'a SimEngine,
+    state: Map,
+}
+
+impl RestoreTarget for SimRestore<'_> {
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), FsmError> {
+        self.state.insert(keys::data(key), value.to_vec());
+        Ok(())
+    }
+
+    fn commit(mut self: Box<Self>, applied_index: u64, applied_term: u64) -> Result<(), FsmError> {
+        let mut metas = WriteBatch::new();
+        restored_metas(&mut metas, applied_index, applied_term);
+        apply(&mut self.state, &metas);
+        let mut inner = self.engine.lock();
+        if inner.poisoned {
+            return Err(FsmError::Poisoned);
+        }
+        // The restored state becomes a checkpoint at a journal position no entry used yet, so replay
+        // after a crash never applies a pre-restore batch on top of it. The checkpoint's rename is the
+        // atomic swap on disk; the in-memory swap is kept only once it is durable.
+        let restored_seq = inner.seq + 1;
+        let previous = std::mem::replace(&mut inner.state, Arc::new(std::mem::take(&mut self.state)));
+        let previous_seq = std::mem::replace(&mut inner.seq, restored_seq);
+        if let Err(e) = inner.checkpoint() {
+            inner.state = previous;
+            inner.seq = previous_seq;
+            // Whether the new checkpoint reached the disk is unknown: stop writing until a restart.
+            inner.poisoned = true;
+            return Err(e);
+        }
+        Ok(())
     }
 }
 
