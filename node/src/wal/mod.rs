@@ -255,7 +255,12 @@ pub struct Wal {
     locs: VecDeque<Loc>,
     metas: BTreeMap<u16, Vec<u8>>,
     poisoned: bool,
+    /// The encode buffer, kept between appends (up to `SCRATCH_KEEP_BYTES`).
+    scratch: Vec<u8>,
 }
+
+/// Keep the encode buffer between appends if it is at most this large.
+const SCRATCH_KEEP_BYTES: usize = 16 << 20;
 
 fn segment_name(seq: u64) -> String {
     format!("{seq:020}.wal")
@@ -319,6 +324,7 @@ impl Wal {
             locs: VecDeque::new(),
             metas: BTreeMap::new(),
             poisoned: false,
+            scratch: Vec::new(),
         };
         for (i, &seq) in seqs.iter().enumerate() {
             let is_last = i + 1 == seqs.len();
@@ -388,7 +394,7 @@ impl Wal {
         }
         for frame in scan.frames {
             self.shape.step(&frame.record).map_err(|r| corrupt(frame.offset, r))?;
-            self.apply(seq, frame.offset, frame.record);
+            self.apply(seq, frame.offset, &frame.record);
             report.records += 1;
         }
         self.segments.insert(seq, Segment { path, file, len: valid_len, synced_len: valid_len });
@@ -412,7 +418,7 @@ impl Wal {
     }
 
     /// Apply a validated record to the in-memory index.
-    fn apply(&mut self, seq: u64, offset: u64, record: Record) {
+    fn apply(&mut self, seq: u64, offset: u64, record: &Record) {
         match record {
             Record::Entry(e) => self.locs.push_back(Loc { seq, offset, term: e.term }),
             // `shape` already moved: trim the index to match it, from the back for a truncation,
@@ -423,7 +429,7 @@ impl Wal {
                 self.locs.drain(..excess);
             }
             Record::Meta { key, value } => {
-                self.metas.insert(key, value);
+                self.metas.insert(*key, value.clone());
             }
         }
         debug_assert_eq!(self.locs.len(), self.live_len(), "the index holds exactly the live entries");
@@ -501,24 +507,26 @@ impl Wal {
             None => true,
             Some(seg) => seg.len >= self.opts.segment_size_bytes,
         };
-        let mut all: Vec<Record> = Vec::new();
+        let mut carry: Vec<Record> = Vec::new();
         if needs_roll {
             self.roll()?;
             // Restate what compaction of older segments must not lose.
             if self.shape.floor > 0 {
-                all.push(Record::Compact { first_index: self.shape.floor });
+                carry.push(Record::Compact { first_index: self.shape.floor });
             }
             for (key, value) in &self.metas {
-                all.push(Record::Meta { key: *key, value: value.clone() });
+                carry.push(Record::Meta { key: *key, value: value.clone() });
             }
         }
-        all.extend_from_slice(records);
+        // Encode into a reused buffer: a fresh multi-MiB allocation per batch costs page faults.
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
+        buf.reserve(carry.iter().chain(records).map(frame_len).sum());
         let seq = self.active.expect("roll() sets the active segment");
         let seg = self.segments.get_mut(&seq).expect("the active segment is in the segment map");
         let batch_start = seg.len;
-        let mut buf = Vec::with_capacity(all.iter().map(frame_len).sum());
-        let mut offsets = Vec::with_capacity(all.len());
-        for r in &all {
+        let mut offsets = Vec::with_capacity(carry.len() + records.len());
+        for r in carry.iter().chain(records) {
             offsets.push(batch_start + buf.len() as u64);
             // Everything below `synced_len` is durable: for a synced log that is the batch start.
             encode_frame(&mut buf, r, seg.synced_len);
@@ -530,8 +538,11 @@ impl Wal {
             seg.file.sync().map_err(io_err(&seg.path))?;
             seg.synced_len = seg.len;
         }
-        for (r, offset) in all.into_iter().zip(offsets) {
-            self.shape.step(&r).expect("the batch was validated before it was written");
+        if buf.capacity() <= SCRATCH_KEEP_BYTES {
+            self.scratch = buf;
+        }
+        for (r, offset) in carry.iter().chain(records).zip(offsets) {
+            self.shape.step(r).expect("the batch was validated before it was written");
             self.apply(seq, offset, r);
         }
         Ok(())
