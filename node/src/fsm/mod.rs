@@ -258,7 +258,9 @@ mod tests {
 
     #[test]
     fn namespaces_do_not_overlap() {
-        assert!(keys::meta(MetaKey::AppliedIndex) < keys::data(b""));
+        // Every client key sorts inside [data(""), data_end(None)); meta keys sort outside it.
+        assert!(keys::meta(MetaKey::AppliedIndex) >= keys::data_end(None));
+        assert!(keys::data(b"") < keys::data_end(None));
         assert!(keys::data(&[0xFF; 64]) < keys::data_end(None));
         assert_eq!(MetaKey::from_id(MetaKey::AppliedTerm.id()), Some(MetaKey::AppliedTerm));
     }
