@@ -6,10 +6,13 @@
 //!   [`io::RealFs`] for the host filesystem (the simulated disk lives in `durakv-faults`);
 //! * [`wal`]: the segmented, CRC32C-framed write-ahead log with group commit and torn-tail repair;
 //! * [`fsm`]: the state machine's storage engines (RocksDB, and a deterministic engine on `Fs`) and
-//!   the KV state machine with its sync/nosync split.
+//!   the KV state machine with its sync/nosync split;
+//! * [`snapshot`]: checksummed snapshot files and tokens, the streaming writer and receive spool,
+//!   verify-then-restore, the idempotent cold start, retention and hygiene.
 //!
 //! The durability contract (D1–D11) is in `docs/durability.md`.
 
 pub mod fsm;
 pub mod io;
+pub mod snapshot;
 pub mod wal;

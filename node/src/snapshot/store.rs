@@ -1,0 +1,199 @@
+//! The snapshot directory: listing, retention, start-up hygiene, and receive guards (D11).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::spool::{Spool, StreamInfo};
+use super::{SnapshotError, io_err, parse_snapshot_name, snapshot_name};
+use crate::io::{SharedFs, parent_dir};
+
+#[derive(Debug, Default)]
+struct Held {
+    /// Receives in progress (or holding their finalized file) per snapshot index.
+    by_index: BTreeMap<u64, usize>,
+}
+
+/// The snapshot directory and its spool directory.
+#[derive(Debug, Clone)]
+pub struct SnapshotStore {
+    fs: SharedFs,
+    dir: PathBuf,
+    spool_dir: PathBuf,
+    keep: usize,
+    held: Arc<Mutex<Held>>,
+}
+
+/// Holds a snapshot index while a receive (and the apply after it) is under way, so neither
+/// retention nor another receive's failure cleanup removes the file it needs.
+#[derive(Debug)]
+pub struct ReceiveGuard {
+    index: u64,
+    held: Arc<Mutex<Held>>,
+}
+
+impl ReceiveGuard {
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+}
+
+impl Drop for ReceiveGuard {
+    fn drop(&mut self) {
+        let mut held = lock(&self.held);
+        if let Some(n) = held.by_index.get_mut(&self.index) {
+            *n -= 1;
+            if *n == 0 {
+                held.by_index.remove(&self.index);
+            }
+        }
+    }
+}
+
+fn lock(held: &Mutex<Held>) -> MutexGuard<'_, Held> {
+    // The counts stay meaningful even if a holder panicked.
+    held.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SnapshotStore {
+    /// Open the store, creating the directories, and remove leftovers of interrupted work: `.tmp`
+    /// files and spool files in either directory. Keeps the newest `keep` snapshots (minimum 1).
+    /// Returns the store and the paths it removed.
+    pub fn open(
+        fs: SharedFs,
+        dir: &Path,
+        spool_dir: &Path,
+        keep: usize,
+    ) -> Result<(SnapshotStore, Vec<PathBuf>), SnapshotError> {
+        for d in [dir, spool_dir] {
+            if !fs.exists(d).map_err(io_err(d))? {
+                fs.create_dir_all(d).map_err(io_err(d))?;
+                // The directory's name must survive a power loss before files in it are relied on.
+                fs.sync_dir(parent_dir(d)).map_err(io_err(d))?;
+            }
+        }
+        let mut removed = Vec::new();
+        for d in [dir, spool_dir] {
+            let mut any = false;
+            for entry in fs.read_dir(d).map_err(io_err(d))? {
+                if entry.name.ends_with(".tmp") || entry.name.contains(".spool-") {
+                    let path = d.join(&entry.name);
+                    fs.remove_file(&path).map_err(io_err(&path))?;
+                    removed.push(path);
+                    any = true;
+                }
+            }
+            if any {
+                // Not required for safety (a leftover that comes back is removed again), but it keeps
+                // the disk from refilling with them after a power loss.
+                fs.sync_dir(d).map_err(io_err(d))?;
+            }
+        }
+        for path in &removed {
+            tracing::info!(path = %path.display(), "removed a leftover of an interrupted snapshot write or receive");
+        }
+        let store = SnapshotStore {
+            fs,
+            dir: dir.to_path_buf(),
+            spool_dir: spool_dir.to_path_buf(),
+            keep: keep.max(1),
+            held: Arc::new(Mutex::new(Held::default())),
+        };
+        Ok((store, removed))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The path of the snapshot at `index`.
+    pub fn path(&self, index: u64) -> PathBuf {
+        self.dir.join(snapshot_name(index))
+    }
+
+    /// Every snapshot file, oldest first.
+    pub fn list(&self) -> Result<Vec<(u64, PathBuf)>, SnapshotError> {
+        let mut out: Vec<(u64, PathBuf)> = self
+            .fs
+            .read_dir(&self.dir)
+            .map_err(io_err(&self.dir))?
+            .into_iter()
+            .filter_map(|e| parse_snapshot_name(&e.name).map(|i| (i, self.dir.join(&e.name))))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// The newest snapshot.
+    pub fn latest(&self) -> Result<Option<(u64, PathBuf)>, SnapshotError> {
+        Ok(self.list()?.pop())
+    }
+
+    /// Hold `index` for a receive (and its apply).
+    pub fn begin_receive(&self, index: u64) -> ReceiveGuard {
+        *lock(&self.held).by_index.entry(index).or_insert(0) += 1;
+        ReceiveGuard { index, held: Arc::clone(&self.held) }
+    }
+
+    /// A spool for a receive held by `guard`.
+    pub fn spool(
+        &self,
+        guard: &ReceiveGuard,
+        info: StreamInfo,
+        cap_bytes: u64,
+    ) -> Result<Spool, SnapshotError> {
+        if guard.index != info.index {
+            return Err(SnapshotError::BadHeader(format!(
+                "stream index {} does not match the held index {}",
+                info.index, guard.index
+            )));
+        }
+        Spool::create(self.fs.clone(), &self.spool_dir, &self.dir, info, cap_bytes)
+    }
+
+    /// After the apply of a received snapshot failed: remove its file, unless another receive of the
+    /// same index still holds it. Returns whether the file was removed.
+    pub fn remove_failed(&self, guard: ReceiveGuard) -> Result<bool, SnapshotError> {
+        let held = lock(&self.held);
+        if held.by_index.get(&guard.index).copied().unwrap_or(0) > 1 {
+            tracing::info!(
+                index = guard.index,
+                "kept a snapshot whose apply failed: another receive holds it"
+            );
+            return Ok(false);
+        }
+        let path = self.path(guard.index);
+        let removed = match self.fs.remove_file(&path) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        drop(held);
+        drop(guard);
+        if removed {
+            self.fs.sync_dir(&self.dir).map_err(io_err(&self.dir))?;
+        }
+        Ok(removed)
+    }
+
+    /// Keep the newest `keep` snapshots; remove the rest, except any index a receive holds.
+    pub fn gc(&self) -> Result<Vec<PathBuf>, SnapshotError> {
+        let all = self.list()?;
+        let held = lock(&self.held);
+        let doomed: Vec<PathBuf> = all
+            .iter()
+            .take(all.len().saturating_sub(self.keep))
+            .filter(|(i, _)| !held.by_index.contains_key(i))
+            .map(|(_, p)| p.clone())
+            .collect();
+        for path in &doomed {
+            self.fs.remove_file(path).map_err(io_err(path))?;
+        }
+        drop(held);
+        if !doomed.is_empty() {
+            // Removals are made durable together; if they are lost, the next gc removes them again.
+            self.fs.sync_dir(&self.dir).map_err(io_err(&self.dir))?;
+        }
+        Ok(doomed)
+    }
+}
