@@ -8,7 +8,7 @@ PROFILE ?= fast
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps test fmt-check lint unit run build bench bench-wal bench-fsm clean help
+.PHONY: all deps test fmt-check lint unit run build bench bench-wal bench-fsm bench-snapshot clean help
 
 all: test
 
@@ -53,6 +53,10 @@ bench-wal: deps
 
 bench-fsm: deps
 	$(CARGO) bench --profile $(PROFILE) -p durakv-benches --bench fsm
+
+bench-snapshot: deps
+	$(CARGO) bench --profile $(PROFILE) -p durakv-benches --bench snapshot
+	$(CARGO) bench --profile $(PROFILE) -p durakv-benches --bench snapshot_cold
 
 clean:
 	$(CARGO) clean
