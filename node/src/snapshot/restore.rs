@@ -134,20 +134,18 @@ impl Reader {
     }
 }
 
-fn check_body_crc(path: &Path, computed: u32, footer: u32) -> Result<(), SnapshotError> {
+/// The checks after a full read, in the order that names the root cause: a damaged body explains a
+/// bad header or record too, so the CRC comes first; then the header must be the token's snapshot.
+fn check_read(
+    path: &Path,
+    token: &SnapshotToken,
+    computed: u32,
+    footer: u32,
+    header: Result<SnapshotHeader, SnapshotError>,
+) -> Result<SnapshotHeader, SnapshotError> {
     if computed != footer {
         return Err(SnapshotError::BodyCrcMismatch { path: path.to_path_buf(), computed, footer });
     }
-    Ok(())
-}
-
-/// Check a snapshot file against its token: size, footer, whole-body CRC, header. Reads the file once.
-pub fn verify(fs: &dyn Fs, path: &Path, token: &SnapshotToken) -> Result<VerifiedSnapshot, SnapshotError> {
-    let (mut r, footer) = Reader::open(fs, path, token)?;
-    let header = r.header();
-    let computed = r.finish_crc()?;
-    // A damaged body explains a bad header too: report the CRC first.
-    check_body_crc(path, computed, footer)?;
     let header = header?;
     if header.index != token.index {
         return Err(SnapshotError::BadHeader(format!(
@@ -155,6 +153,15 @@ pub fn verify(fs: &dyn Fs, path: &Path, token: &SnapshotToken) -> Result<Verifie
             header.index, token.index
         )));
     }
+    Ok(header)
+}
+
+/// Check a snapshot file against its token: size, footer, whole-body CRC, header. Reads the file once.
+pub fn verify(fs: &dyn Fs, path: &Path, token: &SnapshotToken) -> Result<VerifiedSnapshot, SnapshotError> {
+    let (mut r, footer) = Reader::open(fs, path, token)?;
+    let header = r.header();
+    let computed = r.finish_crc()?;
+    let header = check_read(path, token, computed, footer, header)?;
     Ok(VerifiedSnapshot { path: path.to_path_buf(), header, len: r.end + FOOTER_LEN as u64, crc: footer })
 }
 
@@ -175,16 +182,8 @@ pub fn restore(
         }
         Ok(header)
     });
-    // Whatever went wrong while streaming, a bad CRC is the root cause to report if there is one.
     let computed = r.finish_crc()?;
-    check_body_crc(path, computed, footer)?;
-    let header = streamed?;
-    if header.index != token.index {
-        return Err(SnapshotError::BadHeader(format!(
-            "header index {} does not match the token's {}",
-            header.index, token.index
-        )));
-    }
+    let header = check_read(path, token, computed, footer, streamed)?;
     // Only now does the restored state become visible.
     target.commit(header.index, header.term)?;
     Ok(header)

@@ -2,7 +2,6 @@
 //! snapshot directory (D7).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::format::{FOOTER_LEN, MIN_SNAPSHOT_LEN};
 use super::writer::{ChunkWriter, SnapshotFile};
@@ -33,9 +32,6 @@ enum State {
     Closed,
 }
 
-/// Distinguishes concurrent receives of the same index (deterministic: a plain counter).
-static NEXT_SPOOL: AtomicU64 = AtomicU64::new(0);
-
 /// A snapshot being received. Every partial failure leaves exactly one of: the spool file (removed by
 /// [`Spool::close`], or by start-up hygiene after a crash) or the final file.
 #[derive(Debug)]
@@ -52,20 +48,21 @@ pub struct Spool {
 
 impl Spool {
     /// Start receiving into `spool_dir`, to be finalized into `dest_dir`. Refuses a stream longer than
-    /// `cap_bytes` before writing anything.
+    /// `cap_bytes` before writing anything. `nonce` tells concurrent receives of one index apart
+    /// ([`super::SnapshotStore::spool`] hands out a counter, so names stay deterministic).
     pub fn create(
         fs: SharedFs,
         spool_dir: &Path,
         dest_dir: &Path,
         info: StreamInfo,
         cap_bytes: u64,
+        nonce: u64,
     ) -> Result<Spool, SnapshotError> {
         // The file will be the stream plus the footer; compare without overflow.
         if info.len > cap_bytes.saturating_sub(FOOTER_LEN as u64) {
             return Err(SnapshotError::TooLarge { len: info.len, cap: cap_bytes });
         }
         let total = info.len + FOOTER_LEN as u64;
-        let nonce = NEXT_SPOOL.fetch_add(1, Ordering::Relaxed);
         let path = spool_dir.join(format!("{}.spool-{nonce}", snapshot_name(info.index)));
         if total < MIN_SNAPSHOT_LEN {
             return Err(SnapshotError::TooSmall { path, len: total });

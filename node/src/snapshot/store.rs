@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::spool::{Spool, StreamInfo};
@@ -22,6 +23,8 @@ pub struct SnapshotStore {
     spool_dir: PathBuf,
     keep: usize,
     held: Arc<Mutex<Held>>,
+    /// Names concurrent spools of one index apart; a plain counter, so runs stay deterministic.
+    next_spool: Arc<AtomicU64>,
 }
 
 /// Holds a snapshot index while a receive (and the apply after it) is under way, so neither
@@ -98,6 +101,7 @@ impl SnapshotStore {
             spool_dir: spool_dir.to_path_buf(),
             keep: keep.max(1),
             held: Arc::new(Mutex::new(Held::default())),
+            next_spool: Arc::new(AtomicU64::new(0)),
         };
         Ok((store, removed))
     }
@@ -148,7 +152,8 @@ impl SnapshotStore {
                 info.index, guard.index
             )));
         }
-        Spool::create(self.fs.clone(), &self.spool_dir, &self.dir, info, cap_bytes)
+        let nonce = self.next_spool.fetch_add(1, Ordering::Relaxed);
+        Spool::create(self.fs.clone(), &self.spool_dir, &self.dir, info, cap_bytes, nonce)
     }
 
     /// After the apply of a received snapshot failed: remove its file, unless another receive of the
