@@ -8,11 +8,13 @@
 //! * [`fsm`]: the state machine's storage engines (RocksDB, and a deterministic engine on `Fs`) and
 //!   the KV state machine with its sync/nosync split;
 //! * [`snapshot`]: checksummed snapshot files and tokens, the streaming writer and receive spool,
-//!   verify-then-restore, the idempotent cold start, retention and hygiene.
+//!   verify-then-restore, the idempotent cold start, retention and hygiene;
+//! * [`server`]: the Redis-protocol (RESP2) codec of the client port.
 //!
 //! The durability contract (D1–D11) is in `docs/durability.md`.
 
 pub mod fsm;
 pub mod io;
+pub mod server;
 pub mod snapshot;
 pub mod wal;

@@ -1,0 +1,317 @@
+//! The Redis protocol (RESP2) as the client port speaks it: requests are arrays of bulk strings
+//! (what every client library and `redis-cli` send) or inline commands (`PING\r\n`, what a person
+//! types into `nc`); replies are the five RESP2 types.
+//!
+//! The parser works on a byte buffer that grows as bytes arrive: it returns a whole command and how
+//! many bytes it used, `None` when more bytes are needed, or a [`RespError`] that the connection
+//! answers with `-ERR Protocol error: …` before closing (as Redis does). Every length is checked
+//! against [`Limits`] before anything is allocated, so a hostile header cannot make the node reserve
+//! memory it was not sent. It never panics, whatever the bytes.
+
+use std::fmt;
+
+/// Bounds on what one request may claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest bulk string (a key or a value). Default 512 MiB, as Redis's `proto-max-bulk-len`.
+    pub max_bulk_bytes: usize,
+    /// The most arguments in one command. Default 1,048,576.
+    pub max_args: usize,
+    /// The longest inline command line. Default 64 KiB, as Redis.
+    pub max_inline_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_bulk_bytes: 512 << 20, max_args: 1 << 20, max_inline_bytes: 64 << 10 }
+    }
+}
+
+/// A request that breaks the protocol. The connection replies with it and closes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Protocol error: {0}")]
+pub struct RespError(pub String);
+
+fn err(msg: impl Into<String>) -> RespError {
+    RespError(msg.into())
+}
+
+/// A whole command (its arguments) and the bytes it used, or `None` when more bytes are needed.
+pub type Parsed = Option<(Vec<Vec<u8>>, usize)>;
+
+/// Find `\r\n` at or after `from`; returns the index of `\r`.
+fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
+    buf.get(from..)?.windows(2).position(|w| w == b"\r\n").map(|p| from + p)
+}
+
+/// Parse a decimal length/count line body (no sign allowed except a lone `-1`, handled by callers).
+fn parse_len(digits: &[u8], what: &str) -> Result<i64, RespError> {
+    let text = std::str::from_utf8(digits).map_err(|_| err(format!("invalid {what}")))?;
+    text.parse::<i64>().map_err(|_| err(format!("invalid {what}")))
+}
+
+/// Parse one command from the front of `buf`. Returns the arguments and the bytes consumed, or
+/// `None` if `buf` does not hold a whole command yet.
+pub fn parse_command(buf: &[u8], limits: &Limits) -> Result<Parsed, RespError> {
+    match buf.first() {
+        None => Ok(None),
+        Some(b'*') => parse_multibulk(buf, limits),
+        Some(_) => parse_inline(buf, limits),
+    }
+}
+
+fn parse_multibulk(buf: &[u8], limits: &Limits) -> Result<Parsed, RespError> {
+    let Some(eol) = find_crlf(buf, 1) else {
+        if buf.len() > 32 {
+            return Err(err("invalid multibulk length"));
+        }
+        return Ok(None);
+    };
+    let count = parse_len(&buf[1..eol], "multibulk length")?;
+    if count > limits.max_args as i64 {
+        return Err(err("invalid multibulk length"));
+    }
+    let mut at = eol + 2;
+    if count <= 0 {
+        // `*0` and `*-1` are empty requests: consumed, nothing to run.
+        return Ok(Some((Vec::new(), at)));
+    }
+    // Reserve by what arrived, not by what the header claims.
+    let mut args = Vec::with_capacity((count as usize).min(buf.len() / 4 + 1));
+    for _ in 0..count {
+        match buf.get(at) {
+            None => return Ok(None),
+            Some(b'$') => {}
+            Some(&other) => return Err(err(format!("expected '$', got '{}'", other as char))),
+        }
+        let Some(eol) = find_crlf(buf, at + 1) else {
+            if buf.len() - at > 32 {
+                return Err(err("invalid bulk length"));
+            }
+            return Ok(None);
+        };
+        let len = parse_len(&buf[at + 1..eol], "bulk length")?;
+        if len < 0 || len as u64 > limits.max_bulk_bytes as u64 {
+            return Err(err("invalid bulk length"));
+        }
+        let start = eol + 2;
+        let end = start + len as usize;
+        if buf.len() < end + 2 {
+            return Ok(None);
+        }
+        if &buf[end..end + 2] != b"\r\n" {
+            return Err(err("bulk string not terminated by CRLF"));
+        }
+        args.push(buf[start..end].to_vec());
+        at = end + 2;
+    }
+    Ok(Some((args, at)))
+}
+
+fn parse_inline(buf: &[u8], limits: &Limits) -> Result<Parsed, RespError> {
+    let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
+        if buf.len() > limits.max_inline_bytes {
+            return Err(err("too big inline request"));
+        }
+        return Ok(None);
+    };
+    if nl > limits.max_inline_bytes {
+        return Err(err("too big inline request"));
+    }
+    let line = &buf[..nl];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    Ok(Some((split_inline(line)?, nl + 1)))
+}
+
+/// Split an inline command into arguments: whitespace separates, `"…"` and `'…'` quote (with `\`
+/// escapes inside double quotes), as redis-cli's own splitting does.
+fn split_inline(line: &[u8]) -> Result<Vec<Vec<u8>>, RespError> {
+    let mut args = Vec::new();
+    let mut i = 0;
+    while i < line.len() {
+        while i < line.len() && line[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i == line.len() {
+            break;
+        }
+        let mut arg = Vec::new();
+        match line[i] {
+            q @ (b'"' | b'\'') => {
+                i += 1;
+                loop {
+                    let Some(&c) = line.get(i) else { return Err(err("unbalanced quotes in request")) };
+                    i += 1;
+                    if c == q {
+                        break;
+                    }
+                    if c == b'\\' && q == b'"' {
+                        let Some(&e) = line.get(i) else { return Err(err("unbalanced quotes in request")) };
+                        i += 1;
+                        arg.push(match e {
+                            b'n' => b'\n',
+                            b'r' => b'\r',
+                            b't' => b'\t',
+                            other => other,
+                        });
+                    } else {
+                        arg.push(c);
+                    }
+                }
+                if line.get(i).is_some_and(|c| !c.is_ascii_whitespace()) {
+                    return Err(err("unbalanced quotes in request"));
+                }
+            }
+            _ => {
+                while i < line.len() && !line[i].is_ascii_whitespace() {
+                    arg.push(line[i]);
+                    i += 1;
+                }
+            }
+        }
+        args.push(arg);
+    }
+    Ok(args)
+}
+
+/// A RESP2 reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// `+OK`
+    Simple(String),
+    /// `-ERR …` (the text includes the error code word)
+    Error(String),
+    /// `:42`
+    Integer(i64),
+    /// `$3\r\nabc` or the null bulk `$-1`
+    Bulk(Option<Vec<u8>>),
+    /// `*2\r\n…` or the null array `*-1`
+    Array(Option<Vec<Reply>>),
+}
+
+impl Reply {
+    pub fn ok() -> Reply {
+        Reply::Simple("OK".into())
+    }
+
+    pub fn error(text: impl fmt::Display) -> Reply {
+        Reply::Error(text.to_string())
+    }
+
+    /// Append the wire form to `out`. Simple strings and errors lose any CR or LF (they cannot carry
+    /// them on the wire).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let line = |out: &mut Vec<u8>, prefix: u8, text: &str| {
+            out.push(prefix);
+            out.extend(text.bytes().map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }));
+            out.extend_from_slice(b"\r\n");
+        };
+        match self {
+            Reply::Simple(s) => line(out, b'+', s),
+            Reply::Error(e) => line(out, b'-', e),
+            Reply::Integer(n) => line(out, b':', &n.to_string()),
+            Reply::Bulk(None) => out.extend_from_slice(b"$-1\r\n"),
+            Reply::Bulk(Some(b)) => {
+                line(out, b'$', &b.len().to_string());
+                out.extend_from_slice(b);
+                out.extend_from_slice(b"\r\n");
+            }
+            Reply::Array(None) => out.extend_from_slice(b"*-1\r\n"),
+            Reply::Array(Some(items)) => {
+                line(out, b'*', &items.len().to_string());
+                for item in items {
+                    item.encode(out);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(parts: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        Reply::Array(Some(parts.iter().map(|p| Reply::Bulk(Some(p.to_vec()))).collect())).encode(&mut out);
+        out
+    }
+
+    fn parse(buf: &[u8]) -> Result<Parsed, RespError> {
+        parse_command(buf, &Limits::default())
+    }
+
+    #[test]
+    fn multibulk_commands_and_pipelines() {
+        let mut buf = cmd(&[b"SET", b"k", b"v\r\nwith crlf"]);
+        let first = buf.len();
+        buf.extend(cmd(&[b"GET", b"k"]));
+        let (args, used) = parse(&buf).expect("valid").expect("complete");
+        assert_eq!(args, vec![b"SET".to_vec(), b"k".to_vec(), b"v\r\nwith crlf".to_vec()]);
+        assert_eq!(used, first);
+        let (args, used2) = parse(&buf[used..]).expect("valid").expect("complete");
+        assert_eq!(args, vec![b"GET".to_vec(), b"k".to_vec()]);
+        assert_eq!(used + used2, buf.len());
+    }
+
+    #[test]
+    fn every_prefix_of_a_command_asks_for_more() {
+        let buf = cmd(&[b"MSET", b"a", b"1", b"b", b"22"]);
+        for cut in 0..buf.len() {
+            assert_eq!(parse(&buf[..cut]), Ok(None), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn inline_commands_split_like_redis_cli() {
+        let (args, used) = parse(b"set  \"a b\" 'c d'\r\nPING\r\n").expect("valid").expect("complete");
+        assert_eq!(args, vec![b"set".to_vec(), b"a b".to_vec(), b"c d".to_vec()]);
+        assert_eq!(used, 18);
+        assert_eq!(parse(b"PING\n").expect("valid"), Some((vec![b"PING".to_vec()], 5)));
+        assert_eq!(
+            parse(b"echo \"x\\ny\"\r\n").expect("valid").map(|c| c.0),
+            Some(vec![b"echo".to_vec(), b"x\ny".to_vec()])
+        );
+        assert_eq!(parse(b"\r\n").expect("valid"), Some((Vec::new(), 2)));
+        assert!(parse(b"set \"open\r\n").is_err());
+        assert!(parse(b"set \"a\"b\r\n").is_err());
+    }
+
+    #[test]
+    fn malformed_requests_are_protocol_errors() {
+        assert!(parse(b"*x\r\n").is_err());
+        assert!(parse(b"*2\r\n:1\r\n").is_err());
+        assert!(parse(b"*1\r\n$-5\r\n").is_err());
+        assert!(parse(b"*1\r\n$3\r\nabcXY").is_err());
+        assert!(parse(b"*1\r\n$99999999999999999999\r\n").is_err());
+        assert!(parse(&[b'*'; 40]).is_err(), "a count line with no end is refused, not buffered forever");
+        let big = Limits { max_bulk_bytes: 10, ..Limits::default() };
+        assert!(parse_command(b"*1\r\n$11\r\n", &big).is_err());
+        let few = Limits { max_args: 2, ..Limits::default() };
+        assert!(parse_command(b"*3\r\n", &few).is_err());
+        let short = Limits { max_inline_bytes: 8, ..Limits::default() };
+        assert!(parse_command(b"ping ping ping", &short).is_err());
+        assert_eq!(parse(b"*0\r\n"), Ok(Some((Vec::new(), 4))));
+    }
+
+    #[test]
+    fn a_huge_claimed_count_does_not_allocate_it() {
+        // One million arguments claimed, five bytes sent: asks for more without reserving a million.
+        assert_eq!(parse(b"*1000000\r\n$1\r\n"), Ok(None));
+    }
+
+    #[test]
+    fn replies_encode_to_the_wire_form() {
+        let mut out = Vec::new();
+        Reply::Array(Some(vec![
+            Reply::ok(),
+            Reply::error("ERR bad\r\nthing"),
+            Reply::Integer(-3),
+            Reply::Bulk(None),
+            Reply::Bulk(Some(b"hi".to_vec())),
+            Reply::Array(None),
+        ]))
+        .encode(&mut out);
+        assert_eq!(out, b"*6\r\n+OK\r\n-ERR bad  thing\r\n:-3\r\n$-1\r\n$2\r\nhi\r\n*-1\r\n".to_vec());
+    }
+}
