@@ -573,6 +573,17 @@ fn mark_dirty(dirty: &mut BTreeMap<u64, u64>, mut start: u64, mut end: u64) {
     dirty.insert(start, end);
 }
 
+/// Drop every unsynced byte at or past `len`.
+fn clip_dirty(dirty: &mut BTreeMap<u64, u64>, len: u64) {
+    let past: Vec<u64> = dirty.range(..).filter(|&(_, &e)| e > len).map(|(&s, _)| s).collect();
+    for start in past {
+        dirty.remove(&start);
+        if start < len {
+            dirty.insert(start, len);
+        }
+    }
+}
+
 struct SimFile {
     fs: SimFs,
     ino: u64,
@@ -695,25 +706,34 @@ impl FsFile for SimFile {
         let armed = match s.begin(OpKind::Sync, &self.path) {
             Ok(a) => a,
             Err(e) if e.raw_os_error() == Some(libc::EIO) => {
-                // fsyncgate: a random subset of the dirty ranges reached the media, the rest are
-                // forgotten (marked clean but never written back).
-                let coin: Vec<bool> = {
-                    let n = s.file_mut(self.ino, &self.path)?.dirty.len();
-                    (0..n).map(|_| s.rng.random_range(0..2u8) == 0).collect()
-                };
-                let f = s.file_mut(self.ino, &self.path)?;
-                let ranges: Vec<(u64, u64)> = f.dirty.iter().map(|(&a, &b)| (a, b)).collect();
-                for ((a, b), keep) in ranges.into_iter().zip(coin) {
-                    if keep {
-                        let b = b.min(f.data.len() as u64);
-                        if a < b {
-                            let bytes = f.data[a as usize..b as usize].to_vec();
-                            put(&mut f.durable, a, &bytes);
+                // fsyncgate: each dirty sector independently reached the media or was forgotten
+                // (marked clean but never written back).
+                let sector = s.sector();
+                let pieces: Vec<(u64, u64)> = {
+                    let f = s.file_mut(self.ino, &self.path)?;
+                    let len = f.data.len() as u64;
+                    let mut pieces = Vec::new();
+                    for (&a, &b) in &f.dirty {
+                        let mut at = a;
+                        while at < b.min(len) {
+                            let end = ((at / sector + 1) * sector).min(b).min(len);
+                            pieces.push((at, end));
+                            at = end;
                         }
+                    }
+                    pieces
+                };
+                let kept: Vec<bool> = pieces.iter().map(|_| s.rng.random_range(0..2u8) == 0).collect();
+                let f = s.file_mut(self.ino, &self.path)?;
+                for ((a, b), keep) in pieces.into_iter().zip(kept) {
+                    if keep {
+                        let bytes = f.data[a as usize..b as usize].to_vec();
+                        put(&mut f.durable, a, &bytes);
                     }
                 }
                 f.dirty.clear();
                 f.len_dirty = false;
+                s.cover("fault.eio.sync.lost_pages");
                 return Err(e);
             }
             Err(e) => return Err(e),
@@ -751,6 +771,9 @@ impl FsFile for SimFile {
         f.data.resize(len as usize, 0);
         if len > old {
             mark_dirty(&mut f.dirty, old, len);
+        } else {
+            // Bytes past the new end no longer exist: nothing of them can reach the media later.
+            clip_dirty(&mut f.dirty, len);
         }
         f.len_dirty = true;
         Ok(())
@@ -782,6 +805,7 @@ impl Fs for SimFs {
                     let f = s.file_mut(ino, path)?;
                     if !f.data.is_empty() {
                         f.data.clear();
+                        clip_dirty(&mut f.dirty, 0);
                         f.len_dirty = true;
                     }
                 }

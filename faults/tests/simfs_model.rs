@@ -340,3 +340,28 @@ fn same_seed_gives_identical_disk_image() -> io::Result<()> {
     assert_ne!(script(42)?, script(43)?, "different seeds draw different fates");
     Ok(())
 }
+
+#[test]
+fn an_unsynced_shrink_never_brings_back_more_than_was_written() -> io::Result<()> {
+    // Failure: write, shrink without sync, power loss with every sector torn.
+    for seed in 0..20 {
+        let fs = disk_with(
+            100 + seed,
+            SimFsOptions { power_loss: SectorOdds::new(0, 0, 1).expect("odds"), ..SimFsOptions::default() },
+        );
+        write_synced(&fs, "/f", &[1u8; 512])?;
+        fs.sync_dir(&p("/"))?;
+        let mut f = fs.open(&p("/f"), OpenOptions::read_write())?;
+        f.write_at(&[2u8; 2048], 512)?;
+        f.set_len(256)?;
+        fs.crash(CrashKind::PowerLoss);
+        let out = read_file(&fs, &p("/f"))?;
+        assert!(
+            out.len() <= 512,
+            "seed {seed}: {} bytes after a shrink to 256 of a 512-byte durable file",
+            out.len()
+        );
+        assert_eq!(&out[..256], &[1u8; 256]);
+    }
+    Ok(())
+}

@@ -294,6 +294,26 @@ fn restore_replaces_everything_only_on_commit(h: &mut dyn Harness) -> Result<(),
     Ok(())
 }
 
+fn a_missing_applied_index_on_a_store_with_data_is_refused(h: &mut dyn Harness) -> Result<(), FsmError> {
+    let e = h.open();
+    e.write(WriteBatch::new().put("k", "v"), WriteMode::Sync)?;
+    assert!(
+        matches!(Kv::new(e, FsmSync::Sync), Err(FsmError::Corrupt { .. })),
+        "data without an applied index"
+    );
+    // After a restore, the state machine continues from the snapshot's index.
+    let e = h.open();
+    let mut r = e.begin_restore()?;
+    r.put(b"a", b"1")?;
+    r.commit(40, 3)?;
+    let mut kv = Kv::new(e, FsmSync::Sync)?;
+    assert_eq!(kv.applied_index(), 40);
+    kv.engine().begin_restore()?.commit(50, 4)?;
+    assert_eq!(kv.reload_applied_index()?, 50);
+    assert_eq!(kv.apply_raft(51, &[])?, Reply::Ok);
+    Ok(())
+}
+
 macro_rules! conformance {
     ($module:ident, $make:expr) => {
         mod $module {
@@ -335,6 +355,11 @@ macro_rules! conformance {
             }
 
             #[test]
+            fn a_missing_applied_index_on_a_store_with_data_is_refused() -> Result<(), FsmError> {
+                super::a_missing_applied_index_on_a_store_with_data_is_refused(&mut $make)
+            }
+
+            #[test]
             fn restore_replaces_everything_only_on_commit() -> Result<(), FsmError> {
                 super::restore_replaces_everything_only_on_commit(&mut $make)
             }
@@ -352,4 +377,29 @@ fn fsm_sync_parses_and_rejects() {
     assert_eq!("sync".parse::<FsmSync>().ok(), Some(FsmSync::Sync));
     assert_eq!("nosync".parse::<FsmSync>().ok(), Some(FsmSync::NoSync));
     assert!(matches!("fast".parse::<FsmSync>(), Err(FsmError::InvalidConfig(_))));
+}
+
+/// Failure: the pointer swap of a RocksDB restore fails (its temporary file cannot be created).
+/// Invariant: the engine stops acknowledging writes, since which database the next open uses is
+/// unknown.
+#[cfg(feature = "rocksdb")]
+#[test]
+fn a_failed_rocksdb_swap_poisons_the_engine() -> Result<(), FsmError> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().join("rocks");
+    let e = durakv::fsm::RocksEngine::open(&root)?;
+    e.write(WriteBatch::new().put("k", "v").set_applied_index(1), WriteMode::Sync)?;
+    let mut r = e.begin_restore()?;
+    r.put(b"a", b"1")?;
+    // A directory where the pointer's temporary file must go makes the pointer write fail.
+    std::fs::create_dir(root.join("CURRENT_DB.tmp")).expect("block the pointer write");
+    assert!(r.commit(2, 1).is_err());
+    assert!(matches!(e.write(WriteBatch::new().put("x", "y"), WriteMode::Sync), Err(FsmError::Poisoned)));
+    assert!(matches!(e.get(b"k"), Err(FsmError::Poisoned)));
+    // A restart recovers: the pointer still names the old database.
+    drop(e);
+    std::fs::remove_dir(root.join("CURRENT_DB.tmp")).expect("unblock");
+    let e = durakv::fsm::RocksEngine::open(&root)?;
+    assert_eq!(e.get(b"k")?, Some(b"v".to_vec()));
+    Ok(())
 }

@@ -565,3 +565,23 @@ fn crash_at_every_point_of_write_and_finalize_leaves_only_complete_snapshots() {
     println!("explored {runs} snapshot crashes, {} distinct post-crash directories", states.len());
     assert!(states.len() >= 100, "only {} distinct states", states.len());
 }
+
+#[test]
+fn two_receives_of_one_index_copying_across_devices_do_not_clobber_each_other() -> Result<(), SnapshotError> {
+    // Failure: both receives fall back to the EXDEV copy at once. Invariant: the final name holds a
+    // complete file (each copy has its own temporary name, opened create-new).
+    let (info, body, file) = sent(800, 9);
+    let fs = disk(SimFsOptions { mounts: vec![p("/spool"), p("/snap")], ..SimFsOptions::default() });
+    let store = store(&fs, 3);
+    let (a, b) = (store.begin_receive(9), store.begin_receive(9));
+    let mut sa = store.spool(&a, info, DEFAULT_SPOOL_CAP_BYTES)?;
+    let mut sb = store.spool(&b, info, DEFAULT_SPOOL_CAP_BYTES)?;
+    sa.push(&body)?;
+    sb.push(&body)?;
+    sa.finalize()?;
+    sb.finalize()?;
+    verify(&fs, &store.path(9), &file.token())?;
+    assert_eq!(files_in(&fs, "/snap"), vec!["00000000000000000009.snap".to_string()]);
+    assert!(files_in(&fs, "/spool").is_empty());
+    Ok(())
+}

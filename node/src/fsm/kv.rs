@@ -182,10 +182,31 @@ pub struct Kv<E: Engine> {
 }
 
 impl<E: Engine> Kv<E> {
-    /// Wrap an opened engine; the applied index is read from it (0 for a fresh one).
+    /// Wrap an opened engine; the applied index is read from it (0 for a fresh, empty one).
     pub fn new(engine: E, mode: FsmSync) -> Result<Self, FsmError> {
-        let applied = engine.applied_index()?.unwrap_or(0);
+        let applied = Self::read_applied(&engine)?;
         Ok(Kv { engine, mode, applied })
+    }
+
+    /// The engine's applied index. Missing on an engine that holds data means the meta value was lost
+    /// or damaged: refuse, rather than re-apply the whole log on top of the data as if it were fresh.
+    fn read_applied(engine: &E) -> Result<u64, FsmError> {
+        match engine.applied_index()? {
+            Some(applied) => Ok(applied),
+            None if engine.scan(b"", None, 1)?.is_empty() => Ok(0),
+            None => Err(FsmError::Corrupt {
+                path: std::path::PathBuf::from("<engine meta>"),
+                offset: 0,
+                reason: "the applied index is missing or malformed on an engine that holds data".into(),
+            }),
+        }
+    }
+
+    /// Re-read the applied index after the engine's state was replaced (a snapshot restore), so the
+    /// next `apply_raft` continues from the snapshot's index.
+    pub fn reload_applied_index(&mut self) -> Result<u64, FsmError> {
+        self.applied = Self::read_applied(&self.engine)?;
+        Ok(self.applied)
     }
 
     pub fn applied_index(&self) -> u64 {

@@ -10,7 +10,8 @@
 //! database, old or new. Directories it does not name are leftovers and are removed at open.
 
 use std::path::{Path, PathBuf};
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use rocksdb::{DB, DBCompressionType, DBRecoveryMode, Direction, IteratorMode, Options, WriteOptions};
 
@@ -30,8 +31,43 @@ const RESTORE_BATCH_BYTES: usize = 4 << 20;
 
 /// RocksDB with durakv's key layout and write modes.
 pub struct RocksEngine {
-    db: RwLock<DB>,
+    /// The live database. Readers clone the `Arc` and release the lock at once, so a long snapshot
+    /// stream never holds up a restore's swap (nor the writes queued behind it).
+    db: RwLock<Arc<LiveDb>>,
     root: PathBuf,
+    /// Set when a restore failed after it began to swap the pointer: which database the pointer
+    /// names is unknown, so this process must not acknowledge another write (like a failed fsync).
+    poisoned: AtomicBool,
+}
+
+/// An open database; once replaced by a restore it is marked obsolete and its directory is removed
+/// when the last reader lets go of it.
+struct LiveDb {
+    db: Option<DB>,
+    obsolete: AtomicBool,
+}
+
+impl LiveDb {
+    fn new(db: DB) -> Arc<LiveDb> {
+        Arc::new(LiveDb { db: Some(db), obsolete: AtomicBool::new(false) })
+    }
+
+    fn db(&self) -> &DB {
+        self.db.as_ref().expect("a LiveDb holds its database until it is dropped")
+    }
+}
+
+impl Drop for LiveDb {
+    fn drop(&mut self) {
+        if let Some(db) = self.db.take() {
+            let path = db.path().to_path_buf();
+            drop(db);
+            if self.obsolete.load(Ordering::Acquire) {
+                // Unreachable since the swap; a crash before this removal is cleaned up at open.
+                let _ = std::fs::remove_dir_all(path);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for RocksEngine {
@@ -73,11 +109,8 @@ impl RocksEngine {
     /// Open (or create) the engine in the directory `root`.
     pub fn open(root: &Path) -> Result<RocksEngine, FsmError> {
         let fs = RealFs::new();
-        if !fs.exists(root).map_err(io(root))? {
-            fs.create_dir_all(root).map_err(io(root))?;
-            // The engine's directory must survive a power loss before anything in it is acknowledged.
-            fs.sync_dir(crate::io::parent_dir(root)).map_err(io(root))?;
-        }
+        // The engine's directory must survive a power loss before anything in it is acknowledged.
+        crate::io::ensure_dir_durable(&fs, root).map_err(io(root))?;
         let pointer = root.join(POINTER);
         let live = if fs.exists(&pointer).map_err(io(&pointer))? {
             let name = read_file(&fs, &pointer).map_err(io(&pointer))?;
@@ -95,7 +128,11 @@ impl RocksEngine {
             }
         }
         let db = DB::open(&options(), root.join(&live)).map_err(rocks)?;
-        Ok(RocksEngine { db: RwLock::new(db), root: root.to_path_buf() })
+        Ok(RocksEngine {
+            db: RwLock::new(LiveDb::new(db)),
+            root: root.to_path_buf(),
+            poisoned: AtomicBool::new(false),
+        })
     }
 
     /// Where the engine lives.
@@ -103,9 +140,13 @@ impl RocksEngine {
         &self.root
     }
 
-    fn db(&self) -> RwLockReadGuard<'_, DB> {
+    /// The live database, unless a failed restore poisoned the engine.
+    fn live(&self) -> Result<Arc<LiveDb>, FsmError> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(FsmError::Poisoned);
+        }
         // A panic while swapping databases is a bug; the lock still guards a usable handle.
-        self.db.read().unwrap_or_else(|p| p.into_inner())
+        Ok(Arc::clone(&self.db.read().unwrap_or_else(|p| p.into_inner())))
     }
 }
 
@@ -154,16 +195,23 @@ impl RestoreTarget for RocksRestore<'_> {
         db.flush().map_err(rocks)?;
         drop(db);
         let pointer = self.engine.root.join(POINTER);
-        // The swap: after any crash the pointer names the old database or the complete new one.
-        write_file_durably(&RealFs::new(), &pointer, self.name.as_bytes()).map_err(io(&pointer))?;
-        let fresh = DB::open(&options(), &self.dir).map_err(rocks)?;
+        // The swap: after any crash the pointer names the old database or the complete new one. From
+        // here on a failure leaves it unknown which one the next open will use, so poison the engine.
+        let swapped = write_file_durably(&RealFs::new(), &pointer, self.name.as_bytes())
+            .map_err(io(&pointer))
+            .and_then(|()| DB::open(&options(), &self.dir).map_err(rocks));
+        let fresh = match swapped {
+            Ok(db) => db,
+            Err(e) => {
+                self.engine.poisoned.store(true, Ordering::Release);
+                return Err(e);
+            }
+        };
         let mut live = self.engine.db.write().unwrap_or_else(|p| p.into_inner());
-        let old_path = live.path().to_path_buf();
-        *live = fresh;
+        let old = std::mem::replace(&mut *live, LiveDb::new(fresh));
         drop(live);
-        // The old database is unreachable now; a crash before this removal is cleaned up at open.
-        let _ = std::fs::remove_dir_all(old_path);
-        self.dir = PathBuf::new();
+        old.obsolete.store(true, Ordering::Release);
+        drop(old);
         Ok(())
     }
 }
@@ -222,11 +270,11 @@ impl Engine for RocksEngine {
         // Sync: fsync RocksDB's WAL before returning. NoSync: the write reaches the OS (survives a
         // process kill) but not necessarily the media.
         wo.set_sync(mode == WriteMode::Sync);
-        self.db().write_opt(to_rocks_batch(batch), &wo).map_err(rocks)
+        self.live()?.db().write_opt(to_rocks_batch(batch), &wo).map_err(rocks)
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, FsmError> {
-        self.db().get(keys::data(key)).map_err(rocks)
+        self.live()?.db().get(keys::data(key)).map_err(rocks)
     }
 
     fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<KeyValues, FsmError> {
@@ -236,8 +284,8 @@ impl Engine for RocksEngine {
         if lo >= hi || limit == 0 {
             return Ok(out);
         }
-        let db = self.db();
-        let iter = db.iterator(IteratorMode::From(&lo, Direction::Forward));
+        let live = self.live()?;
+        let iter = live.db().iterator(IteratorMode::From(&lo, Direction::Forward));
         visit_from(iter, &hi, &mut |k, v| {
             out.push((k.to_vec(), v.to_vec()));
             Ok(out.len() < limit)
@@ -246,24 +294,25 @@ impl Engine for RocksEngine {
     }
 
     fn meta(&self, key: MetaKey) -> Result<Option<Vec<u8>>, FsmError> {
-        self.db().get(keys::meta(key)).map_err(rocks)
+        self.live()?.db().get(keys::meta(key)).map_err(rocks)
     }
 
     fn flush(&self) -> Result<(), FsmError> {
         // fsync RocksDB's WAL: every earlier write, synced or not, is now durable.
-        self.db().flush_wal(true).map_err(rocks)
+        self.live()?.db().flush_wal(true).map_err(rocks)
     }
 
     fn with_snapshot(
         &self,
         f: &mut dyn FnMut(&dyn EngineSnapshot) -> Result<(), FsmError>,
     ) -> Result<(), FsmError> {
-        let db = self.db();
-        let snap = RocksSnapshot { snap: db.snapshot() };
+        let live = self.live()?;
+        let snap = RocksSnapshot { snap: live.db().snapshot() };
         f(&snap)
     }
 
     fn begin_restore(&self) -> Result<Box<dyn RestoreTarget + '_>, FsmError> {
+        self.live()?;
         let fs = RealFs::new();
         let mut next = 0;
         for entry in fs.read_dir(&self.root).map_err(io(&self.root))? {

@@ -31,7 +31,7 @@ use super::{
     Engine, EngineSnapshot, FsmError, KeyValues, MetaKey, Op, RestoreTarget, Visitor, WriteBatch, WriteMode,
     keys, restored_metas,
 };
-use crate::io::{SharedFs, parent_dir, read_file, write_file_durably};
+use crate::io::{SharedFs, ensure_dir_durable, read_file, write_file_durably};
 use crate::wal::{Batch, Wal, WalOptions};
 
 const CHECKPOINT_MAGIC: [u8; 8] = *b"DKVSIMCK";
@@ -85,11 +85,8 @@ impl SimEngine {
             let path = path.to_path_buf();
             move |source| FsmError::Io { path, source }
         };
-        if !fs.exists(dir).map_err(io(dir))? {
-            fs.create_dir_all(dir).map_err(io(dir))?;
-            // The engine's directory must survive a power loss before anything in it is acknowledged.
-            fs.sync_dir(parent_dir(dir)).map_err(io(dir))?;
-        }
+        // The engine's directory must survive a power loss before anything in it is acknowledged.
+        ensure_dir_durable(&*fs, dir).map_err(io(dir))?;
         let checkpoint_path = dir.join("checkpoint");
         let (mut state, checkpoint_seq) = if fs.exists(&checkpoint_path).map_err(io(&checkpoint_path))? {
             let bytes = read_file(&*fs, &checkpoint_path).map_err(io(&checkpoint_path))?;
@@ -101,6 +98,13 @@ impl SimEngine {
         } else {
             (Map::new(), 0)
         };
+        if checkpoint_seq == u64::MAX {
+            return Err(FsmError::Corrupt {
+                path: checkpoint_path,
+                offset: 12,
+                reason: "checkpoint sequence number is at its maximum".into(),
+            });
+        }
         let (mut journal, _report) = Wal::open(fs.clone(), &dir.join("journal"), opts.journal.clone())?;
         let mut seq = checkpoint_seq;
         if let (Some(first), Some(last)) = (journal.first_index(), journal.last_index())

@@ -208,6 +208,31 @@ pub fn parent_dir(path: &Path) -> &Path {
     }
 }
 
+/// Make sure `dir` exists and that its name, and the name of every directory this call creates on the
+/// way, is durable: each new directory's parent is fsynced, and so is `dir`'s parent every time (a run
+/// that created `dir` may have crashed before syncing it, leaving a name that only the page cache
+/// holds). Storage components call this at open, before anything in `dir` is acknowledged.
+pub fn ensure_dir_durable(fs: &dyn Fs, dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut probe = Some(dir);
+    while let Some(d) = probe {
+        if d.as_os_str().is_empty() || fs.exists(d)? {
+            break;
+        }
+        missing.push(d);
+        probe = d.parent();
+    }
+    fs.create_dir_all(dir)?;
+    // Top down, so a parent's entry is durable before its child's.
+    for d in missing.iter().rev() {
+        fs.sync_dir(parent_dir(d))?;
+    }
+    if missing.is_empty() {
+        fs.sync_dir(parent_dir(dir))?;
+    }
+    Ok(())
+}
+
 /// Write `bytes` to `path` so that after any crash `path` holds either its previous content (or is
 /// absent) or exactly `bytes`: write `<path>.tmp`, fsync it, rename over `path`, fsync the directory.
 pub fn write_file_durably(fs: &dyn Fs, path: &Path, bytes: &[u8]) -> io::Result<()> {

@@ -44,6 +44,7 @@ pub struct Spool {
     received: u64,
     crc: u32,
     state: State,
+    nonce: u64,
 }
 
 impl Spool {
@@ -77,6 +78,7 @@ impl Spool {
             received: 0,
             crc: 0,
             state: State::Receiving,
+            nonce,
         })
     }
 
@@ -168,10 +170,12 @@ impl Spool {
         Ok(done)
     }
 
-    /// The EXDEV fallback: copy into `<dest>.tmp` in the destination directory, fsync, rename, then
+    /// The EXDEV fallback: copy into `<name>.copy-<n>.tmp` in the destination directory, fsync, rename, then
     /// remove the spool. On failure the spool stays (for `close`) and the temp copy is removed.
     fn copy_across(&mut self, dest: &Path) -> Result<(), SnapshotError> {
-        let tmp = tmp_path(dest);
+        // A name of this receive's own: two receives of one index may both be copying.
+        let tmp =
+            tmp_path(&self.dest_dir.join(format!("{}.copy-{}", snapshot_name(self.info.index), self.nonce)));
         let copied = self.copy_to(&tmp).and_then(|()| self.fs.rename(&tmp, dest).map_err(io_err(dest)));
         if let Err(e) = copied {
             let _ = self.fs.remove_file(&tmp);
@@ -188,7 +192,7 @@ impl Spool {
 
     fn copy_to(&self, tmp: &Path) -> Result<(), SnapshotError> {
         let src = self.fs.open(&self.path, OpenOptions::read_only()).map_err(io_err(&self.path))?;
-        let dst = self.fs.open(tmp, OpenOptions::create_truncate()).map_err(io_err(tmp))?;
+        let dst = self.fs.open(tmp, OpenOptions::create_new()).map_err(io_err(tmp))?;
         let mut w = ChunkWriter::new(dst);
         let mut at = 0u64;
         let mut chunk = vec![0u8; CHUNK_BYTES];

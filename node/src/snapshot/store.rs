@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::spool::{Spool, StreamInfo};
 use super::{SnapshotError, io_err, parse_snapshot_name, snapshot_name};
-use crate::io::{SharedFs, parent_dir};
+use crate::io::{SharedFs, ensure_dir_durable};
 
 #[derive(Debug, Default)]
 struct Held {
@@ -69,11 +69,8 @@ impl SnapshotStore {
         keep: usize,
     ) -> Result<(SnapshotStore, Vec<PathBuf>), SnapshotError> {
         for d in [dir, spool_dir] {
-            if !fs.exists(d).map_err(io_err(d))? {
-                fs.create_dir_all(d).map_err(io_err(d))?;
-                // The directory's name must survive a power loss before files in it are relied on.
-                fs.sync_dir(parent_dir(d)).map_err(io_err(d))?;
-            }
+            // The directory's name must survive a power loss before files in it are relied on.
+            ensure_dir_durable(&*fs, d).map_err(io_err(d))?;
         }
         let mut removed = Vec::new();
         for d in [dir, spool_dir] {

@@ -70,6 +70,13 @@ impl ChunkWriter {
     }
 }
 
+/// The writer's temporary name, distinct from the spool's copy (`<name>.copy-<n>.tmp`).
+fn writer_tmp(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".write");
+    tmp_path(Path::new(&name))
+}
+
 /// Write the engine's current state as `<dir>/<applied index>.snap`: stream the point-in-time view to
 /// `<name>.tmp` a chunk at a time, append the footer, fsync, rename, fsync the directory (D6).
 /// `conf_state` and `node_state` go into the header.
@@ -87,9 +94,11 @@ pub fn write_snapshot(
         let header =
             SnapshotHeader { index, term, conf_state: conf_state.to_vec(), node_state: node_state.to_vec() };
         let path = dir.join(snapshot_name(index));
-        let tmp = tmp_path(&path);
+        let tmp = writer_tmp(&path);
         let fsm_io = |source| FsmError::Io { path: tmp.clone(), source };
-        let file = fs.open(&tmp, OpenOptions::create_truncate()).map_err(fsm_io)?;
+        // `create_new`: a concurrent writer of the same index fails here instead of truncating the
+        // file this one is writing.
+        let file = fs.open(&tmp, OpenOptions::create_new()).map_err(fsm_io)?;
         let mut w = ChunkWriter::new(file);
         w.buf().extend_from_slice(&header.encode());
         let streamed = snap.for_each(b"", &mut |k, v| {
@@ -111,7 +120,7 @@ pub fn write_snapshot(
         }
     })?;
     let (path, header, len, crc) = written.expect("with_snapshot ran the closure to completion");
-    let tmp = tmp_path(&path);
+    let tmp = writer_tmp(&path);
     fs.rename(&tmp, &path).map_err(io_err(&path))?;
     // The new name is durable only once the directory is synced; until then the previous snapshot
     // files stay as they were.

@@ -43,7 +43,7 @@ pub use format::{
     encode_segment_header, frame_len, later_durable_after, scan_segment, single_bit_rot,
 };
 
-use crate::io::{FsFile, OpenOptions, SharedFs, parent_dir, tmp_path};
+use crate::io::{FsFile, OpenOptions, SharedFs, ensure_dir_durable, tmp_path};
 
 /// Why recovery refused a WAL.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -210,8 +210,12 @@ impl Shape {
     fn step(&mut self, record: &Record) -> Result<(), CorruptReason> {
         match record {
             Record::Entry(e) => {
+                if e.index == 0 {
+                    // Index 0 is raft's "no entry"; the decoder refuses it, so the writer must too.
+                    return Err(CorruptReason::BelowFloor { found: 0, floor: 1 });
+                }
                 match self.last {
-                    Some(last) if e.index != last + 1 => {
+                    Some(last) if Some(e.index) != last.checked_add(1) => {
                         return Err(CorruptReason::NonContiguous { expected_after: last, found: e.index });
                     }
                     None if e.index < self.floor => {
@@ -283,11 +287,8 @@ impl Wal {
                 opts.segment_size_bytes
             )));
         }
-        if !fs.exists(dir).map_err(io_err(dir))? {
-            fs.create_dir_all(dir).map_err(io_err(dir))?;
-            // The directory's own name must be durable before segments in it are acknowledged.
-            fs.sync_dir(parent_dir(dir)).map_err(io_err(dir))?;
-        }
+        // The directory's own name must be durable before segments in it are acknowledged.
+        ensure_dir_durable(&*fs, dir).map_err(io_err(dir))?;
         let mut report = RecoveryReport::default();
         let mut seqs = Vec::new();
         for entry in fs.read_dir(dir).map_err(io_err(dir))? {
@@ -553,7 +554,12 @@ impl Wal {
         // Only the last segment may hold unsynced bytes: recovery treats damage anywhere else as
         // corruption.
         self.sync_active()?;
-        let seq = self.segments.keys().next_back().map_or(1, |s| s + 1);
+        let seq = match self.segments.keys().next_back() {
+            None => 1,
+            Some(s) => s
+                .checked_add(1)
+                .ok_or_else(|| WalError::InvalidArgument("segment sequence numbers are exhausted".into()))?,
+        };
         let path = self.dir.join(segment_name(seq));
         let tmp = tmp_path(&path);
         let mut file = self.fs.open(&tmp, OpenOptions::create_truncate()).map_err(io_err(&tmp))?;
