@@ -9,7 +9,8 @@
 //!   the KV state machine with its sync/nosync split;
 //! * [`snapshot`]: checksummed snapshot files and tokens, the streaming writer and receive spool,
 //!   verify-then-restore, the idempotent cold start, retention and hygiene;
-//! * [`server`]: the Redis-protocol (RESP2) codec of the client port.
+//! * [`server`]: the Redis-protocol (RESP2) codec of the client port;
+//! * [`storage`]: raft-rs's `Storage` over the WAL (entries, hard state, conf state, snapshot pointer).
 //!
 //! The durability contract (D1–D11) is in `docs/durability.md`.
 
@@ -17,4 +18,5 @@ pub mod fsm;
 pub mod io;
 pub mod server;
 pub mod snapshot;
+pub mod storage;
 pub mod wal;
