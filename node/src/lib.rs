@@ -10,12 +10,14 @@
 //! * [`snapshot`]: checksummed snapshot files and tokens, the streaming writer and receive spool,
 //!   verify-then-restore, the idempotent cold start, retention and hygiene;
 //! * [`server`]: the Redis-protocol (RESP2) codec of the client port;
-//! * [`storage`]: raft-rs's `Storage` over the WAL (entries, hard state, conf state, snapshot pointer).
+//! * [`storage`]: raft-rs's `Storage` over the WAL (entries, hard state, conf state, snapshot pointer);
+//! * [`replica`]: the raft core (RawNode, storage, state machine) and its ready loop.
 //!
 //! The durability contract (D1–D11) is in `docs/durability.md`.
 
 pub mod fsm;
 pub mod io;
+pub mod replica;
 pub mod server;
 pub mod snapshot;
 pub mod storage;

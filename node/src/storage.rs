@@ -155,6 +155,22 @@ impl RaftStorage {
         Ok(())
     }
 
+    /// Give a brand-new replica its initial voters. Does nothing (returns `false`) once the replica
+    /// has any conf state, log entry or snapshot: bootstrap happens exactly once per data directory.
+    pub fn bootstrap(&self, voters: &[u64]) -> Result<bool, WalError> {
+        let fresh = {
+            let inner = self.lock();
+            inner.conf_state == ConfState::default()
+                && inner.wal.last_index().is_none()
+                && inner.snapshot.metadata.index == 0
+        };
+        if !fresh {
+            return Ok(false);
+        }
+        self.set_conf_state(&ConfState { voters: voters.to_vec(), ..ConfState::default() })?;
+        Ok(true)
+    }
+
     /// Persist a new conf state (after a conf change is applied).
     pub fn set_conf_state(&self, cs: &ConfState) -> Result<(), WalError> {
         let mut inner = self.lock();

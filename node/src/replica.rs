@@ -1,0 +1,245 @@
+//! One replica's raft core: raft-rs's `RawNode` over [`RaftStorage`], applying to the [`Kv`] state
+//! machine, driven by the ready loop in raft-rs's canonical order. It does no I/O of its own beyond
+//! storage: the caller moves the messages it returns and feeds it ticks, messages and proposals, so
+//! the same core runs under tokio, under madsim, and in plain deterministic tests.
+//!
+//! Ready order (the durability-relevant part):
+//! 1. messages a leader may send before persisting (append to followers) go out first;
+//! 2. committed entries are applied through `Kv::apply_raft` (fail-stop on error, D10);
+//! 3. new entries and the hard state are persisted with one fsync;
+//! 4. only then do persisted messages (votes, append responses) go out (D1);
+//! 5. `advance`, then the light ready's commit index, messages and committed entries; `advance_apply`.
+
+use std::collections::BTreeMap;
+
+use prost::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message};
+use raft::{Config, RawNode, StateRole};
+
+use crate::fsm::{Engine, FsmError, Kv, Reply};
+use crate::storage::{RaftStorage, StorageLoadError};
+use crate::wal::WalError;
+
+/// Errors that stop a replica. All are fatal: the node fail-stops and recovers by restarting.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    #[error("raft log: {0}")]
+    Wal(#[from] WalError),
+    #[error("raft storage: {0}")]
+    Storage(#[from] StorageLoadError),
+    #[error("state machine: {0}")]
+    Fsm(#[from] FsmError),
+    #[error("raft entry {index} does not decode: {reason}")]
+    BadEntry { index: u64, reason: String },
+}
+
+/// What a ready produced for the caller.
+#[derive(Debug, Default)]
+pub struct ReadyOutput {
+    /// Messages to send to peers, in order.
+    pub messages: Vec<Message>,
+    /// Replies to proposals this replica made, by the request id given to [`Replica::propose`].
+    pub replies: Vec<(u64, Reply)>,
+}
+
+/// A slog drain that forwards raft-rs's log lines to `tracing`.
+struct TracingDrain;
+
+impl slog::Drain for TracingDrain {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(&self, record: &slog::Record<'_>, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        match record.level() {
+            slog::Level::Critical | slog::Level::Error => tracing::error!(target: "raft", "{}", record.msg()),
+            slog::Level::Warning => tracing::warn!(target: "raft", "{}", record.msg()),
+            slog::Level::Info => tracing::debug!(target: "raft", "{}", record.msg()),
+            _ => tracing::trace!(target: "raft", "{}", record.msg()),
+        }
+        Ok(())
+    }
+}
+
+/// Raft timing and flow-control settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaConfig {
+    pub id: u64,
+    /// Ticks without a leader before campaigning. Default 10.
+    pub election_tick: usize,
+    /// Ticks between leader heartbeats. Default 3.
+    pub heartbeat_tick: usize,
+    /// Largest append message. Default 1 MiB.
+    pub max_size_per_msg: u64,
+    /// Append messages in flight per follower. Default 256.
+    pub max_inflight_msgs: usize,
+}
+
+impl ReplicaConfig {
+    pub fn new(id: u64) -> Self {
+        ReplicaConfig {
+            id,
+            election_tick: 10,
+            heartbeat_tick: 3,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+        }
+    }
+}
+
+/// A replica: raft node, raft storage, and state machine.
+pub struct Replica<E: Engine> {
+    raw: RawNode<RaftStorage>,
+    kv: Kv<E>,
+}
+
+impl<E: Engine> std::fmt::Debug for Replica<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("id", &self.raw.raft.id)
+            .field("applied", &self.kv.applied_index())
+            .finish()
+    }
+}
+
+impl<E: Engine> Replica<E> {
+    /// Start a replica over opened storage and state machine. Raft resumes applying after the state
+    /// machine's applied index (entries it lost under `nosync` are re-applied from the log).
+    pub fn new(cfg: &ReplicaConfig, storage: RaftStorage, kv: Kv<E>) -> Result<Self, ReplicaError> {
+        let config = Config {
+            id: cfg.id,
+            election_tick: cfg.election_tick,
+            heartbeat_tick: cfg.heartbeat_tick,
+            applied: kv.applied_index(),
+            max_size_per_msg: cfg.max_size_per_msg,
+            max_inflight_msgs: cfg.max_inflight_msgs,
+            check_quorum: true,
+            pre_vote: true,
+            ..Config::default()
+        };
+        config.validate()?;
+        let logger = slog::Logger::root(TracingDrain, slog::o!("node" => cfg.id));
+        let raw = RawNode::new(&config, storage, &logger)?;
+        Ok(Replica { raw, kv })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.raw.raft.id
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    pub fn leader_id(&self) -> u64 {
+        self.raw.raft.leader_id
+    }
+
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    pub fn commit_index(&self) -> u64 {
+        self.raw.raft.raft_log.committed
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.kv.applied_index()
+    }
+
+    pub fn kv(&self) -> &Kv<E> {
+        &self.kv
+    }
+
+    pub fn storage(&self) -> &RaftStorage {
+        self.raw.store()
+    }
+
+    /// Advance the logical clock by one tick.
+    pub fn tick(&mut self) {
+        self.raw.tick();
+    }
+
+    /// Start an election now.
+    pub fn campaign(&mut self) -> Result<(), ReplicaError> {
+        Ok(self.raw.campaign()?)
+    }
+
+    /// Feed a message from a peer.
+    pub fn step(&mut self, msg: Message) -> Result<(), ReplicaError> {
+        Ok(self.raw.step(msg)?)
+    }
+
+    /// Propose an encoded command; its reply comes back in a later [`ReadyOutput`] under `request_id`.
+    pub fn propose(&mut self, request_id: u64, command: Vec<u8>) -> Result<(), ReplicaError> {
+        Ok(self.raw.propose(request_id.to_be_bytes().to_vec(), command)?)
+    }
+
+    /// Handle everything raft has ready, in the canonical order (module docs).
+    pub fn handle_ready(&mut self) -> Result<ReadyOutput, ReplicaError> {
+        let mut out = ReadyOutput::default();
+        if !self.raw.has_ready() {
+            return Ok(out);
+        }
+        let mut rd = self.raw.ready();
+        // 1. A leader's appends may go out while it persists its own copy.
+        out.messages.extend(rd.take_messages());
+        // 2. Apply what is committed.
+        for e in rd.take_committed_entries() {
+            self.apply(e, &mut out)?;
+        }
+        // 3. Entries and hard state: one write, one fsync, before anything that promises them.
+        let hs = rd.hs().cloned();
+        if !rd.entries().is_empty() || hs.is_some() {
+            self.raw.store().persist(rd.entries(), hs.as_ref())?;
+        }
+        // 4. Votes and append responses promise persisted state: only now.
+        out.messages.extend(rd.take_persisted_messages());
+        let mut light = self.raw.advance(rd);
+        if let Some(commit) = light.commit_index() {
+            let mut hs = self.raw.store().hard_state();
+            hs.commit = commit;
+            // The commit index is persisted with or before applying past it.
+            self.raw.store().persist(&[], Some(&hs))?;
+        }
+        out.messages.extend(light.take_messages());
+        for e in light.take_committed_entries() {
+            self.apply(e, &mut out)?;
+        }
+        self.raw.advance_apply();
+        Ok(out)
+    }
+
+    fn apply(&mut self, e: Entry, out: &mut ReadyOutput) -> Result<(), ReplicaError> {
+        let bad = |reason: String| ReplicaError::BadEntry { index: e.index, reason };
+        match e.entry_type() {
+            EntryType::EntryNormal => {
+                let reply = self.kv.apply_raft(e.index, &e.data)?;
+                if let Ok(id) = <[u8; 8]>::try_from(e.context.as_slice()) {
+                    out.replies.push((u64::from_be_bytes(id), reply));
+                }
+            }
+            EntryType::EntryConfChange => {
+                let cc = ConfChange::decode(&e.data[..]).map_err(|err| bad(err.to_string()))?;
+                let cs = self.raw.apply_conf_change(&cc)?;
+                self.raw.store().set_conf_state(&cs)?;
+                self.kv.apply_raft(e.index, &[])?;
+            }
+            EntryType::EntryConfChangeV2 => {
+                let cc = ConfChangeV2::decode(&e.data[..]).map_err(|err| bad(err.to_string()))?;
+                let cs = self.raw.apply_conf_change(&cc)?;
+                self.raw.store().set_conf_state(&cs)?;
+                self.kv.apply_raft(e.index, &[])?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Route messages between in-process replicas (tests and the simulation harness build on this).
+pub fn route(messages: Vec<Message>, inboxes: &mut BTreeMap<u64, Vec<Message>>) {
+    for m in messages {
+        inboxes.entry(m.to).or_default().push(m);
+    }
+}
