@@ -17,7 +17,12 @@ use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message};
 use raft::{Config, RawNode, StateRole};
 
 use crate::fsm::{Engine, FsmError, Kv, Reply};
-use crate::storage::{RaftStorage, StorageLoadError};
+use crate::io::SharedFs;
+use crate::snapshot::{
+    ColdStart, SnapshotError, SnapshotFile, SnapshotStore, SnapshotToken, cold_start, ensure_applied_durable,
+    restore, write_snapshot,
+};
+use crate::storage::{RaftStorage, SnapshotPointer, StorageLoadError};
 use crate::wal::WalError;
 
 /// Errors that stop a replica. All are fatal: the node fail-stops and recovers by restarting.
@@ -33,6 +38,17 @@ pub enum ReplicaError {
     Fsm(#[from] FsmError),
     #[error("raft entry {index} does not decode: {reason}")]
     BadEntry { index: u64, reason: String },
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] SnapshotError),
+}
+
+/// Where a replica keeps its snapshots, and how often it takes one.
+#[derive(Debug, Clone)]
+pub struct SnapshotSettings {
+    pub fs: SharedFs,
+    pub store: SnapshotStore,
+    /// Take a snapshot (and compact the log below it) every this many applied entries. Minimum 1.
+    pub every_entries: u64,
 }
 
 /// What a ready produced for the caller.
@@ -92,6 +108,7 @@ impl ReplicaConfig {
 pub struct Replica<E: Engine> {
     raw: RawNode<RaftStorage>,
     kv: Kv<E>,
+    snapshots: SnapshotSettings,
 }
 
 impl<E: Engine> std::fmt::Debug for Replica<E> {
@@ -106,7 +123,23 @@ impl<E: Engine> std::fmt::Debug for Replica<E> {
 impl<E: Engine> Replica<E> {
     /// Start a replica over opened storage and state machine. Raft resumes applying after the state
     /// machine's applied index (entries it lost under `nosync` are re-applied from the log).
-    pub fn new(cfg: &ReplicaConfig, storage: RaftStorage, kv: Kv<E>) -> Result<Self, ReplicaError> {
+    pub fn new(
+        cfg: &ReplicaConfig,
+        storage: RaftStorage,
+        mut kv: Kv<E>,
+        snapshots: SnapshotSettings,
+    ) -> Result<Self, ReplicaError> {
+        // Cold start from the snapshot the log is based on (D9): skipped when the state machine is
+        // already at or past it, after the file is verified; restored otherwise.
+        let pointer = storage.snapshot_pointer();
+        if pointer.metadata.index > 0 {
+            let token = SnapshotToken::decode(&pointer.token)?;
+            let path = snapshots.store.path(token.index);
+            let path_taken = cold_start(&*snapshots.fs, kv.engine(), &path, &token, &mut |_| Ok(()))?;
+            if let ColdStart::Restored { .. } = path_taken {
+                kv.reload_applied_index()?;
+            }
+        }
         let config = Config {
             id: cfg.id,
             election_tick: cfg.election_tick,
@@ -121,7 +154,7 @@ impl<E: Engine> Replica<E> {
         config.validate()?;
         let logger = slog::Logger::root(TracingDrain, slog::o!("node" => cfg.id));
         let raw = RawNode::new(&config, storage, &logger)?;
-        Ok(Replica { raw, kv })
+        Ok(Replica { raw, kv, snapshots })
     }
 
     pub fn id(&self) -> u64 {
@@ -156,6 +189,11 @@ impl<E: Engine> Replica<E> {
         self.raw.store()
     }
 
+    /// Where this replica's snapshots live (the transport receives into it).
+    pub fn snapshot_store(&self) -> &SnapshotStore {
+        &self.snapshots.store
+    }
+
     /// Advance the logical clock by one tick.
     pub fn tick(&mut self) {
         self.raw.tick();
@@ -185,6 +223,19 @@ impl<E: Engine> Replica<E> {
         let mut rd = self.raw.ready();
         // 1. A leader's appends may go out while it persists its own copy.
         out.messages.extend(rd.take_messages());
+        // A snapshot from the leader replaces the state machine before any later entry applies. Its
+        // file was received (spooled and finalized) before the message was stepped.
+        if !rd.snapshot().is_empty() {
+            let snap = rd.snapshot().clone();
+            let metadata = snap.metadata.clone().unwrap_or_default();
+            let token = SnapshotToken::decode(&snap.data)?;
+            let path = self.snapshots.store.path(token.index);
+            restore(&*self.snapshots.fs, self.kv.engine(), &path, &token)?;
+            // The restore made the applied index durable at the snapshot's index; the pointer may now
+            // be persisted (D9).
+            self.kv.reload_applied_index()?;
+            self.raw.store().apply_snapshot(SnapshotPointer { metadata, token: snap.data })?;
+        }
         // 2. Apply what is committed.
         for e in rd.take_committed_entries() {
             self.apply(e, &mut out)?;
@@ -234,6 +285,44 @@ impl<E: Engine> Replica<E> {
             }
         }
         Ok(())
+    }
+}
+
+impl<E: Engine> Replica<E> {
+    /// Take a snapshot if `every_entries` entries were applied since the last one: make the state
+    /// machine durable, write the snapshot file, record it as the log's base (compacting the log below
+    /// it, which is safe only now that the state machine is durable: D2), and apply retention.
+    pub fn maybe_snapshot(&mut self) -> Result<Option<SnapshotFile>, ReplicaError> {
+        let applied = self.kv.applied_index();
+        let last = self.raw.store().snapshot_pointer().metadata.index;
+        if applied < last.saturating_add(self.snapshots.every_entries.max(1)) {
+            return Ok(None);
+        }
+        let engine = self.kv.engine();
+        ensure_applied_durable(engine, applied)?;
+        let conf_state = self.raw.raft.prs().conf().to_conf_state();
+        let file = write_snapshot(
+            &*self.snapshots.fs,
+            self.snapshots.store.dir(),
+            engine,
+            &conf_state.encode_to_vec(),
+            &[],
+        )?;
+        let term = raft::Storage::term(self.raw.store(), file.index)?;
+        let metadata =
+            raft::eraftpb::SnapshotMetadata { conf_state: Some(conf_state), index: file.index, term };
+        self.raw
+            .store()
+            .apply_snapshot(SnapshotPointer { metadata, token: file.token().encode().to_vec() })?;
+        self.snapshots.store.gc()?;
+        tracing::info!(node = self.id(), index = file.index, term, "snapshot taken, log compacted below it");
+        Ok(Some(file))
+    }
+
+    /// Tell raft how sending a snapshot to `to` went (every snapshot sent gets a report).
+    pub fn report_snapshot(&mut self, to: u64, delivered: bool) {
+        let status = if delivered { raft::SnapshotStatus::Finish } else { raft::SnapshotStatus::Failure };
+        self.raw.report_snapshot(to, status);
     }
 }
 

@@ -11,24 +11,29 @@ use std::path::Path;
 use std::sync::Arc;
 
 use durakv::fsm::{Command, FsmSync, Kv, Reply, SetCondition, SimEngine, SimEngineOptions};
-use durakv::io::{Fs, SharedFs};
-use durakv::replica::{Replica, ReplicaConfig, route};
+use durakv::io::{Fs, SharedFs, read_file};
+use durakv::replica::{Replica, ReplicaConfig, SnapshotSettings, route};
+use durakv::snapshot::{DEFAULT_SPOOL_CAP_BYTES, SnapshotStore, SnapshotToken, StreamInfo};
 use durakv::storage::RaftStorage;
 use durakv::wal::WalOptions;
 use durakv_faults::{CrashKind, SimFs};
-use raft::eraftpb::Message;
+use raft::eraftpb::{Message, MessageType};
 
 const VOTERS: [u64; 3] = [1, 2, 3];
 
-fn start(fs: &SimFs, id: u64, mode: FsmSync) -> Replica<SimEngine> {
+fn start(fs: &SimFs, id: u64, mode: FsmSync, every: u64) -> Replica<SimEngine> {
     let shared: SharedFs = Arc::new(fs.clone());
+    let (store, _) =
+        SnapshotStore::open(shared.clone(), Path::new("/node/snap"), Path::new("/node/spool"), 3)
+            .expect("store");
+    let snapshots = SnapshotSettings { fs: shared.clone(), store, every_entries: every };
     let (storage, _) =
         RaftStorage::open(shared.clone(), Path::new("/node/raft"), WalOptions::default()).expect("storage");
     storage.bootstrap(&VOTERS).expect("bootstrap");
     let engine =
         SimEngine::open(shared, Path::new("/node/fsm"), SimEngineOptions::default()).expect("engine");
     let kv = Kv::new(engine, mode).expect("kv");
-    Replica::new(&ReplicaConfig::new(id), storage, kv).expect("replica")
+    Replica::new(&ReplicaConfig::new(id), storage, kv, snapshots).expect("replica")
 }
 
 fn disk(id: u64) -> SimFs {
@@ -39,6 +44,9 @@ fn disk(id: u64) -> SimFs {
 }
 
 struct Cluster {
+    mode: FsmSync,
+    every: u64,
+    snapshots_sent: u64,
     disks: BTreeMap<u64, SimFs>,
     nodes: BTreeMap<u64, Replica<SimEngine>>,
     inboxes: BTreeMap<u64, Vec<Message>>,
@@ -46,10 +54,39 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn new(mode: FsmSync) -> Cluster {
+    fn new(mode: FsmSync, every: u64) -> Cluster {
         let disks: BTreeMap<u64, SimFs> = VOTERS.iter().map(|&id| (id, disk(id))).collect();
-        let nodes = disks.iter().map(|(&id, fs)| (id, start(fs, id, mode))).collect();
-        Cluster { disks, nodes, inboxes: BTreeMap::new(), replies: BTreeMap::new() }
+        let nodes = disks.iter().map(|(&id, fs)| (id, start(fs, id, mode, every))).collect();
+        Cluster {
+            mode,
+            every,
+            snapshots_sent: 0,
+            disks,
+            nodes,
+            inboxes: BTreeMap::new(),
+            replies: BTreeMap::new(),
+        }
+    }
+
+    /// What a transport does for a snapshot message: stream the sender's file into the receiver's
+    /// spool, finalize it, then deliver the message; report the outcome to the sender.
+    fn ship_snapshot(&mut self, m: &Message) -> bool {
+        let Some(target) = self.nodes.get(&m.to) else { return false };
+        let token = SnapshotToken::decode(&m.snapshot.as_ref().expect("a snapshot message carries one").data)
+            .expect("token");
+        let from_store = self.nodes[&m.from].snapshot_store().path(token.index);
+        let bytes = read_file(&self.disks[&m.from], &from_store).expect("the sender's snapshot file");
+        let body = &bytes[..bytes.len() - 4];
+        let store = target.snapshot_store();
+        let guard = store.begin_receive(token.index);
+        let info = StreamInfo { index: token.index, len: body.len() as u64, crc: token.crc };
+        let mut spool = store.spool(&guard, info, DEFAULT_SPOOL_CAP_BYTES).expect("spool");
+        for chunk in body.chunks(4096) {
+            spool.push(chunk).expect("push");
+        }
+        spool.finalize().expect("finalize");
+        self.snapshots_sent += 1;
+        true
     }
 
     /// One round: deliver every queued message, handle every ready, route the output.
@@ -59,10 +96,24 @@ impl Cluster {
                 node.step(m).expect("step");
             }
         }
-        for node in self.nodes.values_mut() {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            let node = self.nodes.get_mut(&id).expect("node");
             let out = node.handle_ready().expect("ready");
-            route(out.messages, &mut self.inboxes);
+            node.maybe_snapshot().expect("snapshot");
             self.replies.extend(out.replies);
+            let mut plain = Vec::new();
+            for m in out.messages {
+                if m.msg_type() == MessageType::MsgSnapshot {
+                    let delivered = self.ship_snapshot(&m);
+                    self.nodes.get_mut(&id).expect("sender").report_snapshot(m.to, delivered);
+                    if !delivered {
+                        continue;
+                    }
+                }
+                plain.push(m);
+            }
+            route(plain, &mut self.inboxes);
         }
         // Messages to a node that is down are lost, like on a network.
         let up: Vec<u64> = self.nodes.keys().copied().collect();
@@ -121,8 +172,8 @@ impl Cluster {
         self.disks[&id].crash(CrashKind::PowerLoss);
     }
 
-    fn restart(&mut self, id: u64, mode: FsmSync) {
-        let node = start(&self.disks[&id], id, mode);
+    fn restart(&mut self, id: u64) {
+        let node = start(&self.disks[&id], id, self.mode, self.every);
         self.nodes.insert(id, node);
     }
 }
@@ -142,8 +193,8 @@ fn check_all_have(c: &Cluster, n: u64) {
     assert!(applied.windows(2).all(|w| w[0] == w[1]), "replicas converge to one applied index: {applied:?}");
 }
 
-fn scenario(mode: FsmSync) {
-    let mut c = Cluster::new(mode);
+fn scenario(mode: FsmSync, every: u64) -> Cluster {
+    let mut c = Cluster::new(mode, every);
     for i in 1..=20 {
         c.set(i, &format!("k{i}"), &format!("v{i}"));
     }
@@ -156,7 +207,7 @@ fn scenario(mode: FsmSync) {
     for i in 21..=40 {
         c.set(i, &format!("k{i}"), &format!("v{i}"));
     }
-    c.restart(follower, mode);
+    c.restart(follower);
     c.converge();
     check_all_have(&c, 40);
     // The leader loses power: a new leader is elected, acknowledged writes survive, the old leader
@@ -167,17 +218,32 @@ fn scenario(mode: FsmSync) {
         c.set(i, &format!("k{i}"), &format!("v{i}"));
     }
     assert_ne!(c.leader(), Some(old));
-    c.restart(old, mode);
+    c.restart(old);
     c.converge();
     check_all_have(&c, 60);
+    c
 }
 
 #[test]
 fn three_replicas_survive_power_loss_of_a_follower_and_the_leader() {
-    scenario(FsmSync::Sync);
+    let c = scenario(FsmSync::Sync, 1_000_000);
+    assert_eq!(c.snapshots_sent, 0, "no snapshots without compaction");
 }
 
 #[test]
 fn three_replicas_with_a_nosync_fsm_replay_the_log_after_power_loss() {
-    scenario(FsmSync::NoSync);
+    scenario(FsmSync::NoSync, 1_000_000);
+}
+
+#[test]
+fn a_follower_behind_a_compacted_log_catches_up_by_snapshot() {
+    // Snapshots every 7 entries compact the log, so a follower that was down for 20 writes can only
+    // catch up through a snapshot streamed into its spool.
+    for mode in [FsmSync::Sync, FsmSync::NoSync] {
+        let c = scenario(mode, 7);
+        assert!(c.snapshots_sent > 0, "{mode:?}: the restarted replicas needed a snapshot");
+        for node in c.nodes.values() {
+            assert!(node.storage().snapshot_pointer().metadata.index > 0, "every replica has snapshotted");
+        }
+    }
 }
