@@ -20,7 +20,7 @@ use crate::fsm::{Engine, FsmError, Kv, Reply};
 use crate::io::SharedFs;
 use crate::snapshot::{
     ColdStart, SnapshotError, SnapshotFile, SnapshotStore, SnapshotToken, cold_start, ensure_applied_durable,
-    restore, write_snapshot,
+    restore, verify, write_snapshot,
 };
 use crate::storage::{RaftStorage, SnapshotPointer, StorageLoadError};
 use crate::wal::WalError;
@@ -140,6 +140,9 @@ impl<E: Engine> Replica<E> {
                 kv.reload_applied_index()?;
             }
         }
+        // Raft refuses an applied index beyond its commit index; a state machine that durably applied
+        // entries proves they were committed.
+        storage.raise_commit(kv.applied_index())?;
         let config = Config {
             id: cfg.id,
             election_tick: cfg.election_tick,
@@ -225,25 +228,30 @@ impl<E: Engine> Replica<E> {
         out.messages.extend(rd.take_messages());
         // A snapshot from the leader replaces the state machine before any later entry applies. Its
         // file was received (spooled and finalized) before the message was stepped.
+        //
+        // The pointer is recorded first (after checking the file), the state machine restored second:
+        // a crash in between leaves the state machine behind the pointer, which the cold start at the
+        // next open repairs by restoring. The other order would leave the state machine ahead of the
+        // durable commit index, which raft refuses to start with.
         if !rd.snapshot().is_empty() {
             let snap = rd.snapshot().clone();
             let metadata = snap.metadata.clone().unwrap_or_default();
             let token = SnapshotToken::decode(&snap.data)?;
             let path = self.snapshots.store.path(token.index);
-            restore(&*self.snapshots.fs, self.kv.engine(), &path, &token)?;
-            // The restore made the applied index durable at the snapshot's index; the pointer may now
-            // be persisted (D9).
-            self.kv.reload_applied_index()?;
+            verify(&*self.snapshots.fs, &path, &token)?;
             self.raw.store().apply_snapshot(SnapshotPointer { metadata, token: snap.data })?;
+            restore(&*self.snapshots.fs, self.kv.engine(), &path, &token)?;
+            self.kv.reload_applied_index()?;
         }
-        // 2. Apply what is committed.
-        for e in rd.take_committed_entries() {
-            self.apply(e, &mut out)?;
-        }
-        // 3. Entries and hard state: one write, one fsync, before anything that promises them.
+        // 2. Entries and hard state (commit index included): one write, one fsync, before anything
+        //    that promises them and before applying up to the new commit index.
         let hs = rd.hs().cloned();
         if !rd.entries().is_empty() || hs.is_some() {
             self.raw.store().persist(rd.entries(), hs.as_ref())?;
+        }
+        // 3. Apply what is committed (raft hands out only entries that are already persisted).
+        for e in rd.take_committed_entries() {
+            self.apply(e, &mut out)?;
         }
         // 4. Votes and append responses promise persisted state: only now.
         out.messages.extend(rd.take_persisted_messages());
@@ -263,7 +271,15 @@ impl<E: Engine> Replica<E> {
     }
 
     fn apply(&mut self, e: Entry, out: &mut ReadyOutput) -> Result<(), ReplicaError> {
+        if e.index <= self.kv.applied_index() {
+            // Re-delivered after a restart: already in the state machine (and its conf change, if
+            // any, already in the stored conf state).
+            return Ok(());
+        }
         let bad = |reason: String| ReplicaError::BadEntry { index: e.index, reason };
+        // A conf change whose result the stored conf state already holds (written, then a crash
+        // before the applied index moved) was loaded by raft at start-up: do not apply it twice.
+        let conf_done = e.index <= self.raw.store().conf_index();
         match e.entry_type() {
             EntryType::EntryNormal => {
                 let reply = self.kv.apply_raft(e.index, &e.data)?;
@@ -273,14 +289,18 @@ impl<E: Engine> Replica<E> {
             }
             EntryType::EntryConfChange => {
                 let cc = ConfChange::decode(&e.data[..]).map_err(|err| bad(err.to_string()))?;
-                let cs = self.raw.apply_conf_change(&cc)?;
-                self.raw.store().set_conf_state(&cs)?;
+                if !conf_done {
+                    let cs = self.raw.apply_conf_change(&cc)?;
+                    self.raw.store().set_conf_state(&cs, e.index)?;
+                }
                 self.kv.apply_raft(e.index, &[])?;
             }
             EntryType::EntryConfChangeV2 => {
                 let cc = ConfChangeV2::decode(&e.data[..]).map_err(|err| bad(err.to_string()))?;
-                let cs = self.raw.apply_conf_change(&cc)?;
-                self.raw.store().set_conf_state(&cs)?;
+                if !conf_done {
+                    let cs = self.raw.apply_conf_change(&cc)?;
+                    self.raw.store().set_conf_state(&cs, e.index)?;
+                }
                 self.kv.apply_raft(e.index, &[])?;
             }
         }

@@ -53,7 +53,27 @@ struct Inner {
     wal: Wal,
     hard_state: HardState,
     conf_state: ConfState,
+    /// The log index of the conf change (or snapshot) `conf_state` reflects: a conf-change entry at or
+    /// below it is already in `conf_state` and must not be applied to raft again on replay.
+    conf_index: u64,
     snapshot: SnapshotPointer,
+}
+
+/// Conf state as a meta value: the index it reflects (u64), then the encoded `ConfState`.
+fn encode_conf(index: u64, cs: &ConfState) -> Vec<u8> {
+    let mut out = index.to_be_bytes().to_vec();
+    out.extend_from_slice(&cs.encode_to_vec());
+    out
+}
+
+fn decode_conf(bytes: &[u8]) -> Result<(u64, ConfState), StorageLoadError> {
+    let bad = |source| StorageLoadError::Decode { what: "conf state", source };
+    let index = bytes
+        .get(0..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| bad(prost::DecodeError::new("shorter than its index")))?;
+    Ok((index, ConfState::decode(&bytes[8..]).map_err(bad)?))
 }
 
 /// raft-rs storage backed by the WAL. Shared between the raft node (reads, through [`Storage`]) and
@@ -96,21 +116,25 @@ impl RaftStorage {
         dir: &Path,
         opts: WalOptions,
     ) -> Result<(RaftStorage, RecoveryReport), StorageLoadError> {
-        let (wal, report) = Wal::open(fs, dir, opts)?;
+        let (mut wal, report) = Wal::open(fs, dir, opts)?;
         let mut hard_state = match wal.meta(META_HARD_STATE) {
             Some(b) => HardState::decode(b)
                 .map_err(|source| StorageLoadError::Decode { what: "hard state", source })?,
             None => HardState::default(),
         };
-        let conf_state = match wal.meta(META_CONF_STATE) {
-            Some(b) => ConfState::decode(b)
-                .map_err(|source| StorageLoadError::Decode { what: "conf state", source })?,
-            None => ConfState::default(),
+        let (conf_index, conf_state) = match wal.meta(META_CONF_STATE) {
+            Some(b) => decode_conf(b)?,
+            None => (0, ConfState::default()),
         };
         let snapshot = match wal.meta(META_SNAPSHOT) {
             Some(b) => decode_pointer(b)?,
             None => SnapshotPointer::default(),
         };
+        // A snapshot's pointer and its compaction are one batch; finish the compaction anyway, so
+        // nothing at or below the snapshot can remain part of the log.
+        if snapshot.metadata.index > 0 && wal.compacted_below() <= snapshot.metadata.index {
+            wal.compact(snapshot.metadata.index + 1)?;
+        }
         let last = wal.last_index().unwrap_or(0).max(snapshot.metadata.index);
         if hard_state.commit > last {
             if report.repaired.is_some() {
@@ -123,7 +147,7 @@ impl RaftStorage {
             );
             hard_state.commit = last;
         }
-        let inner = Inner { wal, hard_state, conf_state, snapshot };
+        let inner = Inner { wal, hard_state, conf_state, conf_index, snapshot };
         Ok((RaftStorage { inner: Mutex::new(inner) }, report))
     }
 
@@ -167,15 +191,36 @@ impl RaftStorage {
         if !fresh {
             return Ok(false);
         }
-        self.set_conf_state(&ConfState { voters: voters.to_vec(), ..ConfState::default() })?;
+        self.set_conf_state(&ConfState { voters: voters.to_vec(), ..ConfState::default() }, 0)?;
         Ok(true)
     }
 
-    /// Persist a new conf state (after a conf change is applied).
-    pub fn set_conf_state(&self, cs: &ConfState) -> Result<(), WalError> {
+    /// Persist a new conf state, produced by the conf change at log index `index`.
+    pub fn set_conf_state(&self, cs: &ConfState, index: u64) -> Result<(), WalError> {
         let mut inner = self.lock();
-        inner.wal.append(Batch::new().set_meta(META_CONF_STATE, cs.encode_to_vec()))?;
+        inner.wal.append(Batch::new().set_meta(META_CONF_STATE, encode_conf(index, cs)))?;
         inner.conf_state = cs.clone();
+        inner.conf_index = index;
+        Ok(())
+    }
+
+    /// The log index of the conf change the stored conf state reflects.
+    pub fn conf_index(&self) -> u64 {
+        self.lock().conf_index
+    }
+
+    /// Raise the persisted commit index to `index` if it is lower and within the log. A state machine
+    /// that durably applied past the saved commit index proves those entries were committed, and raft
+    /// refuses to start with an applied index beyond its commit index.
+    pub fn raise_commit(&self, index: u64) -> Result<(), WalError> {
+        let mut inner = self.lock();
+        if index <= inner.hard_state.commit || index > inner.last_index() {
+            return Ok(());
+        }
+        let mut hs = inner.hard_state.clone();
+        hs.commit = index;
+        inner.wal.append(Batch::new().set_meta(META_HARD_STATE, hs.encode_to_vec()))?;
+        inner.hard_state = hs;
         Ok(())
     }
 
@@ -194,7 +239,7 @@ impl RaftStorage {
         let conf_state = pointer.metadata.conf_state.clone().unwrap_or_default();
         let mut batch = Batch::new();
         batch.set_meta(META_SNAPSHOT, encode_pointer(&pointer));
-        batch.set_meta(META_CONF_STATE, conf_state.encode_to_vec());
+        batch.set_meta(META_CONF_STATE, encode_conf(index, &conf_state));
         // A received snapshot replaces a log that disagrees with it: drop entries past it whose term
         // does not match, as raft-rs's MemStorage does by resetting.
         let keep_tail = inner.wal.term(index) == Some(pointer.metadata.term);
@@ -205,19 +250,15 @@ impl RaftStorage {
         hs.commit = hs.commit.max(index);
         hs.term = hs.term.max(pointer.metadata.term);
         batch.set_meta(META_HARD_STATE, hs.encode_to_vec());
+        // Entries at or below the snapshot go in the same batch: after any crash the log's base and
+        // its contents agree.
+        batch.compact(index + 1);
         inner.wal.append(&batch)?;
-        // Entries at or below the snapshot are no longer needed.
-        inner.wal.compact(index + 1)?;
         inner.hard_state = hs;
         inner.conf_state = conf_state;
+        inner.conf_index = index;
         inner.snapshot = pointer;
         Ok(())
-    }
-
-    /// Compact the log below `index`. The caller guarantees the FSM made everything below it durable
-    /// (D2) and that a snapshot covers it.
-    pub fn compact(&self, index: u64) -> Result<(), WalError> {
-        self.lock().wal.compact(index)
     }
 
     /// The hard state last persisted.

@@ -19,11 +19,19 @@ pub struct Limits {
     pub max_args: usize,
     /// The longest inline command line. Default 64 KiB, as Redis.
     pub max_inline_bytes: usize,
+    /// The most bytes one request may occupy in the connection's buffer. Default 1 GiB, as Redis's
+    /// `client-query-buffer-limit`.
+    pub max_request_bytes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_bulk_bytes: 512 << 20, max_args: 1 << 20, max_inline_bytes: 64 << 10 }
+        Limits {
+            max_bulk_bytes: 512 << 20,
+            max_args: 1 << 20,
+            max_inline_bytes: 64 << 10,
+            max_request_bytes: 1 << 30,
+        }
     }
 }
 
@@ -44,68 +52,119 @@ fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
     buf.get(from..)?.windows(2).position(|w| w == b"\r\n").map(|p| from + p)
 }
 
-/// Parse a decimal length/count line body (no sign allowed except a lone `-1`, handled by callers).
+/// Parse a decimal length or count: digits with an optional leading `-`, like Redis's `string2ll`
+/// (no `+`, no spaces, at most 19 digits).
 fn parse_len(digits: &[u8], what: &str) -> Result<i64, RespError> {
+    let body = digits.strip_prefix(b"-").unwrap_or(digits);
+    if body.is_empty() || body.len() > 19 || !body.iter().all(u8::is_ascii_digit) {
+        return Err(err(format!("invalid {what}")));
+    }
     let text = std::str::from_utf8(digits).map_err(|_| err(format!("invalid {what}")))?;
     text.parse::<i64>().map_err(|_| err(format!("invalid {what}")))
 }
 
 /// Parse one command from the front of `buf`. Returns the arguments and the bytes consumed, or
-/// `None` if `buf` does not hold a whole command yet.
+/// `None` if `buf` does not hold a whole command yet. Stateless: a connection should keep a
+/// [`RequestParser`] instead, so a large request arriving in many reads is parsed once, not once per
+/// read.
 pub fn parse_command(buf: &[u8], limits: &Limits) -> Result<Parsed, RespError> {
-    match buf.first() {
-        None => Ok(None),
-        Some(b'*') => parse_multibulk(buf, limits),
-        Some(_) => parse_inline(buf, limits),
-    }
+    RequestParser::new(*limits).parse(buf)
 }
 
-fn parse_multibulk(buf: &[u8], limits: &Limits) -> Result<Parsed, RespError> {
-    let Some(eol) = find_crlf(buf, 1) else {
-        if buf.len() > 32 {
-            return Err(err("invalid multibulk length"));
-        }
-        return Ok(None);
-    };
-    let count = parse_len(&buf[1..eol], "multibulk length")?;
-    if count > limits.max_args as i64 {
-        return Err(err("invalid multibulk length"));
+/// Progress through a multibulk request whose arguments have not all arrived.
+#[derive(Debug)]
+struct Partial {
+    expected: usize,
+    args: Vec<Vec<u8>>,
+    /// Offset just past the last complete argument.
+    pos: usize,
+}
+
+/// A connection's request parser. Between calls the caller may only append to its buffer; once a
+/// command comes back it drops the bytes the command used and parsing starts afresh.
+#[derive(Debug)]
+pub struct RequestParser {
+    limits: Limits,
+    partial: Option<Partial>,
+}
+
+impl RequestParser {
+    pub fn new(limits: Limits) -> Self {
+        RequestParser { limits, partial: None }
     }
-    let mut at = eol + 2;
-    if count <= 0 {
-        // `*0` and `*-1` are empty requests: consumed, nothing to run.
-        return Ok(Some((Vec::new(), at)));
-    }
-    // Reserve by what arrived, not by what the header claims.
-    let mut args = Vec::with_capacity((count as usize).min(buf.len() / 4 + 1));
-    for _ in 0..count {
-        match buf.get(at) {
-            None => return Ok(None),
-            Some(b'$') => {}
-            Some(&other) => return Err(err(format!("expected '$', got '{}'", other as char))),
+
+    /// Parse from the start of the request in progress, continuing where the last call stopped.
+    pub fn parse(&mut self, buf: &[u8]) -> Result<Parsed, RespError> {
+        let result = self.parse_inner(buf);
+        if result.is_err() {
+            // A protocol error ends the request (and, at the caller, the connection).
+            self.partial = None;
         }
-        let Some(eol) = find_crlf(buf, at + 1) else {
-            if buf.len() - at > 32 {
+        result
+    }
+
+    fn parse_inner(&mut self, buf: &[u8]) -> Result<Parsed, RespError> {
+        if buf.len() > self.limits.max_request_bytes {
+            return Err(err("request larger than the query buffer limit"));
+        }
+        if self.partial.is_none() {
+            match buf.first() {
+                None => return Ok(None),
+                Some(b'*') => {}
+                Some(_) => return parse_inline(buf, &self.limits),
+            }
+            let Some(eol) = find_crlf(buf, 1) else {
+                if buf.len() > 32 {
+                    return Err(err("invalid multibulk length"));
+                }
+                return Ok(None);
+            };
+            let count = parse_len(&buf[1..eol], "multibulk length")?;
+            if count > self.limits.max_args as i64 {
+                return Err(err("invalid multibulk length"));
+            }
+            if count <= 0 {
+                // `*0` and `*-1` are empty requests: consumed, nothing to run.
+                return Ok(Some((Vec::new(), eol + 2)));
+            }
+            // Reserve by what arrived, not by what the header claims.
+            let reserve = (count as usize).min(buf.len() / 4 + 1);
+            self.partial =
+                Some(Partial { expected: count as usize, args: Vec::with_capacity(reserve), pos: eol + 2 });
+        }
+        let limits = self.limits;
+        let partial = self.partial.as_mut().expect("set above or by an earlier call");
+        while partial.args.len() < partial.expected {
+            let at = partial.pos;
+            match buf.get(at) {
+                None => return Ok(None),
+                Some(b'$') => {}
+                Some(&other) => return Err(err(format!("expected '$', got '{}'", other as char))),
+            }
+            let Some(eol) = find_crlf(buf, at + 1) else {
+                if buf.len() - at > 32 {
+                    return Err(err("invalid bulk length"));
+                }
+                return Ok(None);
+            };
+            let len = parse_len(&buf[at + 1..eol], "bulk length")?;
+            if len < 0 || len as u64 > limits.max_bulk_bytes as u64 {
                 return Err(err("invalid bulk length"));
             }
-            return Ok(None);
-        };
-        let len = parse_len(&buf[at + 1..eol], "bulk length")?;
-        if len < 0 || len as u64 > limits.max_bulk_bytes as u64 {
-            return Err(err("invalid bulk length"));
+            let start = eol + 2;
+            let end = start + len as usize;
+            if buf.len() < end + 2 {
+                return Ok(None);
+            }
+            if &buf[end..end + 2] != b"\r\n" {
+                return Err(err("bulk string not terminated by CRLF"));
+            }
+            partial.args.push(buf[start..end].to_vec());
+            partial.pos = end + 2;
         }
-        let start = eol + 2;
-        let end = start + len as usize;
-        if buf.len() < end + 2 {
-            return Ok(None);
-        }
-        if &buf[end..end + 2] != b"\r\n" {
-            return Err(err("bulk string not terminated by CRLF"));
-        }
-        args.push(buf[start..end].to_vec());
-        at = end + 2;
+        let done = self.partial.take().expect("the loop ran on a partial request");
+        Ok(Some((done.args, done.pos)))
     }
-    Ok(Some((args, at)))
 }
 
 fn parse_inline(buf: &[u8], limits: &Limits) -> Result<Parsed, RespError> {
@@ -292,6 +351,35 @@ mod tests {
         let short = Limits { max_inline_bytes: 8, ..Limits::default() };
         assert!(parse_command(b"ping ping ping", &short).is_err());
         assert_eq!(parse(b"*0\r\n"), Ok(Some((Vec::new(), 4))));
+    }
+
+    #[test]
+    fn a_connection_parser_continues_where_it_stopped() {
+        let wire = cmd(&[b"MSET", b"a", b"1", b"b", b"22"]);
+        let mut p = RequestParser::new(Limits::default());
+        for cut in 1..wire.len() {
+            assert_eq!(p.parse(&wire[..cut]), Ok(None), "cut at {cut}");
+        }
+        let (args, used) = p.parse(&wire).expect("valid").expect("complete");
+        assert_eq!(args.len(), 5);
+        assert_eq!(used, wire.len());
+        // And a fresh request after that.
+        let ping: &[u8] = b"*1\r\n$4\r\nPING\r\n";
+        assert_eq!(p.parse(ping), Ok(Some((vec![b"PING".to_vec()], 14))));
+        let tiny = Limits { max_request_bytes: 8, ..Limits::default() };
+        assert!(RequestParser::new(tiny).parse(&wire).is_err());
+    }
+
+    #[test]
+    fn lengths_follow_redis_number_rules() {
+        let plus_count: &[u8] = b"*+1\r\n";
+        let plus_len: &[u8] = b"*1\r\n$+3\r\nabc\r\n";
+        let space: &[u8] = b"* 1\r\n";
+        let null: &[u8] = b"*-1\r\n";
+        assert!(parse(plus_count).is_err());
+        assert!(parse(plus_len).is_err());
+        assert!(parse(space).is_err());
+        assert_eq!(parse(null), Ok(Some((Vec::new(), 5))));
     }
 
     #[test]

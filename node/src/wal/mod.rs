@@ -140,6 +140,13 @@ impl Batch {
         self
     }
 
+    /// Discard every entry below `first_index`, atomically with the rest of the batch. Whole segments
+    /// left without live entries are removed after the batch is durable.
+    pub fn compact(&mut self, first_index: u64) -> &mut Self {
+        self.records.push(Record::Compact { first_index });
+        self
+    }
+
     /// Set a meta value (hard state, conf state, …). The last write of a key wins.
     pub fn set_meta(&mut self, key: u16, value: Vec<u8>) -> &mut Self {
         self.records.push(Record::Meta { key, value });
@@ -445,7 +452,11 @@ impl Wal {
 
     /// Make `batch` durable with one write and one fsync. Returns once it is durable.
     pub fn append(&mut self, batch: &Batch) -> Result<(), WalError> {
-        self.append_records(batch.records(), true)
+        self.append_records(batch.records(), true)?;
+        if batch.records().iter().any(|r| matches!(r, Record::Compact { .. })) {
+            self.remove_dead_segments()?;
+        }
+        Ok(())
     }
 
     /// Write `batch` without an fsync: it survives a process kill (page cache) and may be lost, as a
@@ -591,7 +602,13 @@ impl Wal {
             return Ok(());
         }
         self.append_records(&[Record::Compact { first_index }], true)?;
-        let active = self.active.expect("append sets the active segment");
+        self.remove_dead_segments()
+    }
+
+    /// Remove, oldest first, the segments that hold no live entry (never the active one), then fsync
+    /// the directory once.
+    fn remove_dead_segments(&mut self) -> Result<(), WalError> {
+        let active = self.active.expect("a durable compact record sets the active segment");
         let keep_from = self.locs.front().map_or(active, |l| l.seq.min(active));
         let doomed: Vec<u64> = self.segments.range(..keep_from).map(|(s, _)| *s).collect();
         if doomed.is_empty() {
