@@ -277,9 +277,6 @@ impl<E: Engine> Replica<E> {
             return Ok(());
         }
         let bad = |reason: String| ReplicaError::BadEntry { index: e.index, reason };
-        // A conf change whose result the stored conf state already holds (written, then a crash
-        // before the applied index moved) was loaded by raft at start-up: do not apply it twice.
-        let conf_done = e.index <= self.raw.store().conf_index();
         match e.entry_type() {
             EntryType::EntryNormal => {
                 let reply = self.kv.apply_raft(e.index, &e.data)?;
@@ -289,21 +286,28 @@ impl<E: Engine> Replica<E> {
             }
             EntryType::EntryConfChange => {
                 let cc = ConfChange::decode(&e.data[..]).map_err(|err| bad(err.to_string()))?;
-                if !conf_done {
-                    let cs = self.raw.apply_conf_change(&cc)?;
-                    self.raw.store().set_conf_state(&cs, e.index)?;
-                }
-                self.kv.apply_raft(e.index, &[])?;
+                self.apply_conf_change(e.index, &cc)?;
             }
             EntryType::EntryConfChangeV2 => {
                 let cc = ConfChangeV2::decode(&e.data[..]).map_err(|err| bad(err.to_string()))?;
-                if !conf_done {
-                    let cs = self.raw.apply_conf_change(&cc)?;
-                    self.raw.store().set_conf_state(&cs, e.index)?;
-                }
-                self.kv.apply_raft(e.index, &[])?;
+                self.apply_conf_change(e.index, &cc)?;
             }
         }
+        Ok(())
+    }
+
+    fn apply_conf_change(
+        &mut self,
+        index: u64,
+        cc: &impl raft_proto::ConfChangeI,
+    ) -> Result<(), ReplicaError> {
+        // A conf change whose result the stored conf state already holds (written, then a crash
+        // before the applied index moved) was loaded by raft at start-up: do not apply it twice.
+        if index > self.raw.store().conf_index() {
+            let cs = self.raw.apply_conf_change(cc)?;
+            self.raw.store().set_conf_state(&cs, index)?;
+        }
+        self.kv.apply_raft(index, &[])?;
         Ok(())
     }
 }
