@@ -262,6 +262,8 @@ impl Engine for SimEngine {
         if inner.poisoned {
             return Err(FsmError::Poisoned);
         }
+        // Every earlier batch, `NoSync` ones included, becomes durable: the caller may now compact
+        // the raft log up to the applied index (D2).
         inner.journal.sync().map_err(|e| {
             inner.poisoned = true;
             e.into()

@@ -228,6 +228,7 @@ pub fn ensure_dir_durable(fs: &dyn Fs, dir: &Path) -> io::Result<()> {
         fs.sync_dir(parent_dir(d))?;
     }
     if missing.is_empty() {
+        // `dir` existed: a crash may still have kept its name only in the page cache.
         fs.sync_dir(parent_dir(dir))?;
     }
     Ok(())

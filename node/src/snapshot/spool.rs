@@ -149,6 +149,8 @@ impl Spool {
         let dest = self.dest_dir.join(snapshot_name(self.info.index));
         let len = self.received + FOOTER_LEN as u64;
         let done = SnapshotFile { path: dest.clone(), index: self.info.index, term: 0, len, crc: self.crc };
+        // The rename makes the complete, fsynced spool the snapshot; the spool directory is not synced
+        // afterwards: if the old name reappears after a power loss, start-up hygiene removes it.
         match self.fs.rename(&self.path, &dest) {
             Ok(()) => {
                 // The spool is the final file now: from here on nothing is left to clean up, and a
@@ -176,6 +178,7 @@ impl Spool {
         // A name of this receive's own: two receives of one index may both be copying.
         let tmp =
             tmp_path(&self.dest_dir.join(format!("{}.copy-{}", snapshot_name(self.info.index), self.nonce)));
+        // The copy is fsynced inside `copy_to` before this rename gives it the snapshot's name.
         let copied = self.copy_to(&tmp).and_then(|()| self.fs.rename(&tmp, dest).map_err(io_err(dest)));
         if let Err(e) = copied {
             let _ = self.fs.remove_file(&tmp);

@@ -173,6 +173,8 @@ impl SnapshotStore {
         drop(held);
         drop(guard);
         if removed {
+            // Make the removal durable so a power loss cannot bring back a snapshot whose apply
+            // failed; if it did come back, its CRC still guards it and gc would remove it.
             self.fs.sync_dir(&self.dir).map_err(io_err(&self.dir))?;
         }
         Ok(removed)
