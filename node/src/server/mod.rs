@@ -1,5 +1,7 @@
-//! The Redis-protocol client port. Today: the RESP2 codec ([`resp`]), with the limits and typed
-//! protocol errors the port answers with. The connection handling and command dispatch arrive with
-//! the replicated node.
+//! The Redis-protocol client port. Today: the RESP2 codec ([`resp`]) with its limits and typed
+//! protocol errors, and the command table ([`commands`]) that turns arguments into typed requests.
+//! The connection handling, forwarding to the leader and linearizable reads arrive with the
+//! networked node.
 
+pub mod commands;
 pub mod resp;
