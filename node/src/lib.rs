@@ -11,7 +11,8 @@
 //!   verify-then-restore, the idempotent cold start, retention and hygiene;
 //! * [`server`]: the Redis-protocol (RESP2) codec of the client port;
 //! * [`storage`]: raft-rs's `Storage` over the WAL (entries, hard state, conf state, snapshot pointer);
-//! * [`replica`]: the raft core (RawNode, storage, state machine) and its ready loop.
+//! * [`replica`]: the raft core (RawNode, storage, state machine) and its ready loop;
+//! * [`transport`]: the peer wire frames (handshake, raft messages, snapshot chunks).
 //!
 //! The durability contract (D1–D11) is in `docs/durability.md`.
 
@@ -21,4 +22,5 @@ pub mod replica;
 pub mod server;
 pub mod snapshot;
 pub mod storage;
+pub mod transport;
 pub mod wal;

@@ -1,4 +1,4 @@
-//! The RESP parser never panics and never over-reads: arbitrary bytes give a command, "need more", or
+//! The RESP parser and the peer frame decoder never panic and never over-read: arbitrary bytes give a command, "need more", or
 //! a protocol error; a command's consumed length never exceeds the input; valid commands survive
 //! being cut anywhere and arriving in pieces.
 
@@ -43,5 +43,19 @@ proptest! {
         prop_assert_eq!(used, wire.len());
         let at = cut.index(wire.len());
         prop_assert_eq!(parse_command(&wire[..at], &Limits::default()).expect("a prefix is valid"), None);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// Peer frames: arbitrary bytes give a frame, "need more" or a typed error, never a panic, and a
+    /// frame never claims more bytes than it was given.
+    #[test]
+    fn peer_frames_never_panic(bytes in vec(any::<u8>(), 0..256)) {
+        use durakv::transport::frame::{DEFAULT_MAX_FRAME_BYTES, PeerFrame};
+        if let Ok(Some((_, used))) = PeerFrame::decode(&bytes, DEFAULT_MAX_FRAME_BYTES) {
+            prop_assert!(used <= bytes.len());
+        }
     }
 }

@@ -1,0 +1,290 @@
+//! Peer wire frames (documented in `docs/formats.md`). Big-endian, CRC32C.
+//!
+//! ```text
+//! frame := len u32 (kind + payload), crc32c u32 (kind + payload), kind u8, payload
+//! kind 1 hello          magic "DKVP" (4), version u16, cluster_id u64, node_id u64
+//! kind 2 raft           a prost-encoded raft Message
+//! kind 3 snapshot chunk index u64, offset u64, total_len u64, crc u32 (of the whole stream), last u8, data
+//! ```
+//! A connection opens with one `hello` each way; a peer of another cluster, an unknown node or another
+//! protocol version is refused. Every frame is checked before it is used; the decoder never panics,
+//! never allocates more than the frame limit, and a malformed frame closes the connection with a typed
+//! error.
+
+use prost::Message as _;
+
+pub const PEER_MAGIC: [u8; 4] = *b"DKVP";
+pub const PEER_VERSION: u16 = 1;
+/// Frames larger than this are refused: above the default 4 MiB snapshot chunk and raft's 1 MiB
+/// append limit, with room for headers.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 << 20;
+const HEADER_LEN: usize = 8;
+
+const KIND_HELLO: u8 = 1;
+const KIND_RAFT: u8 = 2;
+const KIND_CHUNK: u8 = 3;
+
+/// What goes between peers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PeerFrame {
+    Hello {
+        cluster_id: u64,
+        node_id: u64,
+    },
+    /// Boxed: a raft message is large next to the other variants.
+    Raft(Box<raft::eraftpb::Message>),
+    SnapshotChunk(SnapshotChunk),
+}
+
+/// One piece of a snapshot stream: the sender's file (without its footer) cut into chunks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotChunk {
+    pub index: u64,
+    pub offset: u64,
+    /// The stream's total length and CRC, repeated in every chunk so the receiver can open its spool
+    /// from whichever chunk it sees first and check them end to end.
+    pub total_len: u64,
+    pub crc: u32,
+    pub last: bool,
+    pub data: Vec<u8>,
+}
+
+/// A frame that cannot be used. The connection is closed with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("peer frame of {len} bytes exceeds the limit of {max}")]
+    TooLarge { len: u64, max: usize },
+    #[error("peer frame checksum mismatch")]
+    Checksum,
+    #[error("empty peer frame")]
+    Empty,
+    #[error("unknown peer frame kind {0}")]
+    UnknownKind(u8),
+    #[error("malformed {kind} frame: {detail}")]
+    Malformed { kind: &'static str, detail: String },
+    #[error("peer speaks protocol version {0}, this node {PEER_VERSION}")]
+    Version(u16),
+    #[error("peer belongs to cluster {theirs}, this node to cluster {ours}")]
+    WrongCluster { ours: u64, theirs: u64 },
+    #[error("peer claims node id {0}, which is not a member of this cluster")]
+    UnknownNode(u64),
+}
+
+impl PeerFrame {
+    /// Append the frame's wire form to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&[0u8; HEADER_LEN]);
+        match self {
+            PeerFrame::Hello { cluster_id, node_id } => {
+                out.push(KIND_HELLO);
+                out.extend_from_slice(&PEER_MAGIC);
+                out.extend_from_slice(&PEER_VERSION.to_be_bytes());
+                out.extend_from_slice(&cluster_id.to_be_bytes());
+                out.extend_from_slice(&node_id.to_be_bytes());
+            }
+            PeerFrame::Raft(m) => {
+                out.push(KIND_RAFT);
+                out.extend_from_slice(&m.encode_to_vec());
+            }
+            PeerFrame::SnapshotChunk(c) => {
+                out.push(KIND_CHUNK);
+                out.extend_from_slice(&c.index.to_be_bytes());
+                out.extend_from_slice(&c.offset.to_be_bytes());
+                out.extend_from_slice(&c.total_len.to_be_bytes());
+                out.extend_from_slice(&c.crc.to_be_bytes());
+                out.push(u8::from(c.last));
+                out.extend_from_slice(&c.data);
+            }
+        }
+        let body = &out[start + HEADER_LEN..];
+        let len = body.len() as u32;
+        let crc = crc32c::crc32c(body);
+        out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+        out[start + 4..start + 8].copy_from_slice(&crc.to_be_bytes());
+    }
+
+    /// Decode one frame from the front of `buf`: the frame and the bytes it used, `None` if more bytes
+    /// are needed. The length is checked against `max_frame_bytes` before waiting for the body.
+    pub fn decode(buf: &[u8], max_frame_bytes: usize) -> Result<Option<(PeerFrame, usize)>, FrameError> {
+        if buf.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        if len > max_frame_bytes {
+            return Err(FrameError::TooLarge { len: len as u64, max: max_frame_bytes });
+        }
+        if len == 0 {
+            return Err(FrameError::Empty);
+        }
+        let end = HEADER_LEN + len;
+        if buf.len() < end {
+            return Ok(None);
+        }
+        let body = &buf[HEADER_LEN..end];
+        if crc32c::crc32c(body) != u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) {
+            return Err(FrameError::Checksum);
+        }
+        let (kind, payload) = (body[0], &body[1..]);
+        let frame = match kind {
+            KIND_HELLO => decode_hello(payload)?,
+            KIND_RAFT => PeerFrame::Raft(Box::new(
+                raft::eraftpb::Message::decode(payload)
+                    .map_err(|e| FrameError::Malformed { kind: "raft", detail: e.to_string() })?,
+            )),
+            KIND_CHUNK => decode_chunk(payload)?,
+            other => return Err(FrameError::UnknownKind(other)),
+        };
+        Ok(Some((frame, end)))
+    }
+}
+
+fn u64_at(p: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&p[at..at + 8]);
+    u64::from_be_bytes(a)
+}
+
+fn decode_hello(p: &[u8]) -> Result<PeerFrame, FrameError> {
+    let bad = |detail: &str| FrameError::Malformed { kind: "hello", detail: detail.into() };
+    if p.len() != 4 + 2 + 8 + 8 {
+        return Err(bad("wrong length"));
+    }
+    if p[0..4] != PEER_MAGIC {
+        return Err(bad("bad magic"));
+    }
+    let version = u16::from_be_bytes([p[4], p[5]]);
+    if version != PEER_VERSION {
+        return Err(FrameError::Version(version));
+    }
+    Ok(PeerFrame::Hello { cluster_id: u64_at(p, 6), node_id: u64_at(p, 14) })
+}
+
+fn decode_chunk(p: &[u8]) -> Result<PeerFrame, FrameError> {
+    let bad = |detail: String| FrameError::Malformed { kind: "snapshot chunk", detail };
+    const FIXED: usize = 8 + 8 + 8 + 4 + 1;
+    if p.len() < FIXED {
+        return Err(bad("shorter than its header".into()));
+    }
+    let chunk = SnapshotChunk {
+        index: u64_at(p, 0),
+        offset: u64_at(p, 8),
+        total_len: u64_at(p, 16),
+        crc: u32::from_be_bytes([p[24], p[25], p[26], p[27]]),
+        last: match p[28] {
+            0 => false,
+            1 => true,
+            other => return Err(bad(format!("last flag {other}"))),
+        },
+        data: p[FIXED..].to_vec(),
+    };
+    let end = chunk.offset.checked_add(chunk.data.len() as u64);
+    if end.is_none_or(|e| e > chunk.total_len) {
+        return Err(bad("chunk runs past the stream's total length".into()));
+    }
+    if chunk.last && end != Some(chunk.total_len) {
+        return Err(bad("last chunk does not end the stream".into()));
+    }
+    Ok(PeerFrame::SnapshotChunk(chunk))
+}
+
+/// Check a peer's hello: same cluster, a known member, and not ourselves.
+pub fn check_hello(
+    frame: &PeerFrame,
+    cluster_id: u64,
+    members: &[u64],
+    self_id: u64,
+) -> Result<u64, FrameError> {
+    match frame {
+        PeerFrame::Hello { cluster_id: theirs, node_id } => {
+            if *theirs != cluster_id {
+                return Err(FrameError::WrongCluster { ours: cluster_id, theirs: *theirs });
+            }
+            if *node_id == self_id || !members.contains(node_id) {
+                return Err(FrameError::UnknownNode(*node_id));
+            }
+            Ok(*node_id)
+        }
+        _ => Err(FrameError::Malformed { kind: "hello", detail: "the first frame must be a hello".into() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(f: PeerFrame) {
+        let mut buf = Vec::new();
+        f.encode(&mut buf);
+        buf.extend_from_slice(b"next");
+        let (got, used) = PeerFrame::decode(&buf, DEFAULT_MAX_FRAME_BYTES).expect("valid").expect("complete");
+        assert_eq!(got, f);
+        assert_eq!(&buf[used..], b"next");
+        for cut in 0..used {
+            assert_eq!(PeerFrame::decode(&buf[..cut], DEFAULT_MAX_FRAME_BYTES), Ok(None), "cut at {cut}");
+        }
+    }
+
+    fn chunk(offset: u64, data: &[u8], total_len: u64, last: bool) -> PeerFrame {
+        PeerFrame::SnapshotChunk(SnapshotChunk {
+            index: 9,
+            offset,
+            total_len,
+            crc: 7,
+            last,
+            data: data.to_vec(),
+        })
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        round_trip(PeerFrame::Hello { cluster_id: 42, node_id: 3 });
+        let m = raft::eraftpb::Message { from: 1, to: 2, term: 5, ..Default::default() };
+        round_trip(PeerFrame::Raft(Box::new(m)));
+        round_trip(chunk(0, b"abc", 6, false));
+        round_trip(chunk(3, b"def", 6, true));
+    }
+
+    #[test]
+    fn malformed_frames_are_typed_errors() {
+        let mut buf = Vec::new();
+        PeerFrame::Hello { cluster_id: 1, node_id: 2 }.encode(&mut buf);
+        let mut flipped = buf.clone();
+        flipped[12] ^= 1;
+        assert_eq!(PeerFrame::decode(&flipped, DEFAULT_MAX_FRAME_BYTES), Err(FrameError::Checksum));
+        assert!(matches!(PeerFrame::decode(&buf, 4), Err(FrameError::TooLarge { .. })));
+        let huge = [0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0];
+        assert!(matches!(
+            PeerFrame::decode(&huge, DEFAULT_MAX_FRAME_BYTES),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert_eq!(PeerFrame::decode(&[0u8; 8], DEFAULT_MAX_FRAME_BYTES), Err(FrameError::Empty));
+        let mut past = Vec::new();
+        chunk(5, b"abc", 6, false).encode(&mut past);
+        assert!(matches!(
+            PeerFrame::decode(&past, DEFAULT_MAX_FRAME_BYTES),
+            Err(FrameError::Malformed { .. })
+        ));
+        let mut early = Vec::new();
+        chunk(0, b"abc", 6, true).encode(&mut early);
+        assert!(matches!(
+            PeerFrame::decode(&early, DEFAULT_MAX_FRAME_BYTES),
+            Err(FrameError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn hellos_from_strangers_are_refused() {
+        let members = [1, 2, 3];
+        let hello = |c, n| PeerFrame::Hello { cluster_id: c, node_id: n };
+        assert_eq!(check_hello(&hello(7, 2), 7, &members, 1), Ok(2));
+        assert_eq!(
+            check_hello(&hello(8, 2), 7, &members, 1),
+            Err(FrameError::WrongCluster { ours: 7, theirs: 8 })
+        );
+        assert_eq!(check_hello(&hello(7, 9), 7, &members, 1), Err(FrameError::UnknownNode(9)));
+        assert_eq!(check_hello(&hello(7, 1), 7, &members, 1), Err(FrameError::UnknownNode(1)));
+        let raft = PeerFrame::Raft(Box::default());
+        assert!(check_hello(&raft, 7, &members, 1).is_err());
+    }
+}
