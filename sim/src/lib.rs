@@ -1,12 +1,13 @@
 //! durakv's simulation platform. The harness that runs the node in a madsim world, the scenario runner
 //! and the `durakv-sim` CLI build on this crate; today it holds the seed discipline every one of them
-//! uses, the linearizability checker ([`linearizability`]) that judges recorded histories, and the
-//! scenario file format ([`scenario`]).
+//! uses, the checkers that judge a run ([`linearizability`], and durability and convergence in
+//! [`checkers`]), and the scenario file format ([`scenario`]).
 //!
 //! One root seed drives a whole run. Every consumer of randomness (each node's disk, the workload, the
 //! fault schedule) gets its own stream derived from the root seed and a stable label, so adding a
 //! consumer never shifts another's stream, and a run replays bit for bit from the root seed alone.
 
+pub mod checkers;
 pub mod linearizability;
 pub mod scenario;
 
