@@ -1,7 +1,8 @@
 //! durakv: a Raft key-value database whose durability is proven by deterministic simulation.
 //!
-//! This crate is the production node. Its storage layers:
+//! This crate is the production node. Its parts:
 //!
+//! * [`config`]: the node configuration (TOML file and flags, errors naming the field);
 //! * [`io`]: the [`io::Fs`] trait every durability-relevant operation goes through, with
 //!   [`io::RealFs`] for the host filesystem (the simulated disk lives in `durakv-faults`);
 //! * [`wal`]: the segmented, CRC32C-framed write-ahead log with group commit and torn-tail repair;
@@ -9,13 +10,14 @@
 //!   the KV state machine with its sync/nosync split;
 //! * [`snapshot`]: checksummed snapshot files and tokens, the streaming writer and receive spool,
 //!   verify-then-restore, the idempotent cold start, retention and hygiene;
-//! * [`server`]: the Redis-protocol (RESP2) codec of the client port;
+//! * [`server`]: the Redis-protocol (RESP2) codec and the command table of the client port;
 //! * [`storage`]: raft-rs's `Storage` over the WAL (entries, hard state, conf state, snapshot pointer);
 //! * [`replica`]: the raft core (RawNode, storage, state machine) and its ready loop;
 //! * [`transport`]: the peer wire frames (handshake, raft messages, snapshot chunks).
 //!
 //! The durability contract (D1–D11) is in `docs/durability.md`.
 
+pub mod config;
 pub mod fsm;
 pub mod io;
 pub mod replica;

@@ -1,0 +1,302 @@
+//! The node's configuration: an optional TOML file, overridden by command-line flags. Every problem is
+//! a [`ConfigError`] naming the field (and, for the file, the line).
+//!
+//! ```toml
+//! id = 1                          # this node's id, one of the peers
+//! cluster_id = 7                  # peers of another cluster are refused at the handshake
+//! data_dir = "./data/node1"
+//! resp_addr = "127.0.0.1:6379"    # the Redis-protocol port
+//! peer_addr = "127.0.0.1:7379"    # the raft transport port
+//! fsm_sync = "sync"               # or "nosync" (raft apply only; direct writes always sync)
+//! requirepass = "secret"          # optional; clients must AUTH
+//! snapshot_every = 10000          # applied entries between snapshots
+//! max_bulk_bytes = 536870912      # largest RESP bulk string
+//! log_json = false
+//!
+//! [peers]                         # every member, this node included: id = "peer_addr,resp_addr"
+//! 1 = "127.0.0.1:7379,127.0.0.1:6379"
+//! 2 = "127.0.0.1:7380,127.0.0.1:6380"
+//! 3 = "127.0.0.1:7381,127.0.0.1:6381"
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::fsm::FsmSync;
+
+/// A configuration problem, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}:{line}: {field}: {message}")]
+    File { file: PathBuf, line: usize, field: String, message: String },
+    #[error("--{flag}: {message}")]
+    Flag { flag: String, message: String },
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field: field.into(), message: message.into() }
+}
+
+/// The addresses of one member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub peer_addr: SocketAddr,
+    pub resp_addr: SocketAddr,
+}
+
+/// A validated node configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub id: u64,
+    pub cluster_id: u64,
+    pub data_dir: PathBuf,
+    pub resp_addr: SocketAddr,
+    pub peer_addr: SocketAddr,
+    pub peers: BTreeMap<u64, Peer>,
+    pub fsm_sync: FsmSync,
+    pub requirepass: Option<String>,
+    pub snapshot_every: u64,
+    pub max_bulk_bytes: usize,
+    pub log_json: bool,
+}
+
+/// The file's shape; every field optional so flags can supply it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    id: Option<u64>,
+    cluster_id: Option<u64>,
+    data_dir: Option<PathBuf>,
+    resp_addr: Option<String>,
+    peer_addr: Option<String>,
+    peers: Option<BTreeMap<String, String>>,
+    fsm_sync: Option<String>,
+    requirepass: Option<String>,
+    snapshot_every: Option<u64>,
+    max_bulk_bytes: Option<usize>,
+    log_json: Option<bool>,
+}
+
+fn parse_addr(field: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.trim().parse().map_err(|_| invalid(field, format!("{s:?} is not an address like 127.0.0.1:6379")))
+}
+
+/// `id=peer_addr,resp_addr` (flag form) or `peer_addr,resp_addr` (file form, id as the key).
+fn parse_peer(field: &str, spec: &str) -> Result<Peer, ConfigError> {
+    let (p, r) = spec
+        .split_once(',')
+        .ok_or_else(|| invalid(field, format!("{spec:?} is not \"peer_addr,resp_addr\"")))?;
+    Ok(Peer { peer_addr: parse_addr(field, p)?, resp_addr: parse_addr(field, r)? })
+}
+
+impl NodeConfig {
+    /// Build the configuration from an optional file and `--flag value` pairs (flags win).
+    pub fn load(file: Option<&Path>, flags: &[(String, String)]) -> Result<NodeConfig, ConfigError> {
+        let mut raw = match file {
+            Some(path) => {
+                let source = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                    file: path.to_path_buf(),
+                    line: 0,
+                    field: "file".into(),
+                    message: e.to_string(),
+                })?;
+                parse_file(&source, path)?
+            }
+            None => RawConfig::default(),
+        };
+        for (flag, value) in flags {
+            let bad = |message: String| ConfigError::Flag { flag: flag.clone(), message };
+            let num = |v: &str| v.parse::<u64>().map_err(|_| bad(format!("{v:?} is not a number")));
+            match flag.as_str() {
+                "id" => raw.id = Some(num(value)?),
+                "cluster-id" => raw.cluster_id = Some(num(value)?),
+                "data-dir" => raw.data_dir = Some(PathBuf::from(value)),
+                "resp-addr" => raw.resp_addr = Some(value.clone()),
+                "peer-addr" => raw.peer_addr = Some(value.clone()),
+                "fsm-sync" => raw.fsm_sync = Some(value.clone()),
+                "requirepass" => raw.requirepass = Some(value.clone()),
+                "snapshot-every" => raw.snapshot_every = Some(num(value)?),
+                "max-bulk-bytes" => raw.max_bulk_bytes = Some(num(value)? as usize),
+                "log-json" => {
+                    raw.log_json =
+                        Some(value.parse().map_err(|_| bad(format!("{value:?} is not true or false")))?)
+                }
+                "peers" => {
+                    // --peers 1=127.0.0.1:7379,127.0.0.1:6379;2=…
+                    let mut peers = BTreeMap::new();
+                    for item in value.split(';').filter(|s| !s.trim().is_empty()) {
+                        let (id, spec) = item
+                            .split_once('=')
+                            .ok_or_else(|| bad(format!("{item:?} is not id=peer_addr,resp_addr")))?;
+                        peers.insert(id.trim().to_string(), spec.to_string());
+                    }
+                    raw.peers = Some(peers);
+                }
+                other => {
+                    return Err(ConfigError::Flag { flag: other.into(), message: "unknown flag".into() });
+                }
+            }
+        }
+        NodeConfig::from_raw(raw)
+    }
+
+    fn from_raw(raw: RawConfig) -> Result<NodeConfig, ConfigError> {
+        let id = raw.id.ok_or_else(|| invalid("id", "required"))?;
+        if id == 0 {
+            return Err(invalid("id", "must be at least 1 (raft reserves 0)"));
+        }
+        let mut peers = BTreeMap::new();
+        for (key, spec) in raw.peers.unwrap_or_default() {
+            let field = format!("peers.{key}");
+            let pid: u64 = key.parse().map_err(|_| invalid(&field, "the key must be a node id"))?;
+            if pid == 0 {
+                return Err(invalid(&field, "node ids start at 1"));
+            }
+            peers.insert(pid, parse_peer(&field, &spec)?);
+        }
+        if peers.is_empty() {
+            return Err(invalid("peers", "list every member, this node included"));
+        }
+        let me = *peers
+            .get(&id)
+            .ok_or_else(|| invalid("peers", format!("this node's id {id} is not among them")))?;
+        let resp_addr = raw.resp_addr.map_or(Ok(me.resp_addr), |s| parse_addr("resp_addr", &s))?;
+        let peer_addr = raw.peer_addr.map_or(Ok(me.peer_addr), |s| parse_addr("peer_addr", &s))?;
+        let fsm_sync = raw
+            .fsm_sync
+            .as_deref()
+            .unwrap_or("sync")
+            .parse()
+            .map_err(|_| invalid("fsm_sync", "must be \"sync\" or \"nosync\""))?;
+        let snapshot_every = raw.snapshot_every.unwrap_or(10_000);
+        if snapshot_every == 0 {
+            return Err(invalid("snapshot_every", "must be at least 1"));
+        }
+        let max_bulk_bytes = raw.max_bulk_bytes.unwrap_or(512 << 20);
+        if max_bulk_bytes == 0 {
+            return Err(invalid("max_bulk_bytes", "must be at least 1"));
+        }
+        if raw.requirepass.as_deref() == Some("") {
+            return Err(invalid("requirepass", "an empty password locks nobody out; leave it unset instead"));
+        }
+        Ok(NodeConfig {
+            id,
+            cluster_id: raw.cluster_id.unwrap_or(1),
+            data_dir: raw.data_dir.ok_or_else(|| invalid("data_dir", "required"))?,
+            resp_addr,
+            peer_addr,
+            peers,
+            fsm_sync,
+            requirepass: raw.requirepass,
+            snapshot_every,
+            max_bulk_bytes,
+            log_json: raw.log_json.unwrap_or(false),
+        })
+    }
+}
+
+fn parse_file(source: &str, path: &Path) -> Result<RawConfig, ConfigError> {
+    toml::from_str(source).map_err(|e| {
+        let line = e.span().map_or(0, |s| source[..s.start.min(source.len())].matches('\n').count() + 1);
+        let message = e.message().to_string();
+        let field = message.split('`').nth(1).map_or_else(|| "document".to_string(), str::to_string);
+        ConfigError::File { file: path.to_path_buf(), line, field, message }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"id = 2
+cluster_id = 7
+data_dir = "./data/node2"
+fsm_sync = "nosync"
+
+[peers]
+1 = "127.0.0.1:7379,127.0.0.1:6379"
+2 = "127.0.0.1:7380,127.0.0.1:6380"
+3 = "127.0.0.1:7381,127.0.0.1:6381"
+"#;
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, text).expect("write config");
+        (dir, path)
+    }
+
+    fn flags(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn a_file_gives_a_whole_config_and_flags_override_it() {
+        let (_d, path) = write(FILE);
+        let c = NodeConfig::load(Some(&path), &[]).expect("valid");
+        assert_eq!((c.id, c.cluster_id, c.fsm_sync), (2, 7, FsmSync::NoSync));
+        assert_eq!(
+            c.resp_addr,
+            "127.0.0.1:6380".parse().expect("addr"),
+            "defaults to this node's peer entry"
+        );
+        assert_eq!(c.peers.len(), 3);
+        let c =
+            NodeConfig::load(Some(&path), &flags(&[("fsm-sync", "sync"), ("resp-addr", "127.0.0.1:9999")]))
+                .expect("valid");
+        assert_eq!(c.fsm_sync, FsmSync::Sync);
+        assert_eq!(c.resp_addr.port(), 9999);
+    }
+
+    #[test]
+    fn flags_alone_are_enough() {
+        let f = flags(&[
+            ("id", "1"),
+            ("data-dir", "/tmp/n1"),
+            (
+                "peers",
+                "1=127.0.0.1:7379,127.0.0.1:6379;2=127.0.0.1:7380,127.0.0.1:6380;3=127.0.0.1:7381,127.0.0.1:6381",
+            ),
+        ]);
+        let c = NodeConfig::load(None, &f).expect("valid");
+        assert_eq!(c.peers[&3].resp_addr.port(), 6381);
+        assert_eq!(c.snapshot_every, 10_000);
+    }
+
+    #[test]
+    fn every_problem_names_its_field() {
+        let (_d, path) = write(&FILE.replace("fsm_sync = \"nosync\"", "fsm_sink = \"nosync\""));
+        match NodeConfig::load(Some(&path), &[]) {
+            Err(ConfigError::File { line: 4, field, .. }) => assert_eq!(field, "fsm_sink"),
+            other => panic!("expected a file error on line 4, got {other:?}"),
+        }
+        let (_d, path) = write(&FILE.replace("id = 2", "id = \"two\""));
+        assert!(matches!(NodeConfig::load(Some(&path), &[]), Err(ConfigError::File { line: 1, .. })));
+        let (_d, path) = write(FILE);
+        let field_of = |f: &[(&str, &str)]| match NodeConfig::load(Some(&path), &flags(f)) {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            Err(ConfigError::Flag { flag, .. }) => format!("--{flag}"),
+            other => panic!("expected an error, got {other:?}"),
+        };
+        assert_eq!(field_of(&[("id", "9")]), "peers");
+        assert_eq!(field_of(&[("id", "0")]), "id");
+        assert_eq!(field_of(&[("fsm-sync", "fast")]), "fsm_sync");
+        assert_eq!(field_of(&[("resp-addr", "localhost")]), "resp_addr");
+        assert_eq!(field_of(&[("snapshot-every", "0")]), "snapshot_every");
+        assert_eq!(field_of(&[("requirepass", "")]), "requirepass");
+        assert_eq!(field_of(&[("id", "x")]), "--id");
+        assert_eq!(field_of(&[("colour", "blue")]), "--colour");
+        let (_d, bad_peer) = write(&FILE.replace("3 = \"127.0.0.1:7381,127.0.0.1:6381\"", "3 = \"nowhere\""));
+        assert!(
+            matches!(NodeConfig::load(Some(&bad_peer), &[]), Err(ConfigError::Invalid { field, .. }) if field == "peers.3")
+        );
+        assert!(
+            matches!(NodeConfig::load(None, &[]), Err(ConfigError::Invalid { field, .. }) if field == "id")
+        );
+    }
+}
