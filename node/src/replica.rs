@@ -208,7 +208,23 @@ impl<E: Engine> Replica<E> {
     }
 
     /// Feed a message from a peer.
-    pub fn step(&mut self, msg: Message) -> Result<(), ReplicaError> {
+    pub fn step(&mut self, mut msg: Message) -> Result<(), ReplicaError> {
+        // A leader's heartbeat carries min(its commit, what it believes this node holds). After this
+        // node repaired a torn tail, that belief can exceed its log, and raft-rs would panic moving the
+        // commit index past the last entry. Clamp it: the commit index only ever needs entries this
+        // node has, and the leader's next append (rejected, then retried lower) refills the gap.
+        if msg.msg_type() == raft::eraftpb::MessageType::MsgHeartbeat {
+            let last = self.raw.raft.raft_log.last_index();
+            if msg.commit > last {
+                tracing::warn!(
+                    node = self.id(),
+                    index = last,
+                    commit = msg.commit,
+                    "heartbeat commit beyond the log: clamped"
+                );
+                msg.commit = last;
+            }
+        }
         Ok(self.raw.step(msg)?)
     }
 

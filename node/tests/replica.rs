@@ -294,3 +294,86 @@ fn a_crash_at_any_point_of_a_followers_ready_loop_never_keeps_it_down() {
     }
     assert!(crashes >= 40, "the armed crash fired in {crashes} of 48 runs");
 }
+
+/// The WAL segments of a node's raft log, oldest first.
+fn segments(fs: &SimFs) -> Vec<std::path::PathBuf> {
+    let dir = Path::new("/node/raft");
+    let mut out: Vec<_> = fs
+        .read_dir(dir)
+        .expect("list")
+        .into_iter()
+        .filter(|e| e.name.ends_with(".wal"))
+        .map(|e| dir.join(e.name))
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_torn_wal_tail_at_restart_is_repaired_and_the_follower_catches_up() {
+    // Failure: a follower is killed, and its last WAL segment is cut inside a record before it
+    // restarts (an OOM-kill mid-write). Invariant: it restarts without an operator and converges.
+    let mut c = Cluster::new(FsmSync::Sync, 1_000_000);
+    for i in 1..=15 {
+        c.set(i, &format!("k{i}"), &format!("v{i}"));
+    }
+    let leader = c.elect();
+    let follower = VOTERS.into_iter().find(|&id| id != leader).expect("a follower");
+    c.nodes.remove(&follower);
+    let fs = c.disks[&follower].clone();
+    fs.crash(CrashKind::ProcessKill);
+    let last = segments(&fs).pop().expect("a segment");
+    let mut f = fs.open(&last, durakv::io::OpenOptions::read_write()).expect("open");
+    let len = f.len().expect("len");
+    f.set_len(len - 7).expect("cut inside the last record");
+    drop(f);
+    for i in 16..=25 {
+        c.set(i, &format!("k{i}"), &format!("v{i}"));
+    }
+    c.restart(follower);
+    assert!(
+        fs.read_dir(Path::new("/node/raft")).expect("list").iter().any(|e| e.name.contains(".broken")),
+        "the repair kept the dropped bytes"
+    );
+    c.converge();
+    check_all_have(&c, 25);
+}
+
+#[test]
+fn a_bit_flip_in_an_acknowledged_record_keeps_that_node_down_but_not_the_cluster() {
+    // Failure: a follower's acknowledged WAL record rots while it is down. Invariant: it refuses to
+    // start with a typed error instead of truncating; the other two keep serving and lose nothing.
+    let mut c = Cluster::new(FsmSync::Sync, 1_000_000);
+    for i in 1..=15 {
+        c.set(i, &format!("k{i}"), &format!("v{i}"));
+    }
+    let leader = c.elect();
+    let follower = VOTERS.into_iter().find(|&id| id != leader).expect("a follower");
+    c.nodes.remove(&follower);
+    let fs = c.disks[&follower].clone();
+    fs.crash(CrashKind::PowerLoss);
+    let first = segments(&fs).into_iter().next().expect("a segment");
+    // Inside the first segment, past its header: acknowledged records follow.
+    fs.flip_bit(&first, 200, 5).expect("flip");
+    let shared: SharedFs = Arc::new(fs.clone());
+    match RaftStorage::open(shared, Path::new("/node/raft"), WalOptions::default()) {
+        Err(durakv::storage::StorageLoadError::Wal(durakv::wal::WalError::Corrupt {
+            path, offset, ..
+        })) => {
+            assert_eq!(path, first);
+            assert!(offset >= 32 && offset <= 200, "names the damaged record ({offset})");
+        }
+        other => panic!("expected a typed corruption error, got {other:?}"),
+    }
+    for i in 16..=30 {
+        c.set(i, &format!("k{i}"), &format!("v{i}"));
+    }
+    c.run_until(
+        |c| {
+            let commit = c.nodes.values().map(|n| n.commit_index()).max().unwrap_or(0);
+            c.nodes.values().all(|n| n.applied_index() == commit)
+        },
+        "the two healthy replicas apply everything",
+    );
+    check_all_have(&c, 30);
+}
