@@ -361,7 +361,7 @@ fn a_bit_flip_in_an_acknowledged_record_keeps_that_node_down_but_not_the_cluster
             path, offset, ..
         })) => {
             assert_eq!(path, first);
-            assert!(offset >= 32 && offset <= 200, "names the damaged record ({offset})");
+            assert!((32..=200).contains(&offset), "names the damaged record ({offset})");
         }
         other => panic!("expected a typed corruption error, got {other:?}"),
     }
