@@ -32,12 +32,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// The tools inspect an existing WAL; opening one would otherwise create a missing directory.
+fn existing_dir(dir: &str) -> anyhow::Result<PathBuf> {
+    let path = PathBuf::from(dir);
+    match RealFs::new().metadata(&path) {
+        Ok(md) if md.kind == durakv::io::EntryKind::Dir => Ok(path),
+        Ok(_) => bail!("{dir} is not a directory"),
+        Err(e) => bail!("{dir}: {e}"),
+    }
+}
+
 fn run(args: &[String]) -> anyhow::Result<ExitCode> {
     let strs: Vec<&str> = args.iter().map(String::as_str).collect();
     match strs.as_slice() {
         ["wal", "check", dir] => {
             let opts = WalOptions { recovery: RecoveryMode::Strict, ..WalOptions::default() };
-            let (wal, report) = Wal::open(Arc::new(RealFs::new()), &PathBuf::from(dir), opts)
+            let (wal, report) = Wal::open(Arc::new(RealFs::new()), &existing_dir(dir)?, opts)
                 .with_context(|| format!("checking WAL in {dir}"))?;
             println!(
                 "ok: {} segments, {} records, entries {:?}..={:?}, compacted below {}",
@@ -50,7 +60,7 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         ["wal", "repair", dir] => {
-            let (_, report) = Wal::open(Arc::new(RealFs::new()), &PathBuf::from(dir), WalOptions::default())
+            let (_, report) = Wal::open(Arc::new(RealFs::new()), &existing_dir(dir)?, WalOptions::default())
                 .with_context(|| format!("opening WAL in {dir}"))?;
             match report.repaired {
                 Some(t) => println!(
@@ -66,7 +76,7 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         }
         ["wal", "dump", dir] => {
             let fs = RealFs::new();
-            let dir = PathBuf::from(dir);
+            let dir = existing_dir(dir)?;
             let mut damaged = false;
             for entry in fs.read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
                 if !entry.name.ends_with(".wal") {
