@@ -17,6 +17,7 @@
 //!
 //! The durability contract (D1–D11) is in `docs/durability.md`.
 
+mod codec;
 pub mod config;
 pub mod fsm;
 pub mod io;

@@ -31,6 +31,7 @@ use super::{
     Engine, EngineSnapshot, FsmError, KeyValues, MetaKey, Op, RestoreTarget, Visitor, WriteBatch, WriteMode,
     keys, restored_metas,
 };
+use crate::codec::{be_u32, be_u64};
 use crate::io::{SharedFs, ensure_dir_durable, read_file, write_file_durably};
 use crate::wal::{Batch, Wal, WalOptions};
 
@@ -379,19 +380,14 @@ fn decode_checkpoint(bytes: &[u8]) -> Result<(Map, u64), (u64, &'static str)> {
     if body[8..10] != CHECKPOINT_VERSION.to_be_bytes() {
         return Err((8, "unsupported version"));
     }
-    let u64_at = |at: usize| {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(&body[at..at + 8]);
-        u64::from_be_bytes(a)
-    };
-    let seq = u64_at(12);
-    let count = u64_at(20);
+    let seq = be_u64(body, 12);
+    let count = be_u64(body, 20);
     let mut state = Map::new();
     let mut at = CHECKPOINT_HEADER_LEN;
     for _ in 0..count {
         let lens = body.get(at..at + 8).ok_or((at as u64, "truncated entry header"))?;
-        let klen = u32::from_be_bytes([lens[0], lens[1], lens[2], lens[3]]) as usize;
-        let vlen = u32::from_be_bytes([lens[4], lens[5], lens[6], lens[7]]) as usize;
+        let klen = be_u32(lens, 0) as usize;
+        let vlen = be_u32(lens, 4) as usize;
         let k_at = at + 8;
         let v_at = k_at.checked_add(klen).ok_or((at as u64, "key length overflows"))?;
         let end = v_at.checked_add(vlen).ok_or((at as u64, "value length overflows"))?;

@@ -12,6 +12,7 @@
 //! add some without a version bump.
 
 use super::SnapshotError;
+use crate::codec::{be_u32, be_u64};
 
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"DKVSNAP1";
 pub const SNAPSHOT_VERSION: u16 = 1;
@@ -67,7 +68,7 @@ impl SnapshotHeader {
         if version != SNAPSHOT_VERSION {
             return Err(SnapshotError::UnknownVersion(u32::from(version)));
         }
-        let len = u32::from_be_bytes([prefix[10], prefix[11], prefix[12], prefix[13]]);
+        let len = be_u32(prefix, 10);
         if (len as usize) < HEADER_FIXED_LEN || len > MAX_HEADER_LEN {
             return Err(SnapshotError::BadHeader(format!("header length {len} out of range")));
         }
@@ -80,18 +81,13 @@ impl SnapshotHeader {
         if bytes.len() != len {
             return Err(SnapshotError::BadHeader("header length does not match".into()));
         }
-        let u64_at = |at: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&bytes[at..at + 8]);
-            u64::from_be_bytes(a)
-        };
-        let index = u64_at(14);
-        let term = u64_at(22);
+        let index = be_u64(bytes, 14);
+        let term = be_u64(bytes, 22);
         let mut at = 30;
         let mut field = |name: &str| -> Result<Vec<u8>, SnapshotError> {
             let n = bytes
                 .get(at..at + 4)
-                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+                .map(|b| be_u32(b, 0) as usize)
                 .ok_or_else(|| SnapshotError::BadHeader(format!("{name} length past the header")))?;
             let value = bytes
                 .get(at + 4..(at + 4).saturating_add(n))
@@ -136,10 +132,7 @@ impl SnapshotToken {
         }
         let mut index = [0u8; 8];
         index.copy_from_slice(&bytes[5..13]);
-        Ok(SnapshotToken {
-            index: u64::from_be_bytes(index),
-            crc: u32::from_be_bytes([bytes[13], bytes[14], bytes[15], bytes[16]]),
-        })
+        Ok(SnapshotToken { index: u64::from_be_bytes(index), crc: be_u32(bytes, 13) })
     }
 }
 

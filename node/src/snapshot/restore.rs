@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use super::format::{FOOTER_LEN, MIN_SNAPSHOT_LEN, SnapshotHeader, SnapshotToken};
 use super::{CHUNK_BYTES, SnapshotError, io_err};
+use crate::codec::be_u32;
 use crate::fsm::Engine;
 use crate::io::{Fs, FsFile, OpenOptions};
 
@@ -111,8 +112,8 @@ impl Reader {
         }
         let bad = |reason: &str| SnapshotError::BadBody { offset: at, reason: reason.into() };
         let lens = self.take(8)?.ok_or_else(|| bad("file ends inside a record header"))?;
-        let klen = u32::from_be_bytes([lens[0], lens[1], lens[2], lens[3]]) as u64;
-        let vlen = u32::from_be_bytes([lens[4], lens[5], lens[6], lens[7]]) as u64;
+        let klen = u64::from(be_u32(lens, 0));
+        let vlen = u64::from(be_u32(lens, 4));
         if klen > MAX_FIELD_BYTES || vlen > MAX_FIELD_BYTES {
             return Err(bad("record length over 1 GiB"));
         }

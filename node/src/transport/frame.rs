@@ -13,6 +13,8 @@
 
 use prost::Message as _;
 
+use crate::codec::{be_u32, be_u64};
+
 pub const PEER_MAGIC: [u8; 4] = *b"DKVP";
 pub const PEER_VERSION: u16 = 1;
 /// Frames larger than this are refused: above the default 4 MiB snapshot chunk and raft's 1 MiB
@@ -110,7 +112,7 @@ impl PeerFrame {
         if buf.len() < HEADER_LEN {
             return Ok(None);
         }
-        let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        let len = be_u32(buf, 0) as usize;
         if len > max_frame_bytes {
             return Err(FrameError::TooLarge { len: len as u64, max: max_frame_bytes });
         }
@@ -122,7 +124,7 @@ impl PeerFrame {
             return Ok(None);
         }
         let body = &buf[HEADER_LEN..end];
-        if crc32c::crc32c(body) != u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) {
+        if crc32c::crc32c(body) != be_u32(buf, 4) {
             return Err(FrameError::Checksum);
         }
         let (kind, payload) = (body[0], &body[1..]);
@@ -139,12 +141,6 @@ impl PeerFrame {
     }
 }
 
-fn u64_at(p: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&p[at..at + 8]);
-    u64::from_be_bytes(a)
-}
-
 fn decode_hello(p: &[u8]) -> Result<PeerFrame, FrameError> {
     let bad = |detail: &str| FrameError::Malformed { kind: "hello", detail: detail.into() };
     if p.len() != 4 + 2 + 8 + 8 {
@@ -157,7 +153,7 @@ fn decode_hello(p: &[u8]) -> Result<PeerFrame, FrameError> {
     if version != PEER_VERSION {
         return Err(FrameError::Version(version));
     }
-    Ok(PeerFrame::Hello { cluster_id: u64_at(p, 6), node_id: u64_at(p, 14) })
+    Ok(PeerFrame::Hello { cluster_id: be_u64(p, 6), node_id: be_u64(p, 14) })
 }
 
 fn decode_chunk(p: &[u8]) -> Result<PeerFrame, FrameError> {
@@ -167,10 +163,10 @@ fn decode_chunk(p: &[u8]) -> Result<PeerFrame, FrameError> {
         return Err(bad("shorter than its header".into()));
     }
     let chunk = SnapshotChunk {
-        index: u64_at(p, 0),
-        offset: u64_at(p, 8),
-        total_len: u64_at(p, 16),
-        crc: u32::from_be_bytes([p[24], p[25], p[26], p[27]]),
+        index: be_u64(p, 0),
+        offset: be_u64(p, 8),
+        total_len: be_u64(p, 16),
+        crc: be_u32(p, 24),
         last: match p[28] {
             0 => false,
             1 => true,

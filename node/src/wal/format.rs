@@ -24,6 +24,8 @@
 
 use std::fmt;
 
+use crate::codec::{be_u16, be_u32, be_u64};
+
 /// The segment magic.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"DURAKVWL";
 /// The only segment format version this build reads and writes.
@@ -127,20 +129,6 @@ pub struct Frame {
     pub end: u64,
     pub durable_upto: u64,
     pub record: Record,
-}
-
-fn be_u16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-
-fn be_u32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn be_u64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_be_bytes(a)
 }
 
 /// Encode a segment header.

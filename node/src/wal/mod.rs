@@ -43,6 +43,7 @@ pub use format::{
     encode_segment_header, frame_len, later_durable_after, scan_segment, single_bit_rot,
 };
 
+use crate::codec::be_u32;
 use crate::io::{FsFile, OpenOptions, SharedFs, ensure_dir_durable, tmp_path};
 
 /// Why recovery refused a WAL.
@@ -682,12 +683,11 @@ impl Wal {
         let corrupt = |reason| WalError::Corrupt { path: seg.path.clone(), offset: loc.offset, reason };
         // Trust the length only once the header checksum holds (bit rot since open must not make us
         // allocate a bogus length).
-        let stored = u32::from_be_bytes([header[16], header[17], header[18], header[19]]);
+        let stored = be_u32(&header, 16);
         if crc32c::crc32c(&header[0..16]) != stored {
             return Err(corrupt(CorruptReason::Frame(FrameProblem::HeaderChecksum)));
         }
-        let payload_len =
-            u32::from_be_bytes([header[0], header[1], header[2], header[3]]).min(MAX_PAYLOAD_BYTES);
+        let payload_len = be_u32(&header, 0).min(MAX_PAYLOAD_BYTES);
         let mut frame = vec![0u8; FRAME_HEADER_LEN + payload_len as usize];
         seg.file.read_exact_at(&mut frame, loc.offset).map_err(io_err(&seg.path))?;
         match decode_frame_at(&frame, 0, loc.offset) {
