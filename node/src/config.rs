@@ -200,11 +200,18 @@ impl NodeConfig {
     }
 }
 
+/// Where a TOML parse error stands: the 1-based line (0 if unknown), the field the message names
+/// (`document` if none), and the message. Shared by every strict TOML format (config, scenarios).
+pub fn locate_toml_error(source: &str, e: &toml::de::Error) -> (usize, String, String) {
+    let line = e.span().map_or(0, |s| source[..s.start.min(source.len())].matches('\n').count() + 1);
+    let message = e.message().to_string();
+    let field = message.split('`').nth(1).map_or_else(|| "document".to_string(), str::to_string);
+    (line, field, message)
+}
+
 fn parse_file(source: &str, path: &Path) -> Result<RawConfig, ConfigError> {
     toml::from_str(source).map_err(|e| {
-        let line = e.span().map_or(0, |s| source[..s.start.min(source.len())].matches('\n').count() + 1);
-        let message = e.message().to_string();
-        let field = message.split('`').nth(1).map_or_else(|| "document".to_string(), str::to_string);
+        let (line, field, message) = locate_toml_error(source, &e);
         ConfigError::File { file: path.to_path_buf(), line, field, message }
     })
 }

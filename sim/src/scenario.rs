@@ -167,9 +167,7 @@ impl Scenario {
     /// Parse and check a scenario; `file` names it in errors.
     pub fn parse(source: &str, file: &Path) -> Result<Scenario, ScenarioError> {
         let scenario: Scenario = toml::from_str(source).map_err(|e| {
-            let line = e.span().map_or(0, |s| source[..s.start.min(source.len())].matches('\n').count() + 1);
-            let message = e.message().to_string();
-            let field = message.split('`').nth(1).map_or_else(|| "document".to_string(), str::to_string);
+            let (line, field, message) = durakv::config::locate_toml_error(source, &e);
             ScenarioError { file: file.to_path_buf(), line, field, message }
         })?;
         scenario.validate(source, file)?;
