@@ -179,9 +179,24 @@ impl Cluster {
         );
     }
 
-    fn crash(&mut self, id: u64) {
+    /// Acknowledged writes k{i} = v{i} for every i in `range`, one at a time (what `check_all_have`
+    /// checks).
+    fn write(&mut self, range: std::ops::RangeInclusive<u64>) {
+        for i in range {
+            self.set(i, &format!("k{i}"), &format!("v{i}"));
+        }
+    }
+
+    /// A follower of the current leader.
+    fn a_follower(&mut self) -> u64 {
+        let leader = self.elect();
+        VOTERS.into_iter().find(|&id| id != leader).expect("a follower")
+    }
+
+    /// Take `id` down and crash its disk.
+    fn crash(&mut self, id: u64, kind: CrashKind) {
         self.nodes.remove(&id);
-        self.disks[&id].crash(CrashKind::PowerLoss);
+        self.disks[&id].crash(kind);
     }
 
     fn restart(&mut self, id: u64) {
@@ -207,28 +222,21 @@ fn check_all_have(c: &Cluster, n: u64) {
 
 fn scenario(mode: FsmSync, every: u64) -> Cluster {
     let mut c = Cluster::new(mode, every);
-    for i in 1..=20 {
-        c.set(i, &format!("k{i}"), &format!("v{i}"));
-    }
+    c.write(1..=20);
     c.converge();
     check_all_have(&c, 20);
     // A follower loses power, writes go on without it, it restarts and catches up.
-    let leader = c.elect();
-    let follower = VOTERS.into_iter().find(|&id| id != leader).expect("a follower");
-    c.crash(follower);
-    for i in 21..=40 {
-        c.set(i, &format!("k{i}"), &format!("v{i}"));
-    }
+    let follower = c.a_follower();
+    c.crash(follower, CrashKind::PowerLoss);
+    c.write(21..=40);
     c.restart(follower);
     c.converge();
     check_all_have(&c, 40);
     // The leader loses power: a new leader is elected, acknowledged writes survive, the old leader
     // comes back as a follower and catches up.
     let old = c.elect();
-    c.crash(old);
-    for i in 41..=60 {
-        c.set(i, &format!("k{i}"), &format!("v{i}"));
-    }
+    c.crash(old, CrashKind::PowerLoss);
+    c.write(41..=60);
     assert_ne!(c.leader(), Some(old));
     c.restart(old);
     c.converge();
@@ -270,17 +278,12 @@ fn a_crash_at_any_point_of_a_followers_ready_loop_never_keeps_it_down() {
     for k in 0..48u64 {
         let mode = if k % 4 < 2 { FsmSync::Sync } else { FsmSync::NoSync };
         let mut c = Cluster::new(mode, 7);
-        for i in 1..=10 {
-            c.set(i, &format!("k{i}"), &format!("v{i}"));
-        }
-        let leader = c.elect();
-        let follower = VOTERS.into_iter().find(|&id| id != leader).expect("a follower");
+        c.write(1..=10);
+        let follower = c.a_follower();
         let fs = c.disks[&follower].clone();
         let kind = if k % 2 == 0 { CrashKind::ProcessKill } else { CrashKind::PowerLoss };
         fs.arm_crash(fs.ops_done() + k * 3, kind, durakv_faults::TornWrite::Random);
-        for i in 11..=35 {
-            c.set(i, &format!("k{i}"), &format!("v{i}"));
-        }
+        c.write(11..=35);
         if c.down.contains(&follower) {
             crashes += 1;
             c.down.clear();
@@ -314,22 +317,16 @@ fn a_torn_wal_tail_at_restart_is_repaired_and_the_follower_catches_up() {
     // Failure: a follower is killed, and its last WAL segment is cut inside a record before it
     // restarts (an OOM-kill mid-write). Invariant: it restarts without an operator and converges.
     let mut c = Cluster::new(FsmSync::Sync, 1_000_000);
-    for i in 1..=15 {
-        c.set(i, &format!("k{i}"), &format!("v{i}"));
-    }
-    let leader = c.elect();
-    let follower = VOTERS.into_iter().find(|&id| id != leader).expect("a follower");
-    c.nodes.remove(&follower);
+    c.write(1..=15);
+    let follower = c.a_follower();
+    c.crash(follower, CrashKind::ProcessKill);
     let fs = c.disks[&follower].clone();
-    fs.crash(CrashKind::ProcessKill);
     let last = segments(&fs).pop().expect("a segment");
     let mut f = fs.open(&last, durakv::io::OpenOptions::read_write()).expect("open");
     let len = f.len().expect("len");
     f.set_len(len - 7).expect("cut inside the last record");
     drop(f);
-    for i in 16..=25 {
-        c.set(i, &format!("k{i}"), &format!("v{i}"));
-    }
+    c.write(16..=25);
     c.restart(follower);
     assert!(
         fs.read_dir(Path::new("/node/raft")).expect("list").iter().any(|e| e.name.contains(".broken")),
@@ -344,14 +341,10 @@ fn a_bit_flip_in_an_acknowledged_record_keeps_that_node_down_but_not_the_cluster
     // Failure: a follower's acknowledged WAL record rots while it is down. Invariant: it refuses to
     // start with a typed error instead of truncating; the other two keep serving and lose nothing.
     let mut c = Cluster::new(FsmSync::Sync, 1_000_000);
-    for i in 1..=15 {
-        c.set(i, &format!("k{i}"), &format!("v{i}"));
-    }
-    let leader = c.elect();
-    let follower = VOTERS.into_iter().find(|&id| id != leader).expect("a follower");
-    c.nodes.remove(&follower);
+    c.write(1..=15);
+    let follower = c.a_follower();
+    c.crash(follower, CrashKind::PowerLoss);
     let fs = c.disks[&follower].clone();
-    fs.crash(CrashKind::PowerLoss);
     let first = segments(&fs).into_iter().next().expect("a segment");
     // Inside the first segment, past its header: acknowledged records follow.
     fs.flip_bit(&first, 200, 5).expect("flip");
@@ -365,9 +358,7 @@ fn a_bit_flip_in_an_acknowledged_record_keeps_that_node_down_but_not_the_cluster
         }
         other => panic!("expected a typed corruption error, got {other:?}"),
     }
-    for i in 16..=30 {
-        c.set(i, &format!("k{i}"), &format!("v{i}"));
-    }
+    c.write(16..=30);
     c.run_until(
         |c| {
             let commit = c.nodes.values().map(|n| n.commit_index()).max().unwrap_or(0);
