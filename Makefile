@@ -13,7 +13,7 @@ export CARGO_TERM_COLOR ?= never
 all: test
 
 help:
-	@echo "make run    build the durakv binary and start a local cluster"
+	@echo "make run    build the durakv binary and start a 3-node cluster on loopback (redis-cli -p 6379)"
 	@echo "make test   every check and test: fmt, clippy, unit, integration, crash exploration, proptests"
 	@echo "make bench  criterion benchmarks (numbers belong in docs/benchmarks.md)"
 
@@ -36,12 +36,9 @@ test: fmt-check lint unit
 build: deps
 	$(CARGO) build -p durakv --bin durakv --profile $(PROFILE)
 
+# A 3-node cluster on loopback (Redis-protocol ports 6379-6381), data under ./data/; Ctrl-C stops it.
 run: build
-	@echo "durakv: the replicated node (Raft, Redis-protocol port) is not built yet — it lands with the"
-	@echo "node issue. What exists today is the storage layer and its operator tools:"
-	@echo "  $(CARGO_TARGET_DIR)/$(PROFILE)/durakv wal check <dir>    verify a WAL directory"
-	@echo "  $(CARGO_TARGET_DIR)/$(PROFILE)/durakv wal dump <dir>     list its records"
-	@echo "  $(CARGO_TARGET_DIR)/$(PROFILE)/durakv wal repair <dir>   repair a torn tail, refuse corruption"
+	@scripts/run-cluster.sh "$(CARGO_TARGET_DIR)/$(PROFILE)/durakv"
 
 # Benches use the shared `fast` profile: a separate bench profile would compile RocksDB's C++ a second
 # time (about 20 minutes here) for a few percent of speed.

@@ -10,10 +10,12 @@
 //!   the KV state machine with its sync/nosync split;
 //! * [`snapshot`]: checksummed snapshot files and tokens, the streaming writer and receive spool,
 //!   verify-then-restore, the idempotent cold start, retention and hygiene;
-//! * [`server`]: the Redis-protocol (RESP2) codec and the command table of the client port;
+//! * [`server`]: the Redis-protocol (RESP2) client port: codec, command table, connections;
 //! * [`storage`]: raft-rs's `Storage` over the WAL (entries, hard state, conf state, snapshot pointer);
 //! * [`replica`]: the raft core (RawNode, storage, state machine) and its ready loop;
-//! * [`transport`]: the peer wire frames (handshake, raft messages, snapshot chunks).
+//! * [`transport`]: the peer wire frames (handshake, raft messages, snapshot chunks);
+//! * [`runtime`]: the running node on (madsim-)tokio: the raft loop, the peer transport and the
+//!   client port wired together.
 //!
 //! The durability contract (D1–D11) is in `docs/durability.md`.
 
@@ -22,6 +24,7 @@ pub mod config;
 pub mod fsm;
 pub mod io;
 pub mod replica;
+pub mod runtime;
 pub mod server;
 pub mod snapshot;
 pub mod storage;

@@ -1,5 +1,5 @@
-//! The `durakv` binary. The replicated node lands with the Raft layer; until then the binary offers the
-//! operator tools that already exist: inspecting and verifying a WAL directory.
+//! The `durakv` binary: the replicated node (`durakv --id 1 --peers … --data-dir …`) and the operator
+//! tools for a WAL directory (`durakv wal check|dump|repair <dir>`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,19 +10,51 @@ use durakv::io::{Fs, RealFs, read_file};
 use durakv::wal::{RecoveryMode, Wal, WalOptions, scan_segment};
 
 const USAGE: &str = "usage:
+  durakv [--config FILE] [--FLAG VALUE]...   run a node (flags override the file)
+      --id N                 this node's id (one of --peers)
+      --peers LIST           every member: '1=PEER_ADDR,RESP_ADDR;2=...;3=...'
+      --data-dir DIR         where the raft log, state machine and snapshots live
+      --resp-addr ADDR       the Redis-protocol port (default: this node's entry in --peers)
+      --peer-addr ADDR       the raft transport port (default: this node's entry in --peers)
+      --cluster-id N         peers of another cluster are refused (default 1)
+      --fsm-sync sync|nosync whether raft applies fsync the state machine (default sync)
+      --requirepass PASS     clients must AUTH
+      --snapshot-every N     applied entries between snapshots (default 10000)
+      --max-bulk-bytes N     largest RESP bulk string (default 536870912)
+      --log-json true|false  JSON log lines (level from RUST_LOG, default info)
   durakv wal check <dir>   verify every segment without changing anything (exit 1 if damaged)
   durakv wal dump <dir>    list every record of every segment
   durakv wal repair <dir>  open the WAL as the node would: repair a torn tail, refuse corruption";
 
-fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .init();
+        // Colour codes only for a person at a terminal, not in log files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a.starts_with("--"))
+        && !matches!(args[0].as_str(), "--help" | "--version")
+    {
+        return match node::main(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("durakv: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    init_logging(false);
     match run(&args) {
         Ok(code) => code,
         Err(e) => {
@@ -103,10 +135,103 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
             }
             Ok(if damaged { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
+        ["--version"] => {
+            println!("durakv {}", env!("CARGO_PKG_VERSION"));
+            Ok(ExitCode::SUCCESS)
+        }
         [] | ["help"] | ["--help"] | ["-h"] => {
             println!("{USAGE}");
             Ok(ExitCode::SUCCESS)
         }
         _ => bail!("unknown command {:?}\n{USAGE}", args.join(" ")),
+    }
+}
+
+/// The node: configuration, logging, the runtime, signals.
+mod node {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use anyhow::{Context, bail};
+    use durakv::config::NodeConfig;
+    use durakv::io::{RealFs, SharedFs};
+    use durakv::runtime::{RuntimeOptions, bind, open_replica, serve};
+
+    /// `--name value` pairs, in order.
+    type Flags = Vec<(String, String)>;
+
+    /// `--flag value` or `--flag=value` pairs; `--config FILE` names the file.
+    fn parse_flags(args: &[String]) -> anyhow::Result<(Option<PathBuf>, Flags)> {
+        let mut file = None;
+        let mut flags = Vec::new();
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            let Some(name) = arg.strip_prefix("--") else {
+                bail!("unexpected argument {arg:?} (flags are --name value)\n{}", super::USAGE);
+            };
+            let (name, value) = match name.split_once('=') {
+                Some((n, v)) => (n.to_string(), v.to_string()),
+                None => {
+                    let value = it.next().with_context(|| format!("--{name} needs a value"))?;
+                    (name.to_string(), value.clone())
+                }
+            };
+            if name == "config" {
+                file = Some(PathBuf::from(value));
+            } else {
+                flags.push((name, value));
+            }
+        }
+        Ok((file, flags))
+    }
+
+    pub fn main(args: &[String]) -> anyhow::Result<()> {
+        let (file, flags) = parse_flags(args)?;
+        let cfg = NodeConfig::load(file.as_deref(), &flags).context("configuration")?;
+        super::init_logging(cfg.log_json);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("durakv")
+            .build()
+            .context("starting the async runtime")?;
+        runtime.block_on(run(cfg))
+    }
+
+    async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
+        let fs: SharedFs = Arc::new(RealFs::new());
+        let opts = RuntimeOptions::default();
+        #[cfg(feature = "rocksdb")]
+        let replica = open_replica(&cfg, fs.clone(), &opts, durakv::fsm::RocksEngine::open)?;
+        // Without RocksDB (a build for the simulation), the deterministic engine on the same disk.
+        #[cfg(not(feature = "rocksdb"))]
+        let replica = open_replica(&cfg, fs.clone(), &opts, |dir| {
+            durakv::fsm::SimEngine::open(fs.clone(), dir, durakv::fsm::SimEngineOptions::default())
+        })?;
+        let listeners = bind(&cfg).await?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let id = cfg.id;
+        tokio::spawn(async move {
+            let signal = wait_for_signal().await;
+            tracing::info!(node = id, signal, "stopping");
+            let _ = stop_tx.send(true);
+        });
+        serve(&cfg, replica, fs, listeners, opts, stop_rx).await?;
+        Ok(())
+    }
+
+    #[cfg(unix)]
+    async fn wait_for_signal() -> &'static str {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            },
+            _ => {
+                // Without signal handlers the process still dies on the default action.
+                std::future::pending::<()>().await;
+                "none"
+            }
+        }
     }
 }

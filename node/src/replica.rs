@@ -58,6 +58,9 @@ pub struct ReadyOutput {
     pub messages: Vec<Message>,
     /// Replies to proposals this replica made, by the request id given to [`Replica::propose`].
     pub replies: Vec<(u64, Reply)>,
+    /// Confirmed read indexes, by the request id given to [`Replica::read_index`]: a read issued
+    /// under that id is linearizable once the state machine has applied up to the index.
+    pub read_states: Vec<(u64, u64)>,
 }
 
 /// A slog drain that forwards raft-rs's log lines to `tracing`.
@@ -228,6 +231,33 @@ impl<E: Engine> Replica<E> {
         Ok(self.raw.step(msg)?)
     }
 
+    /// Ask for a read index (ReadIndex, raft thesis 6.4); it comes back in a later [`ReadyOutput`]'s
+    /// `read_states` under `request_id`, or never if raft drops it (no leader, or a new leader that has
+    /// not committed in its term yet): the caller re-asks after a while.
+    pub fn read_index(&mut self, request_id: u64) {
+        self.raw.read_index(request_id.to_be_bytes().to_vec());
+    }
+
+    /// Whether raft has anything for [`Replica::handle_ready`].
+    pub fn has_ready(&self) -> bool {
+        self.raw.has_ready()
+    }
+
+    /// The role as a word: `leader`, `follower`, `candidate` or `precandidate`.
+    pub fn role(&self) -> &'static str {
+        match self.raw.raft.state {
+            StateRole::Leader => "leader",
+            StateRole::Follower => "follower",
+            StateRole::Candidate => "candidate",
+            StateRole::PreCandidate => "precandidate",
+        }
+    }
+
+    /// Tell raft a message to `to` could not be sent, so it stops streaming appends and probes.
+    pub fn report_unreachable(&mut self, to: u64) {
+        self.raw.report_unreachable(to);
+    }
+
     /// Propose an encoded command; its reply comes back in a later [`ReadyOutput`] under `request_id`.
     pub fn propose(&mut self, request_id: u64, command: Vec<u8>) -> Result<(), ReplicaError> {
         Ok(self.raw.propose(request_id.to_be_bytes().to_vec(), command)?)
@@ -242,6 +272,11 @@ impl<E: Engine> Replica<E> {
         let mut rd = self.raw.ready();
         // 1. A leader's appends may go out while it persists its own copy.
         out.messages.extend(rd.take_messages());
+        for rs in rd.take_read_states() {
+            if let Ok(id) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) {
+                out.read_states.push((u64::from_be_bytes(id), rs.index));
+            }
+        }
         // A snapshot from the leader replaces the state machine before any later entry applies. Its
         // file was received (spooled and finalized) before the message was stepped.
         //
@@ -266,9 +301,7 @@ impl<E: Engine> Replica<E> {
             self.raw.store().persist(rd.entries(), hs.as_ref())?;
         }
         // 3. Apply what is committed (raft hands out only entries that are already persisted).
-        for e in rd.take_committed_entries() {
-            self.apply(e, &mut out)?;
-        }
+        self.apply_all(rd.take_committed_entries(), &mut out)?;
         // 4. Votes and append responses promise persisted state: only now.
         out.messages.extend(rd.take_persisted_messages());
         let mut light = self.raw.advance(rd);
@@ -279,14 +312,22 @@ impl<E: Engine> Replica<E> {
             self.raw.store().persist(&[], Some(&hs))?;
         }
         out.messages.extend(light.take_messages());
-        for e in light.take_committed_entries() {
-            self.apply(e, &mut out)?;
-        }
+        self.apply_all(light.take_committed_entries(), &mut out)?;
         self.raw.advance_apply();
         Ok(out)
     }
 
-    fn apply(&mut self, e: Entry, out: &mut ReadyOutput) -> Result<(), ReplicaError> {
+    /// Apply committed entries in order; only the last one's write pays for an fsync (under `sync`),
+    /// and it covers the others: their replies are only handed out after it.
+    fn apply_all(&mut self, entries: Vec<Entry>, out: &mut ReadyOutput) -> Result<(), ReplicaError> {
+        let n = entries.len();
+        for (i, e) in entries.into_iter().enumerate() {
+            self.apply(e, i + 1 == n, out)?;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, e: Entry, last_of_batch: bool, out: &mut ReadyOutput) -> Result<(), ReplicaError> {
         if e.index <= self.kv.applied_index() {
             // Re-delivered after a restart: already in the state machine (and its conf change, if
             // any, already in the stored conf state).
@@ -295,7 +336,11 @@ impl<E: Engine> Replica<E> {
         let bad = |reason: String| ReplicaError::BadEntry { index: e.index, reason };
         match e.entry_type() {
             EntryType::EntryNormal => {
-                let reply = self.kv.apply_raft(e.index, &e.data)?;
+                let reply = if last_of_batch {
+                    self.kv.apply_raft(e.index, &e.data)?
+                } else {
+                    self.kv.apply_raft_unsynced(e.index, &e.data)?
+                };
                 if let Ok(id) = <[u8; 8]>::try_from(e.context.as_slice()) {
                     out.replies.push((u64::from_be_bytes(id), reply));
                 }

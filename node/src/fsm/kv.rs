@@ -224,6 +224,24 @@ impl<E: Engine> Kv<E> {
     /// Apply the committed raft entry `index` carrying `payload` (an encoded [`Command`]; empty for a
     /// raft-internal entry that only advances the index).
     pub fn apply_raft(&mut self, index: u64, payload: &[u8]) -> Result<Reply, FsmError> {
+        self.apply_raft_with(index, payload, true)
+    }
+
+    /// Apply a raft entry that is not the last of a batch of committed entries: under `sync` it is
+    /// written without its own fsync, because the batch's last entry is written synced and that
+    /// makes every earlier write of the engine durable with it (one fsync per batch instead of one
+    /// per entry). Nobody hears of the entry before the batch ends; a crash before then loses it
+    /// from the state machine only, and the WAL replays it (D3).
+    pub fn apply_raft_unsynced(&mut self, index: u64, payload: &[u8]) -> Result<Reply, FsmError> {
+        self.apply_raft_with(index, payload, false)
+    }
+
+    fn apply_raft_with(
+        &mut self,
+        index: u64,
+        payload: &[u8],
+        last_of_batch: bool,
+    ) -> Result<Reply, FsmError> {
         if index <= self.applied {
             return Ok(Reply::AlreadyApplied);
         }
@@ -242,8 +260,8 @@ impl<E: Engine> Kv<E> {
         };
         batch.set_applied_index(index);
         let mode = match self.mode {
-            FsmSync::Sync => WriteMode::Sync,
-            FsmSync::NoSync => WriteMode::NoSync,
+            FsmSync::Sync if last_of_batch => WriteMode::Sync,
+            FsmSync::Sync | FsmSync::NoSync => WriteMode::NoSync,
         };
         // On error the applied index stays where it was: the entry is neither skipped nor half done.
         self.engine.write(&batch, mode)?;

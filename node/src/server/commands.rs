@@ -19,6 +19,10 @@ pub enum Request {
     },
     ClientSetName(Vec<u8>),
     ClientGetName,
+    /// CLIENT SETINFO (client libraries announce themselves): accepted and not kept.
+    ClientSetInfo,
+    /// CONFIG GET: durakv has no Redis-settable parameters, so the answer is always empty.
+    ConfigGet,
     /// COMMAND [COUNT | DOCS …]: enough for redis-cli's start-up probe.
     CommandInfo,
     Info,
@@ -94,13 +98,26 @@ pub fn parse_request(args: Vec<Vec<u8>>) -> Result<Request, Refusal> {
             match (sub.as_deref(), n) {
                 (Some("SETNAME"), 2) => Request::ClientSetName(rest.next().unwrap_or_default()),
                 (Some("GETNAME"), 1) => Request::ClientGetName,
-                (Some("SETNAME" | "GETNAME"), _) => return Err(wrong_arity("client")),
+                (Some("SETINFO"), 3) => Request::ClientSetInfo,
+                (Some("SETNAME" | "GETNAME" | "SETINFO"), _) => return Err(wrong_arity("client")),
                 _ => {
                     return Err(Reply::Error("ERR unknown subcommand for 'client'. Try CLIENT HELP.".into()));
                 }
             }
         }
         "COMMAND" => Request::CommandInfo,
+        "CONFIG" => {
+            let sub = rest.next().map(|s| String::from_utf8_lossy(&s).to_ascii_uppercase());
+            match sub.as_deref() {
+                Some("GET") if n >= 2 => Request::ConfigGet,
+                Some("GET") => return Err(wrong_arity("config|get")),
+                _ => {
+                    return Err(Reply::Error(
+                        "ERR durakv supports only CONFIG GET (settings live in its config file)".into(),
+                    ));
+                }
+            }
+        }
         "INFO" => Request::Info,
         "DBSIZE" => {
             arity(n == 0)?;

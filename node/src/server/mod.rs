@@ -1,7 +1,7 @@
-//! The Redis-protocol client port. Today: the RESP2 codec ([`resp`]) with its limits and typed
-//! protocol errors, and the command table ([`commands`]) that turns arguments into typed requests.
-//! The connection handling, forwarding to the leader and linearizable reads arrive with the
-//! networked node.
+//! The Redis-protocol client port: the RESP2 codec ([`resp`]) with its limits and typed protocol
+//! errors, the command table ([`commands`]) that turns arguments into typed requests, and the
+//! connection handling ([`conn`]) that answers them through the raft loop.
 
 pub mod commands;
+pub(crate) mod conn;
 pub mod resp;

@@ -1,0 +1,227 @@
+//! The running node: the replica's raft loop, the peer transport and the Redis-protocol client port,
+//! wired together on tokio. The tokio here is `madsim-tokio`: in a normal build it is tokio itself, and
+//! under `--cfg madsim` it is madsim's simulated runtime, so the simulation runs this same code.
+//!
+//! ```text
+//!  clients ──RESP──▶ server::conn ──Input (propose / read)──▶ ┐
+//!  peers ──frames──▶ peer::serve_incoming ──PeerInput──────▶  ├─ raft_loop (owns the Replica:
+//!  peer senders / snapshot streams ──Feedback──────────────▶  ┘   WAL, state machine, snapshots)
+//!                                raft_loop ──messages──▶ peer::Transport (one queue per peer)
+//! ```
+
+pub mod peer;
+mod raft_loop;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::NodeConfig;
+use crate::fsm::{Engine, FsmError, Kv};
+use crate::io::{SharedFs, ensure_dir_durable};
+use crate::replica::{Replica, ReplicaConfig, ReplicaError, SnapshotSettings};
+use crate::server::conn::{ClientContext, accept_clients};
+use crate::server::resp::Limits;
+use crate::snapshot::{DEFAULT_SPOOL_CAP_BYTES, SnapshotError, SnapshotStore};
+use crate::storage::{RaftStorage, StorageLoadError};
+use crate::wal::WalOptions;
+
+pub(crate) use raft_loop::{Input, ReadFn};
+
+/// Timing and sizing of the running node. The defaults suit a LAN or loopback cluster.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// One raft tick. Elections start after 10 ticks without a leader, heartbeats go every 3.
+    pub tick: Duration,
+    /// How long a client waits for its write to apply or its read to be confirmed.
+    pub request_timeout: Duration,
+    /// Snapshot stream chunk size. Default 4 MiB.
+    pub snapshot_chunk_bytes: usize,
+    /// Messages queued per peer; beyond it messages are dropped and raft retransmits.
+    pub peer_queue: usize,
+    /// Snapshots kept on disk (the newest ones).
+    pub keep_snapshots: usize,
+    /// The most a snapshot being received may occupy in the spool.
+    pub spool_cap_bytes: u64,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions {
+            tick: Duration::from_millis(100),
+            request_timeout: Duration::from_secs(5),
+            snapshot_chunk_bytes: 4 << 20,
+            peer_queue: 4096,
+            keep_snapshots: 2,
+            spool_cap_bytes: DEFAULT_SPOOL_CAP_BYTES,
+        }
+    }
+}
+
+/// Why a node could not start, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("data directory {}: {source}", path.display())]
+    DataDir { path: PathBuf, source: io::Error },
+    #[error("raft log in {}: {source}", path.display())]
+    Storage { path: PathBuf, source: StorageLoadError },
+    #[error("snapshot directory {}: {source}", path.display())]
+    Snapshots { path: PathBuf, source: SnapshotError },
+    #[error("state machine in {}: {source}", path.display())]
+    Fsm { path: PathBuf, source: FsmError },
+    #[error("cannot listen on {addr} for {what}: {source}")]
+    Bind { what: &'static str, addr: SocketAddr, source: io::Error },
+    #[error("{0}")]
+    Replica(#[from] ReplicaError),
+}
+
+/// Where a node keeps its files under its data directory.
+#[derive(Debug, Clone)]
+pub struct DataLayout {
+    pub raft: PathBuf,
+    pub fsm: PathBuf,
+    pub snapshots: PathBuf,
+    pub spool: PathBuf,
+}
+
+impl DataLayout {
+    pub fn new(data_dir: &Path) -> DataLayout {
+        DataLayout {
+            raft: data_dir.join("raft"),
+            fsm: data_dir.join("fsm"),
+            snapshots: data_dir.join("snapshots"),
+            spool: data_dir.join("spool"),
+        }
+    }
+}
+
+/// What the node reports about itself (INFO, logs, tests).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    pub id: u64,
+    pub role: &'static str,
+    pub term: u64,
+    pub leader_id: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub snapshot_index: u64,
+    pub snapshots_installed: u64,
+}
+
+/// Open the node's storage and state machine and start its replica (no network yet). A new data
+/// directory is bootstrapped as a member of `cfg.peers`.
+pub fn open_replica<E: Engine>(
+    cfg: &NodeConfig,
+    fs: SharedFs,
+    opts: &RuntimeOptions,
+    open_engine: impl FnOnce(&Path) -> Result<E, FsmError>,
+) -> Result<Replica<E>, NodeError> {
+    let layout = DataLayout::new(&cfg.data_dir);
+    // The data directory's own name must be durable before anything inside it is relied on.
+    ensure_dir_durable(&*fs, &cfg.data_dir)
+        .map_err(|source| NodeError::DataDir { path: cfg.data_dir.clone(), source })?;
+    let (store, removed) =
+        SnapshotStore::open(fs.clone(), &layout.snapshots, &layout.spool, opts.keep_snapshots)
+            .map_err(|source| NodeError::Snapshots { path: layout.snapshots.clone(), source })?;
+    if !removed.is_empty() {
+        tracing::info!(node = cfg.id, removed = removed.len(), "cleaned up interrupted snapshot work");
+    }
+    let storage_err = |source| NodeError::Storage { path: layout.raft.clone(), source };
+    let (storage, report) =
+        RaftStorage::open(fs.clone(), &layout.raft, WalOptions::default()).map_err(storage_err)?;
+    if let Some(torn) = &report.repaired {
+        tracing::warn!(
+            node = cfg.id,
+            path = %torn.segment.display(),
+            offset = torn.offset,
+            bytes = torn.bytes_dropped,
+            kept = %torn.broken_copy.display(),
+            "repaired a torn WAL tail (a write interrupted by a crash); the cluster re-sends what it held"
+        );
+    }
+    let voters: Vec<u64> = cfg.peers.keys().copied().collect();
+    storage.bootstrap(&voters).map_err(|e| storage_err(e.into()))?;
+    let engine =
+        open_engine(&layout.fsm).map_err(|source| NodeError::Fsm { path: layout.fsm.clone(), source })?;
+    let kv = Kv::new(engine, cfg.fsm_sync)
+        .map_err(|source| NodeError::Fsm { path: layout.fsm.clone(), source })?;
+    let snapshots = SnapshotSettings { fs, store, every_entries: cfg.snapshot_every };
+    Ok(Replica::new(&ReplicaConfig::new(cfg.id), storage, kv, snapshots)?)
+}
+
+/// Bind the node's two ports. Separate from [`serve`] so a caller learns of a port in use before
+/// it reports the node as started.
+pub async fn bind(cfg: &NodeConfig) -> Result<(TcpListener, TcpListener), NodeError> {
+    let bind = |what: &'static str, addr: SocketAddr| async move {
+        TcpListener::bind(addr).await.map_err(|source| NodeError::Bind { what, addr, source })
+    };
+    let peers = bind("raft peers (peer_addr)", cfg.peer_addr).await?;
+    let clients = bind("clients (resp_addr)", cfg.resp_addr).await?;
+    Ok((peers, clients))
+}
+
+/// Run the node until `shutdown` turns true (or its sender is dropped), or until a fatal error
+/// (D10: a failed fsync or apply stops the node; it recovers by restarting).
+pub async fn serve<E: Engine + Send + 'static>(
+    cfg: &NodeConfig,
+    replica: Replica<E>,
+    fs: SharedFs,
+    listeners: (TcpListener, TcpListener),
+    opts: RuntimeOptions,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), NodeError> {
+    let (peer_listener, client_listener) = listeners;
+    let (inputs_tx, inputs_rx) = mpsc::channel(8192);
+    let (peer_tx, peer_rx) = mpsc::channel(8192);
+    let (feedback_tx, feedback_rx) = mpsc::unbounded_channel();
+    let (status_tx, status_rx) = watch::channel(Status::default());
+    let store = replica.snapshot_store().clone();
+    let members: Vec<u64> = cfg.peers.keys().copied().collect();
+    let link = Arc::new(peer::LinkContext {
+        id: cfg.id,
+        cluster_id: cfg.cluster_id,
+        members,
+        fs: fs.clone(),
+        store,
+        spool_cap_bytes: opts.spool_cap_bytes,
+        snapshot_chunk_bytes: opts.snapshot_chunk_bytes,
+        inbound: peer_tx,
+        feedback: feedback_tx,
+    });
+    let addrs: BTreeMap<u64, SocketAddr> =
+        cfg.peers.iter().filter(|(id, _)| **id != cfg.id).map(|(id, p)| (*id, p.peer_addr)).collect();
+    let transport = peer::Transport::start(link.clone(), &addrs, opts.peer_queue);
+    tokio::spawn(peer::accept_peers(peer_listener, link, shutdown.clone()));
+    let clients = Arc::new(ClientContext {
+        node_id: cfg.id,
+        cluster_id: cfg.cluster_id,
+        inputs: inputs_tx,
+        status: status_rx,
+        requirepass: cfg.requirepass.clone().map(String::into_bytes),
+        limits: Limits { max_bulk_bytes: cfg.max_bulk_bytes, ..Limits::default() },
+        request_timeout: opts.request_timeout,
+        peers: cfg.peers.clone(),
+    });
+    tokio::spawn(accept_clients(client_listener, clients, shutdown.clone()));
+    tracing::info!(
+        node = cfg.id,
+        resp = %cfg.resp_addr,
+        peer = %cfg.peer_addr,
+        fsm_sync = ?cfg.fsm_sync,
+        "durakv node serving"
+    );
+    raft_loop::run(
+        replica,
+        raft_loop::Channels { inputs: inputs_rx, peers: peer_rx, feedback: feedback_rx, status: status_tx },
+        transport,
+        &opts,
+        shutdown,
+    )
+    .await
+}

@@ -1,0 +1,391 @@
+//! The peer transport: one outgoing TCP connection per peer carrying raft messages, a separate
+//! connection per snapshot stream (so a large snapshot never delays heartbeats), and the acceptor
+//! that checks each incoming connection's hello and feeds its messages and snapshot chunks in.
+//!
+//! Frames are [`PeerFrame`]s. Each side of a connection sends one hello first; a peer of another
+//! cluster, a non-member or a node claiming the wrong id is refused. Queues are bounded: when a
+//! peer's queue is full the message is dropped and raft retransmits, so a slow or dead peer never
+//! costs unbounded memory. A malformed frame closes its connection with a logged error.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use raft::eraftpb::Message;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+use super::raft_loop::is_snapshot;
+use crate::io::{OpenOptions, SharedFs};
+use crate::snapshot::{FOOTER_LEN, ReceiveGuard, SnapshotError, SnapshotStore, SnapshotToken, StreamInfo};
+use crate::transport::frame::{DEFAULT_MAX_FRAME_BYTES, FrameError, PeerFrame, SnapshotChunk, check_hello};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Messages coalesced into one socket write.
+const MAX_WRITE_BATCH_BYTES: usize = 1 << 20;
+
+/// A raft message from a peer, with the hold on the snapshot file it refers to (if it carries one).
+pub struct PeerInput {
+    pub msg: Message,
+    pub guard: Option<ReceiveGuard>,
+}
+
+/// What the transport tells the raft loop about its sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feedback {
+    /// A snapshot stream ended (raft needs a report for every snapshot it sent).
+    SnapshotSent { to: u64, delivered: bool },
+    /// A peer could not be reached: raft pauses replication to it until it answers again.
+    Unreachable(u64),
+}
+
+/// Why a peer connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] SnapshotError),
+    #[error("no hello within {0:?}")]
+    HelloTimeout(Duration),
+    #[error("connection closed in the middle of a frame")]
+    Truncated,
+    #[error("unexpected {0}")]
+    Unexpected(String),
+}
+
+/// What every connection of this node needs.
+pub struct LinkContext {
+    pub id: u64,
+    pub cluster_id: u64,
+    pub members: Vec<u64>,
+    pub fs: SharedFs,
+    pub store: SnapshotStore,
+    pub spool_cap_bytes: u64,
+    pub snapshot_chunk_bytes: usize,
+    pub inbound: mpsc::Sender<PeerInput>,
+    pub feedback: mpsc::UnboundedSender<Feedback>,
+}
+
+impl LinkContext {
+    fn hello(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        PeerFrame::Hello { cluster_id: self.cluster_id, node_id: self.id }.encode(&mut buf);
+        buf
+    }
+
+    /// Connect to peer `to` and exchange hellos.
+    async fn connect(&self, to: u64, addr: SocketAddr) -> Result<TcpStream, PeerError> {
+        let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connect to {addr} timed out")))??;
+        stream.set_nodelay(true)?;
+        stream.write_all(&self.hello()).await?;
+        let mut reader = FrameReader::default();
+        let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.next(&mut stream))
+            .await
+            .map_err(|_| PeerError::HelloTimeout(HELLO_TIMEOUT))??
+            .ok_or(PeerError::Truncated)?;
+        let them = check_hello(&hello, self.cluster_id, &self.members, self.id)?;
+        if them != to {
+            return Err(PeerError::Unexpected(format!(
+                "node {them} at the address configured for node {to}"
+            )));
+        }
+        Ok(stream)
+    }
+}
+
+/// Reads whole frames from a byte stream.
+#[derive(Default)]
+struct FrameReader {
+    buf: Vec<u8>,
+}
+
+impl FrameReader {
+    /// The next frame, or `None` at a clean end of stream.
+    async fn next<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> Result<Option<PeerFrame>, PeerError> {
+        loop {
+            if let Some((frame, used)) = PeerFrame::decode(&self.buf, DEFAULT_MAX_FRAME_BYTES)? {
+                self.buf.drain(..used);
+                return Ok(Some(frame));
+            }
+            self.buf.reserve(64 << 10);
+            if r.read_buf(&mut self.buf).await? == 0 {
+                return if self.buf.is_empty() { Ok(None) } else { Err(PeerError::Truncated) };
+            }
+        }
+    }
+}
+
+/// The sending side: a bounded queue and a connection task per peer.
+pub struct Transport {
+    link: Arc<LinkContext>,
+    queues: BTreeMap<u64, mpsc::Sender<Message>>,
+    addrs: BTreeMap<u64, SocketAddr>,
+    dropped: u64,
+}
+
+impl Transport {
+    pub fn start(link: Arc<LinkContext>, addrs: &BTreeMap<u64, SocketAddr>, queue: usize) -> Transport {
+        let mut queues = BTreeMap::new();
+        for (&to, &addr) in addrs {
+            let (tx, rx) = mpsc::channel(queue.max(1));
+            tokio::spawn(send_loop(link.clone(), to, addr, rx));
+            queues.insert(to, tx);
+        }
+        Transport { link, queues, addrs: addrs.clone(), dropped: 0 }
+    }
+
+    /// Queue messages to their peers; a snapshot message starts a stream of its file.
+    pub fn send(&mut self, messages: Vec<Message>) {
+        for m in messages {
+            let to = m.to;
+            if is_snapshot(&m) {
+                if let Some(&addr) = self.addrs.get(&to) {
+                    tokio::spawn(stream_snapshot(self.link.clone(), addr, m));
+                }
+                continue;
+            }
+            let Some(queue) = self.queues.get(&to) else {
+                tracing::warn!(node = self.link.id, to, "message for a node that is not a peer: dropped");
+                continue;
+            };
+            if queue.try_send(m).is_err() {
+                // Full (the peer is slow or down) or its task ended: raft retransmits.
+                self.dropped += 1;
+                if self.dropped.is_power_of_two() {
+                    tracing::debug!(
+                        node = self.link.id,
+                        to,
+                        dropped = self.dropped,
+                        "peer queue full, message dropped"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Keep a connection to one peer and write its queue into it, reconnecting with backoff.
+async fn send_loop(link: Arc<LinkContext>, to: u64, addr: SocketAddr, mut rx: mpsc::Receiver<Message>) {
+    let mut backoff = MIN_BACKOFF;
+    let mut failures = 0u64;
+    let mut buf = Vec::new();
+    loop {
+        let mut stream = match link.connect(to, addr).await {
+            Ok(s) => s,
+            Err(e) => {
+                failures += 1;
+                // Log the first failure and then rarely: a peer that is down for a while is normal.
+                if failures == 1 || failures.is_multiple_of(100) {
+                    tracing::warn!(node = link.id, to, %addr, error = %e, failures, "cannot reach peer; retrying");
+                }
+                let _ = link.feedback.send(Feedback::Unreachable(to));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        if failures > 0 {
+            tracing::info!(node = link.id, to, %addr, "connected to peer");
+        }
+        failures = 0;
+        backoff = MIN_BACKOFF;
+        loop {
+            let Some(first) = rx.recv().await else { return };
+            buf.clear();
+            PeerFrame::Raft(Box::new(first)).encode(&mut buf);
+            while buf.len() < MAX_WRITE_BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(m) => PeerFrame::Raft(Box::new(m)).encode(&mut buf),
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = stream.write_all(&buf).await {
+                tracing::warn!(node = link.id, to, %addr, error = %e, "peer connection lost; reconnecting");
+                let _ = link.feedback.send(Feedback::Unreachable(to));
+                break;
+            }
+        }
+    }
+}
+
+/// Stream a snapshot's file to a peer in chunks on a connection of its own, then the message that
+/// refers to it, and report the outcome to raft.
+async fn stream_snapshot(link: Arc<LinkContext>, addr: SocketAddr, msg: Message) {
+    let to = msg.to;
+    let delivered = match send_snapshot_file(&link, addr, msg).await {
+        Ok(bytes) => {
+            tracing::info!(node = link.id, to, bytes, "snapshot sent");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(node = link.id, to, error = %e, "snapshot send failed; raft will retry");
+            false
+        }
+    };
+    let _ = link.feedback.send(Feedback::SnapshotSent { to, delivered });
+}
+
+async fn send_snapshot_file(link: &LinkContext, addr: SocketAddr, msg: Message) -> Result<u64, PeerError> {
+    let data = msg.snapshot.as_ref().map(|s| s.data.as_slice()).unwrap_or_default();
+    let token = SnapshotToken::decode(data)?;
+    // Hold the index so retention does not remove the file while it streams.
+    let _hold = link.store.begin_receive(token.index);
+    let path = link.store.path(token.index);
+    let file = link.fs.open(&path, OpenOptions::read_only())?;
+    // The stream is the file without its footer; the receiver's spool writes the footer itself
+    // after checking the stream's length and CRC against the token.
+    let total = file.len()?.checked_sub(FOOTER_LEN as u64).ok_or_else(|| {
+        PeerError::Unexpected(format!("snapshot file {} shorter than its footer", path.display()))
+    })?;
+    let mut stream = link.connect(msg.to, addr).await?;
+    let chunk_len = link.snapshot_chunk_bytes.max(1) as u64;
+    let mut offset = 0u64;
+    let mut data = Vec::new();
+    let mut frame = Vec::new();
+    loop {
+        let n = chunk_len.min(total - offset);
+        data.resize(n as usize, 0);
+        file.read_exact_at(&mut data, offset)?;
+        let last = offset + n == total;
+        frame.clear();
+        let chunk = SnapshotChunk {
+            index: token.index,
+            offset,
+            total_len: total,
+            crc: token.crc,
+            last,
+            data: std::mem::take(&mut data),
+        };
+        PeerFrame::SnapshotChunk(chunk).encode(&mut frame);
+        stream.write_all(&frame).await?;
+        offset += n;
+        if last {
+            break;
+        }
+    }
+    frame.clear();
+    PeerFrame::Raft(Box::new(msg)).encode(&mut frame);
+    stream.write_all(&frame).await?;
+    stream.shutdown().await?;
+    Ok(total)
+}
+
+/// Accept peer connections until shutdown.
+pub async fn accept_peers(
+    listener: TcpListener,
+    link: Arc<LinkContext>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { return },
+            accepted = listener.accept() => match accepted {
+                Ok((stream, addr)) => {
+                    let link = link.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = serve_incoming(stream, &link).await {
+                            tracing::warn!(node = link.id, peer_addr = %addr, error = %e, "peer connection closed");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(node = link.id, error = %e, "accepting a peer connection failed");
+                    tokio::time::sleep(MIN_BACKOFF).await;
+                }
+            },
+        }
+    }
+}
+
+/// One incoming connection: hello, then raft messages and snapshot streams until it closes.
+async fn serve_incoming(mut stream: TcpStream, link: &LinkContext) -> Result<(), PeerError> {
+    stream.set_nodelay(true)?;
+    let mut reader = FrameReader::default();
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.next(&mut stream))
+        .await
+        .map_err(|_| PeerError::HelloTimeout(HELLO_TIMEOUT))??
+        .ok_or(PeerError::Truncated)?;
+    let from = check_hello(&hello, link.cluster_id, &link.members, link.id)?;
+    stream.write_all(&link.hello()).await?;
+    let mut receiving: Option<(ReceiveGuard, crate::snapshot::Spool)> = None;
+    let mut received: Option<ReceiveGuard> = None;
+    while let Some(frame) = reader.next(&mut stream).await? {
+        match frame {
+            PeerFrame::Hello { .. } => return Err(PeerError::Unexpected("second hello".into())),
+            PeerFrame::Raft(msg) => {
+                if msg.from != from || msg.to != link.id {
+                    return Err(PeerError::Unexpected(format!(
+                        "message from {} to {} on node {from}'s connection to node {}",
+                        msg.from, msg.to, link.id
+                    )));
+                }
+                let mut guard = None;
+                if is_snapshot(&msg) {
+                    let data = msg.snapshot.as_ref().map(|s| s.data.as_slice()).unwrap_or_default();
+                    let token = SnapshotToken::decode(data)?;
+                    guard = received.take().filter(|g| g.index() == token.index);
+                    // Installing a snapshot whose file is missing would stop the node: never pass
+                    // one on without its file.
+                    if guard.is_none() && !link.fs.exists(&link.store.path(token.index))? {
+                        return Err(PeerError::Unexpected(format!(
+                            "snapshot message for index {} without its file",
+                            token.index
+                        )));
+                    }
+                }
+                let input = PeerInput { msg: *msg, guard };
+                if link.inbound.send(input).await.is_err() {
+                    return Ok(()); // the node is stopping
+                }
+            }
+            PeerFrame::SnapshotChunk(chunk) => {
+                if receiving.as_ref().is_none_or(|(g, _)| g.index() != chunk.index) {
+                    let guard = link.store.begin_receive(chunk.index);
+                    let info = StreamInfo { index: chunk.index, len: chunk.total_len, crc: chunk.crc };
+                    let spool = link.store.spool(&guard, info, link.spool_cap_bytes)?;
+                    tracing::info!(
+                        node = link.id,
+                        from,
+                        index = chunk.index,
+                        bytes = chunk.total_len,
+                        "receiving a snapshot"
+                    );
+                    receiving = Some((guard, spool));
+                }
+                let (_, spool) = receiving.as_mut().expect("a spool was opened for this index just above");
+                if chunk.offset != spool.received() {
+                    return Err(PeerError::Unexpected(format!(
+                        "snapshot chunk at offset {} where {} was expected",
+                        chunk.offset,
+                        spool.received()
+                    )));
+                }
+                spool.push(&chunk.data)?;
+                if chunk.last {
+                    spool.finalize()?;
+                    if let Some((guard, _)) = receiving.take() {
+                        tracing::info!(
+                            node = link.id,
+                            from,
+                            index = guard.index(),
+                            "snapshot received and verified"
+                        );
+                        received = Some(guard);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,285 @@
+//! The one task that owns the replica. It takes client proposals and reads, peer messages and
+//! transport feedback, ticks raft, and drives the ready loop. Everything it receives between two
+//! ready rounds goes into one round, so proposals from many clients share one WAL fsync (group
+//! commit) and reads from many clients share one ReadIndex round trip.
+
+use std::collections::BTreeMap;
+
+use raft::eraftpb::{Message, MessageType};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::peer::{Feedback, PeerInput, Transport};
+use super::{NodeError, RuntimeOptions, Status};
+use crate::fsm::{self, Engine, Kv};
+use crate::replica::{Replica, ReplicaError};
+use crate::server::resp::Reply;
+use crate::snapshot::ReceiveGuard;
+
+/// A read run against the state machine once its read index is applied.
+pub(crate) type ReadFn<E> = Box<dyn FnOnce(&Kv<E>) -> Reply + Send>;
+
+/// Why a request was not carried out. The client sees the text as an error reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Refusal {
+    #[error("TRYAGAIN no raft leader is known yet; retry shortly")]
+    NoLeader,
+}
+
+/// A client request for the raft loop.
+pub(crate) enum Input<E: Engine> {
+    /// An encoded [`fsm::Command`], answered once applied.
+    Propose { command: Vec<u8>, reply: oneshot::Sender<Result<fsm::Reply, Refusal>> },
+    /// A linearizable read, answered once the read index is confirmed and applied.
+    Read { read: ReadFn<E>, reply: oneshot::Sender<Reply> },
+}
+
+pub(crate) struct Channels<E: Engine> {
+    pub inputs: mpsc::Receiver<Input<E>>,
+    pub peers: mpsc::Receiver<PeerInput>,
+    pub feedback: mpsc::UnboundedReceiver<Feedback>,
+    pub status: watch::Sender<Status>,
+}
+
+struct PendingRead<E: Engine> {
+    read: ReadFn<E>,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// Reads asked under one ReadIndex request.
+struct ReadBatch<E: Engine> {
+    asked_at_tick: u64,
+    reads: Vec<PendingRead<E>>,
+}
+
+/// A ReadIndex request unanswered for this many ticks was dropped by raft (no leader, or a leader
+/// that has not committed in its term yet): ask again. Reads are idempotent, so asking twice is safe.
+const READ_RETRY_TICKS: u64 = 5;
+
+/// The most inputs taken into one ready round, so ticks are never starved.
+const MAX_INPUTS_PER_ROUND: usize = 4096;
+
+struct Loop<E: Engine> {
+    replica: Replica<E>,
+    transport: Transport,
+    ticks: u64,
+    /// Request ids: this node's id in the top 16 bits and a random start below, so ids from other
+    /// nodes and from this node's earlier runs (whose entries may still be applied) do not collide.
+    next_id: u64,
+    proposals: BTreeMap<u64, oneshot::Sender<Result<fsm::Reply, Refusal>>>,
+    unasked: Vec<PendingRead<E>>,
+    asked: BTreeMap<u64, ReadBatch<E>>,
+    /// Confirmed reads waiting for the state machine to reach their index.
+    confirmed: BTreeMap<u64, Vec<PendingRead<E>>>,
+    /// Snapshot guards of received snapshots, held until the message that installs them is handled.
+    guards: Vec<ReceiveGuard>,
+    snapshots_installed: u64,
+}
+
+pub(crate) async fn run<E: Engine + Send + 'static>(
+    replica: Replica<E>,
+    mut ch: Channels<E>,
+    transport: Transport,
+    opts: &RuntimeOptions,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), NodeError> {
+    let id = replica.id();
+    let mut lp = Loop {
+        next_id: (id << 48) | (rand::random::<u64>() & ((1 << 48) - 1)),
+        replica,
+        transport,
+        ticks: 0,
+        proposals: BTreeMap::new(),
+        unasked: Vec::new(),
+        asked: BTreeMap::new(),
+        confirmed: BTreeMap::new(),
+        guards: Vec::new(),
+        snapshots_installed: 0,
+    };
+    let mut ticker = tokio::time::interval(opts.tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let result = loop {
+        if *shutdown.borrow() {
+            break Ok(());
+        }
+        tokio::select! {
+            biased;
+            // A dropped sender means whoever could stop the node is gone: stop.
+            changed = shutdown.changed() => if changed.is_err() { break Ok(()) },
+            _ = ticker.tick() => lp.tick(),
+            Some(fb) = ch.feedback.recv() => lp.feedback(fb),
+            Some(m) = ch.peers.recv() => lp.peer(m),
+            Some(input) = ch.inputs.recv() => lp.input(input),
+        }
+        // Take whatever else is waiting into the same round.
+        let mut taken = 0;
+        while taken < MAX_INPUTS_PER_ROUND {
+            if let Ok(m) = ch.peers.try_recv() {
+                lp.peer(m);
+            } else if let Ok(input) = ch.inputs.try_recv() {
+                lp.input(input);
+            } else if let Ok(fb) = ch.feedback.try_recv() {
+                lp.feedback(fb);
+            } else {
+                break;
+            }
+            taken += 1;
+        }
+        if let Err(e) = lp.round() {
+            break Err(e);
+        }
+        ch.status.send_if_modified(|s| {
+            let now = lp.status();
+            let changed = *s != now;
+            *s = now;
+            changed
+        });
+    };
+    match &result {
+        Ok(()) => {
+            // Under `nosync` the state machine may hold applied entries only in memory; the log
+            // would replay them, but flushing now saves the replay at the next start.
+            if let Err(e) = fsm::Engine::flush(lp.replica.kv().engine()) {
+                tracing::warn!(node = id, error = %e, "could not flush the state machine at shutdown");
+            }
+            tracing::info!(node = id, applied = lp.replica.applied_index(), "raft loop stopped");
+        }
+        Err(e) => tracing::error!(node = id, error = %e, "fatal: the node stops (restart it to recover)"),
+    }
+    result
+}
+
+impl<E: Engine> Loop<E> {
+    fn fresh_id(&mut self) -> u64 {
+        let id = self.next_id;
+        // Wrap within the low 48 bits so the node id in the top bits stays.
+        self.next_id = (self.next_id & !((1 << 48) - 1)) | (self.next_id.wrapping_add(1) & ((1 << 48) - 1));
+        id
+    }
+
+    fn tick(&mut self) {
+        self.replica.tick();
+        self.ticks += 1;
+        // Clients that gave up (timed out or disconnected) need no reply.
+        self.proposals.retain(|_, tx| !tx.is_closed());
+        let stale: Vec<u64> = self
+            .asked
+            .iter()
+            .filter(|(_, b)| self.ticks >= b.asked_at_tick + READ_RETRY_TICKS)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            if let Some(batch) = self.asked.remove(&id) {
+                self.unasked.extend(batch.reads.into_iter().filter(|r| !r.reply.is_closed()));
+            }
+        }
+    }
+
+    fn input(&mut self, input: Input<E>) {
+        match input {
+            Input::Propose { command, reply } => {
+                let id = self.fresh_id();
+                match self.replica.propose(id, command) {
+                    Ok(()) => {
+                        self.proposals.insert(id, reply);
+                    }
+                    Err(ReplicaError::Raft(raft::Error::ProposalDropped)) => {
+                        let _ = reply.send(Err(Refusal::NoLeader));
+                    }
+                    Err(e) => {
+                        // Propose only appends to raft's in-memory log; anything else is a bug in
+                        // the request, not a storage failure. Refuse it and keep running.
+                        tracing::warn!(node = self.replica.id(), error = %e, "proposal refused");
+                        let _ = reply.send(Err(Refusal::NoLeader));
+                    }
+                }
+            }
+            Input::Read { read, reply } => self.unasked.push(PendingRead { read, reply }),
+        }
+    }
+
+    fn peer(&mut self, m: PeerInput) {
+        if let Some(guard) = m.guard {
+            self.guards.push(guard);
+        }
+        let from = m.msg.from;
+        if let Err(e) = self.replica.step(m.msg) {
+            // A message raft will not take (stale, from a removed peer) is dropped, not fatal.
+            tracing::debug!(node = self.replica.id(), from, error = %e, "peer message dropped");
+        }
+    }
+
+    fn feedback(&mut self, fb: Feedback) {
+        match fb {
+            Feedback::SnapshotSent { to, delivered } => self.replica.report_snapshot(to, delivered),
+            Feedback::Unreachable(to) => self.replica.report_unreachable(to),
+        }
+    }
+
+    /// One ready round: ask for read indexes, persist and apply, send, answer.
+    fn round(&mut self) -> Result<(), NodeError> {
+        if !self.unasked.is_empty() {
+            let id = self.fresh_id();
+            self.replica.read_index(id);
+            let reads = std::mem::take(&mut self.unasked);
+            self.asked.insert(id, ReadBatch { asked_at_tick: self.ticks, reads });
+        }
+        let snapshot_before = self.replica.storage().snapshot_pointer().metadata.index;
+        while self.replica.has_ready() {
+            let out = self.replica.handle_ready()?;
+            self.transport.send(out.messages);
+            for (id, reply) in out.replies {
+                if let Some(tx) = self.proposals.remove(&id) {
+                    let _ = tx.send(Ok(reply));
+                }
+            }
+            for (id, index) in out.read_states {
+                if let Some(batch) = self.asked.remove(&id) {
+                    self.confirmed.entry(index).or_default().extend(batch.reads);
+                }
+            }
+        }
+        if !self.guards.is_empty() {
+            let installed = self.replica.storage().snapshot_pointer().metadata.index;
+            if installed > snapshot_before {
+                self.snapshots_installed += 1;
+                tracing::info!(
+                    node = self.replica.id(),
+                    index = installed,
+                    "installed a snapshot from the leader"
+                );
+            }
+            // The received files are installed or superseded: let retention see them again.
+            self.guards.clear();
+        }
+        let applied = self.replica.applied_index();
+        while let Some(entry) = self.confirmed.first_entry() {
+            if *entry.key() > applied {
+                break;
+            }
+            for r in entry.remove() {
+                let reply = (r.read)(self.replica.kv());
+                let _ = r.reply.send(reply);
+            }
+        }
+        self.replica.maybe_snapshot()?;
+        Ok(())
+    }
+
+    fn status(&self) -> Status {
+        Status {
+            id: self.replica.id(),
+            role: self.replica.role(),
+            term: self.replica.term(),
+            leader_id: self.replica.leader_id(),
+            commit_index: self.replica.commit_index(),
+            applied_index: self.replica.applied_index(),
+            snapshot_index: self.replica.storage().snapshot_pointer().metadata.index,
+            snapshots_installed: self.snapshots_installed,
+        }
+    }
+}
+
+/// Messages of these types carry a snapshot and need its file streamed first.
+pub(crate) fn is_snapshot(m: &Message) -> bool {
+    m.msg_type() == MessageType::MsgSnapshot
+}

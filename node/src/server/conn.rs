@@ -1,0 +1,316 @@
+//! The client port: one task per connection reads RESP requests, answers connection commands
+//! itself, sends writes through raft and reads through ReadIndex, and writes the replies in order.
+//! Any node serves any command: a follower's raft forwards proposals and read-index requests to the
+//! leader, so clients need not know which node leads.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::commands::{Request, parse_request};
+use super::resp::{Limits, Reply, RequestParser};
+use crate::config::Peer;
+use crate::fsm::{self, Command, Engine, Kv};
+use crate::runtime::{Input, ReadFn, Status};
+
+/// What every client connection of this node shares.
+pub(crate) struct ClientContext<E: Engine> {
+    pub node_id: u64,
+    pub cluster_id: u64,
+    pub inputs: mpsc::Sender<Input<E>>,
+    pub status: watch::Receiver<Status>,
+    pub requirepass: Option<Vec<u8>>,
+    pub limits: Limits,
+    pub request_timeout: Duration,
+    pub peers: BTreeMap<u64, Peer>,
+}
+
+/// Accept client connections until shutdown.
+pub(crate) async fn accept_clients<E: Engine + Send + 'static>(
+    listener: TcpListener,
+    ctx: Arc<ClientContext<E>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { return },
+            accepted = listener.accept() => match accepted {
+                Ok((stream, addr)) => {
+                    let ctx = ctx.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = serve_client(stream, &ctx).await {
+                            tracing::debug!(node = ctx.node_id, client = %addr, error = %e, "client connection ended");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(node = ctx.node_id, error = %e, "accepting a client connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
+#[derive(Default)]
+struct Session {
+    authenticated: bool,
+    name: Option<Vec<u8>>,
+}
+
+async fn serve_client<E: Engine + Send + 'static>(
+    mut stream: TcpStream,
+    ctx: &ClientContext<E>,
+) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut parser = RequestParser::new(ctx.limits);
+    let mut session = Session { authenticated: ctx.requirepass.is_none(), name: None };
+    let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
+    let mut out: Vec<u8> = Vec::with_capacity(16 << 10);
+    loop {
+        // Answer every whole request in the buffer (pipelining), in order.
+        loop {
+            match parser.parse(&buf) {
+                Ok(Some((args, used))) => {
+                    buf.drain(..used);
+                    let (reply, quit) = execute(ctx, &mut session, args).await;
+                    reply.encode(&mut out);
+                    if quit {
+                        stream.write_all(&out).await?;
+                        return Ok(());
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    // As Redis: the protocol error is the last reply, then the connection closes.
+                    Reply::Error(format!("ERR {e}")).encode(&mut out);
+                    stream.write_all(&out).await?;
+                    return Ok(());
+                }
+            }
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+            out.clear();
+        }
+        buf.reserve(16 << 10);
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Run one request; the reply, and whether the connection should close after it.
+async fn execute<E: Engine + Send + 'static>(
+    ctx: &ClientContext<E>,
+    session: &mut Session,
+    args: Vec<Vec<u8>>,
+) -> (Reply, bool) {
+    let req = match parse_request(args) {
+        Ok(req) => req,
+        Err(refusal) => return (refusal, false),
+    };
+    if !session.authenticated && !matches!(req, Request::Auth { .. } | Request::Quit) {
+        return (Reply::Error("NOAUTH Authentication required.".into()), false);
+    }
+    let reply = match req {
+        Request::Ping(None) => Reply::Simple("PONG".into()),
+        Request::Ping(Some(msg)) | Request::Echo(msg) => Reply::Bulk(Some(msg)),
+        Request::Quit => return (Reply::ok(), true),
+        Request::Select => Reply::ok(),
+        Request::Auth { password } => match &ctx.requirepass {
+            None => Reply::Error(
+                "ERR AUTH <password> called without any password configured for the default user. \
+                 Are you sure your configuration is correct?"
+                    .into(),
+            ),
+            // Compared in full every time, so the reply time says nothing about a prefix.
+            Some(expected) if constant_time_eq(expected, &password) => {
+                session.authenticated = true;
+                Reply::ok()
+            }
+            Some(_) => Reply::Error("WRONGPASS invalid username-password pair or user is disabled.".into()),
+        },
+        Request::ClientSetName(name) => {
+            if name.iter().any(|b| !b.is_ascii_graphic()) {
+                Reply::Error("ERR Client names cannot contain spaces, newlines or special characters.".into())
+            } else {
+                session.name = (!name.is_empty()).then_some(name);
+                Reply::ok()
+            }
+        }
+        Request::ClientGetName => Reply::Bulk(session.name.clone()),
+        Request::ClientSetInfo => Reply::ok(),
+        // redis-cli and redis-benchmark probe these at start-up and carry on without details.
+        Request::CommandInfo | Request::ConfigGet => Reply::Array(Some(Vec::new())),
+        Request::Info => Reply::Bulk(Some(info(ctx).into_bytes())),
+        Request::Write(cmd) => propose(ctx, cmd).await,
+        Request::Get(key) => read(ctx, Box::new(move |kv| bulk(kv.get(&key)))).await,
+        Request::StrLen(key) => {
+            read(
+                ctx,
+                Box::new(move |kv| match kv.get(&key) {
+                    Ok(v) => Reply::Integer(v.map_or(0, |v| v.len() as i64)),
+                    Err(e) => read_failed(e),
+                }),
+            )
+            .await
+        }
+        Request::MGet(keys) => {
+            read(
+                ctx,
+                Box::new(move |kv| {
+                    let mut values = Vec::with_capacity(keys.len());
+                    for key in &keys {
+                        match kv.get(key) {
+                            Ok(v) => values.push(Reply::Bulk(v)),
+                            Err(e) => return read_failed(e),
+                        }
+                    }
+                    Reply::Array(Some(values))
+                }),
+            )
+            .await
+        }
+        Request::Exists(keys) => {
+            read(
+                ctx,
+                Box::new(move |kv| {
+                    let mut n = 0;
+                    for key in &keys {
+                        match kv.get(key) {
+                            Ok(v) => n += i64::from(v.is_some()),
+                            Err(e) => return read_failed(e),
+                        }
+                    }
+                    Reply::Integer(n)
+                }),
+            )
+            .await
+        }
+        Request::DbSize => read(ctx, Box::new(|kv| count_keys(kv))).await,
+    };
+    (reply, false)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
+fn read_failed(e: fsm::FsmError) -> Reply {
+    tracing::error!(error = %e, "state machine read failed");
+    Reply::Error(format!("ERR read failed: {e}"))
+}
+
+fn bulk(v: Result<Option<Vec<u8>>, fsm::FsmError>) -> Reply {
+    v.map_or_else(read_failed, Reply::Bulk)
+}
+
+fn count_keys<E: Engine>(kv: &Kv<E>) -> Reply {
+    const PAGE: usize = 4096;
+    let mut n = 0i64;
+    let mut start: Vec<u8> = Vec::new();
+    loop {
+        let page = match kv.engine().scan(&start, None, PAGE) {
+            Ok(page) => page,
+            Err(e) => return read_failed(e),
+        };
+        n += page.len() as i64;
+        match page.last() {
+            Some((last, _)) if page.len() == PAGE => {
+                // The smallest key after `last`.
+                start = last.clone();
+                start.push(0);
+            }
+            _ => return Reply::Integer(n),
+        }
+    }
+}
+
+async fn propose<E: Engine>(ctx: &ClientContext<E>, cmd: Command) -> Reply {
+    let (tx, rx) = oneshot::channel();
+    if ctx.inputs.send(Input::Propose { command: cmd.to_bytes(), reply: tx }).await.is_err() {
+        return stopping();
+    }
+    match tokio::time::timeout(ctx.request_timeout, rx).await {
+        Ok(Ok(Ok(reply))) => match reply {
+            fsm::Reply::Ok => Reply::ok(),
+            fsm::Reply::NotWritten => Reply::Bulk(None),
+            fsm::Reply::Int(n) => Reply::Integer(n),
+            fsm::Reply::Error(text) => Reply::Error(text),
+            fsm::Reply::AlreadyApplied => {
+                Reply::Error("ERR internal: the write's entry was applied before it was proposed".into())
+            }
+        },
+        Ok(Ok(Err(refusal))) => Reply::Error(refusal.to_string()),
+        Ok(Err(_)) => stopping(),
+        Err(_) => Reply::Error(format!(
+            "TIMEOUT the write was not confirmed within {:?}; it may or may not have been applied",
+            ctx.request_timeout
+        )),
+    }
+}
+
+async fn read<E: Engine>(ctx: &ClientContext<E>, read: ReadFn<E>) -> Reply {
+    let (tx, rx) = oneshot::channel();
+    if ctx.inputs.send(Input::Read { read, reply: tx }).await.is_err() {
+        return stopping();
+    }
+    match tokio::time::timeout(ctx.request_timeout, rx).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(_)) => stopping(),
+        Err(_) => Reply::Error(format!(
+            "TIMEOUT no quorum confirmed the read within {:?} (is a majority of the cluster up?)",
+            ctx.request_timeout
+        )),
+    }
+}
+
+fn stopping() -> Reply {
+    Reply::Error("ERR the node is shutting down".into())
+}
+
+/// INFO in Redis's `field:value` form.
+fn info<E: Engine>(ctx: &ClientContext<E>) -> String {
+    let s = ctx.status.borrow().clone();
+    let leader_resp = ctx.peers.get(&s.leader_id).map(|p| p.resp_addr.to_string()).unwrap_or_default();
+    let mut text = String::new();
+    let mut section = |name: &str, fields: &[(&str, String)]| {
+        text.push_str(&format!("# {name}\r\n"));
+        for (k, v) in fields {
+            text.push_str(&format!("{k}:{v}\r\n"));
+        }
+        text.push_str("\r\n");
+    };
+    section(
+        "Server",
+        &[
+            ("durakv_version", env!("CARGO_PKG_VERSION").to_string()),
+            ("node_id", ctx.node_id.to_string()),
+            ("cluster_id", ctx.cluster_id.to_string()),
+        ],
+    );
+    section(
+        "Raft",
+        &[
+            ("role", s.role.to_string()),
+            ("term", s.term.to_string()),
+            ("leader_id", s.leader_id.to_string()),
+            ("leader_resp_addr", leader_resp),
+            ("commit_index", s.commit_index.to_string()),
+            ("applied_index", s.applied_index.to_string()),
+            ("snapshot_index", s.snapshot_index.to_string()),
+            ("snapshots_installed", s.snapshots_installed.to_string()),
+            ("members", ctx.peers.keys().map(u64::to_string).collect::<Vec<_>>().join(",")),
+        ],
+    );
+    text
+}
