@@ -23,6 +23,11 @@ pub(crate) type ReadFn<E> = Box<dyn FnOnce(&Kv<E>) -> Reply + Send>;
 pub(crate) enum Refusal {
     #[error("TRYAGAIN no raft leader is known yet; retry shortly")]
     NoLeader,
+    /// The term moved on while the write was pending: the old leader may or may not have replicated
+    /// it far enough to commit. Failing now beats holding the client until its timeout for an
+    /// answer that may never come (a proposal forwarded to a leader that died is simply lost).
+    #[error("TIMEOUT leadership changed before the write was confirmed; it may or may not have been applied")]
+    LeaderChanged,
 }
 
 /// A client request for the raft loop.
@@ -73,6 +78,8 @@ struct Loop<E: Engine> {
     /// Snapshot guards of received snapshots, held until the message that installs them is handled.
     guards: Vec<ReceiveGuard>,
     snapshots_installed: u64,
+    /// The term pending proposals were made in.
+    term: u64,
 }
 
 pub(crate) async fn run<E: Engine + Send + 'static>(
@@ -94,6 +101,7 @@ pub(crate) async fn run<E: Engine + Send + 'static>(
         confirmed: BTreeMap::new(),
         guards: Vec::new(),
         snapshots_installed: 0,
+        term: 0,
     };
     let mut ticker = tokio::time::interval(opts.tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -262,6 +270,12 @@ impl<E: Engine> Loop<E> {
             }
         }
         self.replica.maybe_snapshot()?;
+        if self.replica.term() != self.term {
+            self.term = self.replica.term();
+            for (_, tx) in std::mem::take(&mut self.proposals) {
+                let _ = tx.send(Err(Refusal::LeaderChanged));
+            }
+        }
         Ok(())
     }
 

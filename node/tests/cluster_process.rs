@@ -1,0 +1,336 @@
+//! Real `durakv` processes on loopback, driven through a Redis client (the `redis` crate).
+//!
+//! Failures injected: SIGKILL of the leader and then of a follower while clients write; a torn WAL
+//! tail (the killed node's last segment cut inside a record) before a restart; a follower down while
+//! the leader snapshots and compacts its log. Invariants: every write acknowledged to a client is
+//! readable on every node afterwards; a killed node restarts without operator action and catches up
+//! (by log, or by snapshot when the log it needs is compacted away); the cluster keeps serving.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const SETTLE: Duration = Duration::from_secs(30);
+
+struct Node {
+    resp: u16,
+    peer: u16,
+    child: Option<Child>,
+}
+
+/// A cluster of real processes; killed on drop.
+struct Cluster {
+    dir: tempfile::TempDir,
+    nodes: BTreeMap<u64, Node>,
+    extra: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().expect("local addr").port()
+}
+
+impl Cluster {
+    fn start(n: u64, extra: &[&str]) -> Cluster {
+        let nodes = (1..=n).map(|id| (id, Node { resp: free_port(), peer: free_port(), child: None })).collect();
+        let mut c = Cluster {
+            dir: tempfile::tempdir().expect("temp dir"),
+            nodes,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        for id in 1..=n {
+            c.spawn(id);
+        }
+        c.leader();
+        c
+    }
+
+    fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node{id}"))
+    }
+
+    fn log_path(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node{id}.log"))
+    }
+
+    fn spawn(&mut self, id: u64) {
+        let peers: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|(i, n)| format!("{i}=127.0.0.1:{},127.0.0.1:{}", n.peer, n.resp))
+            .collect();
+        let log = OpenOptions::new().create(true).append(true).open(self.log_path(id)).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_durakv"))
+            .args(["--id", &id.to_string(), "--peers", &peers.join(";")])
+            .arg("--data-dir")
+            .arg(self.data_dir(id))
+            .args(&self.extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start durakv");
+        self.nodes.get_mut(&id).expect("a configured node").child = Some(child);
+    }
+
+    /// SIGKILL: no shutdown path runs, as with the OOM killer.
+    fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.nodes.get_mut(&id).expect("a configured node").child.take() {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reap");
+        }
+    }
+
+    fn url(&self, id: u64) -> String {
+        format!("redis://127.0.0.1:{}/", self.nodes[&id].resp)
+    }
+
+    fn connect(&self, id: u64) -> redis::RedisResult<redis::Connection> {
+        let con = redis::Client::open(self.url(id))?.get_connection_with_timeout(Duration::from_secs(2))?;
+        con.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok(con)
+    }
+
+    fn info(&self, id: u64) -> Option<BTreeMap<String, String>> {
+        let mut con = self.connect(id).ok()?;
+        let text: String = redis::cmd("INFO").query(&mut con).ok()?;
+        Some(
+            text.lines()
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+                .collect(),
+        )
+    }
+
+    /// Wait until a node reports itself leader and return it.
+    fn leader(&self) -> u64 {
+        let deadline = Instant::now() + SETTLE;
+        while Instant::now() < deadline {
+            for &id in self.nodes.keys() {
+                if self.info(id).is_some_and(|i| i.get("role").map(String::as_str) == Some("leader")) {
+                    return id;
+                }
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        panic!("no leader within {SETTLE:?}; logs in {}", self.dir.path().display());
+    }
+
+    fn follower(&self) -> u64 {
+        let leader = self.leader();
+        *self.nodes.keys().find(|&&id| id != leader).expect("a cluster of at least two")
+    }
+
+    /// Read `keys` from node `id` until every value matches, or fail after `SETTLE` naming the first
+    /// mismatch. A restarted node may still be catching up, so mismatches are retried.
+    fn assert_readable(&self, id: u64, expected: &BTreeMap<String, String>) {
+        let deadline = Instant::now() + SETTLE;
+        let keys: Vec<&String> = expected.keys().collect();
+        loop {
+            let mismatch = match self.connect(id) {
+                Err(e) => Some(format!("connect: {e}")),
+                Ok(mut con) => keys.chunks(200).find_map(|chunk| {
+                    let got: redis::RedisResult<Vec<Option<String>>> =
+                        redis::cmd("MGET").arg(chunk).query(&mut con);
+                    match got {
+                        Err(e) => Some(format!("MGET: {e}")),
+                        Ok(values) => chunk.iter().zip(values).find_map(|(k, v)| {
+                            (v.as_deref() != Some(expected[*k].as_str()))
+                                .then(|| format!("key {k}: acknowledged {:?}, read {v:?}", expected[*k]))
+                        }),
+                    }
+                }),
+            };
+            match mismatch {
+                None => return,
+                Some(m) if Instant::now() >= deadline => {
+                    panic!("node {id} lost an acknowledged write: {m}; logs in {}", self.dir.path().display())
+                }
+                Some(_) => thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
+    fn set(&self, id: u64, key: &str, value: &str) -> redis::RedisResult<()> {
+        let mut con = self.connect(id)?;
+        redis::cmd("SET").arg(key).arg(value).query::<()>(&mut con)
+    }
+
+    /// Write `n` keys with the given prefix, retrying each until acknowledged.
+    fn write_keys(&self, prefix: &str, n: usize) -> BTreeMap<String, String> {
+        let mut acked = BTreeMap::new();
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for i in 0..n {
+            let (k, v) = (format!("{prefix}{i}"), format!("value-{prefix}{i}"));
+            let deadline = Instant::now() + SETTLE;
+            let mut attempt = 0;
+            loop {
+                let id = ids[(i + attempt) % ids.len()];
+                if self.nodes[&id].child.is_some() && self.set(id, &k, &v).is_ok() {
+                    break;
+                }
+                attempt += 1;
+                assert!(Instant::now() < deadline, "could not write {k} within {SETTLE:?}");
+                thread::sleep(Duration::from_millis(50));
+            }
+            acked.insert(k, v);
+        }
+        acked
+    }
+
+    fn running(&self) -> Vec<u64> {
+        self.nodes.iter().filter(|(_, n)| n.child.is_some()).map(|(id, _)| *id).collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.kill(id);
+        }
+    }
+}
+
+/// Clients writing distinct keys to every node in turn until told to stop; what each acknowledged.
+struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<BTreeMap<String, String>>>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(cluster: &Cluster, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(BTreeMap::new()));
+        let urls: Vec<String> = cluster.nodes.keys().map(|&id| cluster.url(id)).collect();
+        let threads = (0..clients)
+            .map(|c| {
+                let (stop, acked, urls) = (stop.clone(), acked.clone(), urls.clone());
+                thread::spawn(move || {
+                    let mut i = 0usize;
+                    while !stop.load(Ordering::Relaxed) {
+                        let url = &urls[(c + i) % urls.len()];
+                        let (k, v) = (format!("load-{c}-{i}"), format!("v{i}"));
+                        i += 1;
+                        let result = redis::Client::open(url.as_str())
+                            .and_then(|cl| cl.get_connection_with_timeout(Duration::from_millis(500)))
+                            .and_then(|mut con| {
+                                con.set_read_timeout(Some(Duration::from_secs(6)))?;
+                                redis::cmd("SET").arg(&k).arg(&v).query::<()>(&mut con)
+                            });
+                        match result {
+                            Ok(()) => {
+                                acked.lock().expect("no writer panicked holding the lock").insert(k, v);
+                            }
+                            // Refused, timed out or the node is down: not acknowledged, so not owed.
+                            Err(_) => thread::sleep(Duration::from_millis(20)),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { stop, acked, threads }
+    }
+
+    fn finish(self) -> BTreeMap<String, String> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().expect("a load thread panicked");
+        }
+        Arc::try_unwrap(self.acked)
+            .map(|m| m.into_inner().expect("no writer panicked holding the lock"))
+            .unwrap_or_default()
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().expect("no writer panicked holding the lock").len()
+    }
+}
+
+#[test]
+fn sigkill_of_the_leader_then_a_follower_under_load_loses_no_acknowledged_write() {
+    let mut cluster = Cluster::start(3, &[]);
+    let load = Load::start(&cluster, 4);
+    thread::sleep(Duration::from_secs(1));
+
+    let leader = cluster.leader();
+    let before = load.acked();
+    cluster.kill(leader);
+    let deadline = Instant::now() + SETTLE;
+    while load.acked() < before + 20 {
+        assert!(Instant::now() < deadline, "the two survivors elected a leader and kept acknowledging writes");
+        thread::sleep(Duration::from_millis(100));
+    }
+    cluster.spawn(leader);
+    thread::sleep(Duration::from_secs(1));
+
+    let follower = cluster.follower();
+    cluster.kill(follower);
+    thread::sleep(Duration::from_secs(2));
+    cluster.spawn(follower);
+    thread::sleep(Duration::from_secs(1));
+
+    let acked = load.finish();
+    assert!(acked.len() > 50, "the load made progress: {} writes acknowledged", acked.len());
+    for id in cluster.running() {
+        cluster.assert_readable(id, &acked);
+    }
+    // And it keeps serving, through every node.
+    for id in cluster.running() {
+        cluster.set(id, &format!("after-{id}"), "ok").expect("a write after the restarts");
+    }
+}
+
+#[test]
+fn a_node_restarted_with_a_torn_wal_tail_repairs_it_and_catches_up() {
+    let mut cluster = Cluster::start(3, &[]);
+    let mut acked = cluster.write_keys("before-", 100);
+    let victim = cluster.follower();
+    cluster.kill(victim);
+
+    // Cut the last segment inside its last record: what a kill in the middle of an append leaves.
+    let raft_dir = cluster.data_dir(victim).join("raft");
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(&raft_dir)
+        .expect("the raft dir")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    segments.sort();
+    let last = segments.last().expect("at least one segment");
+    let len = std::fs::metadata(last).expect("segment metadata").len();
+    File::options().write(true).open(last).expect("open segment").set_len(len - 7).expect("truncate");
+
+    acked.extend(cluster.write_keys("while-down-", 50));
+    cluster.spawn(victim);
+    acked.extend(cluster.write_keys("after-", 50));
+    for id in cluster.running() {
+        cluster.assert_readable(id, &acked);
+    }
+    let log = std::fs::read_to_string(cluster.log_path(victim)).expect("the victim's log");
+    assert!(log.contains("repaired a torn WAL tail"), "the restart repaired the tail by itself:\n{log}");
+}
+
+#[test]
+fn a_follower_behind_a_compacted_log_catches_up_by_snapshot() {
+    let mut cluster = Cluster::start(3, &["--snapshot-every", "20"]);
+    let mut acked = cluster.write_keys("early-", 10);
+    let victim = cluster.follower();
+    cluster.kill(victim);
+    // Enough writes for several snapshots, each compacting the leader's log past the victim.
+    acked.extend(cluster.write_keys("missed-", 120));
+    cluster.spawn(victim);
+    cluster.assert_readable(victim, &acked);
+    let info = cluster.info(victim).expect("INFO from the restarted follower");
+    let installed: u64 = info["snapshots_installed"].parse().expect("a number");
+    assert!(installed >= 1, "the follower caught up by snapshot, not by log: {info:?}");
+    acked.extend(cluster.write_keys("later-", 20));
+    for id in cluster.running() {
+        cluster.assert_readable(id, &acked);
+    }
+}
