@@ -49,7 +49,7 @@ fn main() -> ExitCode {
         return match node::main(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("durakv: {e:#}");
+                eprintln!("durakv: {}", describe(&e));
                 ExitCode::from(1)
             }
         };
@@ -58,10 +58,26 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", describe(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// An error and its causes on one line. The library's errors already print their cause in their own
+/// message (so a log line is complete); a cause whose text is already there is not repeated.
+fn describe(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+    }
+    text
 }
 
 /// The tools inspect an existing WAL; opening one would otherwise create a missing directory.

@@ -37,7 +37,8 @@ fn free_port() -> u16 {
 
 impl Cluster {
     fn start(n: u64, extra: &[&str]) -> Cluster {
-        let nodes = (1..=n).map(|id| (id, Node { resp: free_port(), peer: free_port(), child: None })).collect();
+        let nodes =
+            (1..=n).map(|id| (id, Node { resp: free_port(), peer: free_port(), child: None })).collect();
         let mut c = Cluster {
             dir: tempfile::tempdir().expect("temp dir"),
             nodes,
@@ -264,7 +265,10 @@ fn sigkill_of_the_leader_then_a_follower_under_load_loses_no_acknowledged_write(
     cluster.kill(leader);
     let deadline = Instant::now() + SETTLE;
     while load.acked() < before + 20 {
-        assert!(Instant::now() < deadline, "the two survivors elected a leader and kept acknowledging writes");
+        assert!(
+            Instant::now() < deadline,
+            "the two survivors elected a leader and kept acknowledging writes"
+        );
         thread::sleep(Duration::from_millis(100));
     }
     cluster.spawn(leader);

@@ -1,0 +1,234 @@
+//! A real single-node `durakv` process fed bad input, and started in bad conditions.
+//!
+//! Failures injected: malformed RESP, an oversized bulk string, an unknown command, clients without
+//! or with the wrong password, a peer of another cluster, a port already in use, a corrupt WAL, a bad
+//! config value, a data directory that cannot be created. Invariants: every bad input gets a clear
+//! error reply (or a refused connection for a foreign peer) and the node keeps serving; every bad
+//! start exits non-zero with a message naming the cause (the field, the address, the file and offset).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().expect("local addr").port()
+}
+
+struct One {
+    resp: u16,
+    peer: u16,
+    data: PathBuf,
+    child: Option<Child>,
+}
+
+fn args(resp: u16, peer: u16, data: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        "--id".into(),
+        "1".into(),
+        "--peers".into(),
+        format!("1=127.0.0.1:{peer},127.0.0.1:{resp}"),
+        "--data-dir".into(),
+        data.display().to_string(),
+    ];
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+impl One {
+    fn start(dir: &Path, extra: &[&str]) -> One {
+        let (resp, peer) = (free_port(), free_port());
+        let data = dir.join("node1");
+        let child = Command::new(env!("CARGO_BIN_EXE_durakv"))
+            .args(args(resp, peer, &data, extra))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start durakv");
+        let one = One { resp, peer, data, child: Some(child) };
+        // Serving once a write goes through (a single node elects itself).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(reply) = one.try_exchange(b"*3\r\n$3\r\nSET\r\n$5\r\nready\r\n$1\r\n1\r\n")
+                && reply.starts_with("+OK")
+            {
+                return one;
+            }
+            assert!(Instant::now() < deadline, "the node did not start serving");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn try_exchange(&self, request: &[u8]) -> std::io::Result<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.resp))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(request)?;
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    /// Send raw bytes, return the first reply.
+    fn exchange(&self, request: &[u8]) -> String {
+        self.try_exchange(request).expect("a reply")
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("kill");
+            c.wait().expect("reap");
+        }
+    }
+}
+
+impl Drop for One {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn run_to_exit(resp: u16, peer: u16, data: &Path, extra: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_durakv"))
+        .args(args(resp, peer, data, extra))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start durakv");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("poll").is_none() {
+        if Instant::now() > deadline {
+            child.kill().expect("kill");
+            panic!("durakv kept running where it should have refused to start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
+}
+
+#[test]
+fn malformed_oversized_and_unknown_requests_get_errors_and_the_node_keeps_serving() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = One::start(dir.path(), &["--max-bulk-bytes", "1024"]);
+
+    let bad_len = node.exchange(b"*2\r\n$3\r\nGET\r\n$x\r\n");
+    assert!(bad_len.starts_with("-ERR Protocol error"), "{bad_len}");
+    let oversized = node.exchange(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$4096\r\n");
+    assert!(oversized.starts_with("-ERR Protocol error"), "{oversized}");
+    let unknown = node.exchange(b"*1\r\n$7\r\nFLUSHED\r\n");
+    assert!(unknown.starts_with("-ERR unknown command 'flushed'"), "{unknown}");
+    let arity = node.exchange(b"*1\r\n$3\r\nGET\r\n");
+    assert!(arity.starts_with("-ERR wrong number of arguments for 'get'"), "{arity}");
+    let not_int = node.exchange(b"*3\r\n$6\r\nINCRBY\r\n$1\r\nn\r\n$3\r\nabc\r\n");
+    assert!(not_int.starts_with("-ERR value is not an integer"), "{not_int}");
+
+    // Still serving, and nothing written was lost to the bad requests.
+    assert_eq!(node.exchange(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n"), "+OK\r\n");
+    assert_eq!(node.exchange(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"), "$1\r\nv\r\n");
+    assert_eq!(node.exchange(b"*2\r\n$3\r\nGET\r\n$5\r\nready\r\n"), "$1\r\n1\r\n");
+    assert_eq!(node.exchange(b"PING\r\n"), "+PONG\r\n", "inline commands work too");
+}
+
+#[test]
+fn requirepass_refuses_unauthenticated_clients_and_wrong_passwords() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (resp, peer) = (free_port(), free_port());
+    let data = dir.path().join("node1");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_durakv"))
+        .args(args(resp, peer, &data, &["--requirepass", "s3cret"]))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start durakv");
+    let client = redis::Client::open(format!("redis://127.0.0.1:{resp}/")).expect("url");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut con = loop {
+        if let Ok(c) = client.get_connection_with_timeout(Duration::from_secs(1)) {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "the node did not open its port");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let denied: redis::RedisResult<Option<String>> = redis::cmd("GET").arg("k").query(&mut con);
+    let e = denied.expect_err("no AUTH yet");
+    assert!(e.to_string().contains("NOAUTH"), "{e}");
+    let wrong: redis::RedisResult<()> = redis::cmd("AUTH").arg("guess").query(&mut con);
+    assert!(wrong.expect_err("wrong password").to_string().contains("WRONGPASS"));
+    redis::cmd("AUTH").arg("s3cret").query::<()>(&mut con).expect("right password");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while redis::cmd("SET").arg("k").arg("v").query::<()>(&mut con).is_err() {
+        assert!(Instant::now() < deadline, "the node did not start serving");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let v: Option<String> = redis::cmd("GET").arg("k").query(&mut con).expect("GET after AUTH");
+    assert_eq!(v.as_deref(), Some("v"));
+    child.kill().expect("kill");
+    child.wait().expect("reap");
+}
+
+#[test]
+fn a_peer_of_another_cluster_is_refused_at_the_handshake() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = One::start(dir.path(), &["--cluster-id", "7"]);
+    let mut s = TcpStream::connect(("127.0.0.1", node.peer)).expect("connect to the peer port");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut hello = Vec::new();
+    durakv::transport::frame::PeerFrame::Hello { cluster_id: 99, node_id: 2 }.encode(&mut hello);
+    s.write_all(&hello).expect("send hello");
+    let mut buf = [0u8; 64];
+    // The node closes without a hello of its own.
+    assert_eq!(s.read(&mut buf).expect("read until close"), 0, "a foreign peer gets no hello back");
+    assert_eq!(node.exchange(b"PING\r\n"), "+PONG\r\n");
+}
+
+#[test]
+fn bad_starts_exit_with_the_cause_named() {
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    // A config value out of range names its field.
+    let out = run_to_exit(free_port(), free_port(), &dir.path().join("a"), &["--fsm-sync", "sometimes"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("fsm_sync"), "{err}");
+
+    // A port in use names the address.
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let out = run_to_exit(port, free_port(), &dir.path().join("b"), &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains(&format!("127.0.0.1:{port}")) && err.contains("resp_addr"), "{err}");
+
+    // A data directory that cannot exist (its parent is a file) names the path.
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").expect("write");
+    let out = run_to_exit(free_port(), free_port(), &file.join("data"), &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("data directory") && err.contains("file/data"), "{err}");
+
+    // A corrupt record in the middle of the WAL: refused, naming the segment and the offset.
+    let mut node = One::start(dir.path(), &[]);
+    for i in 0..50 {
+        let cmd = format!("*3\r\n$3\r\nSET\r\n$4\r\nk{i:03}\r\n$100\r\n{}\r\n", "x".repeat(100));
+        assert_eq!(node.exchange(cmd.as_bytes()), "+OK\r\n");
+    }
+    node.stop();
+    let raft = node.data.join("raft");
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(&raft)
+        .expect("raft dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    segments.sort();
+    let seg = segments.last().expect("a segment");
+    let mut bytes = std::fs::read(seg).expect("read segment");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(seg, &bytes).expect("write segment");
+    let out = run_to_exit(node.resp, node.peer, &node.data, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&seg.display().to_string()) && err.contains("offset"), "{err}");
+}
