@@ -2,6 +2,7 @@
 # Install what building and testing durakv needs, only when it is missing:
 #   clang + libclang-dev  bindgen (librocksdb-sys) parses RocksDB's C header with libclang
 #   protobuf-compiler     protoc, for raft-rs's prost codec
+#   redis-tools           redis-cli and redis-benchmark: `make run` tells you to connect with them
 #   rustfmt, clippy       part of `make test`
 set -euo pipefail
 
@@ -12,6 +13,7 @@ ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
 command -v make >/dev/null 2>&1 || need+=(make)
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 
 if ((${#need[@]})); then
     echo "install-deps: installing Debian packages: ${need[*]}"
