@@ -21,8 +21,8 @@ pub enum Request {
     ClientGetName,
     /// CLIENT SETINFO (client libraries announce themselves): accepted and not kept.
     ClientSetInfo,
-    /// CONFIG GET: durakv has no Redis-settable parameters, so the answer is always empty.
-    ConfigGet,
+    /// CONFIG GET name…: the few Redis parameters clients probe, answered read-only.
+    ConfigGet(Vec<Vec<u8>>),
     /// COMMAND [COUNT | DOCS …]: enough for redis-cli's start-up probe.
     CommandInfo,
     Info,
@@ -52,6 +52,20 @@ fn not_integer() -> Refusal {
 
 fn parse_i64(arg: &[u8]) -> Result<i64, Refusal> {
     std::str::from_utf8(arg).ok().and_then(|s| s.parse::<i64>().ok()).ok_or_else(not_integer)
+}
+
+/// The parameters `CONFIG GET` answers, as durakv really is: no RDB saves, no AOF (its log is raft's
+/// WAL), one database, no memory limit. redis-benchmark asks for `save` and `appendonly` at start-up.
+pub const CONFIG_VALUES: [(&str, &str); 4] =
+    [("save", ""), ("appendonly", "no"), ("databases", "1"), ("maxmemory", "0")];
+
+/// `CONFIG GET` pairs for the requested names (exact, any case; `*` for all), as Redis answers.
+pub fn config_get(names: &[Vec<u8>]) -> Vec<(&'static str, &'static str)> {
+    CONFIG_VALUES
+        .iter()
+        .filter(|(k, _)| names.iter().any(|n| n.as_slice() == b"*" || n.eq_ignore_ascii_case(k.as_bytes())))
+        .copied()
+        .collect()
 }
 
 /// Parse one request. `args[0]` is the command name (any case).
@@ -109,7 +123,7 @@ pub fn parse_request(args: Vec<Vec<u8>>) -> Result<Request, Refusal> {
         "CONFIG" => {
             let sub = rest.next().map(|s| String::from_utf8_lossy(&s).to_ascii_uppercase());
             match sub.as_deref() {
-                Some("GET") if n >= 2 => Request::ConfigGet,
+                Some("GET") if n >= 2 => Request::ConfigGet(rest.collect()),
                 Some("GET") => return Err(wrong_arity("config|get")),
                 _ => {
                     return Err(Reply::Error(
@@ -209,6 +223,18 @@ mod tests {
             Err(Reply::Error(e)) => e,
             other => panic!("expected an error reply, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn config_get_answers_only_the_known_read_only_parameters() {
+        assert_eq!(req(&["config", "get", "save"]), Ok(Request::ConfigGet(vec![b"save".to_vec()])));
+        assert_eq!(config_get(&[b"SAVE".to_vec()]), vec![("save", "")]);
+        assert_eq!(config_get(&[b"appendonly".to_vec(), b"nope".to_vec()]), vec![("appendonly", "no")]);
+        assert_eq!(config_get(&[b"*".to_vec()]).len(), CONFIG_VALUES.len());
+        assert!(config_get(&[b"maxclients".to_vec()]).is_empty());
+        assert!(err_text(req(&["config", "set", "save", ""])).contains("only CONFIG GET"));
+        assert!(err_text(req(&["config", "get"])).contains("wrong number of arguments"));
+        assert_eq!(req(&["client", "setinfo", "lib-name", "redis-rs"]), Ok(Request::ClientSetInfo));
     }
 
     #[test]

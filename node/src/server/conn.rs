@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::commands::{Request, parse_request};
+use super::commands::{Request, config_get, parse_request};
 use super::resp::{Limits, Reply, RequestParser};
 use crate::config::Peer;
 use crate::fsm::{self, Command, Engine, Kv};
@@ -145,8 +145,14 @@ async fn execute<E: Engine + Send + 'static>(
         }
         Request::ClientGetName => Reply::Bulk(session.name.clone()),
         Request::ClientSetInfo => Reply::ok(),
-        // redis-cli and redis-benchmark probe these at start-up and carry on without details.
-        Request::CommandInfo | Request::ConfigGet => Reply::Array(Some(Vec::new())),
+        // redis-cli probes COMMAND at start-up and carries on without details.
+        Request::CommandInfo => Reply::Array(Some(Vec::new())),
+        Request::ConfigGet(names) => Reply::Array(Some(
+            config_get(&names)
+                .into_iter()
+                .flat_map(|(k, v)| [Reply::Bulk(Some(k.into())), Reply::Bulk(Some(v.into()))])
+                .collect(),
+        )),
         Request::Info => Reply::Bulk(Some(info(ctx).into_bytes())),
         Request::Write(cmd) => propose(ctx, cmd).await,
         Request::Get(key) => read(ctx, Box::new(move |kv| bulk(kv.get(&key)))).await,
