@@ -8,7 +8,7 @@ PROFILE ?= fast
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps test fmt-check lint unit run build bench bench-wal bench-fsm bench-snapshot clean help
+.PHONY: all deps test fmt-check lint unit sim sim-run fuzz run build bench bench-wal bench-fsm bench-snapshot clean help
 
 all: test
 
@@ -31,7 +31,24 @@ lint: deps
 unit: deps
 	$(CARGO) test --workspace --profile $(PROFILE)
 
-test: fmt-check lint unit
+# The simulation: the same node code under madsim (RUSTFLAGS=--cfg madsim), in a target dir of its own so
+# switching flags never rebuilds the normal build, and without RocksDB.
+MADSIM_ENV = RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR="$(CARGO_TARGET_DIR)/madsim"
+SCENARIO ?= scenarios/oom-kill-inside-wal-appends.toml
+FUZZ_SEEDS ?= 200
+SHARD ?= 0/1
+FUZZ_OUT ?= fuzz-failures
+
+sim: deps
+	$(MADSIM_ENV) $(CARGO) test -p durakv-sim --profile $(PROFILE)
+
+sim-run: deps
+	$(MADSIM_ENV) $(CARGO) run -q -p durakv-sim --profile $(PROFILE) -- run $(SCENARIO) $(if $(SEED),--seed $(SEED))
+
+fuzz: deps
+	$(MADSIM_ENV) $(CARGO) run -q -p durakv-sim --profile $(PROFILE) -- fuzz scenarios/*.toml --seeds $(FUZZ_SEEDS) --shard $(SHARD) --out $(FUZZ_OUT)
+
+test: fmt-check lint unit sim
 
 build: deps
 	$(CARGO) build -p durakv --bin durakv --profile $(PROFILE)

@@ -36,7 +36,7 @@ use durakv::io::{DeviceId, DirEntry, EntryKind, Fs, FsFile, Metadata, OpenOption
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::options::{FaultEffect, OpKind, OptionsError, SectorFate, SimFsOptions};
+use crate::options::{FaultEffect, OpKind, OptionsError, SectorFate, SimFsOptions, glob_match};
 
 /// How a simulated node dies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -107,6 +107,9 @@ struct Armed {
     at_op: u64,
     kind: CrashKind,
     torn: TornWrite,
+    /// Fire at the first write at or after `at_op` to a path matching this glob, instead of at
+    /// exactly `at_op`.
+    write_to: Option<String>,
 }
 
 struct State {
@@ -183,7 +186,19 @@ impl SimFs {
     /// operation does not complete (a write may land part way), it and every later operation fail with
     /// [`SimCrashed`] until [`SimFs::resume`].
     pub fn arm_crash(&self, at_op: u64, kind: CrashKind, torn: TornWrite) {
-        self.lock().armed = Some(Armed { at_op, kind, torn });
+        self.lock().armed = Some(Armed { at_op, kind, torn, write_to: None });
+    }
+
+    /// Crash inside the first write, from durability operation `after_op` on, to a path matching
+    /// `pattern` (a glob whose `*` matches any run of characters, `/` included): an OOM-kill that lands while
+    /// the process writes that file. Like [`SimFs::arm_crash`] otherwise.
+    pub fn arm_crash_on_write(&self, after_op: u64, pattern: &str, kind: CrashKind, torn: TornWrite) {
+        self.lock().armed = Some(Armed { at_op: after_op, kind, torn, write_to: Some(pattern.to_string()) });
+    }
+
+    /// Is a crash armed that has not fired yet?
+    pub fn is_armed(&self) -> bool {
+        self.lock().armed.is_some()
     }
 
     /// The simulated process restarts: operations work again (old handles stay dead).
@@ -358,7 +373,13 @@ impl State {
         }
         let this_op = self.ops_done;
         self.ops_done += 1;
-        if self.armed.as_ref().is_some_and(|a| a.at_op == this_op) {
+        let lands_here = |a: &Armed| match &a.write_to {
+            None => a.at_op == this_op,
+            Some(pattern) => {
+                this_op >= a.at_op && op == OpKind::Write && glob_match(pattern, &path.to_string_lossy())
+            }
+        };
+        if self.armed.as_ref().is_some_and(lands_here) {
             self.halted = true;
             return Ok(self.armed.take());
         }

@@ -365,3 +365,25 @@ fn an_unsynced_shrink_never_brings_back_more_than_was_written() -> io::Result<()
     }
     Ok(())
 }
+
+#[test]
+fn a_crash_armed_on_a_path_lands_inside_the_first_matching_write_only() -> io::Result<()> {
+    // Failure injected: an OOM-kill armed for writes to `*.wal`, while other files are written first.
+    // Invariant: it passes over operations on other paths, fires inside the first matching write
+    // (which lands part way), and every later operation fails until the process resumes.
+    let fs = disk(11);
+    fs.create_dir_all(&p("/d"))?;
+    fs.arm_crash_on_write(0, "*/raft/*.wal", CrashKind::ProcessKill, TornWrite::Sectors(1));
+    write_synced(&fs, "/d/other", b"not this one")?;
+    assert!(fs.is_armed() && !fs.is_halted());
+    fs.create_dir_all(&p("/d/raft"))?;
+    let mut f = fs.open(&p("/d/raft/1.wal"), OpenOptions::create_new())?;
+    let err = f.write_at(&[7u8; 2048], 0).expect_err("the crash lands inside this write");
+    assert!(is_crash_error(&err), "{err}");
+    assert!(fs.is_halted() && !fs.is_armed());
+    assert!(fs.sync_dir(&p("/d")).is_err(), "dead until resumed");
+    fs.resume();
+    let len = fs.metadata(&p("/d/raft/1.wal"))?.len;
+    assert_eq!(len, 512, "exactly the one sector that landed before the kill");
+    Ok(())
+}

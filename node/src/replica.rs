@@ -15,6 +15,8 @@ use std::collections::BTreeMap;
 use prost::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message};
 use raft::{Config, RawNode, StateRole};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 use crate::fsm::{Engine, FsmError, Kv, Reply};
 use crate::io::SharedFs;
@@ -93,6 +95,10 @@ pub struct ReplicaConfig {
     pub max_size_per_msg: u64,
     /// Append messages in flight per follower. Default 256.
     pub max_inflight_msgs: usize,
+    /// Seeds the randomized election timeouts. raft-rs draws them from the thread RNG, which the
+    /// simulation cannot replay; the replica redraws every one from this seed's stream instead, so a
+    /// simulated run replays exactly (production passes a random seed). Default: the node id.
+    pub seed: u64,
 }
 
 impl ReplicaConfig {
@@ -103,6 +109,7 @@ impl ReplicaConfig {
             heartbeat_tick: 3,
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
+            seed: id,
         }
     }
 }
@@ -112,6 +119,11 @@ pub struct Replica<E: Engine> {
     raw: RawNode<RaftStorage>,
     kv: Kv<E>,
     snapshots: SnapshotSettings,
+    /// The election timeout's seeded stream and range (`election_tick..2 * election_tick`).
+    election_rng: ChaCha8Rng,
+    election_ticks: (usize, usize),
+    /// The (term, role, timeout) the last redraw left, to notice raft-rs drawing a new one.
+    election_drawn: (u64, StateRole, usize),
 }
 
 impl<E: Engine> std::fmt::Debug for Replica<E> {
@@ -160,7 +172,30 @@ impl<E: Engine> Replica<E> {
         config.validate()?;
         let logger = slog::Logger::root(TracingDrain, slog::o!("node" => cfg.id));
         let raw = RawNode::new(&config, storage, &logger)?;
-        Ok(Replica { raw, kv, snapshots })
+        let mut replica = Replica {
+            raw,
+            kv,
+            snapshots,
+            election_rng: ChaCha8Rng::seed_from_u64(cfg.seed),
+            election_ticks: (cfg.election_tick, 2 * cfg.election_tick),
+            election_drawn: (0, StateRole::Follower, 0),
+        };
+        replica.redraw_election_timeout();
+        Ok(replica)
+    }
+
+    /// raft-rs re-draws the randomized election timeout (from its thread RNG) whenever it resets:
+    /// a new term or a new role. Replace each such draw with one from the seeded stream.
+    fn redraw_election_timeout(&mut self) {
+        let raft = &self.raw.raft;
+        let now = (raft.term, raft.state, raft.randomized_election_timeout());
+        if now == self.election_drawn {
+            return;
+        }
+        let (min, max) = self.election_ticks;
+        let t = self.election_rng.random_range(min..max);
+        self.raw.raft.set_randomized_election_timeout(t);
+        self.election_drawn = (now.0, now.1, t);
     }
 
     pub fn id(&self) -> u64 {
@@ -203,11 +238,14 @@ impl<E: Engine> Replica<E> {
     /// Advance the logical clock by one tick.
     pub fn tick(&mut self) {
         self.raw.tick();
+        self.redraw_election_timeout();
     }
 
     /// Start an election now.
     pub fn campaign(&mut self) -> Result<(), ReplicaError> {
-        Ok(self.raw.campaign()?)
+        self.raw.campaign()?;
+        self.redraw_election_timeout();
+        Ok(())
     }
 
     /// Feed a message from a peer.
@@ -228,7 +266,9 @@ impl<E: Engine> Replica<E> {
                 msg.commit = last;
             }
         }
-        Ok(self.raw.step(msg)?)
+        self.raw.step(msg)?;
+        self.redraw_election_timeout();
+        Ok(())
     }
 
     /// Ask for a read index (ReadIndex, raft thesis 6.4); it comes back in a later [`ReadyOutput`]'s

@@ -8,6 +8,9 @@
 //! consumer never shifts another's stream, and a run replays bit for bit from the root seed alone.
 
 pub mod checkers;
+pub mod client;
+#[cfg(madsim)]
+pub mod harness;
 pub mod linearizability;
 pub mod scenario;
 

@@ -34,6 +34,17 @@ use crate::wal::WalOptions;
 
 pub(crate) use raft_loop::{Input, ReadFn};
 
+/// Write all of `bytes` and flush. A real TCP stream sends on write, but madsim's simulated stream
+/// buffers until flushed, and the node's code is the same for both.
+pub(crate) async fn write_flushed<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    bytes: &[u8],
+) -> io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    w.write_all(bytes).await?;
+    w.flush().await
+}
+
 /// Timing and sizing of the running node. The defaults suit a LAN or loopback cluster.
 #[derive(Debug, Clone)]
 pub struct RuntimeOptions {
@@ -49,6 +60,9 @@ pub struct RuntimeOptions {
     pub keep_snapshots: usize,
     /// The most a snapshot being received may occupy in the spool.
     pub spool_cap_bytes: u64,
+    /// Seeds the node's randomness (election timeouts, request-id prefix). `None`: a random seed.
+    /// The simulation sets it so a run replays exactly.
+    pub seed: Option<u64>,
 }
 
 impl Default for RuntimeOptions {
@@ -60,6 +74,7 @@ impl Default for RuntimeOptions {
             peer_queue: 4096,
             keep_snapshots: 2,
             spool_cap_bytes: DEFAULT_SPOOL_CAP_BYTES,
+            seed: None,
         }
     }
 }
@@ -152,7 +167,8 @@ pub fn open_replica<E: Engine>(
     let kv = Kv::new(engine, cfg.fsm_sync)
         .map_err(|source| NodeError::Fsm { path: layout.fsm.clone(), source })?;
     let snapshots = SnapshotSettings { fs, store, every_entries: cfg.snapshot_every };
-    Ok(Replica::new(&ReplicaConfig::new(cfg.id), storage, kv, snapshots)?)
+    let seed = opts.seed.unwrap_or_else(rand::random);
+    Ok(Replica::new(&ReplicaConfig { seed, ..ReplicaConfig::new(cfg.id) }, storage, kv, snapshots)?)
 }
 
 /// Bind the node's two ports. Separate from [`serve`] so a caller learns of a port in use before

@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use super::raft_loop::is_snapshot;
+use super::write_flushed;
 use crate::io::{OpenOptions, SharedFs};
 use crate::snapshot::{FOOTER_LEN, ReceiveGuard, SnapshotError, SnapshotStore, SnapshotToken, StreamInfo};
 use crate::transport::frame::{DEFAULT_MAX_FRAME_BYTES, FrameError, PeerFrame, SnapshotChunk, check_hello};
@@ -88,7 +89,7 @@ impl LinkContext {
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connect to {addr} timed out")))??;
         stream.set_nodelay(true)?;
-        stream.write_all(&self.hello()).await?;
+        write_flushed(&mut stream, &self.hello()).await?;
         let mut reader = FrameReader::default();
         let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.next(&mut stream))
             .await
@@ -210,7 +211,7 @@ async fn send_loop(link: Arc<LinkContext>, to: u64, addr: SocketAddr, mut rx: mp
                     Err(_) => break,
                 }
             }
-            if let Err(e) = stream.write_all(&buf).await {
+            if let Err(e) = write_flushed(&mut stream, &buf).await {
                 tracing::warn!(node = link.id, to, %addr, error = %e, "peer connection lost; reconnecting");
                 let _ = link.feedback.send(Feedback::Unreachable(to));
                 break;
@@ -268,7 +269,7 @@ async fn send_snapshot_file(link: &LinkContext, addr: SocketAddr, msg: Message) 
             data: std::mem::take(&mut data),
         };
         PeerFrame::SnapshotChunk(chunk).encode(&mut frame);
-        stream.write_all(&frame).await?;
+        write_flushed(&mut stream, &frame).await?;
         offset += n;
         if last {
             break;
@@ -276,7 +277,7 @@ async fn send_snapshot_file(link: &LinkContext, addr: SocketAddr, msg: Message) 
     }
     frame.clear();
     PeerFrame::Raft(Box::new(msg)).encode(&mut frame);
-    stream.write_all(&frame).await?;
+    write_flushed(&mut stream, &frame).await?;
     stream.shutdown().await?;
     Ok(total)
 }
@@ -317,7 +318,7 @@ async fn serve_incoming(mut stream: TcpStream, link: &LinkContext) -> Result<(),
         .map_err(|_| PeerError::HelloTimeout(HELLO_TIMEOUT))??
         .ok_or(PeerError::Truncated)?;
     let from = check_hello(&hello, link.cluster_id, &link.members, link.id)?;
-    stream.write_all(&link.hello()).await?;
+    write_flushed(&mut stream, &link.hello()).await?;
     let mut receiving: Option<(ReceiveGuard, crate::snapshot::Spool)> = None;
     let mut received: Option<ReceiveGuard> = None;
     while let Some(frame) = reader.next(&mut stream).await? {

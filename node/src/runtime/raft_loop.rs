@@ -91,7 +91,8 @@ pub(crate) async fn run<E: Engine + Send + 'static>(
 ) -> Result<(), NodeError> {
     let id = replica.id();
     let mut lp = Loop {
-        next_id: (id << 48) | (rand::random::<u64>() & ((1 << 48) - 1)),
+        next_id: (id << 48)
+            | (opts.seed.map_or_else(rand::random::<u64>, |s| s.rotate_left(17)) & ((1 << 48) - 1)),
         replica,
         transport,
         ticks: 0,

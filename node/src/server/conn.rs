@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -15,7 +15,7 @@ use super::commands::{Request, config_get, parse_request};
 use super::resp::{Limits, Reply, RequestParser};
 use crate::config::Peer;
 use crate::fsm::{self, Command, Engine, Kv};
-use crate::runtime::{Input, ReadFn, Status};
+use crate::runtime::{Input, ReadFn, Status, write_flushed};
 
 /// What every client connection of this node shares.
 pub(crate) struct ClientContext<E: Engine> {
@@ -80,7 +80,7 @@ async fn serve_client<E: Engine + Send + 'static>(
                     let (reply, quit) = execute(ctx, &mut session, args).await;
                     reply.encode(&mut out);
                     if quit {
-                        stream.write_all(&out).await?;
+                        write_flushed(&mut stream, &out).await?;
                         return Ok(());
                     }
                 }
@@ -88,13 +88,13 @@ async fn serve_client<E: Engine + Send + 'static>(
                 Err(e) => {
                     // As Redis: the protocol error is the last reply, then the connection closes.
                     Reply::Error(format!("ERR {e}")).encode(&mut out);
-                    stream.write_all(&out).await?;
+                    write_flushed(&mut stream, &out).await?;
                     return Ok(());
                 }
             }
         }
         if !out.is_empty() {
-            stream.write_all(&out).await?;
+            write_flushed(&mut stream, &out).await?;
             out.clear();
         }
         buf.reserve(16 << 10);

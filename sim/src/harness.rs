@@ -1,0 +1,700 @@
+//! The node in a madsim world (built only with `--cfg madsim`): each server is a madsim node with its
+//! own IP running the real `durakv::runtime` over its own `SimFs` (which survives its restarts) and
+//! `SimEngine`; clients are madsim nodes sending Redis commands over simulated TCP. A controller
+//! applies the scenario's faults on schedule, restarts what died, and at the end heals everything
+//! and runs the checkers.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use durakv::config::{NodeConfig, Peer};
+use durakv::fsm::{FsmSync, Kv, SimEngine, SimEngineOptions};
+use durakv::io::{Fs, OpenOptions, SharedFs};
+use durakv::runtime::{DataLayout, RuntimeOptions, bind, open_replica, serve};
+use durakv_faults::{CrashKind, SimFs, SimFsOptions, TornWrite};
+use madsim::runtime::{Handle, NodeHandle, Runtime};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::checkers::{check_convergence, check_durability, state_digest};
+use crate::client::{Reply, decode_reply, encode_command};
+use crate::linearizability::{Operation, Outcome, RegisterOp};
+use crate::scenario::{Action, Fault, Scenario};
+use crate::{derive_seed, node_disk};
+
+const RESP_PORT: u16 = 6379;
+const PEER_PORT: u16 = 7379;
+const DATA: &str = "/node";
+
+fn server_ip(id: u64) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 0, id as u8))
+}
+
+fn client_ip(c: u64) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 1, c as u8 + 1))
+}
+
+/// What a run did, pinned by the scenario tests' snapshots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub scenario: String,
+    pub seed: u64,
+    pub ops_ok: u64,
+    pub ops_fail: u64,
+    pub ops_unknown: u64,
+    pub faults: Vec<String>,
+    pub restarts: u64,
+    pub applied_index: u64,
+    pub digest: u64,
+}
+
+/// A violated invariant, explained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub invariant: &'static str,
+    pub explanation: String,
+}
+
+/// The outcome of one seed: the summary, the event trace, and the failure if any.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    pub summary: Summary,
+    pub trace: Vec<String>,
+    pub failure: Option<Failure>,
+}
+
+#[derive(Default)]
+struct World {
+    trace: Vec<String>,
+    history: Vec<Operation>,
+    /// Why each server's last run ended (a fatal error, or a refusal to start).
+    exits: BTreeMap<u64, String>,
+    restarts: u64,
+    faults: Vec<String>,
+}
+
+type Shared = Arc<Mutex<World>>;
+
+fn world(w: &Shared) -> std::sync::MutexGuard<'_, World> {
+    w.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Simulated milliseconds since the run began.
+fn now_ms() -> u64 {
+    madsim::time::TimeHandle::current().elapsed().as_millis() as u64
+}
+
+fn event(w: &Shared, text: String) {
+    let t = now_ms();
+    world(w).trace.push(format!("{t:>8} {text}"));
+}
+
+/// Run one scenario with one seed, deterministically.
+pub fn run(scenario: &Scenario, seed: u64) -> RunResult {
+    // `RUST_LOG=…` shows the nodes' own logs (simulated time is not in them; the trace has it).
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+    let mut rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
+    rt.set_time_limit(Duration::from_millis(scenario.duration_ms) + Duration::from_secs(600));
+    let scenario = scenario.clone();
+    rt.block_on(async move { simulate(scenario, seed).await })
+}
+
+struct Server {
+    handle: NodeHandle,
+    disk: SimFs,
+    /// Down on purpose until a `restart` fault (or the end) brings it back.
+    held_down: bool,
+    /// Refuses to start (a typed error, as for a bit flip in an acknowledged record): left down.
+    refused: bool,
+    up: bool,
+}
+
+fn node_config(scenario: &Scenario, id: u64) -> NodeConfig {
+    let peers = (1..=scenario.cluster.nodes)
+        .map(|i| {
+            let ip = server_ip(i);
+            (i, Peer { peer_addr: SocketAddr::new(ip, PEER_PORT), resp_addr: SocketAddr::new(ip, RESP_PORT) })
+        })
+        .collect();
+    NodeConfig {
+        id,
+        cluster_id: 1,
+        data_dir: PathBuf::from(DATA),
+        resp_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), RESP_PORT),
+        peer_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PEER_PORT),
+        peers,
+        fsm_sync: if scenario.cluster.fsm_sync == "nosync" { FsmSync::NoSync } else { FsmSync::Sync },
+        requirepass: None,
+        snapshot_every: scenario.cluster.snapshot_every,
+        max_bulk_bytes: 512 << 20,
+        log_json: false,
+    }
+}
+
+fn runtime_options() -> RuntimeOptions {
+    RuntimeOptions { request_timeout: Duration::from_secs(3), ..RuntimeOptions::default() }
+}
+
+async fn simulate(scenario: Scenario, seed: u64) -> RunResult {
+    let handle = Handle::current();
+    let w: Shared = Arc::new(Mutex::new(World::default()));
+    let mut servers: BTreeMap<u64, Server> = BTreeMap::new();
+    for id in 1..=scenario.cluster.nodes {
+        let opts = SimFsOptions {
+            mounts: scenario.mounts.iter().map(|m| PathBuf::from(&m.path)).collect(),
+            ..SimFsOptions::default()
+        };
+        let disk = match node_disk(seed, id, opts) {
+            Ok(d) => d,
+            Err(e) => return setup_failure(&scenario, seed, &w, format!("disk options: {e}")),
+        };
+        let cfg = node_config(&scenario, id);
+        let (disk2, w2) = (disk.clone(), w.clone());
+        // Each start of this server gets its own seed, derived from the run's.
+        let starts = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let node = handle
+            .create_node()
+            .name(format!("server-{id}"))
+            .ip(server_ip(id))
+            .init(move || {
+                let (disk, cfg, w) = (disk2.clone(), cfg.clone(), w2.clone());
+                let start = starts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let node_seed = derive_seed(seed, &format!("node/{id}/start/{start}"));
+                async move { run_server(disk, cfg, node_seed, w).await }
+            })
+            .build();
+        servers.insert(id, Server { handle: node, disk, held_down: false, refused: false, up: true });
+    }
+    let end_ms = scenario.duration_ms;
+    let mut clients = Vec::new();
+    for c in 0..scenario.workload.clients {
+        let (sc, w2) = (scenario.clone(), w.clone());
+        let node = handle.create_node().name(format!("client-{c}")).ip(client_ip(c)).build();
+        clients.push(node.spawn(async move { client_loop(sc, seed, c, end_ms, w2).await }));
+    }
+    // The controller runs on a node of its own so it can reach the servers over the network.
+    let controller =
+        handle.create_node().name("controller").ip(IpAddr::V4(Ipv4Addr::new(10, 0, 2, 1))).build();
+    let (sc, w2) = (scenario.clone(), w.clone());
+    let outcome = controller
+        .spawn(async move {
+            let mut servers = servers;
+            control(&sc, seed, &mut servers, &w2).await
+        })
+        .await;
+    for c in clients {
+        let _ = c.await;
+    }
+    let (failure, applied_index, digest) = match outcome {
+        Ok(Ok((applied, digest))) => (None, applied, digest),
+        Ok(Err(f)) => (Some(f), 0, 0),
+        Err(e) => {
+            (Some(Failure { invariant: "harness", explanation: format!("controller task: {e}") }), 0, 0)
+        }
+    };
+    finish(&scenario, seed, &w, failure, applied_index, digest)
+}
+
+fn setup_failure(scenario: &Scenario, seed: u64, w: &Shared, text: String) -> RunResult {
+    finish(scenario, seed, w, Some(Failure { invariant: "setup", explanation: text }), 0, 0)
+}
+
+fn finish(
+    scenario: &Scenario,
+    seed: u64,
+    w: &Shared,
+    mut failure: Option<Failure>,
+    applied_index: u64,
+    digest: u64,
+) -> RunResult {
+    let mut world = world(w);
+    let count = |o: Outcome| world.history.iter().filter(|op| op.outcome == o).count() as u64;
+    let summary = Summary {
+        scenario: scenario.name.clone(),
+        seed,
+        ops_ok: count(Outcome::Ok),
+        ops_fail: count(Outcome::Fail),
+        ops_unknown: count(Outcome::Unknown),
+        faults: world.faults.clone(),
+        restarts: world.restarts,
+        applied_index,
+        digest,
+    };
+    if failure.is_none() && scenario.invariants.linearizability {
+        if let Err(v) = crate::linearizability::check(&world.history) {
+            failure = Some(Failure {
+                invariant: "linearizability",
+                explanation: format!(
+                    "key {:?}: no order of its {} operations explains what the clients saw",
+                    String::from_utf8_lossy(&v.key),
+                    v.operations.len()
+                ),
+            });
+        }
+    }
+    if summary.ops_ok == 0 && failure.is_none() {
+        failure = Some(Failure {
+            invariant: "liveness",
+            explanation: "no operation succeeded in the whole run".into(),
+        });
+    }
+    RunResult { summary, trace: std::mem::take(&mut world.trace), failure }
+}
+
+/// One server process: open storage (repairing what a crash left), serve until a fatal error.
+async fn run_server(disk: SimFs, cfg: NodeConfig, seed: u64, w: Shared) {
+    let fs: SharedFs = Arc::new(disk.clone());
+    let opts = RuntimeOptions { seed: Some(seed), ..runtime_options() };
+    let engine_fs = fs.clone();
+    let replica = match open_replica(&cfg, fs.clone(), &opts, move |dir| {
+        SimEngine::open(engine_fs.clone(), dir, SimEngineOptions::default())
+    }) {
+        Ok(r) => r,
+        Err(e) => {
+            event(&w, format!("server {} refused to start: {e}", cfg.id));
+            world(&w).exits.insert(cfg.id, format!("refused to start: {e}"));
+            return;
+        }
+    };
+    let listeners = match bind(&cfg).await {
+        Ok(l) => l,
+        Err(e) => {
+            world(&w).exits.insert(cfg.id, format!("bind: {e}"));
+            return;
+        }
+    };
+    event(&w, format!("server {} up at applied index {}", cfg.id, replica.applied_index()));
+    let (_keep, stop) = tokio::sync::watch::channel(false);
+    if let Err(e) = serve(&cfg, replica, fs, listeners, opts, stop).await {
+        event(&w, format!("server {} stopped: {e}", cfg.id));
+        world(&w).exits.insert(cfg.id, format!("fatal: {e}"));
+    }
+}
+
+/// Send one command to a server and wait for its reply.
+async fn call(addr: SocketAddr, args: &[&[u8]], timeout: Duration) -> Result<Reply, CallError> {
+    let connect = tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(addr)).await;
+    let mut stream = match connect {
+        Ok(Ok(s)) => s,
+        _ => return Err(CallError::NotSent),
+    };
+    // madsim's stream sends on flush.
+    if stream.write_all(&encode_command(args)).await.is_err() || stream.flush().await.is_err() {
+        return Err(CallError::NotSent);
+    }
+    let read = async {
+        let mut buf = Vec::new();
+        loop {
+            if let Ok(Some((reply, _))) = decode_reply(&buf) {
+                return Some(reply);
+            }
+            buf.reserve(4096);
+            match stream.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Some(reply)) => Ok(reply),
+        _ => Err(CallError::NoReply),
+    }
+}
+
+enum CallError {
+    /// The request never left: the operation certainly did not happen.
+    NotSent,
+    /// Sent, but no reply: it may or may not have happened.
+    NoReply,
+}
+
+/// A client: operations from the scenario's mix on its key space, at its rate, until the end.
+async fn client_loop(scenario: Scenario, seed: u64, c: u64, end_ms: u64, w: Shared) {
+    let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, &format!("client/{c}")));
+    let wl = &scenario.workload;
+    let per_client = (wl.rate_per_sec / wl.clients.max(1)).max(1);
+    let gap = Duration::from_micros(1_000_000 / per_client);
+    let mix = [
+        ("set", wl.mix.set),
+        ("get", wl.mix.get),
+        ("del", wl.mix.del),
+        ("incr", wl.mix.incr),
+        ("mset", wl.mix.mset),
+    ];
+    let total: u32 = mix.iter().map(|(_, n)| n).sum();
+    let timeout = Duration::from_millis(wl.timeout_ms);
+    let mut seq = 0u64;
+    while now_ms() < end_ms {
+        tokio::time::sleep(gap).await;
+        seq += 1;
+        let mut pick = rng.random_range(0..total.max(1));
+        let kind = mix
+            .iter()
+            .find(|(_, n)| {
+                if pick < *n {
+                    true
+                } else {
+                    pick -= n;
+                    false
+                }
+            })
+            .map_or("get", |(k, _)| *k);
+        let server = rng.random_range(1..=scenario.cluster.nodes);
+        let addr = SocketAddr::new(server_ip(server), RESP_PORT);
+        let key = format!("k{}", rng.random_range(0..wl.keys.max(1))).into_bytes();
+        // Values are unique integers, so INCR applies to any key and every write is identifiable.
+        let value = (c * 1_000_000_000 + seq).to_string().into_bytes();
+        let call_t = now_ms();
+        let (ops, reply): (Vec<(Vec<u8>, RegisterOp)>, _) = match kind {
+            "set" => (
+                vec![(key.clone(), RegisterOp::Write(Some(value.clone())))],
+                call(addr, &[b"SET", &key, &value], timeout).await,
+            ),
+            "del" => {
+                (vec![(key.clone(), RegisterOp::Write(None))], call(addr, &[b"DEL", &key], timeout).await)
+            }
+            "incr" => (
+                vec![(key.clone(), RegisterOp::Incr { delta: 1, result: None })],
+                call(addr, &[b"INCR", &key], timeout).await,
+            ),
+            "mset" => {
+                let key2 = format!("k{}", rng.random_range(0..wl.keys.max(1))).into_bytes();
+                if key2 == key {
+                    continue;
+                }
+                (
+                    vec![
+                        (key.clone(), RegisterOp::Write(Some(value.clone()))),
+                        (key2.clone(), RegisterOp::Write(Some(value.clone()))),
+                    ],
+                    call(addr, &[b"MSET", &key, &value, &key2, &value], timeout).await,
+                )
+            }
+            _ => (vec![(key.clone(), RegisterOp::Read(None))], call(addr, &[b"GET", &key], timeout).await),
+        };
+        let ret = now_ms();
+        let outcome = match &reply {
+            Ok(Reply::Error(e)) if e.starts_with("TIMEOUT") => Outcome::Unknown,
+            Ok(Reply::Error(_)) => Outcome::Fail,
+            Ok(_) => Outcome::Ok,
+            Err(CallError::NotSent) => Outcome::Fail,
+            Err(CallError::NoReply) => Outcome::Unknown,
+        };
+        let mut wl = world(&w);
+        for (key, op) in ops {
+            let op = match (op, &reply) {
+                (RegisterOp::Read(_), Ok(Reply::Bulk(v))) => RegisterOp::Read(v.clone()),
+                (RegisterOp::Incr { delta, .. }, Ok(Reply::Integer(n))) => {
+                    RegisterOp::Incr { delta, result: Some(*n) }
+                }
+                (op, _) => op,
+            };
+            // A read with no answer says nothing.
+            if matches!(op, RegisterOp::Read(_)) && outcome != Outcome::Ok {
+                continue;
+            }
+            wl.history.push(Operation { client: c, key, op, call: call_t, ret, outcome });
+        }
+    }
+}
+
+/// Which servers a fault's target names, resolved now.
+async fn resolve(target: &str, servers: &BTreeMap<u64, Server>, rng: &mut ChaCha8Rng) -> Vec<u64> {
+    let up: Vec<u64> = servers.iter().filter(|(_, s)| s.up).map(|(id, _)| *id).collect();
+    let leader = find_leader(&up).await;
+    match target {
+        "all" => servers.keys().copied().collect(),
+        "leader" => leader.into_iter().collect(),
+        "follower" => {
+            let f: Vec<u64> = up.iter().copied().filter(|id| Some(*id) != leader).collect();
+            f.get(rng.random_range(0..f.len().max(1))).copied().into_iter().collect()
+        }
+        "any" => up.get(rng.random_range(0..up.len().max(1))).copied().into_iter().collect(),
+        other => other
+            .strip_prefix("node:")
+            .and_then(|n| n.parse().ok())
+            .filter(|id| servers.contains_key(id))
+            .into_iter()
+            .collect(),
+    }
+}
+
+async fn info(id: u64) -> Option<BTreeMap<String, String>> {
+    match call(SocketAddr::new(server_ip(id), RESP_PORT), &[b"INFO"], Duration::from_secs(1)).await {
+        Ok(Reply::Bulk(Some(text))) => Some(
+            String::from_utf8_lossy(&text)
+                .lines()
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+async fn find_leader(up: &[u64]) -> Option<u64> {
+    for &id in up {
+        if info(id).await.is_some_and(|i| i.get("role").map(String::as_str) == Some("leader")) {
+            return Some(id);
+        }
+    }
+    None
+}
+
+fn kill(handle: &Handle, s: &mut Server, kind: CrashKind, w: &Shared, id: u64) {
+    handle.kill(s.handle.id());
+    s.disk.crash(kind);
+    s.disk.resume();
+    s.up = false;
+    event(w, format!("server {id} {}", if kind == CrashKind::PowerLoss { "lost power" } else { "killed" }));
+}
+
+fn restart(handle: &Handle, s: &mut Server, w: &Shared, id: u64) {
+    s.disk.resume();
+    handle.restart(s.handle.id());
+    s.up = true;
+    s.held_down = false;
+    world(w).restarts += 1;
+    event(w, format!("server {id} restarted"));
+}
+
+/// The last WAL segment of a server's disk.
+fn last_segment(disk: &SimFs) -> Option<PathBuf> {
+    let dir = DataLayout::new(Path::new(DATA)).raft;
+    let mut names: Vec<String> =
+        disk.read_dir(&dir).ok()?.into_iter().map(|e| e.name).filter(|n| n.ends_with(".wal")).collect();
+    names.sort();
+    names.pop().map(|n| dir.join(n))
+}
+
+async fn apply_fault(
+    f: &Fault,
+    servers: &mut BTreeMap<u64, Server>,
+    rng: &mut ChaCha8Rng,
+    w: &Shared,
+) -> Result<(), Failure> {
+    let handle = Handle::current();
+    let targets = resolve(&f.target, servers, rng).await;
+    let unsupported = |what: &str| Failure {
+        invariant: "scenario",
+        explanation: format!("fault {what:?} is not wired into the simulation yet"),
+    };
+    for id in targets {
+        let Some(s) = servers.get_mut(&id) else { continue };
+        world(w).faults.push(format!("{:?}@{}:{}", f.action, f.at_ms, id));
+        match f.action {
+            Action::Kill | Action::PowerLoss => {
+                let kind =
+                    if f.action == Action::Kill { CrashKind::ProcessKill } else { CrashKind::PowerLoss };
+                if !s.up {
+                    continue;
+                }
+                match &f.mid_write {
+                    // Land inside the next write to a matching file; the node dies of it.
+                    Some(pattern) => {
+                        s.disk.arm_crash_on_write(s.disk.ops_done(), pattern, kind, TornWrite::Random);
+                        event(w, format!("server {id}: crash armed inside the next write to {pattern}"));
+                    }
+                    None => kill(&handle, s, kind, w, id),
+                }
+                s.held_down = true;
+            }
+            Action::Restart => {
+                if !s.up && !s.refused {
+                    restart(&handle, s, w, id);
+                }
+            }
+            Action::TornTail | Action::BitFlip => {
+                if s.up {
+                    kill(&handle, s, CrashKind::ProcessKill, w, id);
+                }
+                let Some(seg) = last_segment(&s.disk) else { continue };
+                let len = s.disk.metadata(&seg).map(|m| m.len).unwrap_or(0);
+                if f.action == Action::TornTail {
+                    let cut = len.saturating_sub(rng.random_range(1..=16u64));
+                    if let Ok(mut file) = s.disk.open(&seg, OpenOptions::read_write()) {
+                        let _ = file.set_len(cut).and_then(|_| file.sync());
+                    }
+                    event(w, format!("server {id}: WAL tail cut to {cut} of {len} bytes"));
+                    restart(&handle, s, w, id);
+                } else {
+                    // A flipped bit in an acknowledged record: the node must refuse to start.
+                    let offset = len / 2;
+                    let _ = s.disk.flip_bit(&seg, offset, rng.random_range(0..8));
+                    event(w, format!("server {id}: bit flipped at {offset} of {}", seg.display()));
+                    restart(&handle, s, w, id);
+                }
+            }
+            Action::Partition | Action::Clog => {
+                let net = madsim::net::NetSim::current();
+                net.clog_node(s.handle.id());
+                event(w, format!("server {id} partitioned for {} ms", f.for_ms.unwrap_or(1000)));
+                let node = s.handle.id();
+                let heal = Duration::from_millis(f.for_ms.unwrap_or(1000));
+                let w2 = w.clone();
+                madsim::task::spawn(async move {
+                    madsim::time::sleep(heal).await;
+                    madsim::net::NetSim::current().unclog_node(node);
+                    event(&w2, format!("server {id} partition healed"));
+                });
+            }
+            Action::Eio | Action::Enospc | Action::ApplyFailure => {
+                return Err(unsupported(&format!("{:?}", f.action)));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Apply the schedule, supervise, then heal and check. Returns the final applied index and digest.
+async fn control(
+    scenario: &Scenario,
+    seed: u64,
+    servers: &mut BTreeMap<u64, Server>,
+    w: &Shared,
+) -> Result<(u64, u64), Failure> {
+    let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, "faults"));
+    let mut faults = scenario.faults.clone();
+    faults.sort_by_key(|f| f.at_ms);
+    let mut next = 0;
+    let handle = Handle::current();
+    while now_ms() < scenario.duration_ms {
+        while next < faults.len() && faults[next].at_ms <= now_ms() {
+            apply_fault(&faults[next], servers, &mut rng, w).await?;
+            next += 1;
+        }
+        supervise(&handle, servers, w);
+        madsim::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Heal: everything that is down and may start, starts.
+    event(w, "faults over: healing".into());
+    for (id, s) in servers.iter_mut() {
+        madsim::net::NetSim::current().unclog_node(s.handle.id());
+        if s.disk.is_armed() {
+            s.disk.resume();
+        }
+        if !s.up && !s.refused {
+            restart(&handle, s, w, *id);
+        }
+    }
+    // Liveness: a write commits within the bound.
+    let deadline = now_ms() + scenario.invariants.liveness_ms;
+    loop {
+        supervise(&handle, servers, w);
+        let up: Vec<u64> = servers.iter().filter(|(_, s)| s.up).map(|(id, _)| *id).collect();
+        if let Some(l) = find_leader(&up).await {
+            let addr = SocketAddr::new(server_ip(l), RESP_PORT);
+            if let Ok(Reply::Simple(_)) =
+                call(addr, &[b"SET", b"liveness", b"1"], Duration::from_secs(2)).await
+            {
+                break;
+            }
+        }
+        if now_ms() > deadline {
+            return Err(Failure {
+                invariant: "liveness",
+                explanation: format!(
+                    "no write committed within {} ms after the faults ended",
+                    scenario.invariants.liveness_ms
+                ),
+            });
+        }
+        madsim::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Convergence: every running server applies up to the leader's commit index.
+    let up: Vec<u64> = servers.iter().filter(|(_, s)| s.up).map(|(id, _)| *id).collect();
+    let mut target = 0;
+    let deadline = now_ms() + scenario.invariants.liveness_ms;
+    loop {
+        let mut applied = BTreeMap::new();
+        for &id in &up {
+            if let Some(i) = info(id).await {
+                target = target.max(i.get("commit_index").and_then(|v| v.parse().ok()).unwrap_or(0));
+                applied.insert(id, i.get("applied_index").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0));
+            }
+        }
+        if applied.len() == up.len() && applied.values().all(|&a| a >= target) {
+            break;
+        }
+        if now_ms() > deadline {
+            return Err(Failure {
+                invariant: "liveness",
+                explanation: format!(
+                    "servers did not catch up to commit index {target}: applied {applied:?}"
+                ),
+            });
+        }
+        madsim::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Stop every server (a process kill keeps the page cache) and read its state machine directly.
+    let mut replicas = Vec::new();
+    let mut final_state = BTreeMap::new();
+    for (id, s) in servers.iter_mut() {
+        if !s.up {
+            continue;
+        }
+        kill(&handle, s, CrashKind::ProcessKill, w, *id);
+        let fs: SharedFs = Arc::new(s.disk.clone());
+        let engine = SimEngine::open(fs, &DataLayout::new(Path::new(DATA)).fsm, SimEngineOptions::default())
+            .map_err(|e| Failure { invariant: "convergence", explanation: format!("server {id}: {e}") })?;
+        let kv = Kv::new(engine, FsmSync::Sync)
+            .map_err(|e| Failure { invariant: "convergence", explanation: format!("server {id}: {e}") })?;
+        let pairs = durakv::fsm::Engine::scan(kv.engine(), b"", None, usize::MAX)
+            .map_err(|e| Failure { invariant: "convergence", explanation: format!("server {id}: {e}") })?;
+        let digest = state_digest(pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+        replicas.push((*id, kv.applied_index(), digest));
+        if final_state.is_empty() {
+            final_state = pairs.into_iter().collect();
+        }
+    }
+    if scenario.invariants.convergence {
+        check_convergence(&replicas).map_err(|d| Failure {
+            invariant: "convergence",
+            explanation: format!("replicas (id, applied index, digest) differ: {:?}", d.0),
+        })?;
+    }
+    if scenario.invariants.durability {
+        let history = world(w).history.clone();
+        check_durability(&history, &final_state)
+            .map_err(|e| Failure { invariant: "durability", explanation: e.to_string() })?;
+    }
+    let (applied, digest) = replicas.first().map_or((0, 0), |r| (r.1, r.2));
+    Ok((applied, digest))
+}
+
+/// Restart servers that died on their own (a fatal error, or an armed crash that fired), as a
+/// process supervisor would; servers held down by the schedule wait for their `restart`.
+fn supervise(handle: &Handle, servers: &mut BTreeMap<u64, Server>, w: &Shared) {
+    for (id, s) in servers.iter_mut() {
+        if s.up && s.disk.is_halted() {
+            // The armed crash fired inside a write: the process is dead.
+            handle.kill(s.handle.id());
+            s.disk.resume();
+            s.up = false;
+            event(w, format!("server {id} died inside a write"));
+        }
+        let exit = world(w).exits.remove(id);
+        if let Some(why) = exit {
+            if why.starts_with("refused to start") {
+                s.refused = true;
+                s.up = false;
+                continue;
+            }
+            handle.kill(s.handle.id());
+            s.up = false;
+        }
+        if !s.up && !s.held_down && !s.refused {
+            restart(handle, s, w, *id);
+        }
+    }
+}
