@@ -261,6 +261,7 @@ async fn run_server(disk: SimFs, cfg: NodeConfig, seed: u64, w: Shared) {
     }) {
         Ok(r) => r,
         Err(e) => {
+            tracing::error!(node = cfg.id, error = %e, "refused to start");
             event(&w, format!("server {} refused to start: {e}", cfg.id));
             world(&w).exits.insert(cfg.id, format!("refused to start: {e}"));
             return;
