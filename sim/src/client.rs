@@ -3,15 +3,7 @@
 //! it must run on madsim's network, and because the workload needs to tell a reply that never came
 //! (`unknown` outcome) from one that said no.
 
-/// A decoded RESP2 reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
-    Simple(String),
-    Error(String),
-    Integer(i64),
-    Bulk(Option<Vec<u8>>),
-    Array(Option<Vec<Reply>>),
-}
+pub use durakv::server::resp::Reply;
 
 /// Encode a command as an array of bulk strings.
 pub fn encode_command(args: &[&[u8]]) -> Vec<u8> {

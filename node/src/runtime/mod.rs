@@ -34,6 +34,34 @@ use crate::wal::WalOptions;
 
 pub(crate) use raft_loop::{Input, ReadFn};
 
+/// Accept connections until `shutdown` turns true (or its sender is dropped), serving each on a task
+/// of its own. A failed accept (out of file descriptors, say) is logged and retried shortly.
+pub(crate) async fn accept_until_shutdown<F, Fut>(
+    listener: TcpListener,
+    node: u64,
+    what: &'static str,
+    mut shutdown: watch::Receiver<bool>,
+    serve: F,
+) where
+    F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        tokio::select! {
+            changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { return },
+            accepted = listener.accept() => match accepted {
+                Ok((stream, addr)) => {
+                    tokio::spawn(serve(stream, addr));
+                }
+                Err(e) => {
+                    tracing::warn!(node, error = %e, "accepting a {what} connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
 /// Write all of `bytes` and flush. A real TCP stream sends on write, but madsim's simulated stream
 /// buffers until flushed, and the node's code is the same for both.
 pub(crate) async fn write_flushed<W: tokio::io::AsyncWrite + Unpin>(

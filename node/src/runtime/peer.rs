@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use super::raft_loop::is_snapshot;
-use super::write_flushed;
+use super::{accept_until_shutdown, write_flushed};
 use crate::io::{OpenOptions, SharedFs};
 use crate::snapshot::{FOOTER_LEN, ReceiveGuard, SnapshotError, SnapshotStore, SnapshotToken, StreamInfo};
 use crate::transport::frame::{DEFAULT_MAX_FRAME_BYTES, FrameError, PeerFrame, SnapshotChunk, check_hello};
@@ -283,30 +283,17 @@ async fn send_snapshot_file(link: &LinkContext, addr: SocketAddr, msg: Message) 
 }
 
 /// Accept peer connections until shutdown.
-pub async fn accept_peers(
-    listener: TcpListener,
-    link: Arc<LinkContext>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { return },
-            accepted = listener.accept() => match accepted {
-                Ok((stream, addr)) => {
-                    let link = link.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = serve_incoming(stream, &link).await {
-                            tracing::warn!(node = link.id, peer_addr = %addr, error = %e, "peer connection closed");
-                        }
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(node = link.id, error = %e, "accepting a peer connection failed");
-                    tokio::time::sleep(MIN_BACKOFF).await;
-                }
-            },
+pub async fn accept_peers(listener: TcpListener, link: Arc<LinkContext>, shutdown: watch::Receiver<bool>) {
+    let node = link.id;
+    accept_until_shutdown(listener, node, "peer", shutdown, move |stream, addr| {
+        let link = link.clone();
+        async move {
+            if let Err(e) = serve_incoming(stream, &link).await {
+                tracing::warn!(node = link.id, peer_addr = %addr, error = %e, "peer connection closed");
+            }
         }
-    }
+    })
+    .await
 }
 
 /// One incoming connection: hello, then raft messages and snapshot streams until it closes.

@@ -15,7 +15,7 @@ use super::commands::{Request, config_get, parse_request};
 use super::resp::{Limits, Reply, RequestParser};
 use crate::config::Peer;
 use crate::fsm::{self, Command, Engine, Kv};
-use crate::runtime::{Input, ReadFn, Status, write_flushed};
+use crate::runtime::{Input, ReadFn, Status, accept_until_shutdown, write_flushed};
 
 /// What every client connection of this node shares.
 pub(crate) struct ClientContext<E: Engine> {
@@ -33,27 +33,18 @@ pub(crate) struct ClientContext<E: Engine> {
 pub(crate) async fn accept_clients<E: Engine + Send + 'static>(
     listener: TcpListener,
     ctx: Arc<ClientContext<E>>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        tokio::select! {
-            changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { return },
-            accepted = listener.accept() => match accepted {
-                Ok((stream, addr)) => {
-                    let ctx = ctx.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = serve_client(stream, &ctx).await {
-                            tracing::debug!(node = ctx.node_id, client = %addr, error = %e, "client connection ended");
-                        }
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(node = ctx.node_id, error = %e, "accepting a client connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
+    let node = ctx.node_id;
+    accept_until_shutdown(listener, node, "client", shutdown, move |stream, addr| {
+        let ctx = ctx.clone();
+        async move {
+            if let Err(e) = serve_client(stream, &ctx).await {
+                tracing::debug!(node = ctx.node_id, client = %addr, error = %e, "client connection ended");
+            }
         }
-    }
+    })
+    .await
 }
 
 #[derive(Default)]
