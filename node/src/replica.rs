@@ -419,7 +419,7 @@ impl<E: Engine> Replica<E> {
     /// it, which is safe only now that the state machine is durable: D2), and apply retention.
     pub fn maybe_snapshot(&mut self) -> Result<Option<SnapshotFile>, ReplicaError> {
         let applied = self.kv.applied_index();
-        let last = self.raw.store().snapshot_pointer().metadata.index;
+        let last = self.raw.store().snapshot_index();
         if applied < last.saturating_add(self.snapshots.every_entries.max(1)) {
             return Ok(None);
         }

@@ -270,6 +270,12 @@ impl RaftStorage {
     pub fn snapshot_pointer(&self) -> SnapshotPointer {
         self.lock().snapshot.clone()
     }
+
+    /// The index of the latest snapshot (0 before the first), without copying the pointer: the raft
+    /// loop reads it every round.
+    pub fn snapshot_index(&self) -> u64 {
+        self.lock().snapshot.metadata.index
+    }
 }
 
 impl Inner {

@@ -232,7 +232,7 @@ impl<E: Engine> Loop<E> {
             let reads = std::mem::take(&mut self.unasked);
             self.asked.insert(id, ReadBatch { asked_at_tick: self.ticks, reads });
         }
-        let snapshot_before = self.replica.storage().snapshot_pointer().metadata.index;
+        let snapshot_before = self.replica.storage().snapshot_index();
         while self.replica.has_ready() {
             let out = self.replica.handle_ready()?;
             self.transport.send(out.messages);
@@ -248,7 +248,7 @@ impl<E: Engine> Loop<E> {
             }
         }
         if !self.guards.is_empty() {
-            let installed = self.replica.storage().snapshot_pointer().metadata.index;
+            let installed = self.replica.storage().snapshot_index();
             if installed > snapshot_before {
                 self.snapshots_installed += 1;
                 tracing::info!(
@@ -288,7 +288,7 @@ impl<E: Engine> Loop<E> {
             leader_id: self.replica.leader_id(),
             commit_index: self.replica.commit_index(),
             applied_index: self.replica.applied_index(),
-            snapshot_index: self.replica.storage().snapshot_pointer().metadata.index,
+            snapshot_index: self.replica.storage().snapshot_index(),
             snapshots_installed: self.snapshots_installed,
         }
     }
