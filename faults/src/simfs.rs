@@ -31,12 +31,13 @@ use std::fmt;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use durakv::io::{DeviceId, DirEntry, EntryKind, Fs, FsFile, Metadata, OpenOptions};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::options::{FaultEffect, OpKind, OptionsError, SectorFate, SimFsOptions, glob_match};
+use crate::options::{FaultEffect, FaultRule, OpKind, OptionsError, SectorFate, SimFsOptions, glob_match};
 
 /// How a simulated node dies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -125,6 +126,31 @@ struct State {
     halted: bool,
     rule_fires: Vec<u64>,
     coverage: BTreeMap<&'static str, u64>,
+    /// Failpoints attached to node code running on this disk, by name.
+    failpoints: BTreeMap<String, Attached>,
+    /// How often each failpoint fired, by name.
+    failpoint_fires: BTreeMap<String, u64>,
+    /// A stall a failpoint in synchronous code left for the node's loop.
+    stall: Option<Duration>,
+}
+
+/// What a failpoint does when it fires (see `durakv::failpoint` for the names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailAction {
+    /// The code at the failpoint gets an `io::Error` (`durakv::failpoint::injected_error`).
+    Error,
+    /// The process dies right there: the disk crashes with this kind and halts like an armed crash
+    /// that fired ([`SimFs::is_halted`]).
+    Kill(CrashKind),
+    /// The node stalls this long (a GC pause, a stuck disk, a slow network).
+    Stall(Duration),
+}
+
+#[derive(Debug, Clone)]
+struct Attached {
+    action: FailAction,
+    /// Fires left; `None` for no limit.
+    left: Option<u64>,
 }
 
 /// The simulated disk. Cloning gives another handle to the same disk (one per simulated node, kept
@@ -159,6 +185,9 @@ impl SimFs {
                 halted: false,
                 rule_fires,
                 coverage: BTreeMap::new(),
+                failpoints: BTreeMap::new(),
+                failpoint_fires: BTreeMap::new(),
+                stall: None,
             })),
         })
     }
@@ -206,6 +235,8 @@ impl SimFs {
         let mut s = self.lock();
         s.halted = false;
         s.armed = None;
+        // A stall belonged to the dead process.
+        s.stall = None;
     }
 
     /// Did an armed crash fire (and the process not yet resume)?
@@ -221,6 +252,50 @@ impl SimFs {
     /// How often each fault path fired, by name (`crash.power_loss`, `fault.eio.sync`, …).
     pub fn coverage(&self) -> BTreeMap<&'static str, u64> {
         self.lock().coverage.clone()
+    }
+
+    /// Attach `action` to the failpoint `name` for its next `times` hits (`None`: every hit until
+    /// detached). Replaces whatever was attached there.
+    pub fn attach_failpoint(&self, name: &str, action: FailAction, times: Option<u64>) {
+        self.lock().failpoints.insert(name.to_string(), Attached { action, left: times });
+    }
+
+    /// Detach the failpoint `name`.
+    pub fn detach_failpoint(&self, name: &str) {
+        self.lock().failpoints.remove(name);
+    }
+
+    /// How often each failpoint fired.
+    pub fn failpoint_fires(&self) -> BTreeMap<String, u64> {
+        self.lock().failpoint_fires.clone()
+    }
+
+    /// Add a fault rule from now on (a scheduled fault: EIO from this moment).
+    pub fn add_rule(&self, rule: FaultRule) -> Result<(), OptionsError> {
+        if rule.path.as_deref() == Some("") {
+            return Err(OptionsError::EmptyPattern);
+        }
+        let mut s = self.lock();
+        s.opts.rules.push(rule);
+        s.rule_fires.push(0);
+        Ok(())
+    }
+
+    /// Remove every fault rule (the fault heals).
+    pub fn clear_rules(&self) {
+        let mut s = self.lock();
+        s.opts.rules.clear();
+        s.rule_fires.clear();
+    }
+
+    /// Change the capacity: writes that grow files past it fail with `ENOSPC`. `None`: unlimited.
+    pub fn set_capacity(&self, capacity_bytes: Option<u64>) {
+        self.lock().opts.capacity_bytes = capacity_bytes;
+    }
+
+    /// Bytes all files hold now (the page cache's view), as the capacity counts them.
+    pub fn used_bytes(&self) -> u64 {
+        self.lock().used_bytes()
     }
 
     /// Flip one bit of a file on the media and in the cache (silent corruption).
@@ -981,5 +1056,38 @@ impl Fs for SimFs {
     fn device(&self, path: &Path) -> io::Result<DeviceId> {
         State::names(path)?;
         Ok(self.lock().device(path))
+    }
+
+    fn failpoint(&self, name: &'static str) -> io::Result<Option<Duration>> {
+        let mut s = self.lock();
+        if s.halted {
+            return Err(crashed("the process was killed; resume() restarts it"));
+        }
+        let Some(attached) = s.failpoints.get_mut(name) else { return Ok(None) };
+        let action = attached.action;
+        match &mut attached.left {
+            Some(0) => return Ok(None),
+            Some(n) => *n -= 1,
+            None => {}
+        }
+        *s.failpoint_fires.entry(name.to_string()).or_insert(0) += 1;
+        match action {
+            FailAction::Error => Err(durakv::failpoint::injected_error(name)),
+            FailAction::Kill(kind) => {
+                s.crash(kind);
+                s.halted = true;
+                Err(crashed("killed at a failpoint"))
+            }
+            FailAction::Stall(d) => Ok(Some(d)),
+        }
+    }
+
+    fn defer_stall(&self, stall: Duration) {
+        let mut s = self.lock();
+        s.stall = Some(s.stall.map_or(stall, |d| d.max(stall)));
+    }
+
+    fn take_stall(&self) -> Option<Duration> {
+        self.lock().stall.take()
     }
 }

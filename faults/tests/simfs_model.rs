@@ -387,3 +387,72 @@ fn a_crash_armed_on_a_path_lands_inside_the_first_matching_write_only() -> io::R
     assert_eq!(len, 512, "exactly the one sector that landed before the kill");
     Ok(())
 }
+
+#[test]
+fn failpoints_fire_their_action_for_the_hits_they_were_attached_for() -> io::Result<()> {
+    // Failure injected: an error attached to `wal.sync` for two hits, a stall to `transport.send`,
+    // and a kill with power loss to `snapshot.write`.
+    // Invariant: each fires exactly as attached and only on this disk; the kill halts the disk with
+    // unsynced data gone, as an armed crash does; a restart clears a pending stall.
+    use durakv_faults::FailAction;
+    use std::time::Duration;
+    let fs = disk(12);
+    let other = disk(13);
+    fs.attach_failpoint("wal.sync", FailAction::Error, Some(2));
+    for _ in 0..2 {
+        let err = fs.failpoint("wal.sync").expect_err("attached for two hits");
+        assert!(durakv::failpoint::is_injected(&err), "{err}");
+    }
+    assert_eq!(fs.failpoint("wal.sync")?, None, "spent after two hits");
+    assert_eq!(other.failpoint("wal.sync")?, None, "another server's disk has nothing attached");
+    fs.attach_failpoint("transport.send", FailAction::Stall(Duration::from_millis(300)), None);
+    assert_eq!(fs.failpoint("transport.send")?, Some(Duration::from_millis(300)));
+    fs.defer_stall(Duration::from_millis(300));
+    assert_eq!(fs.take_stall(), Some(Duration::from_millis(300)));
+    assert_eq!(fs.take_stall(), None, "a stall is served once");
+    fs.detach_failpoint("transport.send");
+    assert_eq!(fs.failpoint("transport.send")?, None);
+
+    fs.create_dir_all(&p("/d"))?;
+    fs.sync_dir(&p("/"))?;
+    let mut f = fs.open(&p("/d/unsynced"), OpenOptions::create_new())?;
+    f.write_at(b"lost at power loss", 0)?;
+    fs.attach_failpoint("snapshot.write", FailAction::Kill(CrashKind::PowerLoss), Some(1));
+    let err = fs.failpoint("snapshot.write").expect_err("killed here");
+    assert!(is_crash_error(&err), "{err}");
+    assert!(fs.is_halted());
+    fs.defer_stall(Duration::from_millis(5));
+    fs.resume();
+    assert_eq!(fs.take_stall(), None, "the dead process's stall is gone");
+    assert!(!fs.exists(&p("/d/unsynced"))?, "the power loss took the never-synced file");
+    assert_eq!(fs.failpoint_fires().get("wal.sync"), Some(&2));
+    assert_eq!(fs.failpoint_fires().get("snapshot.write"), Some(&1));
+    Ok(())
+}
+
+#[test]
+fn rules_and_capacity_change_while_the_disk_runs() -> io::Result<()> {
+    // Failure injected: EIO on fsync of WAL files added at run time, then ENOSPC by shrinking the
+    // capacity to what is used. Invariant: each fault starts when set and stops when lifted.
+    let fs = disk(14);
+    fs.create_dir_all(&p("/raft"))?;
+    let mut f = fs.open(&p("/raft/1.wal"), OpenOptions::create_new())?;
+    f.write_at(b"entry", 0)?;
+    f.sync()?;
+    let rule = FaultRule::always(FaultEffect::Eio, &[OpKind::Sync]).on_path("*.wal").expect("pattern");
+    fs.add_rule(rule).expect("valid rule");
+    f.write_at(b"entry", 5)?;
+    let err = f.sync().expect_err("EIO from now on");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    fs.clear_rules();
+    let mut g = fs.open(&p("/raft/2.wal"), OpenOptions::create_new())?;
+    g.write_at(b"x", 0)?;
+    g.sync()?;
+    fs.set_capacity(Some(fs.used_bytes()));
+    let err = g.write_at(b"more", 1).expect_err("full");
+    assert!(is_no_space(&err), "{err}");
+    g.write_at(b"y", 0)?;
+    fs.set_capacity(None);
+    g.write_at(b"more", 1)?;
+    Ok(())
+}

@@ -13,6 +13,7 @@
 //! * [`server`]: the Redis-protocol (RESP2) client port: codec, command table, connections;
 //! * [`storage`]: raft-rs's `Storage` over the WAL (entries, hard state, conf state, snapshot pointer);
 //! * [`replica`]: the raft core (RawNode, storage, state machine) and its ready loop;
+//! * [`failpoint`]: named failpoints the simulation attaches errors, kills, pauses and delays to;
 //! * [`transport`]: the peer wire frames (handshake, raft messages, snapshot chunks);
 //! * [`runtime`]: the running node on (madsim-)tokio: the raft loop, the peer transport and the
 //!   client port wired together.
@@ -21,6 +22,7 @@
 
 mod codec;
 pub mod config;
+pub mod failpoint;
 pub mod fsm;
 pub mod io;
 pub mod replica;

@@ -293,6 +293,11 @@ impl<E: Engine> Replica<E> {
         }
     }
 
+    /// The filesystem this replica's storage runs on.
+    pub fn fs(&self) -> &dyn crate::io::Fs {
+        &*self.snapshots.fs
+    }
+
     /// Tell raft a message to `to` could not be sent, so it stops streaming appends and probes.
     pub fn report_unreachable(&mut self, to: u64) {
         self.raw.report_unreachable(to);
@@ -376,6 +381,10 @@ impl<E: Engine> Replica<E> {
         let bad = |reason: String| ReplicaError::BadEntry { index: e.index, reason };
         match e.entry_type() {
             EntryType::EntryNormal => {
+                // An apply failure leaves the applied index where it was: the node fail-stops and
+                // applies this entry again after its restart (D10).
+                crate::failpoint::hit(&*self.snapshots.fs, "fsm.apply")
+                    .map_err(|source| crate::fsm::FsmError::Apply { index: e.index, source })?;
                 let reply = if last_of_batch {
                     self.kv.apply_raft(e.index, &e.data)?
                 } else {

@@ -116,6 +116,8 @@ impl RaftStorage {
         dir: &Path,
         opts: WalOptions,
     ) -> Result<(RaftStorage, RecoveryReport), StorageLoadError> {
+        // The raft log is where the `wal.*` failpoints live.
+        let opts = WalOptions { failpoints: true, ..opts };
         let (mut wal, report) = Wal::open(fs, dir, opts)?;
         let mut hard_state = match wal.meta(META_HARD_STATE) {
             Some(b) => HardState::decode(b)

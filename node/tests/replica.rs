@@ -104,7 +104,8 @@ impl Cluster {
             let node = self.nodes.get_mut(&id).expect("node");
             let out = match node.handle_ready().and_then(|out| node.maybe_snapshot().map(|_| out)) {
                 Ok(out) => out,
-                Err(e) if self.disks[&id].is_halted() => {
+                Err(e) if self.disks[&id].is_halted() || e.to_string().contains("injected at failpoint") => {
+                    // An injected failure is a fail-stop (D10): the replica is down until restarted.
                     // The armed crash fired inside this replica's ready: it is down until restarted.
                     let _ = e;
                     self.nodes.remove(&id);
@@ -367,4 +368,26 @@ fn a_bit_flip_in_an_acknowledged_record_keeps_that_node_down_but_not_the_cluster
         "the two healthy replicas apply everything",
     );
     check_all_have(&c, 30);
+}
+
+#[test]
+fn an_fsm_apply_failure_fail_stops_the_follower_which_reapplies_after_restart() {
+    // Failure injected: the `fsm.apply` failpoint fails a follower's apply of a committed entry once.
+    // Invariant (D10): the follower stops without moving its applied index past the entry; after a
+    // restart it applies the entry (not skipped) and converges with the others.
+    use durakv_faults::FailAction;
+    let mut c = scenario(FsmSync::NoSync, 1000);
+    let follower = c.a_follower();
+    let before = c.nodes[&follower].applied_index();
+    c.disks[&follower].attach_failpoint("fsm.apply", FailAction::Error, Some(1));
+    c.write(61..=61);
+    c.run_until(|c| !c.nodes.contains_key(&follower), "the follower fail-stops at the apply");
+    assert_eq!(c.disks[&follower].failpoint_fires().get("fsm.apply"), Some(&1));
+    c.disks[&follower].crash(CrashKind::ProcessKill);
+    c.down.retain(|&id| id != follower);
+    c.restart(follower);
+    assert!(c.nodes[&follower].applied_index() >= before, "nothing applied was lost");
+    c.write(62..=62);
+    c.converge();
+    check_all_have(&c, 62);
 }

@@ -98,6 +98,8 @@ pub enum FsmError {
     OutOfOrder { index: u64, applied: u64 },
     #[error("invalid FSM setting: {0}")]
     InvalidConfig(String),
+    #[error("applying raft entry {index} failed: {source}")]
+    Apply { index: u64, source: io::Error },
 }
 
 /// A storage engine for the state machine.

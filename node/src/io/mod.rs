@@ -168,6 +168,21 @@ pub trait Fs: Send + Sync + fmt::Debug {
     /// The device a path lives on; for a path that does not exist yet, the device of its nearest
     /// existing ancestor (where it would be created).
     fn device(&self, path: &Path) -> io::Result<DeviceId>;
+
+    /// Pass the failpoint `name` (see [`crate::failpoint`]; node code calls it through
+    /// [`crate::failpoint::hit`]). An attached error comes back as `Err`, an attached pause or delay
+    /// as the time to stall. Only a simulated disk attaches anything; the default passes.
+    fn failpoint(&self, _name: &'static str) -> io::Result<Option<std::time::Duration>> {
+        Ok(None)
+    }
+
+    /// Leave a stall that synchronous code cannot serve for the node's loop ([`Fs::take_stall`]).
+    fn defer_stall(&self, _stall: std::time::Duration) {}
+
+    /// The stall left by [`Fs::defer_stall`], if any, now served by the caller.
+    fn take_stall(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// A shared handle to a filesystem, as node components hold it.

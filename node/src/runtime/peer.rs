@@ -211,6 +211,13 @@ async fn send_loop(link: Arc<LinkContext>, to: u64, addr: SocketAddr, mut rx: mp
                     Err(_) => break,
                 }
             }
+            // A failure injected here loses the batch (raft retransmits); a pause or delay holds
+            // this peer's messages back.
+            if let Err(e) = crate::failpoint::hit_async(&*link.fs, "transport.send").await {
+                tracing::warn!(node = link.id, to, error = %e, "messages to peer dropped");
+                let _ = link.feedback.send(Feedback::Unreachable(to));
+                continue;
+            }
             if let Err(e) = write_flushed(&mut stream, &buf).await {
                 tracing::warn!(node = link.id, to, %addr, error = %e, "peer connection lost; reconnecting");
                 let _ = link.feedback.send(Feedback::Unreachable(to));

@@ -136,6 +136,12 @@ pub(crate) async fn run<E: Engine + Send + 'static>(
         if let Err(e) = lp.round() {
             break Err(e);
         }
+        // A pause or delay a failpoint in storage code asked for: the whole node stalls here, at the
+        // end of the round that hit it (simulation and tests only; the real disk never asks).
+        if let Some(stall) = lp.replica.fs().take_stall() {
+            tracing::info!(node = id, stall_ms = stall.as_millis() as u64, "stalled by a failpoint");
+            tokio::time::sleep(stall).await;
+        }
         ch.status.send_if_modified(|s| {
             let now = lp.status();
             let changed = *s != now;

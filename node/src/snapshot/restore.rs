@@ -185,6 +185,9 @@ pub fn restore(
     });
     let computed = r.finish_crc()?;
     let header = check_read(path, token, computed, footer, streamed)?;
+    // An injected failure here drops the restored state unseen, as a crash before the swap would.
+    crate::failpoint::hit(fs, "snapshot.restore")
+        .map_err(|source| SnapshotError::Io { path: path.to_path_buf(), source })?;
     // Only now does the restored state become visible.
     target.commit(header.index, header.term)?;
     Ok(header)

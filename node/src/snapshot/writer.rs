@@ -106,7 +106,9 @@ pub fn write_snapshot(
             w.maybe_flush().map_err(fsm_io)?;
             Ok(true)
         });
-        let finished = streamed.and_then(|()| w.finish().map_err(fsm_io));
+        let finished = streamed
+            .and_then(|()| crate::failpoint::hit(fs, "snapshot.write").map_err(fsm_io))
+            .and_then(|()| w.finish().map_err(fsm_io));
         match finished {
             Ok((len, crc)) => {
                 written = Some((path, header, len, crc));

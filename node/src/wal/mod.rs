@@ -44,6 +44,7 @@ pub use format::{
 };
 
 use crate::codec::be_u32;
+use crate::failpoint;
 use crate::io::{FsFile, OpenOptions, SharedFs, ensure_dir_durable, tmp_path};
 
 /// Why recovery refused a WAL.
@@ -110,11 +111,19 @@ pub struct WalOptions {
     pub recovery: RecoveryMode,
     /// Sector size the bit-rot test assumes for torn writes. Default 512.
     pub sector_size_bytes: usize,
+    /// Pass the `wal.append` and `wal.sync` failpoints (the raft log sets it; the state machine's
+    /// journal, which shares this code, does not). Default false.
+    pub failpoints: bool,
 }
 
 impl Default for WalOptions {
     fn default() -> Self {
-        WalOptions { segment_size_bytes: 64 << 20, recovery: RecoveryMode::default(), sector_size_bytes: 512 }
+        WalOptions {
+            segment_size_bytes: 64 << 20,
+            recovery: RecoveryMode::default(),
+            sector_size_bytes: 512,
+            failpoints: false,
+        }
     }
 }
 
@@ -483,6 +492,9 @@ impl Wal {
         if let Some(seg) = self.active.and_then(|s| self.segments.get_mut(&s))
             && seg.synced_len < seg.len
         {
+            if self.opts.failpoints {
+                failpoint::hit(&*self.fs, "wal.sync").map_err(io_err(&seg.path))?;
+            }
             // Unsynced appends become durable (and acknowledged) here.
             seg.file.sync().map_err(io_err(&seg.path))?;
             seg.synced_len = seg.len;
@@ -544,9 +556,15 @@ impl Wal {
             // Everything below `synced_len` is durable: for a synced log that is the batch start.
             encode_frame(&mut buf, r, seg.synced_len);
         }
+        if self.opts.failpoints {
+            failpoint::hit(&*self.fs, "wal.append").map_err(io_err(&seg.path))?;
+        }
         seg.file.write_at(&buf, batch_start).map_err(io_err(&seg.path))?;
         seg.len += buf.len() as u64;
         if sync {
+            if self.opts.failpoints {
+                failpoint::hit(&*self.fs, "wal.sync").map_err(io_err(&seg.path))?;
+            }
             // The batch is acknowledged only once it is on the media (D1).
             seg.file.sync().map_err(io_err(&seg.path))?;
             seg.synced_len = seg.len;

@@ -1,0 +1,110 @@
+//! Failpoints: named places in node code where the simulation (or a test) injects an error, a kill,
+//! a pause or a delay. The table of what is attached lives with the node's disk (`Fs::failpoint`):
+//! each simulated server has its own disk, so a failpoint attached to one server never fires on
+//! another, and the same seed fires it at the same moment every run.
+//!
+//! Compiled in only for the madsim build, tests, and the `failpoints` feature: in a production
+//! build [`hit`] is an empty inline function.
+//!
+//! | name | where it fires | an `error` there is |
+//! |---|---|---|
+//! | `wal.append` | before a batch of raft log records is written | a failed write: the WAL poisons itself, the node fail-stops |
+//! | `wal.sync` | before the raft log's fsync | a failed fsync: fatal (D10), never retried |
+//! | `fsm.apply` | before a committed entry is applied to the state machine | an apply failure: the applied index does not move, the node fail-stops and re-applies after restart (D10) |
+//! | `snapshot.write` | before a local snapshot file is written | the snapshot is abandoned, the node fail-stops |
+//! | `snapshot.finalize` | before a received spool is renamed into the snapshot directory | the receive fails, the spool is removed, the leader sends again |
+//! | `snapshot.restore` | before a received or cold-start snapshot is restored into the state machine | a failed restore: nothing becomes visible (D8), the node fail-stops and restores at its next start |
+//! | `transport.send` | before a raft message is written to a peer's connection | the message is lost (raft retransmits) |
+
+use std::io;
+
+use crate::io::Fs;
+
+/// Every failpoint in node code. A scenario naming any other is rejected.
+pub const NAMES: &[&str] = &[
+    "wal.append",
+    "wal.sync",
+    "fsm.apply",
+    "snapshot.write",
+    "snapshot.finalize",
+    "snapshot.restore",
+    "transport.send",
+];
+
+/// Pass failpoint `name` in synchronous code: an attached `error` comes back as an `io::Error`, an
+/// attached `kill` has already crashed the disk (every later operation fails, as for a dead
+/// process), and a `pause` or `delay` is left for the node's raft loop, which stalls for it at the
+/// end of the round that hit it ([`Fs::take_stall`]): synchronous storage code cannot sleep.
+#[cfg(any(madsim, test, feature = "failpoints"))]
+#[inline]
+pub fn hit(fs: &dyn Fs, name: &'static str) -> io::Result<()> {
+    debug_assert!(NAMES.contains(&name), "failpoint {name} is listed in NAMES");
+    if let Some(stall) = fs.failpoint(name)? {
+        fs.defer_stall(stall);
+    }
+    Ok(())
+}
+
+/// Production build: no failpoints.
+#[cfg(not(any(madsim, test, feature = "failpoints")))]
+#[inline(always)]
+pub fn hit(_fs: &dyn Fs, _name: &'static str) -> io::Result<()> {
+    Ok(())
+}
+
+/// Pass failpoint `name` in async code: like [`hit`], but a `pause` or `delay` stalls right here.
+#[cfg(any(madsim, test, feature = "failpoints"))]
+pub async fn hit_async(fs: &dyn Fs, name: &'static str) -> io::Result<()> {
+    debug_assert!(NAMES.contains(&name), "failpoint {name} is listed in NAMES");
+    let stall = fs.failpoint(name)?;
+    if let Some(stall) = stall {
+        tokio::time::sleep(stall).await;
+    }
+    Ok(())
+}
+
+/// Production build: no failpoints.
+#[cfg(not(any(madsim, test, feature = "failpoints")))]
+#[inline(always)]
+pub async fn hit_async(_fs: &dyn Fs, _name: &'static str) -> io::Result<()> {
+    Ok(())
+}
+
+/// The error an attached `error` action produces at `name`.
+pub fn injected_error(name: &str) -> io::Error {
+    io::Error::other(format!("injected at failpoint {name}"))
+}
+
+/// Is this the error of an attached `error` action?
+pub fn is_injected(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::Other && err.to_string().starts_with("injected at failpoint ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_dotted() {
+        let mut names = NAMES.to_vec();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), NAMES.len());
+        assert!(NAMES.iter().all(|n| n.split_once('.').is_some_and(|(a, b)| !a.is_empty() && !b.is_empty())));
+    }
+
+    #[test]
+    fn the_real_filesystem_has_nothing_attached() {
+        let fs = crate::io::RealFs::new();
+        for name in NAMES {
+            assert!(hit(&fs, name).is_ok());
+        }
+        assert_eq!(fs.take_stall(), None);
+    }
+
+    #[test]
+    fn injected_errors_are_recognised() {
+        assert!(is_injected(&injected_error("wal.sync")));
+        assert!(!is_injected(&io::Error::other("disk on fire")));
+    }
+}
