@@ -14,14 +14,16 @@ use durakv::config::{NodeConfig, Peer};
 use durakv::fsm::{FsmSync, Kv, SimEngine, SimEngineOptions};
 use durakv::io::{Fs, OpenOptions, SharedFs};
 use durakv::runtime::{DataLayout, RuntimeOptions, bind, open_replica, serve};
-use durakv_faults::{CrashKind, SimFs, SimFsOptions, TornWrite};
+use durakv::storage::RaftStorage;
+use durakv::wal::WalOptions;
+use durakv_faults::{CrashKind, FailAction, FaultEffect, FaultRule, OpKind, SimFs, SimFsOptions, TornWrite};
 use madsim::runtime::{Handle, NodeHandle, Runtime};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::checkers::{check_convergence, check_durability, state_digest};
+use crate::checkers::{check_convergence, check_durability, check_file_hygiene, state_digest};
 use crate::client::{Reply, decode_reply, encode_command};
 use crate::linearizability::{Operation, Outcome, RegisterOp};
 use crate::scenario::{Action, Fault, Scenario};
@@ -114,10 +116,17 @@ struct Server {
     disk: SimFs,
     /// Down on purpose until a `restart` fault (or the end) brings it back.
     held_down: bool,
-    /// Refuses to start (a typed error, as for a bit flip in an acknowledged record): left down.
-    refused: bool,
+    /// Refused to start at this simulated time (a typed error): the supervisor tries again after
+    /// `RETRY_REFUSED_MS`, unless the disk was corrupted on purpose, where refusing is the expected
+    /// outcome (D5) and the server stays down.
+    refused: Option<(u64, String)>,
+    /// A bit flip was injected into this server's files.
+    corrupted: bool,
     up: bool,
 }
+
+/// How long a supervisor waits before starting a server that refused to start again.
+const RETRY_REFUSED_MS: u64 = 2000;
 
 fn node_config(scenario: &Scenario, id: u64) -> NodeConfig {
     let peers = (1..=scenario.cluster.nodes)
@@ -173,7 +182,10 @@ async fn simulate(scenario: Scenario, seed: u64) -> RunResult {
                 async move { run_server(disk, cfg, node_seed, w).await }
             })
             .build();
-        servers.insert(id, Server { handle: node, disk, held_down: false, refused: false, up: true });
+        servers.insert(
+            id,
+            Server { handle: node, disk, held_down: false, refused: None, corrupted: false, up: true },
+        );
     }
     let end_ms = scenario.duration_ms;
     let mut clients = Vec::new();
@@ -465,6 +477,7 @@ fn restart(handle: &Handle, s: &mut Server, w: &Shared, id: u64) {
     handle.restart(s.handle.id());
     s.up = true;
     s.held_down = false;
+    s.refused = None;
     world(w).restarts += 1;
     event(w, format!("server {id} restarted"));
 }
@@ -478,6 +491,28 @@ fn last_segment(disk: &SimFs) -> Option<PathBuf> {
     names.pop().map(|n| dir.join(n))
 }
 
+/// The newest snapshot file of a server's disk.
+fn newest_snapshot(disk: &SimFs) -> Option<PathBuf> {
+    let dir = DataLayout::new(Path::new(DATA)).snapshots;
+    let mut names: Vec<String> =
+        disk.read_dir(&dir).ok()?.into_iter().map(|e| e.name).filter(|n| n.ends_with(".snap")).collect();
+    names.sort();
+    names.pop().map(|n| dir.join(n))
+}
+
+/// Run `f` after `after` of simulated time (a fault healing itself).
+fn later(after: Duration, f: impl FnOnce() + Send + 'static) {
+    madsim::task::spawn(async move {
+        madsim::time::sleep(after).await;
+        f();
+    });
+}
+
+/// The servers' madsim node ids, for network faults.
+fn node_ids(servers: &BTreeMap<u64, Server>) -> BTreeMap<u64, madsim::task::NodeId> {
+    servers.iter().map(|(id, s)| (*id, s.handle.id())).collect()
+}
+
 async fn apply_fault(
     f: &Fault,
     servers: &mut BTreeMap<u64, Server>,
@@ -486,13 +521,12 @@ async fn apply_fault(
 ) -> Result<(), Failure> {
     let handle = Handle::current();
     let targets = resolve(&f.target, servers, rng).await;
-    let unsupported = |what: &str| Failure {
-        invariant: "scenario",
-        explanation: format!("fault {what:?} is not wired into the simulation yet"),
-    };
+    let ids = node_ids(servers);
+    let bad_scenario = |explanation: String| Failure { invariant: "scenario", explanation };
     for id in targets {
         let Some(s) = servers.get_mut(&id) else { continue };
         world(w).faults.push(format!("{:?}@{}:{}", f.action, f.at_ms, id));
+        let heal_after = f.for_ms.map(Duration::from_millis);
         match f.action {
             Action::Kill | Action::PowerLoss => {
                 let kind =
@@ -511,50 +545,152 @@ async fn apply_fault(
                 s.held_down = true;
             }
             Action::Restart => {
-                if !s.up && !s.refused {
+                if !s.up {
                     restart(&handle, s, w, id);
                 }
             }
-            Action::TornTail | Action::BitFlip => {
+            Action::TornTail => {
                 if s.up {
                     kill(&handle, s, CrashKind::ProcessKill, w, id);
                 }
-                let Some(seg) = last_segment(&s.disk) else { continue };
-                let len = s.disk.metadata(&seg).map(|m| m.len).unwrap_or(0);
-                if f.action == Action::TornTail {
+                if let Some(seg) = last_segment(&s.disk) {
+                    let len = s.disk.metadata(&seg).map(|m| m.len).unwrap_or(0);
                     let cut = len.saturating_sub(rng.random_range(1..=16u64));
                     if let Ok(mut file) = s.disk.open(&seg, OpenOptions::read_write()) {
                         let _ = file.set_len(cut).and_then(|_| file.sync());
                     }
                     event(w, format!("server {id}: WAL tail cut to {cut} of {len} bytes"));
-                    restart(&handle, s, w, id);
-                } else {
-                    // A flipped bit in an acknowledged record: the node must refuse to start.
-                    let offset = len / 2;
-                    let _ = s.disk.flip_bit(&seg, offset, rng.random_range(0..8));
-                    event(w, format!("server {id}: bit flipped at {offset} of {}", seg.display()));
-                    restart(&handle, s, w, id);
                 }
+                restart(&handle, s, w, id);
             }
-            Action::Partition | Action::Clog => {
+            Action::BitFlip => {
+                if s.up {
+                    kill(&handle, s, CrashKind::ProcessKill, w, id);
+                }
+                // A flipped bit in an acknowledged WAL record, or in a snapshot body: the node must
+                // refuse to start with a typed error (D5, D8), and the cluster go on without it.
+                let file = match f.at.as_deref() {
+                    Some("snapshot") => newest_snapshot(&s.disk),
+                    _ => last_segment(&s.disk),
+                };
+                match file {
+                    Some(file) => {
+                        let len = s.disk.metadata(&file).map(|m| m.len).unwrap_or(0);
+                        let offset = len / 2;
+                        let _ = s.disk.flip_bit(&file, offset, rng.random_range(0..8));
+                        s.corrupted = true;
+                        event(w, format!("server {id}: bit flipped at {offset} of {}", file.display()));
+                    }
+                    None => event(w, format!("server {id}: no file to flip a bit in")),
+                }
+                restart(&handle, s, w, id);
+            }
+            Action::Partition => {
+                // Cut this server off from the other servers, both ways; clients still reach it (so
+                // they meet a minority that must not answer as if it were the cluster).
                 let net = madsim::net::NetSim::current();
-                net.clog_node(s.handle.id());
-                event(w, format!("server {id} partitioned for {} ms", f.for_ms.unwrap_or(1000)));
-                let node = s.handle.id();
-                let heal = Duration::from_millis(f.for_ms.unwrap_or(1000));
+                let me = ids[&id];
+                let others: Vec<_> = ids.iter().filter(|(o, _)| **o != id).map(|(_, n)| *n).collect();
+                for &o in &others {
+                    net.clog_link(me, o);
+                    net.clog_link(o, me);
+                }
+                event(w, format!("server {id} partitioned from the other servers for {} ms", f.for_ms.unwrap_or(0)));
                 let w2 = w.clone();
-                madsim::task::spawn(async move {
-                    madsim::time::sleep(heal).await;
-                    madsim::net::NetSim::current().unclog_node(node);
+                later(heal_after.unwrap_or_default(), move || {
+                    let net = madsim::net::NetSim::current();
+                    for &o in &others {
+                        net.unclog_link(me, o);
+                        net.unclog_link(o, me);
+                    }
                     event(&w2, format!("server {id} partition healed"));
                 });
             }
-            Action::Eio | Action::Enospc | Action::ApplyFailure => {
-                return Err(unsupported(&format!("{:?}", f.action)));
+            Action::Clog => {
+                // Nothing in or out, clients included: a hung host or a dead switch port.
+                madsim::net::NetSim::current().clog_node(ids[&id]);
+                event(w, format!("server {id} clogged for {} ms", f.for_ms.unwrap_or(0)));
+                let (node, w2) = (ids[&id], w.clone());
+                later(heal_after.unwrap_or_default(), move || {
+                    madsim::net::NetSim::current().unclog_node(node);
+                    event(&w2, format!("server {id} unclogged"));
+                });
+            }
+            Action::Eio => {
+                let op = match f.op.as_deref() {
+                    Some("write") => OpKind::Write,
+                    Some("read") => OpKind::Read,
+                    _ => OpKind::Sync,
+                };
+                let pattern = f.at.clone().unwrap_or_else(|| "*".into());
+                let mut rule = FaultRule::always(FaultEffect::Eio, &[op])
+                    .on_path(&pattern)
+                    .map_err(|e| bad_scenario(format!("eio at {pattern:?}: {e}")))?;
+                if let Some(n) = f.times {
+                    rule = rule.max_fires(n);
+                }
+                s.disk.add_rule(rule).map_err(|e| bad_scenario(format!("eio: {e}")))?;
+                event(w, format!("server {id}: EIO on {op:?} of {pattern}"));
+                if let Some(after) = heal_after {
+                    let (disk, w2) = (s.disk.clone(), w.clone());
+                    later(after, move || {
+                        disk.clear_rules();
+                        event(&w2, format!("server {id}: EIO healed"));
+                    });
+                }
+            }
+            Action::Enospc => {
+                let capacity = s.disk.used_bytes() + f.free_bytes.unwrap_or(0);
+                s.disk.set_capacity(Some(capacity));
+                event(w, format!("server {id}: disk full at {capacity} bytes"));
+                if let Some(after) = heal_after {
+                    let (disk, w2) = (s.disk.clone(), w.clone());
+                    later(after, move || {
+                        disk.set_capacity(None);
+                        event(&w2, format!("server {id}: disk space freed"));
+                    });
+                }
+            }
+            Action::ApplyFailure | Action::Failpoint => {
+                let (name, effect) = match f.action {
+                    Action::ApplyFailure => ("fsm.apply", "error"),
+                    _ => (f.at.as_deref().unwrap_or(""), f.effect.as_deref().unwrap_or("")),
+                };
+                let stall = Duration::from_millis(f.stall_ms.unwrap_or(0));
+                let (action, default_times) = match effect {
+                    "error" => (FailAction::Error, Some(1)),
+                    "kill" => (FailAction::Kill(CrashKind::ProcessKill), Some(1)),
+                    "power_loss" => (FailAction::Kill(CrashKind::PowerLoss), Some(1)),
+                    "pause" => (FailAction::Stall(stall), Some(1)),
+                    "delay" => (FailAction::Stall(stall), None),
+                    other => return Err(bad_scenario(format!("failpoint effect {other:?}"))),
+                };
+                let name = name.to_string();
+                s.disk.attach_failpoint(&name, action, f.times.or(default_times));
+                event(w, format!("server {id}: failpoint {name} attached: {effect}"));
+                if let Some(after) = heal_after {
+                    let (disk, w2) = (s.disk.clone(), w.clone());
+                    later(after, move || {
+                        disk.detach_failpoint(&name);
+                        event(&w2, format!("server {id}: failpoint {name} detached"));
+                    });
+                }
             }
         }
     }
     Ok(())
+}
+
+/// Lift every disk fault of a server: rules, capacity, failpoints and a stall nobody served.
+fn heal_disk(disk: &SimFs) {
+    disk.clear_rules();
+    disk.set_capacity(None);
+    for name in durakv::failpoint::NAMES {
+        disk.detach_failpoint(name);
+    }
+    if disk.is_armed() {
+        disk.resume();
+    }
 }
 
 /// Apply the schedule, supervise, then heal and check. Returns the final applied index and digest.
@@ -577,14 +713,22 @@ async fn control(
         supervise(&handle, servers, w);
         madsim::time::sleep(Duration::from_millis(50)).await;
     }
-    // Heal: everything that is down and may start, starts.
+    // Heal: the network, every disk fault; everything that is down starts (a server whose disk
+    // was corrupted on purpose is expected to refuse, and stays down).
     event(w, "faults over: healing".into());
-    for (id, s) in servers.iter_mut() {
-        madsim::net::NetSim::current().unclog_node(s.handle.id());
-        if s.disk.is_armed() {
-            s.disk.resume();
+    let net = madsim::net::NetSim::current();
+    let ids = node_ids(servers);
+    for (&a, &na) in &ids {
+        net.unclog_node(na);
+        for (&b, &nb) in &ids {
+            if a != b {
+                net.unclog_link(na, nb);
+            }
         }
-        if !s.up && !s.refused {
+    }
+    for (id, s) in servers.iter_mut() {
+        heal_disk(&s.disk);
+        if !s.up && !(s.corrupted && s.refused.is_some()) {
             restart(&handle, s, w, *id);
         }
     }
@@ -612,26 +756,42 @@ async fn control(
         }
         madsim::time::sleep(Duration::from_millis(100)).await;
     }
-    // Convergence: every running server applies up to the leader's commit index.
-    let up: Vec<u64> = servers.iter().filter(|(_, s)| s.up).map(|(id, _)| *id).collect();
+    // Every server restarts without an operator and applies up to the leader's commit index; only
+    // a server whose disk was corrupted on purpose may stay down (refusing is correct there).
+    let expected: Vec<u64> =
+        servers.iter().filter(|(_, s)| !(s.corrupted && s.refused.is_some())).map(|(id, _)| *id).collect();
     let mut target = 0;
     let deadline = now_ms() + scenario.invariants.liveness_ms;
     loop {
+        supervise(&handle, servers, w);
         let mut applied = BTreeMap::new();
-        for &id in &up {
-            if let Some(i) = info(id).await {
+        for &id in &expected {
+            if servers[&id].up
+                && let Some(i) = info(id).await
+            {
                 target = target.max(i.get("commit_index").and_then(|v| v.parse().ok()).unwrap_or(0));
                 applied.insert(id, i.get("applied_index").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0));
             }
         }
-        if applied.len() == up.len() && applied.values().all(|&a| a >= target) {
+        if applied.len() == expected.len() && applied.values().all(|&a| a >= target) {
             break;
         }
         if now_ms() > deadline {
+            let down: Vec<String> = expected
+                .iter()
+                .filter(|id| !applied.contains_key(id))
+                .map(|id| match &servers[id].refused {
+                    Some((_, why)) => format!("server {id} refuses to start: {why}"),
+                    None => format!("server {id} does not answer"),
+                })
+                .collect();
             return Err(Failure {
                 invariant: "liveness",
                 explanation: format!(
-                    "servers did not catch up to commit index {target}: applied {applied:?}"
+                    "within {} ms after the faults ended, servers did not all catch up to commit index {target}: applied {applied:?}{}{}",
+                    scenario.invariants.liveness_ms,
+                    if down.is_empty() { "" } else { "; " },
+                    down.join("; ")
                 ),
             });
         }
@@ -640,12 +800,21 @@ async fn control(
     // Stop every server (a process kill keeps the page cache) and read its state machine directly.
     let mut replicas = Vec::new();
     let mut final_state = BTreeMap::new();
+    let layout = DataLayout::new(Path::new(DATA));
     for (id, s) in servers.iter_mut() {
         if !s.up {
             continue;
         }
         kill(&handle, s, CrashKind::ProcessKill, w, *id);
         let fs: SharedFs = Arc::new(s.disk.clone());
+        if scenario.invariants.file_hygiene {
+            let (storage, _) = RaftStorage::open(fs.clone(), &layout.raft, WalOptions::default())
+                .map_err(|e| Failure { invariant: "file_hygiene", explanation: format!("server {id}: raft log: {e}") })?;
+            let pointer = storage.snapshot_pointer();
+            let token = (pointer.metadata.index > 0).then_some(pointer.token.as_slice());
+            check_file_hygiene(*id, &*fs, &layout, token, runtime_options().keep_snapshots)
+                .map_err(|e| Failure { invariant: "file_hygiene", explanation: e.to_string() })?;
+        }
         let engine = SimEngine::open(fs, &DataLayout::new(Path::new(DATA)).fsm, SimEngineOptions::default())
             .map_err(|e| Failure { invariant: "convergence", explanation: format!("server {id}: {e}") })?;
         let kv = Kv::new(engine, FsmSync::Sync)
@@ -666,35 +835,42 @@ async fn control(
     }
     if scenario.invariants.durability {
         let history = world(w).history.clone();
-        check_durability(&history, &final_state)
-            .map_err(|e| Failure { invariant: "durability", explanation: e.to_string() })?;
+        let read_on = replicas.first().map_or(0, |r| r.0);
+        check_durability(&history, &final_state).map_err(|e| Failure {
+            invariant: "durability",
+            explanation: format!("{e} (the final value as server {read_on}'s state machine holds it)"),
+        })?;
     }
     let (applied, digest) = replicas.first().map_or((0, 0), |r| (r.1, r.2));
     Ok((applied, digest))
 }
 
-/// Restart servers that died on their own (a fatal error, or an armed crash that fired), as a
-/// process supervisor would; servers held down by the schedule wait for their `restart`.
+/// Restart servers that died on their own (a fatal error, or a crash that fired inside a write or
+/// at a failpoint), as a process supervisor would; servers held down by the schedule wait for their
+/// `restart`; a server that refused to start is tried again after `RETRY_REFUSED_MS`, unless its disk
+/// was corrupted on purpose.
 fn supervise(handle: &Handle, servers: &mut BTreeMap<u64, Server>, w: &Shared) {
     for (id, s) in servers.iter_mut() {
         if s.up && s.disk.is_halted() {
-            // The armed crash fired inside a write: the process is dead.
+            // The crash fired inside a write or at a failpoint: the process is dead.
             handle.kill(s.handle.id());
             s.disk.resume();
             s.up = false;
-            event(w, format!("server {id} died inside a write"));
+            event(w, format!("server {id} died inside a write or at a failpoint"));
         }
         let exit = world(w).exits.remove(id);
         if let Some(why) = exit {
-            if why.starts_with("refused to start") {
-                s.refused = true;
-                s.up = false;
-                continue;
-            }
             handle.kill(s.handle.id());
             s.up = false;
+            if let Some(reason) = why.strip_prefix("refused to start: ") {
+                s.refused = Some((now_ms(), reason.to_string()));
+            }
         }
-        if !s.up && !s.held_down && !s.refused {
+        let retry = match &s.refused {
+            None => true,
+            Some((at, _)) => !s.corrupted && now_ms() >= at + RETRY_REFUSED_MS,
+        };
+        if !s.up && !s.held_down && retry {
             restart(handle, s, w, *id);
         }
     }

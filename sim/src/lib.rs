@@ -13,6 +13,7 @@ pub mod client;
 pub mod harness;
 pub mod linearizability;
 pub mod scenario;
+pub mod swarm;
 
 use durakv_faults::{OptionsError, SimFs, SimFsOptions};
 use rand::SeedableRng;

@@ -8,10 +8,13 @@
 use std::process::ExitCode;
 
 const USAGE: &str = "usage:
-  durakv-sim run <scenario.toml> [--seed N]          run the scenario's seeds, or one seed
-  durakv-sim check-determinism <scenario.toml> --seed N   run twice, compare the event traces
-  durakv-sim fuzz <scenario.toml>... [--seeds N] [--shard I/N] [--out DIR]
-                                                    swarm: each seed varies cluster size and fault times";
+  durakv-sim run <scenario.toml> [--seed N] [--swarm] [--out DIR]
+                              run the scenario's seeds, or one seed (--swarm: the variant fuzz ran)
+  durakv-sim check-determinism <scenario.toml> --seed N [--swarm]
+                              run twice, compare the event traces
+  durakv-sim fuzz <scenario.toml>... [--seeds N | --time D] [--start S] [--shard I/N] [--out DIR]
+                              swarm: each seed draws cluster size, sync mode, workload and fault mix
+                              (D: 90s, 10m, 1h; failing seeds and their traces go to DIR)";
 
 #[cfg(not(madsim))]
 fn main() -> ExitCode {
@@ -41,8 +44,8 @@ mod cli {
 
     use durakv_sim::harness::{RunResult, run};
     use durakv_sim::scenario::Scenario;
-    use durakv_sim::{derive_seed, rng_for};
-    use rand::Rng;
+    use durakv_sim::derive_seed;
+    use durakv_sim::swarm::swarm;
 
     fn flag(args: &[String], name: &str) -> Option<String> {
         args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
@@ -52,7 +55,30 @@ mod cli {
         Scenario::load(Path::new(path)).map_err(|e| e.to_string())
     }
 
-    fn report(file: &str, r: &RunResult, out: Option<&Path>) -> bool {
+    /// A JSON string literal.
+    fn json_string(text: &str) -> String {
+        let mut out = String::with_capacity(text.len() + 2);
+        out.push('"');
+        for c in text.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    /// One trace event (`"<ms> <text>"`) as a JSON line.
+    fn trace_line(event: &str) -> String {
+        let (t, text) = event.trim_start().split_once(' ').unwrap_or(("0", event));
+        format!("{{\"t_ms\":{},\"event\":{}}}", t.parse::<u64>().unwrap_or(0), json_string(text))
+    }
+
+    fn report(file: &str, r: &RunResult, out: Option<&Path>, swarm: bool) -> bool {
         let s = &r.summary;
         match &r.failure {
             None => {
@@ -72,21 +98,43 @@ mod cli {
             }
             Some(f) => {
                 println!("FAIL {} seed {}: {} violated: {}", s.scenario, s.seed, f.invariant, f.explanation);
-                println!("     reproduce: make sim-run SCENARIO={file} SEED={}", s.seed);
+                println!(
+                    "     reproduce: make sim-run SCENARIO={file} SEED={}{}",
+                    s.seed,
+                    if swarm { " SWARM=1" } else { "" }
+                );
                 if let Some(dir) = out {
                     let path = dir.join(format!("{}-seed-{}.trace.jsonl", s.scenario, s.seed));
-                    let lines: Vec<String> =
-                        r.trace.iter().map(|e| format!("{{\"event\":{:?}}}", e)).collect();
-                    if std::fs::create_dir_all(dir)
+                    let mut lines: Vec<String> = r.trace.iter().map(|e| trace_line(e)).collect();
+                    lines.push(format!(
+                        "{{\"violated\":{},\"explanation\":{}}}",
+                        json_string(f.invariant),
+                        json_string(&f.explanation)
+                    ));
+                    match std::fs::create_dir_all(dir)
                         .and_then(|_| std::fs::write(&path, lines.join("\n") + "\n"))
-                        .is_ok()
                     {
-                        println!("     trace: {}", path.display());
+                        Ok(()) => println!("     trace: {}", path.display()),
+                        Err(e) => println!("     trace not written to {}: {e}", path.display()),
                     }
                 }
                 false
             }
         }
+    }
+
+    /// `90s`, `10m`, `2h`, or plain seconds.
+    fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+        let bad = || format!("--time {text:?} is not a duration like 90s, 10m or 1h");
+        let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        let secs = match unit {
+            "" | "s" => n,
+            "m" => n * 60,
+            "h" => n * 3600,
+            _ => return Err(bad()),
+        };
+        Ok(std::time::Duration::from_secs(secs))
     }
 
     pub fn main(args: &[String]) -> Result<ExitCode, String> {
@@ -95,23 +143,29 @@ mod cli {
             Some("run") => {
                 let file = args.get(1).ok_or("run needs a scenario file")?;
                 let scenario = load(file)?;
+                let swarmed = args.iter().any(|a| a == "--swarm");
                 let seeds = match flag(args, "--seed") {
                     Some(s) => vec![s.parse::<u64>().map_err(|_| format!("--seed {s:?} is not a number"))?],
+                    None if swarmed => return Err("--swarm needs --seed".into()),
                     None => scenario.seeds.clone(),
                 };
                 let mut ok = true;
                 for seed in seeds {
-                    ok &= report(file, &run(&scenario, seed), out.as_deref());
+                    let scenario = if swarmed { swarm(&scenario, seed) } else { scenario.clone() };
+                    ok &= report(file, &run(&scenario, seed), out.as_deref(), swarmed);
                 }
                 Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
             }
             Some("check-determinism") => {
                 let file = args.get(1).ok_or("check-determinism needs a scenario file")?;
-                let scenario = load(file)?;
+                let mut scenario = load(file)?;
                 let seed: u64 = flag(args, "--seed")
                     .ok_or("--seed is required")?
                     .parse()
                     .map_err(|_| "--seed is not a number")?;
+                if args.iter().any(|a| a == "--swarm") {
+                    scenario = swarm(&scenario, seed);
+                }
                 let (a, b) = (run(&scenario, seed), run(&scenario, seed));
                 match a.trace.iter().zip(&b.trace).position(|(x, y)| x != y) {
                     None if a.trace.len() == b.trace.len() => {
@@ -136,23 +190,35 @@ mod cli {
                 }
                 let scenarios: Vec<(String, Scenario)> =
                     files.iter().map(|f| load(f).map(|s| (f.to_string(), s))).collect::<Result<_, _>>()?;
-                let seeds: u64 = flag(args, "--seeds")
-                    .unwrap_or_else(|| "100".into())
-                    .parse()
-                    .map_err(|_| "--seeds is not a number")?;
+                let time = flag(args, "--time").map(|t| parse_duration(&t)).transpose()?;
+                let seeds: u64 = match flag(args, "--seeds") {
+                    Some(n) => n.parse().map_err(|_| "--seeds is not a number")?,
+                    None if time.is_some() => u64::MAX,
+                    None => 100,
+                };
+                let start: u64 =
+                    flag(args, "--start").unwrap_or_else(|| "0".into()).parse().map_err(|_| "--start is not a number")?;
                 let (shard, shards) = match flag(args, "--shard") {
                     Some(s) => {
                         let (i, n) = s.split_once('/').ok_or("--shard is I/N")?;
-                        (
-                            i.parse::<u64>().map_err(|_| "--shard I")?,
-                            n.parse::<u64>().map_err(|_| "--shard N")?.max(1),
-                        )
+                        let (i, n) = (
+                            i.parse::<u64>().map_err(|_| "--shard I is not a number")?,
+                            n.parse::<u64>().map_err(|_| "--shard N is not a number")?,
+                        );
+                        if n == 0 || i >= n {
+                            return Err(format!("--shard {s}: I must be below N"));
+                        }
+                        (i, n)
                     }
                     None => (0, 1),
                 };
                 let started = std::time::Instant::now();
                 let (mut ran, mut failed) = (0u64, 0u64);
-                for seed in (0..seeds).filter(|s| s % shards == shard) {
+                let planned = if seeds == u64::MAX { "?".to_string() } else { (seeds / shards).to_string() };
+                for seed in (start..start.saturating_add(seeds)).filter(|s| s % shards == shard) {
+                    if time.is_some_and(|t| started.elapsed() >= t) {
+                        break;
+                    }
                     let (file, base) =
                         &scenarios[(derive_seed(seed, "fuzz/scenario") % scenarios.len() as u64) as usize];
                     let scenario = swarm(base, seed);
@@ -160,28 +226,31 @@ mod cli {
                     ran += 1;
                     if r.failure.is_some() {
                         failed += 1;
-                        report(file, &r, out.as_deref());
+                        eprintln!();
+                        report(file, &r, out.as_deref(), true);
                     }
                     let rate = ran as f64 / started.elapsed().as_secs_f64().max(1e-9);
-                    eprint!("\r[{ran}/{}] {rate:.2} seeds/s, {failed} failed ", seeds / shards);
+                    let width = 30usize;
+                    let done = match (time, seeds) {
+                        (Some(t), _) => started.elapsed().as_secs_f64() / t.as_secs_f64().max(1e-9),
+                        (None, n) => ran as f64 / (n / shards).max(1) as f64,
+                    };
+                    let filled = ((done.min(1.0)) * width as f64) as usize;
+                    eprint!(
+                        "\r[{}{}] {ran}/{planned} seeds, {rate:.2} seeds/s, {failed} failed ",
+                        "#".repeat(filled),
+                        ".".repeat(width - filled)
+                    );
                 }
                 eprintln!();
+                println!(
+                    "fuzz: {ran} seeds in {:.1} s ({:.2} seeds/s), {failed} failed",
+                    started.elapsed().as_secs_f64(),
+                    ran as f64 / started.elapsed().as_secs_f64().max(1e-9)
+                );
                 Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
             }
             _ => Err("unknown command".into()),
         }
-    }
-
-    /// Swarm testing: each seed draws its own cluster size and shifts every fault's time.
-    fn swarm(base: &Scenario, seed: u64) -> Scenario {
-        let mut rng = rng_for(seed, "fuzz/swarm");
-        let mut s = base.clone();
-        s.cluster.nodes = if rng.random_bool(0.3) { 5 } else { 3 };
-        for f in &mut s.faults {
-            let jitter = rng.random_range(0..=f.at_ms / 2);
-            f.at_ms = f.at_ms / 2 + jitter + rng.random_range(0..1000);
-        }
-        s.seeds = vec![seed];
-        s
     }
 }

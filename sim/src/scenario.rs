@@ -109,9 +109,46 @@ pub struct Fault {
     /// For partitions and clogs: how long until it heals.
     #[serde(default)]
     pub for_ms: Option<u64>,
-    /// For injected errors: the failpoint or path glob it applies to.
+    /// `failpoint`: the failpoint's name (`durakv::failpoint::NAMES`); `eio`: a glob over the paths
+    /// that fail (default every path); `bit_flip`: `wal` (default: the last WAL segment) or
+    /// `snapshot` (the newest snapshot file's body).
     #[serde(default)]
     pub at: Option<String>,
+    /// `failpoint`: what it does when hit: `error`, `kill`, `power_loss`, `pause` or `delay`.
+    #[serde(default)]
+    pub effect: Option<String>,
+    /// `failpoint`, `apply_failure`, `eio`: how many hits fire (default: one for a failpoint, an
+    /// apply failure and a pause; every hit for a delay and for EIO until `for_ms` heals it).
+    #[serde(default)]
+    pub times: Option<u64>,
+    /// `failpoint` with `pause` or `delay`: how long each stall lasts.
+    #[serde(default)]
+    pub stall_ms: Option<u64>,
+    /// `eio`: which operation fails: `sync` (default), `write` or `read`.
+    #[serde(default)]
+    pub op: Option<String>,
+    /// `enospc`: bytes still free when the disk fills (default 0: the next growing write fails).
+    #[serde(default)]
+    pub free_bytes: Option<u64>,
+}
+
+impl Fault {
+    /// A fault with only its time, action and target set.
+    pub fn new(at_ms: u64, action: Action, target: &str) -> Fault {
+        Fault {
+            at_ms,
+            action,
+            target: target.to_string(),
+            mid_write: None,
+            for_ms: None,
+            at: None,
+            effect: None,
+            times: None,
+            stall_ms: None,
+            op: None,
+            free_bytes: None,
+        }
+    }
 }
 
 fn default_target() -> String {
@@ -131,6 +168,7 @@ pub enum Action {
     Eio,
     Enospc,
     ApplyFailure,
+    Failpoint,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -163,6 +201,21 @@ fn line_of(source: &str, key: &str) -> usize {
         .map_or(0, |i| i + 1)
 }
 
+/// The 1-based line where `key` is assigned inside the `n`th (0-based) `header` table, or the
+/// header's own line if it is not there (0 if there is no such table).
+fn line_in_table(source: &str, header: &str, n: usize, key: &str) -> usize {
+    let lines: Vec<&str> = source.lines().collect();
+    let Some(start) = lines.iter().enumerate().filter(|(_, l)| l.trim() == header).map(|(i, _)| i).nth(n)
+    else {
+        return 0;
+    };
+    lines[start + 1..]
+        .iter()
+        .take_while(|l| !l.trim_start().starts_with('['))
+        .position(|l| l.trim_start().strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('=')))
+        .map_or(start + 1, |i| start + 2 + i)
+}
+
 impl Scenario {
     /// Parse and check a scenario; `file` names it in errors.
     pub fn parse(source: &str, file: &Path) -> Result<Scenario, ScenarioError> {
@@ -185,7 +238,94 @@ impl Scenario {
         Scenario::parse(&source, path)
     }
 
-    fn validate(&self, source: &str, file: &Path) -> Result<(), ScenarioError> {
+    /// The fields only some actions take: present where they belong, valid where present. Returns
+    /// (key to find the line by, field, message).
+    fn check_fault_fields(&self, f: &Fault) -> Option<(&'static str, &'static str, String)> {
+        use Action::*;
+        let allowed: &[&str] = match f.action {
+            Failpoint => &["at", "effect", "times", "stall_ms", "for_ms"],
+            ApplyFailure => &["times"],
+            Eio => &["at", "op", "times", "for_ms"],
+            Enospc => &["free_bytes", "for_ms"],
+            Partition | Clog => &["for_ms"],
+            Kill | PowerLoss => &["mid_write"],
+            BitFlip => &["at"],
+            Restart | TornTail => &[],
+        };
+        let present = [
+            ("at", f.at.is_some()),
+            ("effect", f.effect.is_some()),
+            ("times", f.times.is_some()),
+            ("stall_ms", f.stall_ms.is_some()),
+            ("op", f.op.is_some()),
+            ("free_bytes", f.free_bytes.is_some()),
+            ("for_ms", f.for_ms.is_some()),
+            ("mid_write", f.mid_write.is_some()),
+        ];
+        if let Some((name, _)) = present.iter().find(|(name, on)| *on && !allowed.contains(name)) {
+            return Some((name, name, format!("{:?} takes no {name}", f.action)));
+        }
+        if f.times == Some(0) {
+            return Some(("times", "times", "must be positive".into()));
+        }
+        if f.at.as_deref() == Some("") {
+            return Some(("at", "at", "must not be empty".into()));
+        }
+        match f.action {
+            Failpoint => {
+                let Some(at) = f.at.as_deref() else {
+                    return Some(("action", "at", "a failpoint fault names its failpoint in `at`".into()));
+                };
+                if !durakv::failpoint::NAMES.contains(&at) {
+                    return Some((
+                        "at",
+                        "at",
+                        format!("{at:?} is not a failpoint: {}", durakv::failpoint::NAMES.join(", ")),
+                    ));
+                }
+                match f.effect.as_deref() {
+                    Some("error" | "kill" | "power_loss") => {
+                        if f.stall_ms.is_some() {
+                            return Some(("stall_ms", "stall_ms", "only a pause or a delay stalls".into()));
+                        }
+                    }
+                    Some("pause" | "delay") => {
+                        if f.stall_ms.is_none_or(|ms| ms == 0) {
+                            return Some(("effect", "stall_ms", "a pause or a delay needs stall_ms > 0".into()));
+                        }
+                    }
+                    Some(other) => {
+                        return Some((
+                            "effect",
+                            "effect",
+                            format!("{other:?} is not error, kill, power_loss, pause or delay"),
+                        ));
+                    }
+                    None => return Some(("action", "effect", "a failpoint fault needs an effect".into())),
+                }
+            }
+            BitFlip => {
+                if let Some(at) = f.at.as_deref()
+                    && !matches!(at, "wal" | "snapshot")
+                {
+                    return Some(("at", "at", format!("{at:?} is not wal or snapshot")));
+                }
+            }
+            Eio => {
+                if let Some(op) = f.op.as_deref()
+                    && !matches!(op, "sync" | "write" | "read")
+                {
+                    return Some(("op", "op", format!("{op:?} is not sync, write or read")));
+                }
+            }
+            _ => {}
+        }
+        None
+    }
+
+    /// Check a scenario built in code (`source` is the text it came from, for line numbers; may be
+    /// empty).
+    pub fn validate(&self, source: &str, file: &Path) -> Result<(), ScenarioError> {
         let fail = |key: &str, field: &str, message: String| {
             Err(ScenarioError {
                 file: file.to_path_buf(),
@@ -235,6 +375,15 @@ impl Scenario {
         }
         for (i, f) in self.faults.iter().enumerate() {
             let field = |name: &str| format!("faults[{i}].{name}");
+            // Lines are looked up inside this fault's own table.
+            let fail = |key: &str, field: &str, message: String| {
+                Err(ScenarioError {
+                    file: file.to_path_buf(),
+                    line: line_in_table(source, "[[faults]]", i, key),
+                    field: field.into(),
+                    message,
+                })
+            };
             if f.at_ms >= self.duration_ms {
                 return fail(
                     "at_ms",
@@ -266,6 +415,10 @@ impl Scenario {
             }
             if matches!(f.action, Action::Partition | Action::Clog) && f.for_ms.is_none() {
                 return fail("action", &field("for_ms"), "partitions and clogs need for_ms".into());
+            }
+            if let Some(e) = self.check_fault_fields(f) {
+                let (key, name, message) = e;
+                return fail(key, &field(name), message);
             }
         }
         if self.invariants.liveness_ms == 0 {
@@ -311,6 +464,22 @@ for_ms = 2000
 liveness_ms = 10000
 "#;
 
+    /// GOOD with its partition replaced by a failpoint delay.
+    static FAILPOINT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        GOOD.replace(
+            "action = \"partition\"\ntarget = \"node:2\"\nfor_ms = 2000",
+            "action = \"failpoint\"\ntarget = \"node:2\"\nat = \"wal.sync\"\neffect = \"delay\"\nstall_ms = 200\nfor_ms = 2000",
+        )
+    });
+
+    #[test]
+    fn failpoint_faults_parse() {
+        let s = parse(&FAILPOINT).expect("valid");
+        assert_eq!(s.faults[1].action, Action::Failpoint);
+        assert_eq!(s.faults[1].at.as_deref(), Some("wal.sync"));
+        assert_eq!(s.faults[1].stall_ms, Some(200));
+    }
+
     fn parse(s: &str) -> Result<Scenario, ScenarioError> {
         Scenario::parse(s, Path::new("scenarios/x.toml"))
     }
@@ -346,11 +515,20 @@ liveness_ms = 10000
             (GOOD.replace("for_ms = 2000", ""), "faults[1].for_ms"),
             (GOOD.replace("seeds = [1, 2, 3]", "seeds = []"), "seeds"),
             (GOOD.replace("set = 50, get = 30, del = 5, incr = 10, mset = 5", "set = 0"), "workload.mix"),
+            (GOOD.replace("for_ms = 2000", "for_ms = 2000\ntimes = 3"), "faults[1].times"),
+            (FAILPOINT.replace("wal.sync", "wal.fsync"), "faults[1].at"),
+            (FAILPOINT.replace("\"delay\"", "\"explode\""), "faults[1].effect"),
+            (FAILPOINT.replace("stall_ms = 200", ""), "faults[1].stall_ms"),
+            (FAILPOINT.replace("at = \"wal.sync\"", ""), "faults[1].at"),
         ];
         for (text, field) in cases {
             let e = parse(&text).expect_err(field);
             assert_eq!(e.field, field, "{e}");
             assert!(e.line > 0 || field == "workload.mix", "{e}");
+            if field.starts_with("faults[1]") {
+                let second = text.lines().enumerate().filter(|(_, l)| l.trim() == "[[faults]]").nth(1);
+                assert!(second.is_some_and(|(at, _)| e.line > at), "{e} points into the second fault");
+            }
         }
         let wrong_type = GOOD.replace("duration_ms = 30000", "duration_ms = \"long\"");
         let e = parse(&wrong_type).expect_err("a string where a number goes");
