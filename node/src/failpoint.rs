@@ -12,7 +12,7 @@
 //! | `wal.sync` | before the raft log's fsync | a failed fsync: fatal (D10), never retried |
 //! | `fsm.apply` | before a committed entry is applied to the state machine | an apply failure: the applied index does not move, the node fail-stops and re-applies after restart (D10) |
 //! | `snapshot.write` | before a local snapshot file is written | the snapshot is abandoned, the node fail-stops |
-//! | `snapshot.finalize` | before a received spool is renamed into the snapshot directory | the receive fails, the spool is removed, the leader sends again |
+//! | `snapshot.finalize` | when the last chunk of a received snapshot is in the spool, before it is sealed and moved into the snapshot directory (a pause here stalls only this receive) | the receive fails, the spool is removed, the leader sends again |
 //! | `snapshot.restore` | before a received or cold-start snapshot is restored into the state machine | a failed restore: nothing becomes visible (D8), the node fail-stops and restores at its next start |
 //! | `transport.send` | before a raft message is written to a peer's connection | the message is lost (raft retransmits) |
 

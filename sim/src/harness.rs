@@ -51,6 +51,9 @@ pub struct Summary {
     pub ops_unknown: u64,
     pub faults: Vec<String>,
     pub restarts: u64,
+    /// What the disks report as fired, per server: failpoints (`failpoint <name> xN`) and fault
+    /// paths (`fault.eio.sync xN`, `crash.power_loss xN`, …), so a test can show its faults happened.
+    pub fired: Vec<String>,
     pub applied_index: u64,
     pub digest: u64,
 }
@@ -78,6 +81,7 @@ struct World {
     exits: BTreeMap<u64, String>,
     restarts: u64,
     faults: Vec<String>,
+    fired: Vec<String>,
 }
 
 type Shared = Arc<Mutex<World>>;
@@ -123,7 +127,16 @@ struct Server {
     /// A bit flip was injected into this server's files.
     corrupted: bool,
     up: bool,
+    /// When this server last started, and the earliest time the supervisor may start it again
+    /// (a server that dies within `CRASH_LOOP_MS` of its start waits that long, as systemd's
+    /// `RestartSec` would make it).
+    started_ms: u64,
+    retry_at_ms: u64,
 }
+
+/// A server that dies this soon after starting is in a crash loop: wait this long before the next
+/// start.
+const CRASH_LOOP_MS: u64 = 1000;
 
 /// How long a supervisor waits before starting a server that refused to start again.
 const RETRY_REFUSED_MS: u64 = 2000;
@@ -184,7 +197,16 @@ async fn simulate(scenario: Scenario, seed: u64) -> RunResult {
             .build();
         servers.insert(
             id,
-            Server { handle: node, disk, held_down: false, refused: None, corrupted: false, up: true },
+            Server {
+                handle: node,
+                disk,
+                held_down: false,
+                refused: None,
+                corrupted: false,
+                up: true,
+                started_ms: 0,
+                retry_at_ms: 0,
+            },
         );
     }
     let end_ms = scenario.duration_ms;
@@ -239,6 +261,7 @@ fn finish(
         ops_unknown: count(Outcome::Unknown),
         faults: world.faults.clone(),
         restarts: world.restarts,
+        fired: world.fired.clone(),
         applied_index,
         digest,
     };
@@ -478,6 +501,7 @@ fn restart(handle: &Handle, s: &mut Server, w: &Shared, id: u64) {
     s.up = true;
     s.held_down = false;
     s.refused = None;
+    s.started_ms = now_ms();
     world(w).restarts += 1;
     event(w, format!("server {id} restarted"));
 }
@@ -595,7 +619,13 @@ async fn apply_fault(
                     net.clog_link(me, o);
                     net.clog_link(o, me);
                 }
-                event(w, format!("server {id} partitioned from the other servers for {} ms", f.for_ms.unwrap_or(0)));
+                event(
+                    w,
+                    format!(
+                        "server {id} partitioned from the other servers for {} ms",
+                        f.for_ms.unwrap_or(0)
+                    ),
+                );
                 let w2 = w.clone();
                 later(heal_after.unwrap_or_default(), move || {
                     let net = madsim::net::NetSim::current();
@@ -800,6 +830,16 @@ async fn control(
     // Stop every server (a process kill keeps the page cache) and read its state machine directly.
     let mut replicas = Vec::new();
     let mut final_state = BTreeMap::new();
+    let mut fired = Vec::new();
+    for (id, s) in servers.iter() {
+        for (name, n) in s.disk.failpoint_fires() {
+            fired.push(format!("server {id}: failpoint {name} x{n}"));
+        }
+        for (path, n) in s.disk.coverage() {
+            fired.push(format!("server {id}: {path} x{n}"));
+        }
+    }
+    world(w).fired = fired;
     let layout = DataLayout::new(Path::new(DATA));
     for (id, s) in servers.iter_mut() {
         if !s.up {
@@ -808,8 +848,11 @@ async fn control(
         kill(&handle, s, CrashKind::ProcessKill, w, *id);
         let fs: SharedFs = Arc::new(s.disk.clone());
         if scenario.invariants.file_hygiene {
-            let (storage, _) = RaftStorage::open(fs.clone(), &layout.raft, WalOptions::default())
-                .map_err(|e| Failure { invariant: "file_hygiene", explanation: format!("server {id}: raft log: {e}") })?;
+            let (storage, _) =
+                RaftStorage::open(fs.clone(), &layout.raft, WalOptions::default()).map_err(|e| Failure {
+                    invariant: "file_hygiene",
+                    explanation: format!("server {id}: raft log: {e}"),
+                })?;
             let pointer = storage.snapshot_pointer();
             let token = (pointer.metadata.index > 0).then_some(pointer.token.as_slice());
             check_file_hygiene(*id, &*fs, &layout, token, runtime_options().keep_snapshots)
@@ -864,12 +907,12 @@ fn supervise(handle: &Handle, servers: &mut BTreeMap<u64, Server>, w: &Shared) {
             s.up = false;
             if let Some(reason) = why.strip_prefix("refused to start: ") {
                 s.refused = Some((now_ms(), reason.to_string()));
+                s.retry_at_ms = now_ms() + RETRY_REFUSED_MS;
+            } else if now_ms() < s.started_ms + CRASH_LOOP_MS {
+                s.retry_at_ms = now_ms() + CRASH_LOOP_MS;
             }
         }
-        let retry = match &s.refused {
-            None => true,
-            Some((at, _)) => !s.corrupted && now_ms() >= at + RETRY_REFUSED_MS,
-        };
+        let retry = now_ms() >= s.retry_at_ms && !(s.corrupted && s.refused.is_some());
         if !s.up && !s.held_down && retry {
             restart(handle, s, w, *id);
         }

@@ -8,8 +8,9 @@
 use std::process::ExitCode;
 
 const USAGE: &str = "usage:
-  durakv-sim run <scenario.toml> [--seed N] [--swarm] [--out DIR]
-                              run the scenario's seeds, or one seed (--swarm: the variant fuzz ran)
+  durakv-sim run <scenario.toml> [--seed N] [--swarm] [--trace] [--out DIR]
+                              run the scenario's seeds, or one seed (--swarm: the variant fuzz ran;
+                              --trace: print the event trace)
   durakv-sim check-determinism <scenario.toml> --seed N [--swarm]
                               run twice, compare the event traces
   durakv-sim fuzz <scenario.toml>... [--seeds N | --time D] [--start S] [--shard I/N] [--out DIR]
@@ -42,9 +43,9 @@ mod cli {
     use std::path::{Path, PathBuf};
     use std::process::ExitCode;
 
+    use durakv_sim::derive_seed;
     use durakv_sim::harness::{RunResult, run};
     use durakv_sim::scenario::Scenario;
-    use durakv_sim::derive_seed;
     use durakv_sim::swarm::swarm;
 
     fn flag(args: &[String], name: &str) -> Option<String> {
@@ -152,7 +153,13 @@ mod cli {
                 let mut ok = true;
                 for seed in seeds {
                     let scenario = if swarmed { swarm(&scenario, seed) } else { scenario.clone() };
-                    ok &= report(file, &run(&scenario, seed), out.as_deref(), swarmed);
+                    let r = run(&scenario, seed);
+                    if args.iter().any(|a| a == "--trace") {
+                        for e in &r.trace {
+                            println!("{e}");
+                        }
+                    }
+                    ok &= report(file, &r, out.as_deref(), swarmed);
                 }
                 Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
             }
@@ -196,8 +203,10 @@ mod cli {
                     None if time.is_some() => u64::MAX,
                     None => 100,
                 };
-                let start: u64 =
-                    flag(args, "--start").unwrap_or_else(|| "0".into()).parse().map_err(|_| "--start is not a number")?;
+                let start: u64 = flag(args, "--start")
+                    .unwrap_or_else(|| "0".into())
+                    .parse()
+                    .map_err(|_| "--start is not a number")?;
                 let (shard, shards) = match flag(args, "--shard") {
                     Some(s) => {
                         let (i, n) = s.split_once('/').ok_or("--shard is I/N")?;

@@ -291,7 +291,11 @@ impl Scenario {
                     }
                     Some("pause" | "delay") => {
                         if f.stall_ms.is_none_or(|ms| ms == 0) {
-                            return Some(("effect", "stall_ms", "a pause or a delay needs stall_ms > 0".into()));
+                            return Some((
+                                "effect",
+                                "stall_ms",
+                                "a pause or a delay needs stall_ms > 0".into(),
+                            ));
                         }
                     }
                     Some(other) => {

@@ -53,7 +53,8 @@ pub fn swarm(base: &Scenario, seed: u64) -> Scenario {
 
 /// One fault from the pool, with what heals it (a restart) when it needs one.
 fn extra_fault(rng: &mut impl Rng, at: u64, duration: u64) -> Vec<Fault> {
-    let heal_at = |rng: &mut dyn rand::RngCore, after: u64| (at + after + rng.random_range(0..2000)).min(duration - 1);
+    let heal_at =
+        |rng: &mut dyn rand::RngCore, after: u64| (at + after + rng.random_range(0..2000)).min(duration - 1);
     let target = ["leader", "follower", "any"][rng.random_range(0..3)];
     match rng.random_range(0..10) {
         0 => {
@@ -63,7 +64,10 @@ fn extra_fault(rng: &mut impl Rng, at: u64, duration: u64) -> Vec<Fault> {
             }
             vec![kill, Fault::new(heal_at(rng, 1000), Action::Restart, "all")]
         }
-        1 => vec![Fault::new(at, Action::PowerLoss, target), Fault::new(heal_at(rng, 1000), Action::Restart, "all")],
+        1 => vec![
+            Fault::new(at, Action::PowerLoss, target),
+            Fault::new(heal_at(rng, 1000), Action::Restart, "all"),
+        ],
         2 => {
             let mut f = Fault::new(at, Action::Partition, target);
             f.for_ms = Some(rng.random_range(500..=3000));
@@ -92,7 +96,10 @@ fn extra_fault(rng: &mut impl Rng, at: u64, duration: u64) -> Vec<Fault> {
         6 => vec![Fault::new(at, Action::ApplyFailure, target)],
         7 => {
             let mut f = Fault::new(at, Action::Failpoint, target);
-            f.at = Some(["wal.append", "wal.sync", "snapshot.write", "snapshot.restore"][rng.random_range(0..4)].into());
+            f.at = Some(
+                ["wal.append", "wal.sync", "snapshot.write", "snapshot.restore"][rng.random_range(0..4)]
+                    .into(),
+            );
             f.effect = Some(["error", "kill", "power_loss"][rng.random_range(0..3)].into());
             vec![f]
         }
@@ -124,7 +131,8 @@ mod tests {
     fn a_variant_depends_only_on_the_base_and_the_seed() {
         let b = base();
         assert_eq!(swarm(&b, 7), swarm(&b, 7));
-        let distinct = (0..20).map(|seed| format!("{:?}", swarm(&b, seed))).collect::<std::collections::BTreeSet<_>>();
+        let distinct =
+            (0..20).map(|seed| format!("{:?}", swarm(&b, seed))).collect::<std::collections::BTreeSet<_>>();
         assert!(distinct.len() > 15, "seeds give different variants");
     }
 
@@ -134,7 +142,10 @@ mod tests {
         for seed in 0..500 {
             let s = swarm(&b, seed);
             s.validate("", Path::new("swarm")).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
-            assert!(s.faults.windows(2).all(|w| w[0].at_ms <= w[1].at_ms), "seed {seed}: faults in time order");
+            assert!(
+                s.faults.windows(2).all(|w| w[0].at_ms <= w[1].at_ms),
+                "seed {seed}: faults in time order"
+            );
         }
     }
 }

@@ -4,8 +4,9 @@
 //! review; one scenario also runs twice with the same seed and must produce the identical trace.
 //!
 //! Failures injected: whatever each scenario schedules (kills inside WAL writes, power loss, torn
-//! tails, bit flips, partitions, cross-device snapshot spools). Invariants: durability,
-//! linearizability per key, convergence and liveness, as each scenario lists.
+//! tails, bit flips, EIO, ENOSPC, failpoints, partitions, clogs, cross-device snapshot spools), and
+//! every injected error must be seen to fire. Invariants: durability, linearizability per key,
+//! convergence, liveness and file hygiene, as each scenario lists.
 #![cfg(madsim)]
 
 use std::path::{Path, PathBuf};
@@ -27,7 +28,7 @@ fn scenario_files() -> Vec<PathBuf> {
 fn describe(file: &Path, r: &RunResult) -> String {
     let s = &r.summary;
     format!(
-        "scenario: {}\nseed: {}\nops: ok {} fail {} unknown {}\nfaults: {}\nrestarts: {}\napplied_index: {}\ndigest: {:016x}\nfile: {}\n",
+        "scenario: {}\nseed: {}\nops: ok {} fail {} unknown {}\nfaults: {}\nrestarts: {}\nfired: {}\napplied_index: {}\ndigest: {:016x}\nfile: {}\n",
         s.scenario,
         s.seed,
         s.ops_ok,
@@ -35,10 +36,34 @@ fn describe(file: &Path, r: &RunResult) -> String {
         s.ops_unknown,
         s.faults.join(", "),
         s.restarts,
+        s.fired.join(", "),
         s.applied_index,
         s.digest,
         file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
     )
+}
+
+/// A scenario that injects an error must show it fired: a failpoint its fires, EIO and ENOSPC their
+/// fault paths, a power loss its crash. Otherwise the scenario passes without testing anything.
+fn injected_faults_fired(scenario: &Scenario, r: &RunResult) -> Result<(), String> {
+    use durakv_sim::scenario::Action;
+    for f in &scenario.faults {
+        let needle = match f.action {
+            Action::Failpoint => format!("failpoint {} ", f.at.as_deref().unwrap_or("")),
+            Action::ApplyFailure => "failpoint fsm.apply ".to_string(),
+            Action::Eio => "fault.eio".to_string(),
+            Action::Enospc => "fault.enospc".to_string(),
+            Action::PowerLoss => "crash.power_loss".to_string(),
+            _ => continue,
+        };
+        if !r.summary.fired.iter().any(|x| x.contains(&needle)) {
+            return Err(format!(
+                "the {:?} fault at {} ms never fired (looked for {needle:?} in {:?})",
+                f.action, f.at_ms, r.summary.fired
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[test]
@@ -61,6 +86,10 @@ fn every_scenario_passes_with_its_seeds() {
                     file.display(),
                     tail.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n    ")
                 ));
+                continue;
+            }
+            if let Err(e) = injected_faults_fired(&scenario, &result) {
+                failures.push(format!("{} seed {seed}: {e}", scenario.name));
                 continue;
             }
             insta::with_settings!({ snapshot_path => "../../snapshots", prepend_module_to_snapshot => false }, {

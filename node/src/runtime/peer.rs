@@ -368,6 +368,10 @@ async fn serve_incoming(mut stream: TcpStream, link: &LinkContext) -> Result<(),
                 }
                 spool.push(&chunk.data)?;
                 if chunk.last {
+                    // An error injected here fails this receive (the spool is removed with it); a
+                    // pause holds it just before it becomes a snapshot file, so a resend of the same
+                    // index can overlap it.
+                    crate::failpoint::hit_async(&*link.fs, "snapshot.finalize").await?;
                     spool.finalize()?;
                     if let Some((guard, _)) = receiving.take() {
                         tracing::info!(

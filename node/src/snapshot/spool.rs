@@ -137,14 +137,11 @@ impl Spool {
         }
         let mut file = self.file.take().ok_or(SnapshotError::SpoolClosed)?;
         let footer = self.crc.to_be_bytes();
-        let sealed = file
-            .write_at(&footer, self.received)
-            .and_then(|()| {
-                // The spool's bytes must be durable before any name in the snapshot directory points at
-                // them.
-                file.sync()
-            })
-            .and_then(|()| crate::failpoint::hit(&*self.fs, "snapshot.finalize"));
+        let sealed = file.write_at(&footer, self.received).and_then(|()| {
+            // The spool's bytes must be durable before any name in the snapshot directory points at
+            // them.
+            file.sync()
+        });
         drop(file);
         if let Err(e) = sealed {
             return Err(self.fail(io_err(&self.path)(e)));
