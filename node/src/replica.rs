@@ -338,6 +338,9 @@ impl<E: Engine> Replica<E> {
             self.raw.store().apply_snapshot(SnapshotPointer { metadata, token: snap.data })?;
             restore(&*self.snapshots.fs, self.kv.engine(), &path, &token)?;
             self.kv.reload_applied_index()?;
+            // Retention applies to received snapshots too, or a follower that only ever catches up
+            // by snapshot keeps every one it was sent (found by the simulation's file-hygiene check).
+            self.snapshots.store.gc_keeping(Some(token.index))?;
         }
         // 2. Entries and hard state (commit index included): one write, one fsync, before anything
         //    that promises them and before applying up to the new commit index.
@@ -448,7 +451,7 @@ impl<E: Engine> Replica<E> {
         self.raw
             .store()
             .apply_snapshot(SnapshotPointer { metadata, token: file.token().encode().to_vec() })?;
-        self.snapshots.store.gc()?;
+        self.snapshots.store.gc_keeping(Some(file.index))?;
         tracing::info!(node = self.id(), index = file.index, term, "snapshot taken, log compacted below it");
         Ok(Some(file))
     }

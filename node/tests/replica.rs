@@ -257,6 +257,32 @@ fn three_replicas_with_a_nosync_fsm_replay_the_log_after_power_loss() {
 }
 
 #[test]
+fn a_follower_that_only_receives_snapshots_keeps_no_more_than_the_retention() {
+    // Failure injected: a follower is down while the log compacts, three times over, and its own
+    // snapshot interval is never reached (it only ever installs received snapshots).
+    // Invariant (D11): after each install, retention runs: at most 3 snapshot files (the store keeps
+    // 3 here) and the one the log is based on is among them.
+    let mut c = Cluster::new(FsmSync::Sync, 7);
+    c.write(1..=10);
+    c.converge();
+    let follower = c.a_follower();
+    let mut next = 11;
+    for _ in 0..4 {
+        c.crash(follower, CrashKind::ProcessKill);
+        c.write(next..=next + 15);
+        next += 16;
+        c.restart(follower);
+        c.converge();
+    }
+    let node = &c.nodes[&follower];
+    let files = node.snapshot_store().list().expect("list");
+    let base = node.storage().snapshot_pointer().metadata.index;
+    assert!(files.len() <= 3, "{} snapshot files kept: {files:?}", files.len());
+    assert!(files.iter().any(|(i, _)| *i == base), "the log's base snapshot {base} is kept: {files:?}");
+    check_all_have(&c, next - 1);
+}
+
+#[test]
 fn a_follower_behind_a_compacted_log_catches_up_by_snapshot() {
     // Snapshots every 7 entries compact the log, so a follower that was down for 20 writes can only
     // catch up through a snapshot streamed into its spool.

@@ -790,22 +790,33 @@ async fn control(
     // a server whose disk was corrupted on purpose may stay down (refusing is correct there).
     let expected: Vec<u64> =
         servers.iter().filter(|(_, s)| !(s.corrupted && s.refused.is_some())).map(|(id, _)| *id).collect();
+    // Quiet means: every expected server answers, all have committed and applied the same index,
+    // and nothing moved since the previous poll (an election's no-op entry can still commit after
+    // the workload stops; the servers are stopped only once they agree and are still).
     let mut target = 0;
+    let mut previous = BTreeMap::new();
     let deadline = now_ms() + scenario.invariants.liveness_ms;
     loop {
         supervise(&handle, servers, w);
         let mut applied = BTreeMap::new();
+        let mut commits = Vec::new();
         for &id in &expected {
             if servers[&id].up
                 && let Some(i) = info(id).await
             {
-                target = target.max(i.get("commit_index").and_then(|v| v.parse().ok()).unwrap_or(0));
+                let commit = i.get("commit_index").and_then(|v| v.parse().ok()).unwrap_or(0);
+                target = target.max(commit);
+                commits.push(commit);
                 applied.insert(id, i.get("applied_index").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0));
             }
         }
-        if applied.len() == expected.len() && applied.values().all(|&a| a >= target) {
+        let agreed = applied.len() == expected.len()
+            && applied.values().all(|&a| a == target)
+            && commits.iter().all(|&c| c == target);
+        if agreed && applied == previous {
             break;
         }
+        previous = applied.clone();
         if now_ms() > deadline {
             let down: Vec<String> = expected
                 .iter()

@@ -182,12 +182,18 @@ impl SnapshotStore {
 
     /// Keep the newest `keep` snapshots; remove the rest, except any index a receive holds.
     pub fn gc(&self) -> Result<Vec<PathBuf>, SnapshotError> {
+        self.gc_keeping(None)
+    }
+
+    /// Like [`SnapshotStore::gc`], and never remove the snapshot at `base` (the one the raft log is
+    /// based on), even when newer received files outnumber the retention.
+    pub fn gc_keeping(&self, base: Option<u64>) -> Result<Vec<PathBuf>, SnapshotError> {
         let all = self.list()?;
         let held = lock(&self.held);
         let doomed: Vec<PathBuf> = all
             .iter()
             .take(all.len().saturating_sub(self.keep))
-            .filter(|(i, _)| !held.by_index.contains_key(i))
+            .filter(|(i, _)| !held.by_index.contains_key(i) && Some(*i) != base)
             .map(|(_, p)| p.clone())
             .collect();
         for path in &doomed {

@@ -484,8 +484,37 @@ impl Wal {
         let result = self.sync_active();
         if result.is_err() {
             self.poisoned = true;
+            self.discard_unsynced_tail();
         }
         result
+    }
+
+    /// After a failed write or fsync: cut the active segment back to what is known to be durable and
+    /// make that length durable. A failed fsync may leave pages the kernel marked clean but never
+    /// wrote (fsyncgate): a restarted process would read them from the page cache as if they were
+    /// durable and append after them, and a later power loss would turn them into a hole in the
+    /// middle of the log, which recovery must refuse as corruption (D5). Nothing past `synced_len`
+    /// was acknowledged. Shrinking is not a retry of the failed fsync: the next fsync only has to
+    /// make the new length durable. If this fails too, the node stops all the same.
+    fn discard_unsynced_tail(&mut self) {
+        let Some(seg) = self.active.and_then(|s| self.segments.get_mut(&s)) else { return };
+        let cut = seg.file.set_len(seg.synced_len).and_then(|()| seg.file.sync());
+        match cut {
+            Ok(()) => {
+                tracing::warn!(
+                    path = %seg.path.display(),
+                    synced_len = seg.synced_len,
+                    dropped_bytes = seg.len.saturating_sub(seg.synced_len),
+                    "write or fsync failed: cut the segment back to its durable length"
+                );
+                seg.len = seg.synced_len;
+            }
+            Err(e) => tracing::error!(
+                path = %seg.path.display(),
+                error = %e,
+                "write or fsync failed, and cutting the segment back to its durable length failed too"
+            ),
+        }
     }
 
     fn sync_active(&mut self) -> Result<(), WalError> {
@@ -523,6 +552,7 @@ impl Wal {
         if result.is_err() {
             // A failed write or fsync leaves the file in an unknown state: never write to it again.
             self.poisoned = true;
+            self.discard_unsynced_tail();
         }
         result
     }
