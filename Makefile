@@ -36,6 +36,9 @@ unit: deps
 MADSIM_ENV = RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR="$(CARGO_TARGET_DIR)/madsim"
 SCENARIO ?= scenarios/oom-kill-inside-wal-appends.toml
 FUZZ_SEEDS ?= 200
+# FUZZ_TIME (90s, 30m, 1h) runs until the budget is spent instead of FUZZ_SEEDS seeds.
+FUZZ_TIME ?=
+FUZZ_START ?= 0
 SHARD ?= 0/1
 FUZZ_OUT ?= fuzz-failures
 
@@ -43,10 +46,10 @@ sim: deps
 	$(MADSIM_ENV) $(CARGO) test -p durakv-sim --profile $(PROFILE)
 
 sim-run: deps
-	$(MADSIM_ENV) $(CARGO) run -q -p durakv-sim --profile $(PROFILE) -- run $(SCENARIO) $(if $(SEED),--seed $(SEED))
+	$(MADSIM_ENV) $(CARGO) run -q -p durakv-sim --profile $(PROFILE) -- run $(SCENARIO) $(if $(SEED),--seed $(SEED)) $(if $(SWARM),--swarm)
 
 fuzz: deps
-	$(MADSIM_ENV) $(CARGO) run -q -p durakv-sim --profile $(PROFILE) -- fuzz scenarios/*.toml --seeds $(FUZZ_SEEDS) --shard $(SHARD) --out $(FUZZ_OUT)
+	$(MADSIM_ENV) $(CARGO) run -q -p durakv-sim --profile $(PROFILE) -- fuzz scenarios/*.toml $(if $(FUZZ_TIME),--time $(FUZZ_TIME),--seeds $(FUZZ_SEEDS)) --start $(FUZZ_START) --shard $(SHARD) --out $(FUZZ_OUT)
 
 test: fmt-check lint unit sim
 
