@@ -27,6 +27,8 @@ lint: deps
 	$(CARGO) clippy --workspace --all-targets --profile $(PROFILE) -- -D warnings
 	# The simulation build never compiles RocksDB: the node must build and lint without it.
 	$(CARGO) clippy -p durakv -p durakv-faults --all-targets --no-default-features --profile $(PROFILE) -- -D warnings
+	# The harness and its scenario tests exist only in the simulation build: lint that build too.
+	$(MADSIM_ENV) $(CARGO) clippy -p durakv-sim --all-targets --profile $(PROFILE) -- -D warnings
 
 unit: deps
 	$(CARGO) test --workspace --profile $(PROFILE)

@@ -265,17 +265,18 @@ fn finish(
         applied_index,
         digest,
     };
-    if failure.is_none() && scenario.invariants.linearizability {
-        if let Err(v) = crate::linearizability::check(&world.history) {
-            failure = Some(Failure {
-                invariant: "linearizability",
-                explanation: format!(
-                    "key {:?}: no order of its {} operations explains what the clients saw",
-                    String::from_utf8_lossy(&v.key),
-                    v.operations.len()
-                ),
-            });
-        }
+    if failure.is_none()
+        && scenario.invariants.linearizability
+        && let Err(v) = crate::linearizability::check(&world.history)
+    {
+        failure = Some(Failure {
+            invariant: "linearizability",
+            explanation: format!(
+                "key {:?}: no order of its {} operations explains what the clients saw",
+                String::from_utf8_lossy(&v.key),
+                v.operations.len()
+            ),
+        });
     }
     if summary.ops_ok == 0 && failure.is_none() {
         failure = Some(Failure {
@@ -758,7 +759,8 @@ async fn control(
     }
     for (id, s) in servers.iter_mut() {
         heal_disk(&s.disk);
-        if !s.up && !(s.corrupted && s.refused.is_some()) {
+        let refuses_as_expected = s.corrupted && s.refused.is_some();
+        if !s.up && !refuses_as_expected {
             restart(&handle, s, w, *id);
         }
     }
