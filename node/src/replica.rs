@@ -155,6 +155,10 @@ impl<E: Engine> Replica<E> {
                 kv.reload_applied_index()?;
             }
         }
+        // Retention at start-up too: a run that stopped between recording a snapshot and applying
+        // retention (a restore that failed, a crash) must not leave the extra files behind forever.
+        let base = (pointer.metadata.index > 0).then_some(pointer.metadata.index);
+        snapshots.store.gc_keeping(base)?;
         // Raft refuses an applied index beyond its commit index; a state machine that durably applied
         // entries proves they were committed.
         storage.raise_commit(kv.applied_index())?;
