@@ -111,3 +111,20 @@ fn the_same_seed_replays_the_same_trace() {
     assert_eq!(a.trace, b.trace, "{} seed {seed} is not deterministic", scenario.name);
     assert_eq!(a.summary, b.summary);
 }
+
+#[test]
+fn a_swarm_variant_replays_the_same_trace() {
+    // What `make fuzz` prints for a failure (`make sim-run … SEED=N SWARM=1`) must rebuild the same
+    // variant and replay it exactly: the variant comes from the file and the seed alone.
+    let file = scenario_files().into_iter().last().expect("a scenario file");
+    let base = Scenario::load(&file).unwrap_or_else(|e| panic!("{e}"));
+    let seed = 4197;
+    let variant = durakv_sim::swarm::swarm(&base, seed);
+    assert_eq!(variant, durakv_sim::swarm::swarm(&base, seed));
+    let a = run(&variant, seed);
+    let b = run(&durakv_sim::swarm::swarm(&base, seed), seed);
+    assert!(!a.trace.is_empty());
+    assert_eq!(a.trace, b.trace, "{} swarm seed {seed} is not deterministic", base.name);
+    assert_eq!(a.summary, b.summary);
+    assert!(a.failure.is_none(), "{:?}", a.failure);
+}
