@@ -132,6 +132,8 @@ struct State {
     failpoint_fires: BTreeMap<String, u64>,
     /// A stall a failpoint in synchronous code left for the node's loop.
     stall: Option<Duration>,
+    /// Canaries switched on (`durakv::failpoint::CANARIES`).
+    canaries: std::collections::BTreeSet<String>,
 }
 
 /// What a failpoint does when it fires (see `durakv::failpoint` for the names).
@@ -188,6 +190,7 @@ impl SimFs {
                 failpoints: BTreeMap::new(),
                 failpoint_fires: BTreeMap::new(),
                 stall: None,
+                canaries: Default::default(),
             })),
         })
     }
@@ -263,6 +266,11 @@ impl SimFs {
     /// Detach the failpoint `name`.
     pub fn detach_failpoint(&self, name: &str) {
         self.lock().failpoints.remove(name);
+    }
+
+    /// Switch on the canary `name`: the node code on this disk re-introduces that historic bug.
+    pub fn enable_canary(&self, name: &str) {
+        self.lock().canaries.insert(name.to_string());
     }
 
     /// How often each failpoint fired.
@@ -1080,6 +1088,10 @@ impl Fs for SimFs {
             }
             FailAction::Stall(d) => Ok(Some(d)),
         }
+    }
+
+    fn canary(&self, name: &str) -> bool {
+        self.lock().canaries.contains(name)
     }
 
     fn defer_stall(&self, stall: Duration) {

@@ -70,6 +70,34 @@ pub async fn hit_async(_fs: &dyn Fs, _name: &'static str) -> io::Result<()> {
     Ok(())
 }
 
+/// Canaries: historic bugs that this code fixed, re-introduced on demand so a test can prove the
+/// simulation catches each one (`sim/tests/canaries.rs`). Like failpoints they are switched on per
+/// simulated disk and compiled in only for simulation and tests; [`canary`] is `false` otherwise.
+pub const CANARIES: &[(&str, &str)] = &[
+    ("no-torn-tail-repair", "WAL recovery refuses a torn tail instead of repairing it (elastickv #613, D4)"),
+    ("skip-restore-without-crc", "the cold start skips the restore without verifying the snapshot file (D9)"),
+    ("no-exdev-fallback", "finalizing a received snapshot fails when the rename crosses devices (D7)"),
+    (
+        "keep-bytes-after-failed-fsync",
+        "the WAL keeps the bytes whose fsync failed, for a restarted process to build on (fsyncgate)",
+    ),
+];
+
+/// Is the canary `name` (one of [`CANARIES`]) switched on for this disk?
+#[cfg(any(madsim, test, feature = "failpoints"))]
+#[inline]
+pub fn canary(fs: &dyn Fs, name: &'static str) -> bool {
+    debug_assert!(CANARIES.iter().any(|(n, _)| *n == name), "canary {name} is listed in CANARIES");
+    fs.canary(name)
+}
+
+/// Production build: no canaries.
+#[cfg(not(any(madsim, test, feature = "failpoints")))]
+#[inline(always)]
+pub fn canary(_fs: &dyn Fs, _name: &'static str) -> bool {
+    false
+}
+
 /// The error an attached `error` action produces at `name`.
 pub fn injected_error(name: &str) -> io::Error {
     io::Error::other(format!("injected at failpoint {name}"))

@@ -82,6 +82,8 @@ struct World {
     restarts: u64,
     faults: Vec<String>,
     fired: Vec<String>,
+    /// How many times each server started serving.
+    started: BTreeMap<u64, u64>,
 }
 
 type Shared = Arc<Mutex<World>>;
@@ -100,8 +102,21 @@ fn event(w: &Shared, text: String) {
     world(w).trace.push(format!("{t:>8} {text}"));
 }
 
+/// What a run can change besides the scenario and the seed.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Canaries (`durakv::failpoint::CANARIES`) to switch on in every server: historic bugs the run
+    /// must catch.
+    pub canaries: Vec<String>,
+}
+
 /// Run one scenario with one seed, deterministically.
 pub fn run(scenario: &Scenario, seed: u64) -> RunResult {
+    run_with(scenario, seed, &RunOptions::default())
+}
+
+/// [`run`], with options.
+pub fn run_with(scenario: &Scenario, seed: u64, opts: &RunOptions) -> RunResult {
     // `RUST_LOG=…` shows the nodes' own logs (simulated time is not in them; the trace has it).
     if std::env::var_os("RUST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
@@ -111,8 +126,8 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunResult {
     }
     let mut rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
     rt.set_time_limit(Duration::from_millis(scenario.duration_ms) + Duration::from_secs(600));
-    let scenario = scenario.clone();
-    rt.block_on(async move { simulate(scenario, seed).await })
+    let (scenario, opts) = (scenario.clone(), opts.clone());
+    rt.block_on(async move { simulate(scenario, seed, opts).await })
 }
 
 struct Server {
@@ -126,6 +141,9 @@ struct Server {
     refused: Option<(u64, String)>,
     /// A bit flip was injected into this server's files.
     corrupted: bool,
+    /// A bit flip was injected into the body of its newest snapshot when it had started this many
+    /// times: it must never start again (its cold start verifies the file, D9).
+    corrupt_snapshot_at_start: Option<u64>,
     up: bool,
     /// When this server last started, and the earliest time the supervisor may start it again
     /// (a server that dies within `CRASH_LOOP_MS` of its start waits that long, as systemd's
@@ -167,7 +185,7 @@ fn runtime_options() -> RuntimeOptions {
     RuntimeOptions { request_timeout: Duration::from_secs(3), ..RuntimeOptions::default() }
 }
 
-async fn simulate(scenario: Scenario, seed: u64) -> RunResult {
+async fn simulate(scenario: Scenario, seed: u64, run_opts: RunOptions) -> RunResult {
     let handle = Handle::current();
     let w: Shared = Arc::new(Mutex::new(World::default()));
     let mut servers: BTreeMap<u64, Server> = BTreeMap::new();
@@ -180,6 +198,9 @@ async fn simulate(scenario: Scenario, seed: u64) -> RunResult {
             Ok(d) => d,
             Err(e) => return setup_failure(&scenario, seed, &w, format!("disk options: {e}")),
         };
+        for canary in &run_opts.canaries {
+            disk.enable_canary(canary);
+        }
         let cfg = node_config(&scenario, id);
         let (disk2, w2) = (disk.clone(), w.clone());
         // Each start of this server gets its own seed, derived from the run's.
@@ -203,6 +224,7 @@ async fn simulate(scenario: Scenario, seed: u64) -> RunResult {
                 held_down: false,
                 refused: None,
                 corrupted: false,
+                corrupt_snapshot_at_start: None,
                 up: true,
                 started_ms: 0,
                 retry_at_ms: 0,
@@ -311,6 +333,7 @@ async fn run_server(disk: SimFs, cfg: NodeConfig, seed: u64, w: Shared) {
         }
     };
     event(&w, format!("server {} up at applied index {}", cfg.id, replica.applied_index()));
+    *world(&w).started.entry(cfg.id).or_insert(0) += 1;
     let (_keep, stop) = tokio::sync::watch::channel(false);
     if let Err(e) = serve(&cfg, replica, fs, listeners, opts, stop).await {
         event(&w, format!("server {} stopped: {e}", cfg.id));
@@ -604,6 +627,10 @@ async fn apply_fault(
                         let offset = len / 2;
                         let _ = s.disk.flip_bit(&file, offset, rng.random_range(0..8));
                         s.corrupted = true;
+                        if f.at.as_deref() == Some("snapshot") {
+                            let started = world(w).started.get(&id).copied().unwrap_or(0);
+                            s.corrupt_snapshot_at_start = Some(started);
+                        }
                         event(w, format!("server {id}: bit flipped at {offset} of {}", file.display()));
                     }
                     None => event(w, format!("server {id}: no file to flip a bit in")),
@@ -712,6 +739,23 @@ async fn apply_fault(
     Ok(())
 }
 
+/// A server whose snapshot body was corrupted on purpose must refuse to start (D9 verifies the file
+/// even when it skips the restore): starting means corrupt state may be served or sent to peers.
+fn check_corruption_noticed(servers: &BTreeMap<u64, Server>, w: &Shared) -> Result<(), Failure> {
+    for (id, s) in servers {
+        let started = world(w).started.get(id).copied().unwrap_or(0);
+        if s.corrupt_snapshot_at_start.is_some_and(|before| started > before) {
+            return Err(Failure {
+                invariant: "corruption_detection",
+                explanation: format!(
+                    "server {id} started from a snapshot file whose body no longer matches its CRC, without noticing"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Lift every disk fault of a server: rules, capacity, failpoints and a stall nobody served.
 fn heal_disk(disk: &SimFs) {
     disk.clear_rules();
@@ -742,6 +786,7 @@ async fn control(
             next += 1;
         }
         supervise(&handle, servers, w);
+        check_corruption_noticed(servers, w)?;
         madsim::time::sleep(Duration::from_millis(50)).await;
     }
     // Heal: the network, every disk fault; everything that is down starts (a server whose disk
@@ -768,6 +813,7 @@ async fn control(
     let deadline = now_ms() + scenario.invariants.liveness_ms;
     loop {
         supervise(&handle, servers, w);
+        check_corruption_noticed(servers, w)?;
         let up: Vec<u64> = servers.iter().filter(|(_, s)| s.up).map(|(id, _)| *id).collect();
         if let Some(l) = find_leader(&up).await {
             let addr = SocketAddr::new(server_ip(l), RESP_PORT);
@@ -800,6 +846,7 @@ async fn control(
     let deadline = now_ms() + scenario.invariants.liveness_ms;
     loop {
         supervise(&handle, servers, w);
+        check_corruption_noticed(servers, w)?;
         let mut applied = BTreeMap::new();
         let mut commits = Vec::new();
         for &id in &expected {

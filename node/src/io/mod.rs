@@ -176,6 +176,12 @@ pub trait Fs: Send + Sync + fmt::Debug {
         Ok(None)
     }
 
+    /// Is the canary `name` (`crate::failpoint::CANARIES`) switched on? Only a simulated disk
+    /// switches one on.
+    fn canary(&self, _name: &str) -> bool {
+        false
+    }
+
     /// Leave a stall that synchronous code cannot serve for the node's loop ([`Fs::take_stall`]).
     fn defer_stall(&self, _stall: std::time::Duration) {}
 

@@ -157,7 +157,7 @@ impl Spool {
                 // later `close` must not report the spool as missing.
                 self.state = State::Finalized;
             }
-            Err(e) if is_cross_device(&e) => {
+            Err(e) if is_cross_device(&e) && !crate::failpoint::canary(&*self.fs, "no-exdev-fallback") => {
                 tracing::info!(spool = %self.path.display(), path = %dest.display(), "spool and snapshot directory are on different devices: copying");
                 self.copy_across(&dest)?;
             }

@@ -378,7 +378,10 @@ impl Wal {
         let mut valid_len = len;
         if let Some((offset, problem)) = scan.stopped {
             let at = offset as usize;
-            if !is_last || self.opts.recovery == RecoveryMode::Strict {
+            if !is_last
+                || self.opts.recovery == RecoveryMode::Strict
+                || failpoint::canary(&*self.fs, "no-torn-tail-repair")
+            {
                 return Err(corrupt(offset, CorruptReason::Frame(problem)));
             }
             if let Some(bit_offset) =
@@ -497,6 +500,9 @@ impl Wal {
     /// was acknowledged. Shrinking is not a retry of the failed fsync: the next fsync only has to
     /// make the new length durable. If this fails too, the node stops all the same.
     fn discard_unsynced_tail(&mut self) {
+        if failpoint::canary(&*self.fs, "keep-bytes-after-failed-fsync") {
+            return;
+        }
         let Some(seg) = self.active.and_then(|s| self.segments.get_mut(&s)) else { return };
         let cut = seg.file.set_len(seg.synced_len).and_then(|()| seg.file.sync());
         match cut {
