@@ -173,6 +173,7 @@ mod tests {
     fn write(v: Option<&str>, call: u64, ret: u64, outcome: Outcome) -> Operation {
         Operation {
             client: 1,
+            server: 0,
             key: b"k".to_vec(),
             op: RegisterOp::Write(v.map(|s| s.as_bytes().to_vec())),
             call,

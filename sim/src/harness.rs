@@ -291,10 +291,24 @@ fn finish(
         && scenario.invariants.linearizability
         && let Err(v) = crate::linearizability::check(&world.history)
     {
+        let culprit = v.culprit.as_ref().map_or(String::new(), |o| {
+            let what = match &o.op {
+                RegisterOp::Read(seen) => {
+                    format!("a read that returned {:?}", seen.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()))
+                }
+                RegisterOp::Write(Some(v)) => format!("a write of {:?}", String::from_utf8_lossy(v)),
+                RegisterOp::Write(None) => "a delete".to_string(),
+                RegisterOp::Incr { result, .. } => format!("an INCR that returned {result:?}"),
+            };
+            format!(
+                "; the first operation that cannot be explained is {what} by client {} on server {}, {}–{} ms",
+                o.client, o.server, o.call, o.ret
+            )
+        });
         failure = Some(Failure {
             invariant: "linearizability",
             explanation: format!(
-                "key {:?}: no order of its {} operations explains what the clients saw",
+                "key {:?}: no order of its {} operations explains what the clients saw{culprit}",
                 String::from_utf8_lossy(&v.key),
                 v.operations.len()
             ),
@@ -463,7 +477,7 @@ async fn client_loop(scenario: Scenario, seed: u64, c: u64, end_ms: u64, w: Shar
             if matches!(op, RegisterOp::Read(_)) && outcome != Outcome::Ok {
                 continue;
             }
-            wl.history.push(Operation { client: c, key, op, call: call_t, ret, outcome });
+            wl.history.push(Operation { client: c, server, key, op, call: call_t, ret, outcome });
         }
     }
 }

@@ -35,6 +35,8 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Operation {
     pub client: u64,
+    /// The server the client sent it to (0 when not known).
+    pub server: u64,
     pub key: Vec<u8>,
     pub op: RegisterOp,
     /// Invocation time (any monotonic unit).
@@ -50,6 +52,9 @@ pub struct Violation {
     pub key: Vec<u8>,
     /// The operations of that key, for the report.
     pub operations: Vec<Operation>,
+    /// The first operation (by return time) with which the key's history stops being linearizable:
+    /// everything that returned before it can be explained, it cannot.
+    pub culprit: Option<Operation>,
 }
 
 /// The register's state: absent, or a value.
@@ -83,10 +88,49 @@ pub fn check(history: &[Operation]) -> Result<(), Violation> {
     }
     for (key, ops) in by_key {
         if !check_key(&ops) {
-            return Err(Violation { key: key.to_vec(), operations: ops.into_iter().cloned().collect() });
+            let culprit = first_unexplained(&ops);
+            return Err(Violation {
+                key: key.to_vec(),
+                operations: ops.into_iter().cloned().collect(),
+                culprit,
+            });
         }
     }
     Ok(())
+}
+
+/// The history as it stood at time `t`: every operation invoked by then, those that had not
+/// returned counted as undecided.
+fn prefix(ops: &[&Operation], t: u64) -> Vec<Operation> {
+    ops.iter()
+        .filter(|o| o.call <= t)
+        .map(|o| {
+            let mut o = (*o).clone();
+            if o.outcome == Outcome::Ok && o.ret > t {
+                o.outcome = Outcome::Unknown;
+            }
+            o
+        })
+        .collect()
+}
+
+/// The operation that breaks a non-linearizable key history: the first acknowledged one, in return
+/// order, at whose return the history so far cannot be explained. Histories only gain constraints as
+/// time goes on, so a binary search finds it.
+fn first_unexplained(ops: &[&Operation]) -> Option<Operation> {
+    let mut by_ret: Vec<&Operation> = ops.iter().copied().filter(|o| o.outcome == Outcome::Ok).collect();
+    by_ret.sort_by_key(|o| (o.ret, o.call));
+    let explained = |k: usize| {
+        let p = prefix(ops, by_ret[k].ret);
+        check_key(&p.iter().collect::<Vec<_>>())
+    };
+    let (mut lo, mut hi) = (0, by_ret.len());
+    // Invariant: the histories at the returns before `lo` are explained; the one at `hi` is not.
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if explained(mid) { lo = mid + 1 } else { hi = mid }
+    }
+    by_ret.get(lo).map(|o| (*o).clone())
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -201,6 +245,7 @@ mod tests {
     fn w(client: u64, v: &str, call: u64, ret: u64) -> Operation {
         Operation {
             client,
+            server: 0,
             key: b"k".to_vec(),
             op: RegisterOp::Write(Some(v.into())),
             call,
@@ -211,7 +256,30 @@ mod tests {
 
     fn r(client: u64, v: Option<&str>, call: u64, ret: u64) -> Operation {
         let seen = v.map(|s| s.as_bytes().to_vec());
-        Operation { client, key: b"k".to_vec(), op: RegisterOp::Read(seen), call, ret, outcome: Outcome::Ok }
+        Operation {
+            client,
+            server: 0,
+            key: b"k".to_vec(),
+            op: RegisterOp::Read(seen),
+            call,
+            ret,
+            outcome: Outcome::Ok,
+        }
+    }
+
+    #[test]
+    fn a_violation_names_the_first_operation_that_cannot_be_explained() {
+        // Failure injected: a stale read (b was acknowledged before it started) among valid ones.
+        // Invariant: the report points at that read, not at the whole history.
+        let stale = r(3, Some("a"), 4, 5);
+        let h = [w(1, "a", 0, 1), w(2, "b", 2, 3), stale.clone(), r(1, Some("b"), 6, 7), w(2, "c", 8, 9)];
+        let v = check(&h).expect_err("stale read");
+        assert_eq!(v.culprit, Some(stale));
+        // An undecided write that may have landed explains a later read: the culprit is elsewhere.
+        let maybe = unknown(w(4, "z", 10, 11));
+        let h = [w(1, "a", 0, 1), maybe, r(2, Some("z"), 12, 13), r(3, Some("a"), 14, 15)];
+        let v = check(&h).expect_err("a read of a after z was seen");
+        assert_eq!(v.culprit, Some(r(3, Some("a"), 14, 15)));
     }
 
     fn unknown(mut op: Operation) -> Operation {
@@ -271,6 +339,7 @@ mod tests {
     fn increments_are_read_modify_writes() {
         let incr = |client, delta, result: Option<i64>, call, ret| Operation {
             client,
+            server: 0,
             key: b"k".to_vec(),
             op: RegisterOp::Incr { delta, result },
             call,
@@ -323,6 +392,7 @@ mod tests {
                 value = Some(format!("v{i}").into_bytes());
                 history.push(Operation {
                     client,
+                    server: 0,
                     key: b"k".to_vec(),
                     op: RegisterOp::Write(value.clone()),
                     call,
@@ -332,6 +402,7 @@ mod tests {
             } else {
                 history.push(Operation {
                     client,
+                    server: 0,
                     key: b"k".to_vec(),
                     op: RegisterOp::Read(value.clone()),
                     call,

@@ -18,6 +18,7 @@ const CASES: &[(&str, &str, &[u64])] = &[
     ("skip-restore-without-crc", "corrupt-snapshot-at-cold-start.toml", &[81]),
     ("no-exdev-fallback", "follower-snapshot-across-devices.toml", &[21]),
     ("keep-bytes-after-failed-fsync", "enospc-and-eio-on-fsync.toml", &[101, 102, 103, 104]),
+    ("local-reads", "partitions-and-kills.toml", &[51, 52]),
 ];
 
 #[test]
