@@ -77,7 +77,10 @@ pub const CANARIES: &[(&str, &str)] = &[
     ("no-torn-tail-repair", "WAL recovery refuses a torn tail instead of repairing it (elastickv #613, D4)"),
     ("skip-restore-without-crc", "the cold start skips the restore without verifying the snapshot file (D9)"),
     ("no-exdev-fallback", "finalizing a received snapshot fails when the rename crosses devices (D7)"),
-    ("local-reads", "a server answers GET from its own state machine without a ReadIndex round (stale reads)"),
+    (
+        "local-reads",
+        "a server answers GET from its own state machine without a ReadIndex round (stale reads)",
+    ),
     (
         "keep-bytes-after-failed-fsync",
         "the WAL keeps the bytes whose fsync failed, for a restarted process to build on (fsyncgate)",
