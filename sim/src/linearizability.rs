@@ -54,7 +54,7 @@ pub struct Violation {
     pub operations: Vec<Operation>,
     /// The first operation (by return time) with which the key's history stops being linearizable:
     /// everything that returned before it can be explained, it cannot.
-    pub culprit: Option<Operation>,
+    pub culprit: Option<Box<Operation>>,
 }
 
 /// The register's state: absent, or a value.
@@ -117,7 +117,7 @@ fn prefix(ops: &[&Operation], t: u64) -> Vec<Operation> {
 /// The operation that breaks a non-linearizable key history: the first acknowledged one, in return
 /// order, at whose return the history so far cannot be explained. Histories only gain constraints as
 /// time goes on, so a binary search finds it.
-fn first_unexplained(ops: &[&Operation]) -> Option<Operation> {
+fn first_unexplained(ops: &[&Operation]) -> Option<Box<Operation>> {
     let mut by_ret: Vec<&Operation> = ops.iter().copied().filter(|o| o.outcome == Outcome::Ok).collect();
     by_ret.sort_by_key(|o| (o.ret, o.call));
     let explained = |k: usize| {
@@ -130,7 +130,7 @@ fn first_unexplained(ops: &[&Operation]) -> Option<Operation> {
         let mid = lo + (hi - lo) / 2;
         if explained(mid) { lo = mid + 1 } else { hi = mid }
     }
-    by_ret.get(lo).map(|o| (*o).clone())
+    by_ret.get(lo).map(|o| Box::new((*o).clone()))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -274,12 +274,12 @@ mod tests {
         let stale = r(3, Some("a"), 4, 5);
         let h = [w(1, "a", 0, 1), w(2, "b", 2, 3), stale.clone(), r(1, Some("b"), 6, 7), w(2, "c", 8, 9)];
         let v = check(&h).expect_err("stale read");
-        assert_eq!(v.culprit, Some(stale));
+        assert_eq!(v.culprit, Some(Box::new(stale)));
         // An undecided write that may have landed explains a later read: the culprit is elsewhere.
         let maybe = unknown(w(4, "z", 10, 11));
         let h = [w(1, "a", 0, 1), maybe, r(2, Some("z"), 12, 13), r(3, Some("a"), 14, 15)];
         let v = check(&h).expect_err("a read of a after z was seen");
-        assert_eq!(v.culprit, Some(r(3, Some("a"), 14, 15)));
+        assert_eq!(v.culprit, Some(Box::new(r(3, Some("a"), 14, 15))));
     }
 
     fn unknown(mut op: Operation) -> Operation {
