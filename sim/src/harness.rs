@@ -544,22 +544,15 @@ fn restart(handle: &Handle, s: &mut Server, w: &Shared, id: u64) {
     event(w, format!("server {id} restarted"));
 }
 
-/// The last WAL segment of a server's disk.
-fn last_segment(disk: &SimFs) -> Option<PathBuf> {
-    let dir = DataLayout::new(Path::new(DATA)).raft;
-    let mut names: Vec<String> =
-        disk.read_dir(&dir).ok()?.into_iter().map(|e| e.name).filter(|n| n.ends_with(".wal")).collect();
-    names.sort();
-    names.pop().map(|n| dir.join(n))
+/// The last file named `*<suffix>` in `dir` of a server's disk (names sort by index or sequence):
+/// its newest WAL segment or snapshot.
+fn newest_file(disk: &SimFs, dir: &Path, suffix: &str) -> Option<PathBuf> {
+    let names = disk.read_dir(dir).ok()?.into_iter().map(|e| e.name).filter(|n| n.ends_with(suffix));
+    names.max().map(|n| dir.join(n))
 }
 
-/// The newest snapshot file of a server's disk.
-fn newest_snapshot(disk: &SimFs) -> Option<PathBuf> {
-    let dir = DataLayout::new(Path::new(DATA)).snapshots;
-    let mut names: Vec<String> =
-        disk.read_dir(&dir).ok()?.into_iter().map(|e| e.name).filter(|n| n.ends_with(".snap")).collect();
-    names.sort();
-    names.pop().map(|n| dir.join(n))
+fn last_segment(disk: &SimFs) -> Option<PathBuf> {
+    newest_file(disk, &DataLayout::new(Path::new(DATA)).raft, ".wal")
 }
 
 /// Run `f` after `after` of simulated time (a fault healing itself).
@@ -632,7 +625,9 @@ async fn apply_fault(
                 // A flipped bit in an acknowledged WAL record, or in a snapshot body: the node must
                 // refuse to start with a typed error (D5, D8), and the cluster go on without it.
                 let file = match f.at.as_deref() {
-                    Some("snapshot") => newest_snapshot(&s.disk),
+                    Some("snapshot") => {
+                        newest_file(&s.disk, &DataLayout::new(Path::new(DATA)).snapshots, ".snap")
+                    }
                     _ => last_segment(&s.disk),
                 };
                 match file {
