@@ -38,6 +38,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// `println!` that ignores a closed stdout (`durakv-sim run … | head` must not panic).
+#[cfg(madsim)]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 #[cfg(madsim)]
 mod cli {
     use std::path::{Path, PathBuf};
@@ -83,7 +92,7 @@ mod cli {
         let s = &r.summary;
         match &r.failure {
             None => {
-                println!(
+                out!(
                     "ok   {} seed {}: {} ok / {} fail / {} unknown ops, {} faults, {} restarts, applied {}, digest {:016x}",
                     s.scenario,
                     s.seed,
@@ -98,8 +107,8 @@ mod cli {
                 true
             }
             Some(f) => {
-                println!("FAIL {} seed {}: {} violated: {}", s.scenario, s.seed, f.invariant, f.explanation);
-                println!(
+                out!("FAIL {} seed {}: {} violated: {}", s.scenario, s.seed, f.invariant, f.explanation);
+                out!(
                     "     reproduce: make sim-run SCENARIO={file} SEED={}{}",
                     s.seed,
                     if swarm { " SWARM=1" } else { "" }
@@ -115,8 +124,8 @@ mod cli {
                     match std::fs::create_dir_all(dir)
                         .and_then(|_| std::fs::write(&path, lines.join("\n") + "\n"))
                     {
-                        Ok(()) => println!("     trace: {}", path.display()),
-                        Err(e) => println!("     trace not written to {}: {e}", path.display()),
+                        Ok(()) => out!("     trace: {}", path.display()),
+                        Err(e) => out!("     trace not written to {}: {e}", path.display()),
                     }
                 }
                 false
@@ -156,7 +165,7 @@ mod cli {
                     let r = run(&scenario, seed);
                     if args.iter().any(|a| a == "--trace") {
                         for e in &r.trace {
-                            println!("{e}");
+                            out!("{e}");
                         }
                     }
                     ok &= report(file, &r, out.as_deref(), swarmed);
@@ -176,12 +185,12 @@ mod cli {
                 let (a, b) = (run(&scenario, seed), run(&scenario, seed));
                 match a.trace.iter().zip(&b.trace).position(|(x, y)| x != y) {
                     None if a.trace.len() == b.trace.len() => {
-                        println!("deterministic: {} events, identical in both runs", a.trace.len());
+                        out!("deterministic: {} events, identical in both runs", a.trace.len());
                         Ok(ExitCode::SUCCESS)
                     }
                     at => {
                         let i = at.unwrap_or(a.trace.len().min(b.trace.len()));
-                        println!(
+                        out!(
                             "NOT deterministic: the traces part at event {i}:\n  first:  {:?}\n  second: {:?}",
                             a.trace.get(i),
                             b.trace.get(i)
@@ -252,7 +261,7 @@ mod cli {
                     );
                 }
                 eprintln!();
-                println!(
+                out!(
                     "fuzz: {ran} seeds in {:.1} s ({:.2} seeds/s), {failed} failed",
                     started.elapsed().as_secs_f64(),
                     ran as f64 / started.elapsed().as_secs_f64().max(1e-9)
