@@ -19,6 +19,16 @@ use durakv_faults::{OptionsError, SimFs, SimFsOptions};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+/// The repository's root (where `scenarios/` and `snapshots/` are), as the running test or tool
+/// sees it. Cargo sets `CARGO_MANIFEST_DIR` for what it runs; the compile-time value is only a
+/// fallback, because a test binary reused from a shared target dir may have been compiled in another
+/// checkout and would read that checkout's files.
+pub fn repo_root() -> std::path::PathBuf {
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")), std::path::PathBuf::from);
+    manifest.join("..")
+}
+
 /// The seed of the stream named `label` under `root`. Stable across platforms and releases: a
 /// 64-bit FNV-1a hash of the label mixed into the root with SplitMix64's finalizer.
 pub fn derive_seed(root: u64, label: &str) -> u64 {

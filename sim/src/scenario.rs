@@ -544,7 +544,7 @@ liveness_ms = 10000
 
     #[test]
     fn every_scenario_file_in_the_repository_parses() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+        let dir = crate::repo_root().join("scenarios");
         let mut n = 0;
         for entry in std::fs::read_dir(&dir).expect("scenarios/ exists") {
             let path = entry.expect("entry").path();

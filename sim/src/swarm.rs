@@ -123,7 +123,7 @@ mod tests {
     use std::path::Path;
 
     fn base() -> Scenario {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/partitions-and-kills.toml");
+        let path = crate::repo_root().join("scenarios/partitions-and-kills.toml");
         Scenario::load(&path).expect("a scenario in the repository")
     }
 

@@ -6,8 +6,6 @@
 //! run fails (any invariant), and the same scenario passes without the canary (`scenarios.rs`).
 #![cfg(madsim)]
 
-use std::path::Path;
-
 use durakv_sim::harness::{RunOptions, run_with};
 use durakv_sim::scenario::Scenario;
 
@@ -34,7 +32,7 @@ fn every_canary_is_listed_once_and_has_a_case() {
 
 #[test]
 fn every_canary_is_caught_by_its_scenario() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+    let dir = durakv_sim::repo_root().join("scenarios");
     let mut missed = Vec::new();
     for (canary, file, seeds) in CASES {
         let scenario = Scenario::load(&dir.join(file)).unwrap_or_else(|e| panic!("{e}"));

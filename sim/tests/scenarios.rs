@@ -15,7 +15,7 @@ use durakv_sim::harness::{RunResult, run};
 use durakv_sim::scenario::Scenario;
 
 fn scenario_files() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+    let dir = durakv_sim::repo_root().join("scenarios");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .expect("the scenarios folder")
         .map(|e| e.expect("dir entry").path())
@@ -92,7 +92,9 @@ fn every_scenario_passes_with_its_seeds() {
                 failures.push(format!("{} seed {seed}: {e}", scenario.name));
                 continue;
             }
-            insta::with_settings!({ snapshot_path => "../../snapshots", prepend_module_to_snapshot => false }, {
+            // An absolute path found at run time: see `durakv_sim::repo_root`.
+            let snapshots = durakv_sim::repo_root().join("snapshots");
+            insta::with_settings!({ snapshot_path => snapshots, prepend_module_to_snapshot => false }, {
                 insta::assert_snapshot!(format!("{}-seed-{seed}", scenario.name), describe(file, &result));
             });
         }
