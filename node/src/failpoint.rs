@@ -11,10 +11,12 @@
 //! | `wal.append` | before a batch of raft log records is written | a failed write: the WAL poisons itself, the node fail-stops |
 //! | `wal.sync` | before the raft log's fsync | a failed fsync: fatal (D10), never retried |
 //! | `fsm.apply` | before a committed entry is applied to the state machine | an apply failure: the applied index does not move, the node fail-stops and re-applies after restart (D10) |
-//! | `snapshot.write` | before a local snapshot file is written | the snapshot is abandoned, the node fail-stops |
+//! | `snapshot.write` | after a local snapshot's body is written, before it is sealed and renamed | the temporary file is removed, the node fail-stops |
 //! | `snapshot.finalize` | when the last chunk of a received snapshot is in the spool, before it is sealed and moved into the snapshot directory (a pause here stalls only this receive) | the receive fails, the spool is removed, the leader sends again |
-//! | `snapshot.restore` | before a received or cold-start snapshot is restored into the state machine | a failed restore: nothing becomes visible (D8), the node fail-stops and restores at its next start |
-//! | `transport.send` | before a raft message is written to a peer's connection | the message is lost (raft retransmits) |
+//! | `snapshot.restore` | after a received or cold-start snapshot was streamed into the restore target and its CRC checked, before the restored state becomes visible | a failed restore: nothing becomes visible (D8), the node fail-stops and restores at its next start |
+//! | `transport.send` | before a batch of raft messages is written to a peer's connection | the batch is lost (raft retransmits) |
+//!
+//! [`CANARIES`] re-introduce fixed bugs the same way, so a test can show the simulation catches them.
 
 use std::io;
 
