@@ -417,3 +417,34 @@ fn an_fsm_apply_failure_fail_stops_the_follower_which_reapplies_after_restart() 
     c.converge();
     check_all_have(&c, 62);
 }
+
+#[test]
+fn retention_runs_when_a_replica_opens() {
+    // Failure injected: a run stopped between recording a snapshot and applying retention (here:
+    // extra snapshot files left in the directory while the follower was down).
+    // Invariant (D11): opening the replica applies retention (3 files here) and keeps the snapshot
+    // the raft log is based on.
+    let mut c = Cluster::new(FsmSync::Sync, 7);
+    c.write(1..=30);
+    c.converge();
+    let follower = c.a_follower();
+    c.crash(follower, CrashKind::ProcessKill);
+    let fs = &c.disks[&follower];
+    for i in 1..=4u64 {
+        let path = Path::new("/node/snap").join(durakv::snapshot::snapshot_name(i));
+        durakv::io::write_file_durably(fs, &path, b"left behind").expect("write a leftover");
+    }
+    c.restart(follower);
+    let node = &c.nodes[&follower];
+    let files = node.snapshot_store().list().expect("list");
+    let base = node.storage().snapshot_pointer().metadata.index;
+    assert!(files.len() <= 3, "{} snapshot files after open: {files:?}", files.len());
+    assert!(
+        base == 0 || files.iter().any(|(i, _)| *i == base),
+        "the base snapshot {base} is kept: {files:?}"
+    );
+    assert!(files.iter().all(|(i, _)| *i > 4), "the oldest leftovers went first: {files:?}");
+    c.write(31..=31);
+    c.converge();
+    check_all_have(&c, 31);
+}
