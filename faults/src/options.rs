@@ -183,6 +183,14 @@ impl FaultRule {
         self
     }
 
+    /// Check the rule's bounds (a rule built field by field may hold an empty path pattern).
+    pub fn validate(&self) -> Result<(), OptionsError> {
+        if self.path.as_deref() == Some("") {
+            return Err(OptionsError::EmptyPattern);
+        }
+        Ok(())
+    }
+
     pub(crate) fn matches(&self, op: OpKind, path: &str, ops_done: u64) -> bool {
         (self.ops.is_empty() || self.ops.contains(&op))
             && ops_done >= self.after_ops
@@ -229,12 +237,7 @@ impl SimFsOptions {
                 return Err(OptionsError::RelativeMount(m.clone()));
             }
         }
-        for r in &self.rules {
-            if r.path.as_deref() == Some("") {
-                return Err(OptionsError::EmptyPattern);
-            }
-        }
-        Ok(())
+        self.rules.iter().try_for_each(FaultRule::validate)
     }
 }
 

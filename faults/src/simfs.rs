@@ -280,9 +280,7 @@ impl SimFs {
 
     /// Add a fault rule from now on (a scheduled fault: EIO from this moment).
     pub fn add_rule(&self, rule: FaultRule) -> Result<(), OptionsError> {
-        if rule.path.as_deref() == Some("") {
-            return Err(OptionsError::EmptyPattern);
-        }
+        rule.validate()?;
         let mut s = self.lock();
         s.opts.rules.push(rule);
         s.rule_fires.push(0);
