@@ -10,6 +10,7 @@
 //! |---|---|---|
 //! | `wal.append` | before a batch of raft log records is written | a failed write: the WAL poisons itself, the node fail-stops |
 //! | `wal.sync` | before the raft log's fsync | a failed fsync: fatal (D10), never retried |
+//! | `hardstate.sync` | after a new hard state (term, vote, commit, acknowledged index) is written to its slot, before the fsync | a failed fsync: the file poisons itself, the node fail-stops; the other slot still holds the previous state |
 //! | `fsm.apply` | before a committed entry is applied to the state machine | an apply failure: the applied index does not move, the node fail-stops and re-applies after restart (D10) |
 //! | `snapshot.write` | after a local snapshot's body is written, before it is sealed and renamed | the temporary file is removed, the node fail-stops |
 //! | `snapshot.finalize` | when the last chunk of a received snapshot is in the spool, before it is sealed and moved into the snapshot directory (a pause here stalls only this receive) | the receive fails, the spool is removed, the leader sends again |
@@ -26,6 +27,7 @@ use crate::io::Fs;
 pub const NAMES: &[&str] = &[
     "wal.append",
     "wal.sync",
+    "hardstate.sync",
     "fsm.apply",
     "snapshot.write",
     "snapshot.finalize",
@@ -86,6 +88,10 @@ pub const CANARIES: &[(&str, &str)] = &[
     (
         "keep-bytes-after-failed-fsync",
         "the WAL keeps the bytes whose fsync failed, for a restarted process to build on (fsyncgate)",
+    ),
+    (
+        "no-peer-recovery",
+        "a node that lost entries it acknowledged rejoins at once, voting and campaigning on the shortened log (FAST'18)",
     ),
 ];
 

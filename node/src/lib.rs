@@ -11,7 +11,10 @@
 //! * [`snapshot`]: checksummed snapshot files and tokens, the streaming writer and receive spool,
 //!   verify-then-restore, the idempotent cold start, retention and hygiene;
 //! * [`server`]: the Redis-protocol (RESP2) client port: codec, command table, connections;
-//! * [`storage`]: raft-rs's `Storage` over the WAL (entries, hard state, conf state, snapshot pointer);
+//! * [`hardstate`]: term, vote, commit and the acknowledged index in a two-slot file outside the log,
+//!   with the evidence of any recovery from peers in progress;
+//! * [`storage`]: raft-rs's `Storage` over the WAL and the hard-state file (entries, hard state, conf
+//!   state, snapshot pointer), and the decision to recover lost entries from peers;
 //! * [`replica`]: the raft core (RawNode, storage, state machine) and its ready loop;
 //! * [`failpoint`]: named failpoints the simulation attaches errors, kills, pauses and delays to;
 //! * [`transport`]: the peer wire frames (handshake, raft messages, snapshot chunks);
@@ -24,6 +27,7 @@ mod codec;
 pub mod config;
 pub mod failpoint;
 pub mod fsm;
+pub mod hardstate;
 pub mod io;
 pub mod replica;
 pub mod runtime;

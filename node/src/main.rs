@@ -105,6 +105,30 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
                 wal.last_index(),
                 wal.compacted_below()
             );
+            for tmp in &report.removed_tmp {
+                println!("leftover (a start-up removes it): {}", tmp.display());
+            }
+            // The hard-state file beside the segments, read without changing it.
+            let hs_path = PathBuf::from(dir).join(durakv::hardstate::FILE_NAME);
+            if RealFs::new().exists(&hs_path).unwrap_or(false) {
+                let bytes = read_file(&RealFs::new(), &hs_path)
+                    .with_context(|| format!("reading {}", hs_path.display()))?;
+                match durakv::hardstate::decode_file(&bytes) {
+                    Ok((seq, st)) => {
+                        println!(
+                            "hard state (slot seq {seq}): term {}, vote {}, commit {}, acknowledged {}",
+                            st.term, st.vote, st.commit, st.acknowledged
+                        );
+                        if st.recover_to > 0 {
+                            println!("recovering from peers up to index {}", st.recover_to);
+                        }
+                        if let Some(r) = st.repair {
+                            println!("last repair: {r}");
+                        }
+                    }
+                    Err(reason) => bail!("corrupt hard-state file {}: {reason}", hs_path.display()),
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         ["wal", "repair", dir] => {

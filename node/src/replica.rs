@@ -6,9 +6,16 @@
 //! Ready order (the durability-relevant part):
 //! 1. messages a leader may send before persisting (append to followers) go out first;
 //! 2. committed entries are applied through `Kv::apply_raft` (fail-stop on error, D10);
-//! 3. new entries and the hard state are persisted with one fsync;
+//! 3. new entries are persisted with one WAL fsync, then the hard state and acknowledged index with
+//!    one fsync of the hard-state file;
 //! 4. only then do persisted messages (votes, append responses) go out (D1);
 //! 5. `advance`, then the light ready's commit index, messages and committed entries; `advance_apply`.
+//!
+//! Recovery from peers: while storage says this node lost entries it may have acknowledged
+//! ([`RaftStorage::recover_to`]), the replica drops vote and pre-vote requests and leadership
+//! transfers, and does not tick as a follower (so it never campaigns): with a shortened log it could
+//! otherwise help elect a leader that lacks a committed entry (FAST'18). It still takes appends and
+//! snapshots; once its log reaches the mark it is a full member again.
 
 use std::collections::BTreeMap;
 
@@ -19,6 +26,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::fsm::{Engine, FsmError, Kv, Reply};
+use crate::hardstate::RepairKind;
 use crate::io::SharedFs;
 use crate::snapshot::{
     ColdStart, SnapshotError, SnapshotFile, SnapshotStore, SnapshotToken, cold_start, ensure_applied_durable,
@@ -162,11 +170,15 @@ impl<E: Engine> Replica<E> {
         // Raft refuses an applied index beyond its commit index; a state machine that durably applied
         // entries proves they were committed.
         storage.raise_commit(kv.applied_index())?;
+        // A node recovering lost entries may have a state machine ahead of its log (it applied entries
+        // it then lost): raft resumes from what the log can vouch for, and `apply` skips the entries
+        // the state machine already holds when they arrive again.
+        let applied = kv.applied_index().min(storage.hard_state().commit);
         let config = Config {
             id: cfg.id,
             election_tick: cfg.election_tick,
             heartbeat_tick: cfg.heartbeat_tick,
-            applied: kv.applied_index(),
+            applied,
             max_size_per_msg: cfg.max_size_per_msg,
             max_inflight_msgs: cfg.max_inflight_msgs,
             check_quorum: true,
@@ -239,14 +251,37 @@ impl<E: Engine> Replica<E> {
         &self.snapshots.store
     }
 
-    /// Advance the logical clock by one tick.
+    /// Is this node recovering entries it lost (no votes, no campaigns)? The `no-peer-recovery` canary
+    /// switches the guard off to show the simulation catches its absence.
+    pub fn recovering(&self) -> bool {
+        self.raw.store().recover_to() > 0 && !crate::failpoint::canary(self.fs(), "no-peer-recovery")
+    }
+
+    /// The index a recovering node's log must reach (0: not recovering).
+    pub fn recover_to(&self) -> u64 {
+        self.raw.store().recover_to()
+    }
+
+    /// Advance the logical clock by one tick. A recovering follower does not tick: its election
+    /// timer never fires, so it never campaigns on a log that lost entries.
     pub fn tick(&mut self) {
+        if self.recovering() && self.raw.raft.state != StateRole::Leader {
+            return;
+        }
         self.raw.tick();
         self.redraw_election_timeout();
     }
 
-    /// Start an election now.
+    /// Start an election now (refused, with a warning, while recovering lost entries).
     pub fn campaign(&mut self) -> Result<(), ReplicaError> {
+        if self.recovering() {
+            tracing::warn!(
+                node = self.id(),
+                recover_to = self.recover_to(),
+                "not campaigning while recovering"
+            );
+            return Ok(());
+        }
         self.raw.campaign()?;
         self.redraw_election_timeout();
         Ok(())
@@ -254,19 +289,40 @@ impl<E: Engine> Replica<E> {
 
     /// Feed a message from a peer.
     pub fn step(&mut self, mut msg: Message) -> Result<(), ReplicaError> {
-        // A leader's heartbeat carries min(its commit, what it believes this node holds). After this
-        // node repaired a torn tail, that belief can exceed its log, and raft-rs would panic moving the
-        // commit index past the last entry. Clamp it: the commit index only ever needs entries this
-        // node has, and the leader's next append (rejected, then retried lower) refills the gap.
-        if msg.msg_type() == raft::eraftpb::MessageType::MsgHeartbeat {
+        use raft::eraftpb::MessageType as T;
+        let kind = msg.msg_type();
+        if matches!(kind, T::MsgRequestVote | T::MsgRequestPreVote | T::MsgTimeoutNow) && self.recovering() {
+            // A vote from a log that lost acknowledged entries could elect a leader lacking a
+            // committed one: grant nothing until the log is whole again. The candidate's timer
+            // retries; the other members decide without this node.
+            tracing::debug!(
+                node = self.id(),
+                from = msg.from,
+                term = msg.term,
+                ?kind,
+                "recovering: vote not granted"
+            );
+            return Ok(());
+        }
+        // A leader's heartbeat carries min(its commit, what it believes this node holds). That belief
+        // can exceed the log only if this node lost entries it acknowledged. Start-up finds such
+        // losses (the hard-state file's acknowledged index); one found here is a broken promise that
+        // start-up missed: record it and recover the entries from the leader like any other loss.
+        // raft-rs would panic moving the commit index past the last entry, so the commit this node
+        // takes is the part its log holds.
+        if kind == T::MsgHeartbeat {
             let last = self.raw.raft.raft_log.last_index();
             if msg.commit > last {
-                tracing::warn!(
-                    node = self.id(),
-                    index = last,
-                    commit = msg.commit,
-                    "heartbeat commit beyond the log: clamped"
-                );
+                if self.raw.store().recover_to() == 0 {
+                    tracing::error!(
+                        node = self.id(),
+                        index = last,
+                        commit = msg.commit,
+                        "the leader believes this node holds entries past its log: a promise was broken; \
+                         recovering them from the leader"
+                    );
+                    self.raw.store().begin_recovery(msg.commit, RepairKind::LeaderAhead)?;
+                }
                 msg.commit = last;
             }
         }

@@ -2,13 +2,22 @@
 //!
 //! * Entries are WAL entries whose data is the prost-encoded raft `Entry`; the WAL keeps each
 //!   entry's term in memory, so `term()` never reads the disk.
-//! * Hard state, conf state and the latest snapshot's metadata and token are WAL meta values, written
-//!   in the same batch (and fsync) as the entries of a ready ([`RaftStorage::persist`]).
+//! * Term, vote and commit live in the hard-state file ([`crate::hardstate`]), outside the log, with the
+//!   highest index this node may have acknowledged: damage to the log's tail cannot roll them back.
+//!   [`RaftStorage::persist`] fsyncs a ready's entries to the WAL first, then the new hard state and
+//!   acknowledged index to the file; raft's persisted messages (votes, append responses) leave only
+//!   after both.
+//! * Conf state and the latest snapshot's metadata and token are WAL meta values.
 //! * `term(first_index - 1)` answers from the snapshot metadata; entries at or below the snapshot are
 //!   [`StorageError::Compacted`].
-//! * On load the commit index is never beyond the last durable entry. If a torn-tail repair dropped
-//!   entries at or below the durable commit index, loading fails instead (D5): those entries were
-//!   acknowledged, and only a peer may supply them.
+//! * **Recovery from peers** (Protocol-Aware Recovery, FAST'18): when the log ends below the highest
+//!   index the node may have acknowledged (or below its durable commit index) — a repaired tail that
+//!   held acknowledged records, records lost any other way — the node neither refuses to start nor
+//!   silently rejoins. Before the WAL cuts anything, the evidence (segment, offset, bytes, the index the
+//!   node may have acknowledged) goes durably into the hard-state file, with `recover_to`, the index
+//!   the log must reach again. Until it does, every start sees it, and the replica grants no votes and
+//!   never campaigns ([`RaftStorage::recover_to`]); the leader refills the log. The commit index raft
+//!   sees is clamped to the log; the durable one is kept.
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -17,12 +26,17 @@ use prost::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 
+use crate::hardstate::{self, DurableState, HardStateError, HardStateFile, RepairEvidence, RepairKind};
 use crate::io::SharedFs;
 use crate::wal::{Batch, RecoveryReport, Wal, WalError, WalOptions};
 
+/// The hard state as the log kept it before the hard-state file existed: read once, to migrate.
 const META_HARD_STATE: u16 = 1;
 const META_CONF_STATE: u16 = 2;
 const META_SNAPSHOT: u16 = 3;
+/// Set once the hard-state file exists: from then on a missing file is a refusal, never a silent
+/// fall-back to the (stale) hard state in the log.
+const META_HARD_STATE_IN_FILE: u16 = 4;
 
 /// Errors of the raft storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -31,11 +45,14 @@ pub enum StorageLoadError {
     Wal(#[from] WalError),
     #[error("stored {what} does not decode: {source}")]
     Decode { what: &'static str, source: prost::DecodeError },
+    #[error(transparent)]
+    HardState(#[from] HardStateError),
     #[error(
-        "a torn-tail repair dropped entries up to the durable commit index {commit} (last entry left: {last}); \
-         committed entries were lost from this node's log and must come from a peer"
+        "the hard-state file {} is missing but the log says it was created: refusing to start with the \
+         log's stale term and vote (restore the file, or rebuild this node from its peers)",
+        path.display()
     )]
-    CommittedEntriesLost { commit: u64, last: u64 },
+    HardStateMissing { path: std::path::PathBuf },
     #[error("invalid raft storage write: {0}")]
     InvalidArgument(String),
 }
@@ -51,6 +68,9 @@ pub struct SnapshotPointer {
 #[derive(Debug)]
 struct Inner {
     wal: Wal,
+    hs_file: HardStateFile,
+    /// The hard state as raft sees it: the durable one, with the commit index clamped to the log
+    /// while the node recovers lost entries.
     hard_state: HardState,
     conf_state: ConfState,
     /// The log index of the conf change (or snapshot) `conf_state` reflects: a conf-change entry at or
@@ -110,7 +130,8 @@ fn decode_pointer(bytes: &[u8]) -> Result<SnapshotPointer, StorageLoadError> {
 }
 
 impl RaftStorage {
-    /// Open the WAL in `dir` and load the raft state from it.
+    /// Open the WAL and the hard-state file in `dir` and load the raft state from them, deciding
+    /// whether this node must recover lost entries from its peers (module documentation).
     pub fn open(
         fs: SharedFs,
         dir: &Path,
@@ -118,12 +139,56 @@ impl RaftStorage {
     ) -> Result<(RaftStorage, RecoveryReport), StorageLoadError> {
         // The raft log is where the `wal.*` failpoints live.
         let opts = WalOptions { failpoints: true, ..opts };
-        let (mut wal, report) = Wal::open(fs, dir, opts)?;
-        let mut hard_state = match wal.meta(META_HARD_STATE) {
-            Some(b) => HardState::decode(b)
-                .map_err(|source| StorageLoadError::Decode { what: "hard state", source })?,
-            None => HardState::default(),
+        let hs_path = dir.join(hardstate::FILE_NAME);
+        let mut hs_file = HardStateFile::load(&fs, &hs_path)?;
+        let mut legacy_evidence = None;
+        let (mut wal, report) = Wal::open_with(fs.clone(), dir, opts, &mut |plan| {
+            let evidence = |acknowledged| RepairEvidence {
+                kind: RepairKind::TornTailRepaired,
+                segment: plan.seq,
+                offset: plan.offset,
+                bytes_dropped: plan.bytes_dropped,
+                acknowledged,
+            };
+            let Some(file) = hs_file.as_mut() else {
+                // A log from before the hard-state file: nothing records what it acknowledged.
+                legacy_evidence = Some(evidence(0));
+                return Ok(());
+            };
+            let mut st = *file.state();
+            let must_have = st.acknowledged.max(st.commit);
+            st.repair = Some(evidence(must_have));
+            if plan.last_kept.unwrap_or(0) < must_have {
+                st.recover_to = st.recover_to.max(must_have);
+            }
+            // Durable before the WAL cuts a byte: a crash after the cut still finds the evidence.
+            file.store(st).map_err(|e| WalError::Evidence(Box::new(e)))
+        })?;
+        let in_file = wal.meta(META_HARD_STATE_IN_FILE).is_some();
+        let mut hs_file = match hs_file {
+            Some(f) => f,
+            None if in_file => return Err(StorageLoadError::HardStateMissing { path: hs_path }),
+            None => {
+                // A new data directory, or one whose hard state is still in the log: move it out.
+                let legacy = match wal.meta(META_HARD_STATE) {
+                    Some(b) => HardState::decode(b)
+                        .map_err(|source| StorageLoadError::Decode { what: "hard state", source })?,
+                    None => HardState::default(),
+                };
+                let state = DurableState {
+                    term: legacy.term,
+                    vote: legacy.vote,
+                    commit: legacy.commit,
+                    acknowledged: wal.last_index().unwrap_or(0),
+                    recover_to: 0,
+                    repair: legacy_evidence,
+                };
+                HardStateFile::create(&fs, &hs_path, state)?
+            }
         };
+        if !in_file {
+            wal.append(Batch::new().set_meta(META_HARD_STATE_IN_FILE, vec![1]))?;
+        }
         let (conf_index, conf_state) = match wal.meta(META_CONF_STATE) {
             Some(b) => decode_conf(b)?,
             None => (0, ConfState::default()),
@@ -138,18 +203,46 @@ impl RaftStorage {
             wal.compact(snapshot.metadata.index + 1)?;
         }
         let last = wal.last_index().unwrap_or(0).max(snapshot.metadata.index);
-        if hard_state.commit > last {
-            if report.repaired.is_some() {
-                return Err(StorageLoadError::CommittedEntriesLost { commit: hard_state.commit, last });
+        let mut durable = *hs_file.state();
+        let must_have = durable.acknowledged.max(durable.commit);
+        if last < must_have {
+            if durable.recover_to < must_have || durable.repair.is_none() {
+                durable.recover_to = durable.recover_to.max(must_have);
+                if report.repaired.is_none() {
+                    durable.repair = Some(RepairEvidence {
+                        kind: RepairKind::LogBelowAcknowledged,
+                        segment: 0,
+                        offset: 0,
+                        bytes_dropped: 0,
+                        acknowledged: must_have,
+                    });
+                }
+                hs_file.store(durable)?;
             }
-            tracing::warn!(
-                commit = hard_state.commit,
+        } else if durable.recover_to > 0 && last >= durable.recover_to {
+            tracing::info!(
                 index = last,
-                "commit index beyond the last durable entry: clamped"
+                recover_to = durable.recover_to,
+                "the log is past the recovery mark"
             );
-            hard_state.commit = last;
+            durable.recover_to = 0;
+            hs_file.store(durable)?;
         }
-        let inner = Inner { wal, hard_state, conf_state, conf_index, snapshot };
+        if durable.recover_to > 0 {
+            let evidence = durable.repair.map(|r| r.kind.to_string()).unwrap_or_default();
+            tracing::error!(
+                index = last,
+                recover_to = durable.recover_to,
+                commit = durable.commit,
+                acknowledged = durable.acknowledged,
+                evidence,
+                "this node lost log entries it may have acknowledged: it grants no votes and never \
+                 campaigns until the leader has sent it everything up to recover_to"
+            );
+        }
+        let hard_state =
+            HardState { term: durable.term, vote: durable.vote, commit: durable.commit.min(last) };
+        let inner = Inner { wal, hs_file, hard_state, conf_state, conf_index, snapshot };
         Ok((RaftStorage { inner: Mutex::new(inner) }, report))
     }
 
@@ -158,23 +251,42 @@ impl RaftStorage {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Persist a ready's entries and hard state with one fsync. Entries that overlap the log replace
-    /// it from their first index on (a raft conflict). Returns once durable.
-    pub fn persist(&self, entries: &[Entry], hard_state: Option<&HardState>) -> Result<(), WalError> {
+    /// Persist a ready's entries (one WAL fsync), then its hard state and the acknowledged index (one
+    /// fsync of the hard-state file). Entries that overlap the log replace it from their first index on
+    /// (a raft conflict). Returns once both are durable.
+    pub fn persist(&self, entries: &[Entry], hard_state: Option<&HardState>) -> Result<(), StorageLoadError> {
         let mut inner = self.lock();
         let mut batch = Batch::new();
+        let truncating = entries
+            .first()
+            .is_some_and(|first| inner.wal.last_index().is_some_and(|last| first.index <= last));
         if let Some(first) = entries.first()
-            && inner.wal.last_index().is_some_and(|last| first.index <= last)
+            && truncating
         {
             batch.truncate_from(first.index);
         }
         for e in entries {
             batch.entry(e.index, e.term, e.encode_to_vec());
         }
-        if let Some(hs) = hard_state {
-            batch.set_meta(META_HARD_STATE, hs.encode_to_vec());
+        if let Some(first) = entries.first()
+            && truncating
+        {
+            // Whatever prefix of this batch a crash keeps, the log still reaches `first.index - 1`.
+            inner.lower_acknowledged(first.index - 1)?;
         }
+        let new_last = entries.last().map(|e| e.index);
         inner.wal.append(&batch)?;
+        let mut durable = *inner.hs_file.state();
+        if let Some(new_last) = new_last {
+            durable.acknowledged = durable.acknowledged.max(new_last);
+        }
+        if let Some(hs) = hard_state {
+            durable.term = hs.term;
+            durable.vote = hs.vote;
+            // While recovering, raft's commit index is the clamped one; never lower the durable one.
+            durable.commit = durable.commit.max(hs.commit);
+        }
+        inner.store(durable)?;
         if let Some(hs) = hard_state {
             inner.hard_state = hs.clone();
         }
@@ -183,7 +295,7 @@ impl RaftStorage {
 
     /// Give a brand-new replica its initial voters. Does nothing (returns `false`) once the replica
     /// has any conf state, log entry or snapshot: bootstrap happens exactly once per data directory.
-    pub fn bootstrap(&self, voters: &[u64]) -> Result<bool, WalError> {
+    pub fn bootstrap(&self, voters: &[u64]) -> Result<bool, StorageLoadError> {
         let fresh = {
             let inner = self.lock();
             inner.conf_state == ConfState::default()
@@ -214,15 +326,40 @@ impl RaftStorage {
     /// Raise the persisted commit index to `index` if it is lower and within the log. A state machine
     /// that durably applied past the saved commit index proves those entries were committed, and raft
     /// refuses to start with an applied index beyond its commit index.
-    pub fn raise_commit(&self, index: u64) -> Result<(), WalError> {
+    pub fn raise_commit(&self, index: u64) -> Result<(), StorageLoadError> {
         let mut inner = self.lock();
         if index <= inner.hard_state.commit || index > inner.last_index() {
             return Ok(());
         }
-        let mut hs = inner.hard_state.clone();
-        hs.commit = index;
-        inner.wal.append(Batch::new().set_meta(META_HARD_STATE, hs.encode_to_vec()))?;
-        inner.hard_state = hs;
+        let mut durable = *inner.hs_file.state();
+        durable.commit = durable.commit.max(index);
+        inner.store(durable)?;
+        inner.hard_state.commit = index;
+        Ok(())
+    }
+
+    /// Index the log must reach again before this node votes or campaigns (0: not recovering).
+    pub fn recover_to(&self) -> u64 {
+        self.lock().hs_file.state().recover_to
+    }
+
+    /// What the hard-state file holds.
+    pub fn durable_state(&self) -> DurableState {
+        *self.lock().hs_file.state()
+    }
+
+    /// A promise turned out broken while running (a leader believed this node held entries up to
+    /// `upto`, past its log): record the evidence durably and recover those entries from the leader.
+    pub fn begin_recovery(&self, upto: u64, kind: RepairKind) -> Result<(), StorageLoadError> {
+        let mut inner = self.lock();
+        let mut durable = *inner.hs_file.state();
+        if durable.recover_to >= upto || inner.last_index() >= upto {
+            return Ok(());
+        }
+        durable.recover_to = upto;
+        durable.repair =
+            Some(RepairEvidence { kind, segment: 0, offset: 0, bytes_dropped: 0, acknowledged: upto });
+        inner.hs_file.store(durable)?;
         Ok(())
     }
 
@@ -248,18 +385,26 @@ impl RaftStorage {
         if !keep_tail && inner.wal.last_index().is_some_and(|last| last > index) {
             batch.truncate_from(index + 1);
         }
-        let mut hs = inner.hard_state.clone();
-        hs.commit = hs.commit.max(index);
-        hs.term = hs.term.max(pointer.metadata.term);
-        batch.set_meta(META_HARD_STATE, hs.encode_to_vec());
+        if !keep_tail {
+            inner.lower_acknowledged(index)?;
+        }
         // Entries at or below the snapshot go in the same batch: after any crash the log's base and
         // its contents agree.
         batch.compact(index + 1);
         inner.wal.append(&batch)?;
+        let mut hs = inner.hard_state.clone();
+        hs.commit = hs.commit.max(index);
+        hs.term = hs.term.max(pointer.metadata.term);
+        let mut durable = *inner.hs_file.state();
+        durable.commit = durable.commit.max(index);
+        durable.term = durable.term.max(pointer.metadata.term);
+        durable.acknowledged = durable.acknowledged.max(index);
+        // The snapshot is the log's new base (set before `store`, which sees the log's new end).
+        inner.snapshot = pointer;
+        inner.store(durable)?;
         inner.hard_state = hs;
         inner.conf_state = conf_state;
         inner.conf_index = index;
-        inner.snapshot = pointer;
         Ok(())
     }
 
@@ -281,6 +426,31 @@ impl RaftStorage {
 }
 
 impl Inner {
+    /// Before a raft conflict replaces uncommitted entries from `new_last + 1` on: the promise about
+    /// them is void, and lowering the acknowledged index first means a crash between this and the WAL
+    /// write is never mistaken for lost entries (the log still reaches `new_last`).
+    fn lower_acknowledged(&mut self, new_last: u64) -> Result<(), HardStateError> {
+        let mut durable = *self.hs_file.state();
+        if new_last < durable.acknowledged {
+            durable.acknowledged = new_last;
+            self.hs_file.store(durable)?;
+        }
+        Ok(())
+    }
+
+    /// Make `durable` the hard-state file's content, ending recovery once the log reached its mark.
+    fn store(&mut self, mut durable: DurableState) -> Result<(), HardStateError> {
+        if durable.recover_to > 0 && self.last_index() >= durable.recover_to {
+            tracing::info!(
+                index = self.last_index(),
+                recover_to = durable.recover_to,
+                "recovered from peers: the log holds everything this node may have acknowledged again"
+            );
+            durable.recover_to = 0;
+        }
+        self.hs_file.store(durable)
+    }
+
     fn first_index(&self) -> u64 {
         self.snapshot.metadata.index + 1
     }

@@ -1,10 +1,11 @@
 //! raft-rs `Storage` over the WAL.
 //!
 //! Failures injected: restarts, raft log conflicts, snapshots replacing the log, power loss after
-//! persists, a torn tail that takes committed entries with it. Invariants: raft's storage contract
-//! (bounds, `Compacted`/`Unavailable`, `term(first - 1)` from the snapshot, at least one entry under a
-//! size limit); everything persisted survives a restart and a power loss; the loaded commit index is
-//! never beyond the last entry; losing committed entries refuses to load (D5).
+//! persists, acknowledged bytes cut off the log, a missing or doubly damaged hard-state file.
+//! Invariants: raft's storage contract (bounds, `Compacted`/`Unavailable`, `term(first - 1)` from the
+//! snapshot, at least one entry under a size limit); everything persisted survives a restart and a
+//! power loss; raft's commit index is never beyond the last entry; term and vote never roll back;
+//! losing acknowledged entries starts a recovery from peers that every later start sees (D5).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -137,41 +138,142 @@ fn a_snapshot_becomes_the_base_of_the_log() -> raft::Result<()> {
 }
 
 #[test]
-fn the_loaded_commit_index_is_never_past_the_last_entry() -> raft::Result<()> {
+fn a_log_written_before_the_hard_state_file_migrates_and_recovers_entries_its_commit_names()
+-> raft::Result<()> {
+    // Failure: none; a data directory from before the hard-state file, whose log's hard state names a
+    // commit index (9) past its last entry (1). Invariant: the hard state moves into the file
+    // unchanged; raft sees a commit index within the log; the missing committed entries are to be
+    // recovered from peers, not forgotten.
     let fs = disk();
     {
         let shared: SharedFs = Arc::new(fs.clone());
         let (mut wal, _) = Wal::open(shared, Path::new(DIR), WalOptions::default()).expect("wal");
         let mut b = Batch::new();
-        b.entry(1, 1, entry(1, 1).encode_to_vec()).set_meta(1, hs(1, 1, 9).encode_to_vec());
+        b.entry(1, 1, entry(1, 1).encode_to_vec()).set_meta(1, hs(4, 2, 9).encode_to_vec());
         wal.append(&b).expect("append");
     }
     let s = open(&fs).expect("open");
-    assert_eq!(s.initial_state()?.hard_state.commit, 1);
+    assert_eq!(s.initial_state()?.hard_state, hs(4, 2, 1));
+    let durable = s.durable_state();
+    assert_eq!((durable.term, durable.vote, durable.commit), (4, 2, 9));
+    assert_eq!(s.recover_to(), 9);
+    drop(s);
+    fs.crash(CrashKind::PowerLoss);
+    let s = open(&fs).expect("reopen after power loss");
+    assert_eq!((s.durable_state().term, s.durable_state().vote, s.recover_to()), (4, 2, 9));
+    Ok(())
+}
+
+/// Persist entries 1..=3 with `hard` through the real writer, then cut `cut` bytes off the end of the
+/// last WAL segment: records that were fsynced and acknowledged are gone (not a torn write).
+fn lose_acknowledged_tail(fs: &SimFs, hard: HardState, cut: u64) {
+    let s = open(fs).expect("open");
+    s.persist(&(1..=3).map(|i| entry(i, hard.term)).collect::<Vec<_>>(), Some(&hard)).expect("persist");
+    drop(s);
+    let dir = Path::new(DIR);
+    let last = fs
+        .read_dir(dir)
+        .expect("list")
+        .into_iter()
+        .filter(|e| e.name.ends_with(".wal"))
+        .next_back()
+        .expect("a segment");
+    let mut f = fs.open(&dir.join(last.name), OpenOptions::read_write()).expect("open segment");
+    let len = f.len().expect("len");
+    f.set_len(len - cut).expect("cut acknowledged bytes");
+    f.sync().expect("sync");
+}
+
+#[test]
+fn losing_acknowledged_entries_starts_a_recovery_that_every_later_start_sees() -> raft::Result<()> {
+    // Failure: the WAL loses the end of its last, acknowledged batch (3 bytes cut from entry 3), which
+    // start-up cannot tell from a torn write. Invariants: the node neither refuses nor forgets: the
+    // evidence is durable before the cut; raft's commit index stays within the log; a second start
+    // (a supervisor restart) still sees the recovery; it ends once the log holds index 3 again.
+    let fs = disk();
+    lose_acknowledged_tail(&fs, hs(1, 1, 3), 3);
+    let s = open(&fs).expect("a damaged tail does not refuse");
+    assert_eq!(s.last_index()?, 2);
+    assert_eq!(s.initial_state()?.hard_state.commit, 2);
+    assert_eq!(s.recover_to(), 3);
+    let evidence = s.durable_state().repair.expect("evidence recorded");
+    assert_eq!(evidence.kind, durakv::hardstate::RepairKind::TornTailRepaired);
+    assert_eq!(evidence.acknowledged, 3);
+    assert!(evidence.bytes_dropped > 0);
+    drop(s);
+    let s = open(&fs).expect("second start");
+    assert_eq!(s.recover_to(), 3, "the recovery is sticky across starts");
+    assert_eq!(s.durable_state().repair, Some(evidence));
+    // The leader re-sends entry 3: the log is whole again and the recovery ends, durably.
+    s.persist(&[entry(3, 1)], Some(&hs(1, 1, 3))).expect("refill");
+    assert_eq!(s.recover_to(), 0);
+    drop(s);
+    fs.crash(CrashKind::PowerLoss);
+    let s = open(&fs).expect("third start");
+    assert_eq!(s.recover_to(), 0);
+    assert_eq!(s.durable_state().repair, Some(evidence), "the evidence stays for operators");
     Ok(())
 }
 
 #[test]
-fn a_repair_that_drops_committed_entries_refuses_to_load() {
-    // The hard state (commit 3) precedes the entries in the last batch, and the tail is cut inside the
-    // last entry: the repair keeps the hard state but drops entry 3.
+fn term_and_vote_survive_the_loss_of_the_batch_that_carried_them() -> raft::Result<()> {
+    // Failure: the batch that moved the node to term 7 and recorded its vote for node 3 loses its
+    // bytes from the log (a zeroed sector, multi-bit damage). Invariant: the vote is not forgotten, so
+    // the node cannot vote twice in term 7 (the double-vote path of FAST'18).
     let fs = disk();
-    let shared: SharedFs = Arc::new(fs.clone());
-    let (mut wal, _) = Wal::open(shared, Path::new(DIR), WalOptions::default()).expect("wal");
-    let mut b = Batch::new();
-    b.set_meta(1, hs(1, 1, 3).encode_to_vec());
-    for i in 1..=3 {
-        b.entry(i, 1, entry(i, 1).encode_to_vec());
-    }
-    wal.append(&b).expect("append");
-    let segment = wal.segment_paths().pop().expect("a segment");
-    drop(wal);
-    let mut f = fs.open(&segment, OpenOptions::read_write()).expect("open segment");
-    let len = f.len().expect("len");
-    f.set_len(len - 3).expect("cut inside the last entry");
-    drop(f);
+    lose_acknowledged_tail(&fs, hs(7, 3, 0), 40);
+    let s = open(&fs).expect("open");
+    let st = s.initial_state()?.hard_state;
+    assert_eq!((st.term, st.vote), (7, 3));
+    Ok(())
+}
+
+#[test]
+fn a_conflict_that_truncates_uncommitted_entries_is_not_mistaken_for_loss() -> raft::Result<()> {
+    // Failure: a power loss after a raft conflict shortened the log. Invariant: a legitimately
+    // shortened log starts no recovery (the acknowledged index went down with it).
+    let fs = disk();
+    let s = open(&fs).expect("open");
+    s.persist(&(1..=6).map(|i| entry(i, 1)).collect::<Vec<_>>(), Some(&hs(1, 1, 2))).expect("persist");
+    s.persist(&[entry(3, 2)], Some(&hs(2, 2, 2))).expect("conflict");
+    assert_eq!(s.durable_state().acknowledged, 3);
+    drop(s);
+    fs.crash(CrashKind::PowerLoss);
+    let s = open(&fs).expect("reopen");
+    assert_eq!((s.last_index()?, s.recover_to()), (3, 0));
+    Ok(())
+}
+
+#[test]
+fn a_missing_hard_state_file_is_refused_not_replaced_by_the_logs_stale_copy() {
+    // Failure: the hard-state file disappears (an operator's rm, a bad restore). Invariant: the node
+    // refuses with a typed error naming the file, rather than restarting from term 0.
+    let fs = disk();
+    let s = open(&fs).expect("open");
+    s.persist(&[entry(1, 5)], Some(&hs(5, 1, 1))).expect("persist");
+    drop(s);
+    fs.remove_file(&Path::new(DIR).join(durakv::hardstate::FILE_NAME)).expect("remove");
     match open(&fs) {
-        Err(StorageLoadError::CommittedEntriesLost { commit: 3, last: 2 }) => {}
-        other => panic!("expected CommittedEntriesLost, got {other:?}"),
+        Err(StorageLoadError::HardStateMissing { path }) => assert!(path.ends_with("hardstate")),
+        other => panic!("expected HardStateMissing, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_hard_state_file_with_both_slots_damaged_is_refused() {
+    // Failure: both slots of the hard-state file are damaged (no crash can do this: only one slot is
+    // ever written at a time). Invariant: a typed refusal naming the file, never a reset to term 0.
+    let fs = disk();
+    let s = open(&fs).expect("open");
+    s.persist(&[entry(1, 5)], Some(&hs(5, 1, 1))).expect("persist");
+    drop(s);
+    let path = Path::new(DIR).join(durakv::hardstate::FILE_NAME);
+    fs.flip_bit(&path, 20, 1).expect("flip slot 0");
+    fs.flip_bit(&path, 512 + 20, 1).expect("flip slot 1");
+    match open(&fs) {
+        Err(StorageLoadError::HardState(durakv::hardstate::HardStateError::Corrupt { path: p, .. })) => {
+            assert_eq!(p, path)
+        }
+        other => panic!("expected a corrupt hard-state file, got {other:?}"),
     }
 }

@@ -2,9 +2,10 @@
 //! in-memory inboxes in a deterministic loop.
 //!
 //! Failures injected: a follower and then the leader lose power mid-run and restart from their disks;
-//! the state machine runs `nosync`. Invariants: every proposal acknowledged to the client is applied on
-//! every replica; replicas converge to the same data at the same applied index; a restarted replica
-//! catches up without help.
+//! the state machine runs `nosync`; OOM-kills inside a WAL append; acknowledged WAL records lost
+//! while a node is down. Invariants: every proposal acknowledged to the client is applied on every
+//! replica; replicas converge to the same data at the same applied index; a restarted replica catches
+//! up without help; a replica that lost acknowledged entries never helps elect a leader lacking them.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -340,27 +341,137 @@ fn segments(fs: &SimFs) -> Vec<std::path::PathBuf> {
 }
 
 #[test]
-fn a_torn_wal_tail_at_restart_is_repaired_and_the_follower_catches_up() {
-    // Failure: a follower is killed, and its last WAL segment is cut inside a record before it
-    // restarts (an OOM-kill mid-write). Invariant: it restarts without an operator and converges.
+fn an_oom_kill_inside_a_wal_append_is_repaired_and_the_follower_catches_up() {
+    // Failure: a follower is OOM-killed *inside* the write of a WAL batch (one sector of a multi-sector
+    // write landed): a genuine torn write, of records never fsynced nor acknowledged. Invariants: it
+    // restarts without an operator, keeps the dropped bytes, needs no recovery from peers (nothing it
+    // acknowledged was lost) and converges.
     let mut c = Cluster::new(FsmSync::Sync, 1_000_000);
     c.write(1..=15);
+    c.converge();
     let follower = c.a_follower();
-    c.crash(follower, CrashKind::ProcessKill);
     let fs = c.disks[&follower].clone();
-    let last = segments(&fs).pop().expect("a segment");
-    let mut f = fs.open(&last, durakv::io::OpenOptions::read_write()).expect("open");
-    let len = f.len().expect("len");
-    f.set_len(len - 7).expect("cut inside the last record");
-    drop(f);
+    fs.arm_crash_on_write(
+        fs.ops_done(),
+        "*/raft/*.wal",
+        CrashKind::ProcessKill,
+        durakv_faults::TornWrite::Sectors(1),
+    );
+    // A value spanning several sectors, so one landed sector tears the batch.
+    c.set(1000, "big", &"x".repeat(3000));
+    assert!(c.down.contains(&follower), "the follower was killed inside its WAL append");
+    c.down.clear();
+    fs.resume();
     c.write(16..=25);
     c.restart(follower);
     assert!(
         fs.read_dir(Path::new("/node/raft")).expect("list").iter().any(|e| e.name.contains(".broken")),
         "the repair kept the dropped bytes"
     );
+    assert_eq!(
+        c.nodes[&follower].recover_to(),
+        0,
+        "a torn write of unacknowledged records needs no recovery"
+    );
     c.converge();
     check_all_have(&c, 25);
+}
+
+/// Cut `bytes` off the end of a stopped node's last WAL segment: records it fsynced and acknowledged
+/// are gone (what a zeroed sector or a lost write-back does; not a torn write).
+fn lose_acknowledged_tail(fs: &SimFs, bytes: u64) {
+    let last = segments(fs).pop().expect("a segment");
+    let mut f = fs.open(&last, durakv::io::OpenOptions::read_write()).expect("open");
+    let len = f.len().expect("len");
+    f.set_len(len - bytes).expect("cut acknowledged bytes");
+    f.sync().expect("sync");
+}
+
+#[test]
+fn a_follower_that_lost_acknowledged_entries_recovers_them_from_the_leader() {
+    // Failure: a follower's acknowledged WAL tail is lost while it is down. Invariants: it starts
+    // without an operator in the recovering state, grants no votes while recovering, and becomes a
+    // full member once the leader has refilled its log; nothing acknowledged is lost.
+    let mut c = Cluster::new(FsmSync::Sync, 1_000_000);
+    c.write(1..=15);
+    c.converge();
+    let follower = c.a_follower();
+    c.crash(follower, CrashKind::ProcessKill);
+    lose_acknowledged_tail(&c.disks[&follower], 7);
+    c.restart(follower);
+    let node = &c.nodes[&follower];
+    assert!(node.recovering(), "the node knows it lost entries it acknowledged");
+    assert!(node.recover_to() >= 15);
+    c.write(16..=20);
+    c.converge();
+    assert!(!c.nodes[&follower].recovering(), "the leader refilled the log");
+    check_all_have(&c, 20);
+}
+
+/// The run recovery from peers exists for: a follower loses acknowledged entries, the leader that
+/// holds them dies, and the damaged follower and a lagging one are left. Returns the cluster and
+/// whether those two elected a leader; if they did, it has committed k12 over k11's index, and the
+/// old leader stays down (its log now conflicts with a committed entry); if not, the old leader came
+/// back and everything converged.
+fn damaged_follower_then_leader_dies(canary: bool) -> (Cluster, bool) {
+    let mut c = Cluster::new(FsmSync::Sync, 1_000_000);
+    c.write(1..=10);
+    c.converge();
+    let leader = c.elect();
+    let mut followers = VOTERS.into_iter().filter(|&id| id != leader);
+    let (damaged, lagging) = (followers.next().expect("a follower"), followers.next().expect("another"));
+    // The lagging follower misses k11; the leader and the damaged follower commit it.
+    c.crash(lagging, CrashKind::ProcessKill);
+    c.write(11..=11);
+    // The damaged follower loses its copy of k11 (acknowledged), then the leader dies.
+    c.crash(damaged, CrashKind::ProcessKill);
+    lose_acknowledged_tail(&c.disks[&damaged], 7);
+    c.crash(leader, CrashKind::ProcessKill);
+    if canary {
+        c.disks[&damaged].enable_canary("no-peer-recovery");
+    }
+    c.restart(damaged);
+    c.restart(lagging);
+    let mut elected_without_k11 = false;
+    for i in 0..600 {
+        if i % 3 == 0 {
+            c.tick_all();
+        }
+        c.round();
+        elected_without_k11 |= c.leader().is_some();
+    }
+    if elected_without_k11 {
+        // The new leader lacks k11 and commits a write over its index with the damaged follower.
+        c.write(12..=12);
+    } else {
+        c.restart(leader);
+        c.converge();
+    }
+    (c, elected_without_k11)
+}
+
+#[test]
+fn a_damaged_follower_never_helps_elect_a_leader_that_lacks_a_committed_entry() {
+    // Failure: as `damaged_follower_then_leader_dies`. Invariant: with recovery from peers, no leader
+    // is elected from the two nodes that lack k11; once the old leader returns, k11 (acknowledged)
+    // is on every replica.
+    let (c, elected) = damaged_follower_then_leader_dies(false);
+    assert!(!elected, "the damaged follower helped elect a leader without the committed entry");
+    check_all_have(&c, 11);
+}
+
+#[test]
+fn without_recovery_from_peers_the_same_failure_loses_an_acknowledged_write() {
+    // The canary `no-peer-recovery` switches the guard off. Invariant it must break: no acknowledged
+    // write is lost. The test passes only if the bug shows, so the test above is proven to mean it.
+    let (c, elected) = damaged_follower_then_leader_dies(true);
+    assert!(elected, "with the bug, the damaged follower votes for the lagging one");
+    let leader = &c.nodes[&c.leader().expect("the wrongly elected leader")];
+    assert!(leader.kv().get(b"k12").expect("get").is_some(), "k12 was committed and applied");
+    assert!(
+        leader.kv().get(b"k11").expect("get").is_none(),
+        "with the bug, the leader serving writes lacks the acknowledged write k11"
+    );
 }
 
 #[test]

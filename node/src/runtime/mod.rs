@@ -155,6 +155,9 @@ pub struct Status {
     pub applied_index: u64,
     pub snapshot_index: u64,
     pub snapshots_installed: u64,
+    /// Non-zero while the node recovers log entries it lost: the index its log must reach before it
+    /// votes or campaigns again.
+    pub recover_to: u64,
 }
 
 /// Open the node's storage and state machine and start its replica (no network yet). A new data
@@ -188,8 +191,18 @@ pub fn open_replica<E: Engine>(
             "repaired a torn WAL tail (a write interrupted by a crash); the cluster re-sends what it held"
         );
     }
+    if storage.recover_to() > 0 {
+        let durable = storage.durable_state();
+        let evidence = durable.repair.map(|r| r.to_string()).unwrap_or_default();
+        tracing::warn!(
+            node = cfg.id,
+            recover_to = durable.recover_to,
+            evidence,
+            "recovering lost log entries from the leader: no votes and no campaigns until the log reaches recover_to"
+        );
+    }
     let voters: Vec<u64> = cfg.peers.keys().copied().collect();
-    storage.bootstrap(&voters).map_err(|e| storage_err(e.into()))?;
+    storage.bootstrap(&voters).map_err(storage_err)?;
     let engine =
         open_engine(&layout.fsm).map_err(|source| NodeError::Fsm { path: layout.fsm.clone(), source })?;
     let kv = Kv::new(engine, cfg.fsm_sync)

@@ -303,6 +303,7 @@ impl<E: Engine> Loop<E> {
             applied_index: self.replica.applied_index(),
             snapshot_index: self.replica.storage().snapshot_index(),
             snapshots_installed: self.snapshots_installed,
+            recover_to: self.replica.recover_to(),
         }
     }
 }

@@ -306,6 +306,8 @@ fn info<E: Engine>(ctx: &ClientContext<E>) -> String {
             ("applied_index", s.applied_index.to_string()),
             ("snapshot_index", s.snapshot_index.to_string()),
             ("snapshots_installed", s.snapshots_installed.to_string()),
+            ("recovering", u8::from(s.recover_to > 0).to_string()),
+            ("recover_to", s.recover_to.to_string()),
             ("members", ctx.peers.keys().map(u64::to_string).collect::<Vec<_>>().join(",")),
         ],
     );

@@ -85,6 +85,10 @@ pub enum WalError {
     Poisoned,
     #[error("entry {index} is not in the log (first {first:?}, last {last:?})")]
     Unavailable { index: u64, first: Option<u64>, last: Option<u64> },
+    #[error("recording the evidence of a repair before making it: {0}")]
+    Evidence(Box<dyn std::error::Error + Send + Sync>),
+    #[error("the WAL was opened read-only (strict check); it takes no writes")]
+    ReadOnly,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
@@ -97,7 +101,8 @@ pub enum RecoveryMode {
     /// Repair a torn tail of the last segment (the default); refuse corruption.
     #[default]
     RepairTornTail,
-    /// Refuse any damage, torn tail included (for forensics: leaves the files untouched).
+    /// Refuse any damage, torn tail included, and open read-only: no `.tmp` removal, no fsync, no
+    /// directory creation; appends fail with [`WalError::ReadOnly`] (`durakv wal check`, forensics).
     Strict,
 }
 
@@ -183,8 +188,22 @@ pub struct RecoveryReport {
     pub records: u64,
     /// Set when a torn tail was repaired.
     pub repaired: Option<TornTail>,
-    /// Leftover `.tmp` files removed.
+    /// Leftover `.tmp` files removed (in [`RecoveryMode::Strict`]: found and left in place).
     pub removed_tmp: Vec<PathBuf>,
+}
+
+/// A torn-tail repair recovery is about to make, passed to the caller *before* any byte is cut so it
+/// can record durable evidence first ([`Wal::open_with`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedRepair {
+    pub segment: PathBuf,
+    /// The segment's sequence number.
+    pub seq: u64,
+    pub offset: u64,
+    pub bytes_dropped: u64,
+    /// The last entry index the log keeps after the cut.
+    pub last_kept: Option<u64>,
+    pub problem: FrameProblem,
 }
 
 /// A repaired torn tail.
@@ -298,21 +317,38 @@ fn parse_segment_name(name: &str) -> Option<u64> {
 impl Wal {
     /// Open (or create) the WAL in `dir`, recovering as the module documentation describes.
     pub fn open(fs: SharedFs, dir: &Path, opts: WalOptions) -> Result<(Wal, RecoveryReport), WalError> {
+        Wal::open_with(fs, dir, opts, &mut |_| Ok(()))
+    }
+
+    /// Like [`Wal::open`], but a torn-tail repair is first shown to `before_repair`, which must make
+    /// whatever evidence it keeps durable before returning: only then is the tail cut. An error from
+    /// it aborts the open with nothing cut.
+    pub fn open_with(
+        fs: SharedFs,
+        dir: &Path,
+        opts: WalOptions,
+        before_repair: &mut dyn FnMut(&PlannedRepair) -> Result<(), WalError>,
+    ) -> Result<(Wal, RecoveryReport), WalError> {
         if opts.segment_size_bytes < 4096 || opts.sector_size_bytes == 0 {
             return Err(WalError::InvalidArgument(format!(
                 "segment_size_bytes must be at least 4096 (got {}), sector_size_bytes at least 1",
                 opts.segment_size_bytes
             )));
         }
-        // The directory's own name must be durable before segments in it are acknowledged.
-        ensure_dir_durable(&*fs, dir).map_err(io_err(dir))?;
+        let read_only = opts.recovery == RecoveryMode::Strict;
+        if !read_only {
+            // The directory's own name must be durable before segments in it are acknowledged.
+            ensure_dir_durable(&*fs, dir).map_err(io_err(dir))?;
+        }
         let mut report = RecoveryReport::default();
         let mut seqs = Vec::new();
         for entry in fs.read_dir(dir).map_err(io_err(dir))? {
             if entry.name.ends_with(".tmp") {
                 // A segment or broken-copy whose creation never finished; nothing refers to it.
                 let path = dir.join(&entry.name);
-                fs.remove_file(&path).map_err(io_err(&path))?;
+                if !read_only {
+                    fs.remove_file(&path).map_err(io_err(&path))?;
+                }
                 report.removed_tmp.push(path);
             } else if let Some(seq) = parse_segment_name(&entry.name) {
                 seqs.push(seq);
@@ -346,7 +382,7 @@ impl Wal {
         };
         for (i, &seq) in seqs.iter().enumerate() {
             let is_last = i + 1 == seqs.len();
-            wal.recover_segment(seq, is_last, &mut report)?;
+            wal.recover_segment(seq, is_last, &mut report, before_repair)?;
         }
         report.segments = wal.segments.len();
         Ok((wal, report))
@@ -357,9 +393,11 @@ impl Wal {
         seq: u64,
         is_last: bool,
         report: &mut RecoveryReport,
+        before_repair: &mut dyn FnMut(&PlannedRepair) -> Result<(), WalError>,
     ) -> Result<(), WalError> {
         let path = self.dir.join(segment_name(seq));
-        let opts = if is_last { OpenOptions::read_write() } else { OpenOptions::read_only() };
+        let read_only = self.opts.recovery == RecoveryMode::Strict;
+        let opts = if is_last && !read_only { OpenOptions::read_write() } else { OpenOptions::read_only() };
         let mut file = self.fs.open(&path, opts).map_err(io_err(&path))?;
         let len = file.len().map_err(io_err(&path))?;
         let size = usize::try_from(len).map_err(|_| {
@@ -375,28 +413,43 @@ impl Wal {
                 CorruptReason::Header(HeaderProblem::SeqMismatch { expected: seq, found: scan.seq }),
             ));
         }
+        let last_frame = scan.frames.last().cloned();
+        // The records before any damage are validated and indexed first, so a repair knows what the
+        // log keeps.
+        for frame in scan.frames {
+            self.shape.step(&frame.record).map_err(|r| corrupt(frame.offset, r))?;
+            self.apply(seq, frame.offset, &frame.record);
+            report.records += 1;
+        }
         let mut valid_len = len;
         if let Some((offset, problem)) = scan.stopped {
             let at = offset as usize;
-            if !is_last
-                || self.opts.recovery == RecoveryMode::Strict
-                || failpoint::canary(&*self.fs, "no-torn-tail-repair")
-            {
+            if !is_last || read_only || failpoint::canary(&*self.fs, "no-torn-tail-repair") {
                 return Err(corrupt(offset, CorruptReason::Frame(problem)));
             }
             if let Some(bit_offset) =
-                single_bit_rot(&buf, at, self.opts.sector_size_bytes, scan.frames.last())
+                single_bit_rot(&buf, at, self.opts.sector_size_bytes, last_frame.as_ref())
             {
                 return Err(corrupt(offset, CorruptReason::BitRot { problem, bit_offset }));
             }
             if let Some(later) = later_durable_after(&buf, at) {
                 return Err(corrupt(offset, CorruptReason::FollowedByValid { problem, later }));
             }
+            let bytes_dropped = len - offset;
+            let plan = PlannedRepair {
+                segment: path.clone(),
+                seq,
+                offset,
+                bytes_dropped,
+                last_kept: self.shape.last,
+                problem: problem.clone(),
+            };
+            // Evidence first: a crash after the cut must not leave a node that forgot what it cut.
+            before_repair(&plan)?;
             let broken_copy = self.save_broken(&path, &buf[at..])?;
             // Drop the torn bytes and make the shorter length durable before anything relies on it.
             file.set_len(offset).map_err(io_err(&path))?;
             file.sync().map_err(io_err(&path))?;
-            let bytes_dropped = len - offset;
             tracing::warn!(
                 path = %path.display(),
                 offset,
@@ -408,15 +461,10 @@ impl Wal {
             report.repaired =
                 Some(TornTail { segment: path.clone(), offset, bytes_dropped, broken_copy, problem });
             valid_len = offset;
-        } else if is_last {
+        } else if is_last && !read_only {
             // A killed process may have left unsynced bytes in the page cache. Make them durable
             // before building on them, so no segment but a new last one can ever be torn.
             file.sync().map_err(io_err(&path))?;
-        }
-        for frame in scan.frames {
-            self.shape.step(&frame.record).map_err(|r| corrupt(frame.offset, r))?;
-            self.apply(seq, frame.offset, &frame.record);
-            report.records += 1;
         }
         self.segments.insert(seq, Segment { path, file, len: valid_len, synced_len: valid_len });
         Ok(())
@@ -540,6 +588,9 @@ impl Wal {
     fn append_records(&mut self, records: &[Record], sync: bool) -> Result<(), WalError> {
         if self.poisoned {
             return Err(WalError::Poisoned);
+        }
+        if self.opts.recovery == RecoveryMode::Strict {
+            return Err(WalError::ReadOnly);
         }
         if records.is_empty() {
             return Ok(());
