@@ -17,11 +17,11 @@
 //! * A store that fails poisons the handle ([`HardStateError::Poisoned`]): after a failed fsync the
 //!   page cache's state is unknown (D10).
 //!
-//! Slot layout (big-endian, [`docs/formats.md`](../../docs/formats.md) has the table): magic `DKHS`,
-//! version u16, reserved u16, sequence u64, term u64, vote u64, commit u64, acknowledged index u64,
-//! recover-to index u64, repair kind u8 + 7 reserved bytes, repair segment u64, repair offset u64,
-//! repair bytes dropped u64, repair acknowledged index u64, then a CRC32C of everything before it;
-//! zeros to the end of the sector.
+//! Slot layout (big-endian, `docs/formats.md` has the table): magic `DKHS`, version u16, reserved u16,
+//! sequence u64, term u64, vote u64, commit u64, acknowledged index u64, acknowledged term u64,
+//! recover-to index u64, recover-to term u64, repair kind u8 + 7 reserved bytes, repair segment u64,
+//! repair offset u64, repair bytes dropped u64, repair acknowledged index u64, then a CRC32C of
+//! everything before it; zeros to the end of the sector.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -39,7 +39,9 @@ pub const FILE_NAME: &str = "hardstate";
 const MAGIC: &[u8; 4] = b"DKHS";
 const VERSION: u16 = 1;
 /// Bytes covered by the checksum; the CRC32C follows them.
-const BODY_BYTES: usize = 96;
+const BODY_BYTES: usize = 112;
+/// Where the repair evidence starts in a slot.
+const REPAIR_AT: usize = 72;
 
 /// Why recovery decided this node may have lost entries it acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +54,9 @@ pub enum RepairKind {
     /// A leader believed this node held entries beyond its log (a heartbeat's commit index past the
     /// last entry): a promise this node made was broken without start-up noticing.
     LeaderAhead,
+    /// Acknowledged WAL records are corrupt (a non-last segment, bit rot, a bad record that valid
+    /// ones follow): the log was cut at the damage, the bytes left in place.
+    CorruptRecord,
 }
 
 impl RepairKind {
@@ -60,6 +65,7 @@ impl RepairKind {
             RepairKind::TornTailRepaired => 1,
             RepairKind::LogBelowAcknowledged => 2,
             RepairKind::LeaderAhead => 3,
+            RepairKind::CorruptRecord => 4,
         }
     }
 
@@ -68,6 +74,7 @@ impl RepairKind {
             1 => Some(RepairKind::TornTailRepaired),
             2 => Some(RepairKind::LogBelowAcknowledged),
             3 => Some(RepairKind::LeaderAhead),
+            4 => Some(RepairKind::CorruptRecord),
             _ => None,
         }
     }
@@ -79,6 +86,7 @@ impl std::fmt::Display for RepairKind {
             RepairKind::TornTailRepaired => "torn WAL tail repaired",
             RepairKind::LogBelowAcknowledged => "log ends below what the node may have acknowledged",
             RepairKind::LeaderAhead => "the leader believed this node held entries it no longer has",
+            RepairKind::CorruptRecord => "corrupt acknowledged WAL record; the log was cut there",
         })
     }
 }
@@ -117,13 +125,18 @@ pub struct DurableState {
     pub term: u64,
     pub vote: u64,
     pub commit: u64,
-    /// The highest log index this node may have acknowledged (to a leader, or counted for itself as
-    /// leader): its last persisted entry. Raised after entries are fsynced, lowered *before* a raft
-    /// conflict truncates uncommitted entries.
+    /// The last entry this node may have acknowledged (to a leader, or counted for itself as leader):
+    /// its last persisted entry, index and term. Set after entries are fsynced, lowered *before* a raft
+    /// conflict truncates uncommitted entries. A log whose last entry is not at least this up to date
+    /// (raft's order: term, then index) lost something the node promised.
     pub acknowledged: u64,
+    pub acknowledged_term: u64,
     /// Non-zero while the node is recovering entries it lost: until its log reaches this index it
     /// grants no votes, never campaigns, and fetches the missing range from the leader.
     pub recover_to: u64,
+    /// ... and the log's last term must reach this one (a log that only looks long enough, because it
+    /// kept entries an acknowledged conflict had replaced, is not whole).
+    pub recover_term: u64,
     /// The most recent repair, kept after recovery completes (for operators).
     pub repair: Option<RepairEvidence>,
 }
@@ -166,14 +179,16 @@ pub fn encode_slot(seq: u64, s: &DurableState) -> [u8; SLOT_BYTES] {
     let mut b = [0u8; SLOT_BYTES];
     b[0..4].copy_from_slice(MAGIC);
     b[4..6].copy_from_slice(&VERSION.to_be_bytes());
-    let words = [seq, s.term, s.vote, s.commit, s.acknowledged, s.recover_to];
+    let words =
+        [seq, s.term, s.vote, s.commit, s.acknowledged, s.acknowledged_term, s.recover_to, s.recover_term];
     for (i, w) in words.iter().enumerate() {
         b[8 + 8 * i..16 + 8 * i].copy_from_slice(&w.to_be_bytes());
     }
     if let Some(r) = s.repair {
-        b[56] = r.kind.code();
+        b[REPAIR_AT] = r.kind.code();
         for (i, w) in [r.segment, r.offset, r.bytes_dropped, r.acknowledged].iter().enumerate() {
-            b[64 + 8 * i..72 + 8 * i].copy_from_slice(&w.to_be_bytes());
+            let at = REPAIR_AT + 8 + 8 * i;
+            b[at..at + 8].copy_from_slice(&w.to_be_bytes());
         }
     }
     let crc = crc32c::crc32c(&b[..BODY_BYTES]);
@@ -194,18 +209,27 @@ pub fn decode_slot(b: &[u8]) -> Result<(u64, DurableState), SlotProblem> {
         return Err(SlotProblem::UnknownVersion(version));
     }
     let w = |i: usize| be_u64(b, 8 + 8 * i);
-    let repair = match b[56] {
+    let r = |i: usize| be_u64(b, REPAIR_AT + 8 + 8 * i);
+    let repair = match b[REPAIR_AT] {
         0 => None,
         code => Some(RepairEvidence {
             kind: RepairKind::from_code(code).ok_or(SlotProblem::BadRepairKind(code))?,
-            segment: be_u64(b, 64),
-            offset: be_u64(b, 72),
-            bytes_dropped: be_u64(b, 80),
-            acknowledged: be_u64(b, 88),
+            segment: r(0),
+            offset: r(1),
+            bytes_dropped: r(2),
+            acknowledged: r(3),
         }),
     };
-    let state =
-        DurableState { term: w(1), vote: w(2), commit: w(3), acknowledged: w(4), recover_to: w(5), repair };
+    let state = DurableState {
+        term: w(1),
+        vote: w(2),
+        commit: w(3),
+        acknowledged: w(4),
+        acknowledged_term: w(5),
+        recover_to: w(6),
+        recover_term: w(7),
+        repair,
+    };
     Ok((w(0), state))
 }
 

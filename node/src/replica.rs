@@ -326,9 +326,35 @@ impl<E: Engine> Replica<E> {
                 msg.commit = last;
             }
         }
+        if kind == T::MsgAppend
+            && let Some((index, ours, theirs)) = self.conflicts_with_committed(&msg)
+        {
+            // raft-rs would panic here. A leader whose log disagrees with an entry this node holds as
+            // committed means some node lost a committed entry (a broken promise elsewhere): refuse
+            // its appends loudly and keep the committed history, rather than crash or overwrite it.
+            tracing::error!(
+                node = self.id(),
+                from = msg.from,
+                index,
+                term = theirs,
+                ours,
+                "the leader's log conflicts with an entry committed here: its appends are refused"
+            );
+            return Ok(());
+        }
         self.raw.step(msg)?;
         self.redraw_election_timeout();
         Ok(())
+    }
+
+    /// The first entry of an append at or below this node's commit index whose term differs from the
+    /// one this node holds: (index, our term, their term).
+    fn conflicts_with_committed(&self, msg: &Message) -> Option<(u64, u64, u64)> {
+        let committed = self.raw.raft.raft_log.committed;
+        msg.entries.iter().take_while(|e| e.index <= committed).find_map(|e| {
+            let ours = self.raw.raft.raft_log.term(e.index).ok()?;
+            (ours != e.term && ours != 0).then_some((e.index, ours, e.term))
+        })
     }
 
     /// Ask for a read index (ReadIndex, raft thesis 6.4); it comes back in a later [`ReadyOutput`]'s

@@ -28,7 +28,7 @@ use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 
 use crate::hardstate::{self, DurableState, HardStateError, HardStateFile, RepairEvidence, RepairKind};
 use crate::io::SharedFs;
-use crate::wal::{Batch, RecoveryReport, Wal, WalError, WalOptions};
+use crate::wal::{Batch, RecoveryMode, RecoveryReport, Wal, WalError, WalOptions};
 
 /// The hard state as the log kept it before the hard-state file existed: read once, to migrate.
 const META_HARD_STATE: u16 = 1;
@@ -137,8 +137,13 @@ impl RaftStorage {
         dir: &Path,
         opts: WalOptions,
     ) -> Result<(RaftStorage, RecoveryReport), StorageLoadError> {
-        // The raft log is where the `wal.*` failpoints live.
-        let opts = WalOptions { failpoints: true, ..opts };
+        // The raft log is where the `wal.*` failpoints live. Corruption of acknowledged records is
+        // opened past and recovered from peers, unless a strict (read-only) check was asked for.
+        let recovery = match opts.recovery {
+            RecoveryMode::Strict => RecoveryMode::Strict,
+            _ => RecoveryMode::RecoverFromPeers,
+        };
+        let opts = WalOptions { failpoints: true, recovery, ..opts };
         let hs_path = dir.join(hardstate::FILE_NAME);
         let mut hs_file = HardStateFile::load(&fs, &hs_path)?;
         let mut legacy_evidence = None;
@@ -156,11 +161,9 @@ impl RaftStorage {
                 return Ok(());
             };
             let mut st = *file.state();
-            let must_have = st.acknowledged.max(st.commit);
-            st.repair = Some(evidence(must_have));
-            if plan.last_kept.unwrap_or(0) < must_have {
-                st.recover_to = st.recover_to.max(must_have);
-            }
+            st.repair = Some(evidence(st.acknowledged.max(st.commit)));
+            // Whether the cut loses anything acknowledged is decided once the whole log is read; the
+            // evidence must be durable before the cut either way.
             // Durable before the WAL cuts a byte: a crash after the cut still finds the evidence.
             file.store(st).map_err(|e| WalError::Evidence(Box::new(e)))
         })?;
@@ -180,7 +183,9 @@ impl RaftStorage {
                     vote: legacy.vote,
                     commit: legacy.commit,
                     acknowledged: wal.last_index().unwrap_or(0),
+                    acknowledged_term: wal.last_index().and_then(|i| wal.term(i)).unwrap_or(0),
                     recover_to: 0,
+                    recover_term: 0,
                     repair: legacy_evidence,
                 };
                 HardStateFile::create(&fs, &hs_path, state)?
@@ -203,12 +208,30 @@ impl RaftStorage {
             wal.compact(snapshot.metadata.index + 1)?;
         }
         let last = wal.last_index().unwrap_or(0).max(snapshot.metadata.index);
+        let last_term = wal.last_index().and_then(|i| wal.term(i)).unwrap_or(snapshot.metadata.term);
         let mut durable = *hs_file.state();
         let must_have = durable.acknowledged.max(durable.commit);
-        if last < must_have {
-            if durable.recover_to < must_have || durable.repair.is_none() {
+        let before = durable;
+        if let Some(d) = &report.damaged {
+            // The damage stays on disk and is found at every open; record it once.
+            let seen = durable.repair.is_some_and(|r| {
+                (r.kind, r.segment, r.offset) == (RepairKind::CorruptRecord, d.seq, d.offset)
+            });
+            if !seen {
+                durable.repair = Some(RepairEvidence {
+                    kind: RepairKind::CorruptRecord,
+                    segment: d.seq,
+                    offset: d.offset,
+                    bytes_dropped: 0,
+                    acknowledged: must_have,
+                });
+            }
+        }
+        if !holds((last, last_term), (must_have, durable.acknowledged_term)) {
+            if !holds((durable.recover_to, durable.recover_term), (must_have, durable.acknowledged_term)) {
                 durable.recover_to = durable.recover_to.max(must_have);
-                if report.repaired.is_none() {
+                durable.recover_term = durable.recover_term.max(durable.acknowledged_term);
+                if report.repaired.is_none() && report.damaged.is_none() {
                     durable.repair = Some(RepairEvidence {
                         kind: RepairKind::LogBelowAcknowledged,
                         segment: 0,
@@ -217,15 +240,18 @@ impl RaftStorage {
                         acknowledged: must_have,
                     });
                 }
-                hs_file.store(durable)?;
             }
-        } else if durable.recover_to > 0 && last >= durable.recover_to {
+        } else if durable.recover_to > 0
+            && holds((last, last_term), (durable.recover_to, durable.recover_term))
+        {
             tracing::info!(
                 index = last,
                 recover_to = durable.recover_to,
                 "the log is past the recovery mark"
             );
-            durable.recover_to = 0;
+            (durable.recover_to, durable.recover_term) = (0, 0);
+        }
+        if durable != before {
             hs_file.store(durable)?;
         }
         if durable.recover_to > 0 {
@@ -274,11 +300,12 @@ impl RaftStorage {
             // Whatever prefix of this batch a crash keeps, the log still reaches `first.index - 1`.
             inner.lower_acknowledged(first.index - 1)?;
         }
-        let new_last = entries.last().map(|e| e.index);
+        let new_last = entries.last().map(|e| (e.index, e.term));
         inner.wal.append(&batch)?;
         let mut durable = *inner.hs_file.state();
-        if let Some(new_last) = new_last {
-            durable.acknowledged = durable.acknowledged.max(new_last);
+        if let Some((index, term)) = new_last {
+            // These entries are acknowledged once this returns: the log's new end.
+            (durable.acknowledged, durable.acknowledged_term) = (index, term);
         }
         if let Some(hs) = hard_state {
             durable.term = hs.term;
@@ -357,6 +384,7 @@ impl RaftStorage {
             return Ok(());
         }
         durable.recover_to = upto;
+        durable.recover_term = durable.recover_term.max(durable.acknowledged_term);
         durable.repair =
             Some(RepairEvidence { kind, segment: 0, offset: 0, bytes_dropped: 0, acknowledged: upto });
         inner.hs_file.store(durable)?;
@@ -398,7 +426,10 @@ impl RaftStorage {
         let mut durable = *inner.hs_file.state();
         durable.commit = durable.commit.max(index);
         durable.term = durable.term.max(pointer.metadata.term);
-        durable.acknowledged = durable.acknowledged.max(index);
+        // The snapshot is acknowledged once this returns; the log's end is the snapshot or past it.
+        if !keep_tail || (pointer.metadata.term, index) > (durable.acknowledged_term, durable.acknowledged) {
+            (durable.acknowledged, durable.acknowledged_term) = (index, pointer.metadata.term);
+        }
         // The snapshot is the log's new base (set before `store`, which sees the log's new end).
         inner.snapshot = pointer;
         inner.store(durable)?;
@@ -425,6 +456,13 @@ impl RaftStorage {
     }
 }
 
+/// Does a log ending at `(last, last_term)` hold everything up to the mark `(index, term)`: at least
+/// that long, and (raft's up-to-date order) its last term no older? A log that kept entries an
+/// acknowledged conflict had replaced is long enough but ends in an older term.
+fn holds((last, last_term): (u64, u64), (index, term): (u64, u64)) -> bool {
+    last >= index && last_term >= term
+}
+
 impl Inner {
     /// Before a raft conflict replaces uncommitted entries from `new_last + 1` on: the promise about
     /// them is void, and lowering the acknowledged index first means a crash between this and the WAL
@@ -432,7 +470,8 @@ impl Inner {
     fn lower_acknowledged(&mut self, new_last: u64) -> Result<(), HardStateError> {
         let mut durable = *self.hs_file.state();
         if new_last < durable.acknowledged {
-            durable.acknowledged = new_last;
+            let term = self.wal.term(new_last).unwrap_or(self.snapshot.metadata.term);
+            (durable.acknowledged, durable.acknowledged_term) = (new_last, term);
             self.hs_file.store(durable)?;
         }
         Ok(())
@@ -440,13 +479,15 @@ impl Inner {
 
     /// Make `durable` the hard-state file's content, ending recovery once the log reached its mark.
     fn store(&mut self, mut durable: DurableState) -> Result<(), HardStateError> {
-        if durable.recover_to > 0 && self.last_index() >= durable.recover_to {
+        let last = self.last_index();
+        let last_term = self.wal.term(last).unwrap_or(self.snapshot.metadata.term);
+        if durable.recover_to > 0 && holds((last, last_term), (durable.recover_to, durable.recover_term)) {
             tracing::info!(
-                index = self.last_index(),
+                index = last,
                 recover_to = durable.recover_to,
                 "recovered from peers: the log holds everything this node may have acknowledged again"
             );
-            durable.recover_to = 0;
+            (durable.recover_to, durable.recover_term) = (0, 0);
         }
         self.hs_file.store(durable)
     }

@@ -475,36 +475,43 @@ fn without_recovery_from_peers_the_same_failure_loses_an_acknowledged_write() {
 }
 
 #[test]
-fn a_bit_flip_in_an_acknowledged_record_keeps_that_node_down_but_not_the_cluster() {
-    // Failure: a follower's acknowledged WAL record rots while it is down. Invariant: it refuses to
-    // start with a typed error instead of truncating; the other two keep serving and lose nothing.
+fn a_corrupted_committed_entry_in_the_middle_of_a_followers_log_is_recovered_from_peers() {
+    // Failure: a bit rots in an acknowledged, committed record in the middle of a follower's first WAL
+    // segment while it is down (valid records follow it). Invariants: it neither refuses to start nor
+    // runs on damaged history: the damaged bytes stay in place, its log is cut at the damage, the
+    // evidence names the segment and offset, it grants no votes until the leader refilled its log,
+    // and nothing acknowledged is lost anywhere.
     let mut c = Cluster::new(FsmSync::Sync, 1_000_000);
     c.write(1..=15);
+    c.converge();
     let follower = c.a_follower();
     c.crash(follower, CrashKind::PowerLoss);
     let fs = c.disks[&follower].clone();
     let first = segments(&fs).into_iter().next().expect("a segment");
+    let before = read_file(&fs, &first).expect("segment bytes");
     // Inside the first segment, past its header: acknowledged records follow.
     fs.flip_bit(&first, 200, 5).expect("flip");
-    let shared: SharedFs = Arc::new(fs.clone());
-    match RaftStorage::open(shared, Path::new("/node/raft"), WalOptions::default()) {
-        Err(durakv::storage::StorageLoadError::Wal(durakv::wal::WalError::Corrupt {
-            path, offset, ..
-        })) => {
-            assert_eq!(path, first);
-            assert!((32..=200).contains(&offset), "names the damaged record ({offset})");
-        }
-        other => panic!("expected a typed corruption error, got {other:?}"),
-    }
-    c.write(16..=30);
-    c.run_until(
-        |c| {
-            let commit = c.nodes.values().map(|n| n.commit_index()).max().unwrap_or(0);
-            c.nodes.values().all(|n| n.applied_index() == commit)
-        },
-        "the two healthy replicas apply everything",
-    );
+    c.write(16..=20);
+    c.restart(follower);
+    let node = &c.nodes[&follower];
+    assert!(node.recovering(), "a log cut at a committed entry recovers from peers");
+    let evidence = node.storage().durable_state().repair.expect("evidence recorded");
+    assert_eq!(evidence.kind, durakv::hardstate::RepairKind::CorruptRecord);
+    assert!((32..=200).contains(&evidence.offset), "names the damaged record ({})", evidence.offset);
+    let mut after = read_file(&fs, &first).expect("segment bytes");
+    after[200] ^= 1 << 5;
+    assert_eq!(after, before, "the damaged segment is kept as it was, for forensics");
+    c.write(21..=30);
+    c.converge();
+    assert!(!c.nodes[&follower].recovering(), "the leader refilled the log past the damage");
     check_all_have(&c, 30);
+    // A second start finds the same damage, and the log it rebuilt after it.
+    c.crash(follower, CrashKind::PowerLoss);
+    c.restart(follower);
+    assert!(!c.nodes[&follower].recovering());
+    c.write(31..=35);
+    c.converge();
+    check_all_have(&c, 35);
 }
 
 #[test]

@@ -144,6 +144,11 @@ struct Server {
     /// A bit flip was injected into the body of its newest snapshot when it had started this many
     /// times: it must never start again (its cold start verifies the file, D9).
     corrupt_snapshot_at_start: Option<u64>,
+    /// A `torn_tail` fault armed an OOM-kill inside this server's next WAL append.
+    torn_tail_armed: bool,
+    /// A `lose_acked_tail` fault cut acknowledged records off this server's log: it must have
+    /// recorded the evidence (and recovered, like every server, by the end).
+    lost_acked_tail: bool,
     up: bool,
     /// When this server last started, and the earliest time the supervisor may start it again
     /// (a server that dies within `CRASH_LOOP_MS` of its start waits that long, as systemd's
@@ -225,6 +230,8 @@ async fn simulate(scenario: Scenario, seed: u64, run_opts: RunOptions) -> RunRes
                 refused: None,
                 corrupted: false,
                 corrupt_snapshot_at_start: None,
+                torn_tail_armed: false,
+                lost_acked_tail: false,
                 up: true,
                 started_ms: 0,
                 retry_at_ms: 0,
@@ -605,6 +612,24 @@ async fn apply_fault(
                 }
             }
             Action::TornTail => {
+                // A torn tail is a write interrupted by a crash: OOM-kill the server inside its next
+                // raft WAL append (never-fsynced, never-acknowledged bytes); the supervisor restarts
+                // it, and start-up repairs the tail.
+                if s.up {
+                    s.disk.arm_crash_on_write(
+                        s.disk.ops_done(),
+                        "*/raft/*.wal",
+                        CrashKind::ProcessKill,
+                        TornWrite::Random,
+                    );
+                    s.torn_tail_armed = true;
+                    event(w, format!("server {id}: OOM-kill armed inside the next raft WAL append"));
+                }
+            }
+            Action::LoseAckedTail => {
+                // Not a torn write: records the server fsynced and acknowledged vanish from the end
+                // of its log while it is down (a zeroed sector, a lost write-back). It must recover
+                // them from its peers before it votes again.
                 if s.up {
                     kill(&handle, s, CrashKind::ProcessKill, w, id);
                 }
@@ -614,7 +639,8 @@ async fn apply_fault(
                     if let Ok(mut file) = s.disk.open(&seg, OpenOptions::read_write()) {
                         let _ = file.set_len(cut).and_then(|_| file.sync());
                     }
-                    event(w, format!("server {id}: WAL tail cut to {cut} of {len} bytes"));
+                    s.lost_acked_tail = true;
+                    event(w, format!("server {id}: acknowledged WAL tail cut to {cut} of {len} bytes"));
                 }
                 restart(&handle, s, w, id);
             }
@@ -909,6 +935,7 @@ async fn control(
         }
     }
     world(w).fired = fired;
+    check_recoveries(servers, w)?;
     let layout = DataLayout::new(Path::new(DATA));
     for (id, s) in servers.iter_mut() {
         if !s.up {
@@ -955,6 +982,56 @@ async fn control(
     }
     let (applied, digest) = replicas.first().map_or((0, 0), |r| (r.1, r.2));
     Ok((applied, digest))
+}
+
+/// Every fault that damages a log proved it had its effect, and every recovery from peers ended:
+/// a server that lost acknowledged records recorded the evidence in its hard-state file before the
+/// repair; a torn-tail kill tore (or cleanly stopped) a WAL append; and no server is still waiting
+/// for entries it lost once the cluster is quiet (a leader lacking them would be a lost write).
+fn check_recoveries(servers: &BTreeMap<u64, Server>, w: &Shared) -> Result<(), Failure> {
+    let layout = DataLayout::new(Path::new(DATA));
+    for (id, s) in servers {
+        if s.corrupted && s.refused.is_some() {
+            continue;
+        }
+        let path = layout.raft.join(durakv::hardstate::FILE_NAME);
+        let state = durakv::io::read_file(&s.disk, &path)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| durakv::hardstate::decode_file(&bytes))
+            .map(|(_, st)| st)
+            .map_err(|e| Failure {
+                invariant: "recovery",
+                explanation: format!("server {id}: hard-state file {}: {e}", path.display()),
+            })?;
+        if s.lost_acked_tail && state.repair.is_none() {
+            return Err(Failure {
+                invariant: "fault_effect",
+                explanation: format!(
+                    "server {id} lost acknowledged WAL records but recorded no repair evidence"
+                ),
+            });
+        }
+        if s.torn_tail_armed && s.disk.coverage().get("crash.torn_write").is_none() {
+            return Err(Failure {
+                invariant: "fault_effect",
+                explanation: format!("server {id}: the torn-tail kill never landed inside a write"),
+            });
+        }
+        if state.recover_to > 0 {
+            return Err(Failure {
+                invariant: "recovery",
+                explanation: format!(
+                    "server {id} is still recovering entries up to index {} it lost ({}) after the cluster went quiet",
+                    state.recover_to,
+                    state.repair.map(|r| r.to_string()).unwrap_or_default()
+                ),
+            });
+        }
+        if let Some(r) = state.repair {
+            event(w, format!("server {id}: recovered from peers after: {r}"));
+        }
+    }
+    Ok(())
 }
 
 /// Restart servers that died on their own (a fatal error, or a crash that fired inside a write or

@@ -164,6 +164,7 @@ pub enum Action {
     Partition,
     Clog,
     TornTail,
+    LoseAckedTail,
     BitFlip,
     Eio,
     Enospc,
@@ -250,7 +251,7 @@ impl Scenario {
             Partition | Clog => &["for_ms"],
             Kill | PowerLoss => &["mid_write"],
             BitFlip => &["at"],
-            Restart | TornTail => &[],
+            Restart | TornTail | LoseAckedTail => &[],
         };
         let present = [
             ("at", f.at.is_some()),

@@ -17,6 +17,7 @@ const CASES: &[(&str, &str, &[u64])] = &[
     ("no-exdev-fallback", "follower-snapshot-across-devices.toml", &[21]),
     ("keep-bytes-after-failed-fsync", "enospc-and-eio-on-fsync.toml", &[101, 102, 103, 104]),
     ("local-reads", "partitions-and-kills.toml", &[51, 52]),
+    ("no-peer-recovery", "acknowledged-tail-lost-then-leader-dies.toml", &[61, 62, 63, 64]),
 ];
 
 #[test]

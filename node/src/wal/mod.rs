@@ -101,6 +101,13 @@ pub enum RecoveryMode {
     /// Repair a torn tail of the last segment (the default); refuse corruption.
     #[default]
     RepairTornTail,
+    /// Repair a torn tail; for corruption of acknowledged records anywhere (a non-last segment, bit
+    /// rot, a bad record followed by valid ones, a bad segment header), keep the damaged bytes where
+    /// they are, treat every entry from the damage on as lost (indexing none of them until a later
+    /// truncation at or below the damage replaces them), keep reading later records for metas and
+    /// compactions, and append a durable truncation at the damage: the raft layer then recovers the
+    /// lost range from its peers ([`RecoveryReport::damaged`]).
+    RecoverFromPeers,
     /// Refuse any damage, torn tail included, and open read-only: no `.tmp` removal, no fsync, no
     /// directory creation; appends fail with [`WalError::ReadOnly`] (`durakv wal check`, forensics).
     Strict,
@@ -190,6 +197,20 @@ pub struct RecoveryReport {
     pub repaired: Option<TornTail>,
     /// Leftover `.tmp` files removed (in [`RecoveryMode::Strict`]: found and left in place).
     pub removed_tmp: Vec<PathBuf>,
+    /// Corruption of acknowledged records that [`RecoveryMode::RecoverFromPeers`] opened past.
+    pub damaged: Option<Damage>,
+}
+
+/// Corruption recovery opened past instead of refusing: the first damaged place, and the first entry
+/// index the log lost there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    pub segment: PathBuf,
+    pub seq: u64,
+    pub offset: u64,
+    pub reason: CorruptReason,
+    /// Entries from this index on were dropped from the log (a truncation record says so durably).
+    pub lost_from: u64,
 }
 
 /// A torn-tail repair recovery is about to make, passed to the caller *before* any byte is cut so it
@@ -295,6 +316,9 @@ pub struct Wal {
     locs: VecDeque<Loc>,
     metas: BTreeMap<u16, Vec<u8>>,
     poisoned: bool,
+    /// During recovery past damage: entries from this index on are lost, and entry records are not
+    /// indexed until a truncation at or below it.
+    skip_entries_from: Option<u64>,
     /// The encode buffer, kept between appends (up to `SCRATCH_KEEP_BYTES`).
     scratch: Vec<u8>,
 }
@@ -378,6 +402,7 @@ impl Wal {
             locs: VecDeque::new(),
             metas: BTreeMap::new(),
             poisoned: false,
+            skip_entries_from: None,
             scratch: Vec::new(),
         };
         for (i, &seq) in seqs.iter().enumerate() {
@@ -385,6 +410,22 @@ impl Wal {
             wal.recover_segment(seq, is_last, &mut report, before_repair)?;
         }
         report.segments = wal.segments.len();
+        if let Some(from) = wal.skip_entries_from
+            && let Some(damage) = &report.damaged
+        {
+            // Record durably that the entries from the damage on are gone, so every later open (which
+            // finds the same damage) sees the entries appended after this as the log's continuation.
+            let from = from.max(wal.shape.floor);
+            tracing::error!(
+                path = %damage.segment.display(),
+                offset = damage.offset,
+                index = from,
+                reason = %damage.reason,
+                "corrupt WAL record: the log is cut at the damage (its bytes stay in place); the entries from index on must come from peers"
+            );
+            wal.append_records(&[Record::Truncate { from }], true)?;
+            wal.skip_entries_from = None;
+        }
         Ok((wal, report))
     }
 
@@ -406,34 +447,69 @@ impl Wal {
         let mut buf = vec![0u8; size];
         file.read_exact_at(&mut buf, 0).map_err(io_err(&path))?;
         let corrupt = |offset: u64, reason| WalError::Corrupt { path: path.clone(), offset, reason };
-        let scan = scan_segment(&buf).map_err(|p| corrupt(0, CorruptReason::Header(p)))?;
-        if scan.seq != seq {
-            return Err(corrupt(
-                0,
-                CorruptReason::Header(HeaderProblem::SeqMismatch { expected: seq, found: scan.seq }),
-            ));
-        }
+        let recover = self.opts.recovery == RecoveryMode::RecoverFromPeers
+            && !failpoint::canary(&*self.fs, "no-torn-tail-repair");
+        let header = scan_segment(&buf).map_err(CorruptReason::Header).and_then(|scan| {
+            if scan.seq == seq {
+                Ok(scan)
+            } else {
+                Err(CorruptReason::Header(HeaderProblem::SeqMismatch { expected: seq, found: scan.seq }))
+            }
+        });
+        let scan = match header {
+            Ok(scan) => scan,
+            Err(reason) if recover => {
+                // Nothing in this segment can be trusted: every entry from it on is lost (later
+                // segments restate the metas).
+                self.note_damage(seq, &path, 0, reason, report);
+                self.segments.insert(seq, Segment { path, file, len, synced_len: len });
+                return Ok(());
+            }
+            Err(reason) => return Err(corrupt(0, reason)),
+        };
         let last_frame = scan.frames.last().cloned();
         // The records before any damage are validated and indexed first, so a repair knows what the
         // log keeps.
         for frame in scan.frames {
+            report.records += 1;
+            if let Some(from) = self.skip_entries_from {
+                match frame.record {
+                    // Past damage: these entries are lost until a truncation replaces them.
+                    Record::Entry(_) => continue,
+                    // A truncation at or below the damage (or below a later compaction floor:
+                    // the one recovery appends) replaces the lost range: the log continues.
+                    Record::Truncate { from: t } if t <= from.max(self.shape.floor) => {
+                        self.skip_entries_from = None
+                    }
+                    Record::Truncate { .. } => continue,
+                    Record::Meta { .. } | Record::Compact { .. } => {}
+                }
+            }
             self.shape.step(&frame.record).map_err(|r| corrupt(frame.offset, r))?;
             self.apply(seq, frame.offset, &frame.record);
-            report.records += 1;
         }
         let mut valid_len = len;
         if let Some((offset, problem)) = scan.stopped {
             let at = offset as usize;
-            if !is_last || read_only || failpoint::canary(&*self.fs, "no-torn-tail-repair") {
-                return Err(corrupt(offset, CorruptReason::Frame(problem)));
-            }
-            if let Some(bit_offset) =
+            let damage = if !is_last || read_only || failpoint::canary(&*self.fs, "no-torn-tail-repair") {
+                Some(CorruptReason::Frame(problem.clone()))
+            } else if let Some(bit_offset) =
                 single_bit_rot(&buf, at, self.opts.sector_size_bytes, last_frame.as_ref())
             {
-                return Err(corrupt(offset, CorruptReason::BitRot { problem, bit_offset }));
-            }
-            if let Some(later) = later_durable_after(&buf, at) {
-                return Err(corrupt(offset, CorruptReason::FollowedByValid { problem, later }));
+                Some(CorruptReason::BitRot { problem: problem.clone(), bit_offset })
+            } else {
+                later_durable_after(&buf, at)
+                    .map(|later| CorruptReason::FollowedByValid { problem: problem.clone(), later })
+            };
+            if let Some(reason) = damage {
+                if !recover || read_only {
+                    return Err(corrupt(offset, reason));
+                }
+                // Acknowledged bytes are damaged: keep them in place (forensics) and cut the log
+                // there logically; new records go to a new segment.
+                self.note_damage(seq, &path, offset, reason, report);
+                self.segments.insert(seq, Segment { path, file, len, synced_len: len });
+                return Ok(());
             }
             let bytes_dropped = len - offset;
             let plan = PlannedRepair {
@@ -468,6 +544,23 @@ impl Wal {
         }
         self.segments.insert(seq, Segment { path, file, len: valid_len, synced_len: valid_len });
         Ok(())
+    }
+
+    /// Recovery met damage it opens past (`RecoverFromPeers`): from here on, entries are lost.
+    fn note_damage(
+        &mut self,
+        seq: u64,
+        path: &Path,
+        offset: u64,
+        reason: CorruptReason,
+        report: &mut RecoveryReport,
+    ) {
+        let lost_from = self.shape.last.map_or(self.shape.floor.max(1), |l| l + 1);
+        let lost_from = self.skip_entries_from.map_or(lost_from, |f| f.min(lost_from));
+        self.skip_entries_from = Some(lost_from);
+        if report.damaged.is_none() {
+            report.damaged = Some(Damage { segment: path.to_path_buf(), seq, offset, reason, lost_from });
+        }
     }
 
     /// Write the bytes a repair drops to `<segment>.broken` (or `.broken.N` if taken), durably.
