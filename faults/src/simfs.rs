@@ -55,6 +55,10 @@ pub enum TornWrite {
     Random,
     /// Exactly this many sectors (clamped to the write's sector count) landed.
     Sectors(u64),
+    /// Some but not all of the write's sector pieces landed: a torn record. A crash armed on the
+    /// writes to a path pattern with this waits for a write that crosses a sector boundary (a write
+    /// inside one sector lands whole or not at all, so it cannot be torn).
+    Partial,
 }
 
 /// The error every operation returns while the simulated process is dead (after an armed crash
@@ -449,6 +453,12 @@ impl State {
     /// Start a durability operation: count it, fire an armed crash, apply fault rules. Returns the
     /// armed crash if this operation is the one it lands on (the caller applies the partial effect).
     fn begin(&mut self, op: OpKind, path: &Path) -> io::Result<Option<Armed>> {
+        self.begin_write(op, path, 1)
+    }
+
+    /// [`State::begin`] for an operation of `pieces` sector pieces (a write crossing sector
+    /// boundaries has several; everything else has one).
+    fn begin_write(&mut self, op: OpKind, path: &Path, pieces: u64) -> io::Result<Option<Armed>> {
         if self.halted {
             return Err(crashed("the process was killed; resume() restarts it"));
         }
@@ -457,7 +467,10 @@ impl State {
         let lands_here = |a: &Armed| match &a.write_to {
             None => a.at_op == this_op,
             Some(pattern) => {
-                this_op >= a.at_op && op == OpKind::Write && glob_match(pattern, &path.to_string_lossy())
+                this_op >= a.at_op
+                    && op == OpKind::Write
+                    && (a.torn != TornWrite::Partial || pieces >= 2)
+                    && glob_match(pattern, &path.to_string_lossy())
             }
         };
         if self.armed.as_ref().is_some_and(lands_here) {
@@ -749,10 +762,20 @@ impl FsFile for SimFile {
         }
         let mut g = self.fs.lock();
         let s = self.live(&mut g)?;
-        let armed = s.begin(OpKind::Write, &self.path)?;
         let end = offset
             .checked_add(buf.len() as u64)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "write past u64::MAX"))?;
+        // The write's sector pieces: where a crash can cut it.
+        let sector = s.sector();
+        let mut cuts = vec![offset];
+        let mut next = (offset / sector + 1) * sector;
+        while next < end {
+            cuts.push(next);
+            next += sector;
+        }
+        cuts.push(end);
+        let pieces = (cuts.len() - 1) as u64;
+        let armed = s.begin_write(OpKind::Write, &self.path, pieces)?;
         let old_len = s.file_mut(self.ino, &self.path)?.data.len() as u64;
         if armed.is_none() {
             s.check_space(old_len, end.max(old_len))?;
@@ -761,20 +784,17 @@ impl FsFile for SimFile {
         let landed_end = match &armed {
             None => end,
             Some(a) => {
-                let sector = s.sector();
-                let mut cuts = vec![offset];
-                let mut next = (offset / sector + 1) * sector;
-                while next < end {
-                    cuts.push(next);
-                    next += sector;
-                }
-                cuts.push(end);
-                let pieces = (cuts.len() - 1) as u64;
                 let landed = match a.torn {
                     TornWrite::Random => s.rng.random_range(0..=pieces),
                     TornWrite::Sectors(n) => n.min(pieces),
+                    TornWrite::Partial if pieces >= 2 => s.rng.random_range(1..pieces),
+                    TornWrite::Partial => s.rng.random_range(0..=pieces),
                 };
                 s.cover("crash.torn_write");
+                if landed > 0 && landed < pieces {
+                    // A prefix of the record reached the cache, the rest did not: torn for real.
+                    s.cover("crash.torn_write.partial");
+                }
                 cuts[landed as usize]
             }
         };

@@ -389,6 +389,30 @@ fn a_crash_armed_on_a_path_lands_inside_the_first_matching_write_only() -> io::R
 }
 
 #[test]
+fn a_partial_tear_waits_for_a_write_that_crosses_a_sector_and_lands_a_strict_prefix() -> io::Result<()> {
+    // Failure injected: a kill armed with `TornWrite::Partial` on a path pattern.
+    // Invariant: writes inside one sector pass untouched (they cannot be torn); the first write that
+    // crosses a sector boundary is cut after at least one piece and before its end, and the disk
+    // records a partial tear.
+    for seed in 0..20u64 {
+        let fs = disk(100 + seed);
+        fs.create_dir_all(&p("/d/raft"))?;
+        let mut f = fs.open(&p("/d/raft/1.wal"), OpenOptions::create_new())?;
+        fs.arm_crash_on_write(0, "*/raft/*.wal", CrashKind::ProcessKill, TornWrite::Partial);
+        f.write_at(&[1u8; 300], 0)?;
+        assert!(fs.is_armed(), "a write inside one sector is not the one");
+        let err = f.write_at(&[2u8; 1500], 300).expect_err("this write crosses sector boundaries");
+        assert!(is_crash_error(&err), "{err}");
+        fs.resume();
+        let len = fs.metadata(&p("/d/raft/1.wal"))?.len;
+        assert!(len > 300 && len < 1800, "seed {seed}: a strict prefix landed ({len})");
+        assert_eq!(len % 512, 0, "seed {seed}: the cut is at a sector boundary ({len})");
+        assert_eq!(fs.coverage().get("crash.torn_write.partial"), Some(&1));
+    }
+    Ok(())
+}
+
+#[test]
 fn failpoints_fire_their_action_for_the_hits_they_were_attached_for() -> io::Result<()> {
     // Failure injected: an error attached to `wal.sync` for two hits, a stall to `transport.send`,
     // and a kill with power loss to `snapshot.write`.

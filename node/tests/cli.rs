@@ -88,3 +88,37 @@ fn unknown_commands_print_usage() {
     assert!(text(&out).contains("usage:"), "{}", text(&out));
     assert!(durakv(&["--help"]).status.success());
 }
+
+#[test]
+fn check_is_read_only_and_prints_the_hard_state() {
+    // Failure: a leftover `.tmp` from an interrupted segment creation, beside a raft log with its
+    // hard-state file. Invariants: `check` removes nothing, creates nothing, and prints term, vote,
+    // commit and the acknowledged index from the hard-state file.
+    use durakv::io::SharedFs;
+    use durakv::storage::RaftStorage;
+    use raft::eraftpb::{Entry, HardState};
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path().join("raft");
+    let fs: SharedFs = Arc::new(RealFs::new());
+    let (storage, _) = RaftStorage::open(fs, &dir, WalOptions::default()).expect("open");
+    let entry = Entry { index: 1, term: 3, ..Entry::default() };
+    storage.persist(&[entry], Some(&HardState { term: 3, vote: 2, commit: 1 })).expect("persist");
+    drop(storage);
+    let leftover = dir.join("00000000000000000009.wal.tmp");
+    std::fs::write(&leftover, b"half a segment").expect("leftover");
+    let listing = |d: &Path| {
+        let mut names: Vec<String> = std::fs::read_dir(d)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = listing(&dir);
+    let out = durakv(&["wal", "check", dir.to_str().expect("utf-8 path")]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("term 3, vote 2, commit 1, acknowledged 1"), "{}", text(&out));
+    assert!(text(&out).contains("leftover"), "{}", text(&out));
+    assert_eq!(listing(&dir), before, "check changed the directory");
+    assert!(leftover.exists());
+}

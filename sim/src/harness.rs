@@ -146,9 +146,9 @@ struct Server {
     corrupt_snapshot_at_start: Option<u64>,
     /// A `torn_tail` fault armed an OOM-kill inside this server's next WAL append.
     torn_tail_armed: bool,
-    /// A `lose_acked_tail` fault cut acknowledged records off this server's log: it must have
-    /// recorded the evidence (and recovered, like every server, by the end).
-    lost_acked_tail: bool,
+    /// A `lose_acked_tail` or WAL `bit_flip` fault damaged acknowledged records of this server's log:
+    /// it must have recorded the evidence (and recovered, like every server, by the end).
+    log_damaged: bool,
     up: bool,
     /// When this server last started, and the earliest time the supervisor may start it again
     /// (a server that dies within `CRASH_LOOP_MS` of its start waits that long, as systemd's
@@ -231,7 +231,7 @@ async fn simulate(scenario: Scenario, seed: u64, run_opts: RunOptions) -> RunRes
                 corrupted: false,
                 corrupt_snapshot_at_start: None,
                 torn_tail_armed: false,
-                lost_acked_tail: false,
+                log_damaged: false,
                 up: true,
                 started_ms: 0,
                 retry_at_ms: 0,
@@ -620,7 +620,7 @@ async fn apply_fault(
                         s.disk.ops_done(),
                         "*/raft/*.wal",
                         CrashKind::ProcessKill,
-                        TornWrite::Random,
+                        TornWrite::Partial,
                     );
                     s.torn_tail_armed = true;
                     event(w, format!("server {id}: OOM-kill armed inside the next raft WAL append"));
@@ -639,7 +639,7 @@ async fn apply_fault(
                     if let Ok(mut file) = s.disk.open(&seg, OpenOptions::read_write()) {
                         let _ = file.set_len(cut).and_then(|_| file.sync());
                     }
-                    s.lost_acked_tail = true;
+                    s.log_damaged = true;
                     event(w, format!("server {id}: acknowledged WAL tail cut to {cut} of {len} bytes"));
                 }
                 restart(&handle, s, w, id);
@@ -648,8 +648,9 @@ async fn apply_fault(
                 if s.up {
                     kill(&handle, s, CrashKind::ProcessKill, w, id);
                 }
-                // A flipped bit in an acknowledged WAL record, or in a snapshot body: the node must
-                // refuse to start with a typed error (D5, D8), and the cluster go on without it.
+                // A flipped bit in an acknowledged WAL record: the node cuts its log there and
+                // recovers the rest from its peers (D5). In a snapshot body: it must refuse to start
+                // with a typed error (D8), and the cluster go on without it.
                 let file = match f.at.as_deref() {
                     Some("snapshot") => {
                         newest_file(&s.disk, &DataLayout::new(Path::new(DATA)).snapshots, ".snap")
@@ -661,10 +662,13 @@ async fn apply_fault(
                         let len = s.disk.metadata(&file).map(|m| m.len).unwrap_or(0);
                         let offset = len / 2;
                         let _ = s.disk.flip_bit(&file, offset, rng.random_range(0..8));
-                        s.corrupted = true;
                         if f.at.as_deref() == Some("snapshot") {
+                            s.corrupted = true;
                             let started = world(w).started.get(&id).copied().unwrap_or(0);
                             s.corrupt_snapshot_at_start = Some(started);
+                        } else {
+                            // A damaged acknowledged WAL record: the server recovers it from peers.
+                            s.log_damaged = true;
                         }
                         event(w, format!("server {id}: bit flipped at {offset} of {}", file.display()));
                     }
@@ -1003,18 +1007,18 @@ fn check_recoveries(servers: &BTreeMap<u64, Server>, w: &Shared) -> Result<(), F
                 invariant: "recovery",
                 explanation: format!("server {id}: hard-state file {}: {e}", path.display()),
             })?;
-        if s.lost_acked_tail && state.repair.is_none() {
+        if s.log_damaged && state.repair.is_none() {
             return Err(Failure {
                 invariant: "fault_effect",
                 explanation: format!(
-                    "server {id} lost acknowledged WAL records but recorded no repair evidence"
+                    "server {id}'s acknowledged WAL records were damaged but it recorded no repair evidence"
                 ),
             });
         }
-        if s.torn_tail_armed && s.disk.coverage().get("crash.torn_write").is_none() {
+        if s.torn_tail_armed && s.disk.coverage().get("crash.torn_write.partial").is_none() {
             return Err(Failure {
                 invariant: "fault_effect",
-                explanation: format!("server {id}: the torn-tail kill never landed inside a write"),
+                explanation: format!("server {id}: the torn-tail kill never tore a WAL append"),
             });
         }
         if state.recover_to > 0 {

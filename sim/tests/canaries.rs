@@ -12,7 +12,7 @@ use durakv_sim::scenario::Scenario;
 /// (canary, scenario file, seeds to try: at least one must catch it, and every one that runs to the
 /// end with the bug must be caught).
 const CASES: &[(&str, &str, &[u64])] = &[
-    ("no-torn-tail-repair", "torn-wal-tail-at-restart.toml", &[31]),
+    ("no-torn-tail-repair", "torn-wal-tail-at-restart.toml", &[31, 32]),
     ("skip-restore-without-crc", "corrupt-snapshot-at-cold-start.toml", &[81]),
     ("no-exdev-fallback", "follower-snapshot-across-devices.toml", &[21]),
     ("keep-bytes-after-failed-fsync", "enospc-and-eio-on-fsync.toml", &[101, 102, 103, 104]),
