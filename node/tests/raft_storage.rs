@@ -171,13 +171,8 @@ fn lose_acknowledged_tail(fs: &SimFs, hard: HardState, cut: u64) {
     s.persist(&(1..=3).map(|i| entry(i, hard.term)).collect::<Vec<_>>(), Some(&hard)).expect("persist");
     drop(s);
     let dir = Path::new(DIR);
-    let last = fs
-        .read_dir(dir)
-        .expect("list")
-        .into_iter()
-        .filter(|e| e.name.ends_with(".wal"))
-        .next_back()
-        .expect("a segment");
+    let last =
+        fs.read_dir(dir).expect("list").into_iter().rfind(|e| e.name.ends_with(".wal")).expect("a segment");
     let mut f = fs.open(&dir.join(last.name), OpenOptions::read_write()).expect("open segment");
     let len = f.len().expect("len");
     f.set_len(len - cut).expect("cut acknowledged bytes");

@@ -1015,7 +1015,7 @@ fn check_recoveries(servers: &BTreeMap<u64, Server>, w: &Shared) -> Result<(), F
                 ),
             });
         }
-        if s.torn_tail_armed && s.disk.coverage().get("crash.torn_write.partial").is_none() {
+        if s.torn_tail_armed && !s.disk.coverage().contains_key("crash.torn_write.partial") {
             return Err(Failure {
                 invariant: "fault_effect",
                 explanation: format!("server {id}: the torn-tail kill never tore a WAL append"),
