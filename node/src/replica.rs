@@ -132,6 +132,8 @@ pub struct Replica<E: Engine> {
     election_ticks: (usize, usize),
     /// The (term, role, timeout) the last redraw left, to notice raft-rs drawing a new one.
     election_drawn: (u64, StateRole, usize),
+    /// Ticks spent recovering lost entries without a known leader (reported loudly now and then).
+    leaderless_recovery_ticks: u64,
 }
 
 impl<E: Engine> std::fmt::Debug for Replica<E> {
@@ -195,6 +197,7 @@ impl<E: Engine> Replica<E> {
             election_rng: ChaCha8Rng::seed_from_u64(cfg.seed),
             election_ticks: (cfg.election_tick, 2 * cfg.election_tick),
             election_drawn: (0, StateRole::Follower, 0),
+            leaderless_recovery_ticks: 0,
         };
         replica.redraw_election_timeout();
         Ok(replica)
@@ -266,10 +269,33 @@ impl<E: Engine> Replica<E> {
     /// timer never fires, so it never campaigns on a log that lost entries.
     pub fn tick(&mut self) {
         if self.recovering() && self.raw.raft.state != StateRole::Leader {
+            self.report_stalled_recovery();
             return;
         }
+        self.leaderless_recovery_ticks = 0;
         self.raw.tick();
         self.redraw_election_timeout();
+    }
+
+    /// A recovery that sees no leader for long means the nodes holding the lost entries are not
+    /// there: say so loudly, every 30 election timeouts, naming the index (no operator is needed as
+    /// long as they come back; if they never will, this node must be rebuilt from its peers).
+    fn report_stalled_recovery(&mut self) {
+        if self.raw.raft.leader_id != 0 {
+            self.leaderless_recovery_ticks = 0;
+            return;
+        }
+        self.leaderless_recovery_ticks += 1;
+        let every = 30 * self.election_ticks.0 as u64;
+        if self.leaderless_recovery_ticks.is_multiple_of(every.max(1)) {
+            tracing::error!(
+                node = self.id(),
+                index = self.recover_to(),
+                ticks = self.leaderless_recovery_ticks,
+                "still recovering lost log entries and no leader is known: only the nodes that hold them can \
+                 supply them; if they are gone for good, rebuild this node from its peers"
+            );
+        }
     }
 
     /// Start an election now (refused, with a warning, while recovering lost entries).
