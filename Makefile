@@ -8,7 +8,7 @@ PROFILE ?= fast
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps test fmt-check lint unit sim sim-run fuzz run build bench bench-wal bench-fsm bench-snapshot clean help
+.PHONY: all deps test fmt-check lint unit sim sim-run fuzz run build bench bench-wal bench-fsm bench-snapshot bench-storage clean help
 
 all: test
 
@@ -69,6 +69,9 @@ bench: deps
 
 bench-wal: deps
 	$(CARGO) bench --profile $(PROFILE) -p durakv-benches --bench wal
+
+bench-storage: deps
+	$(CARGO) bench --profile $(PROFILE) -p durakv-benches --bench storage
 
 bench-fsm: deps
 	$(CARGO) bench --profile $(PROFILE) -p durakv-benches --bench fsm

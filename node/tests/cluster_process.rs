@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -303,32 +303,37 @@ fn last_segment(cluster: &Cluster, id: u64) -> PathBuf {
     segments.pop().expect("at least one segment")
 }
 
-#[test]
-fn a_node_restarted_with_a_torn_in_flight_append_repairs_it_and_catches_up() {
-    // Failure: a follower is SIGKILLed, and its last segment then ends in a partial record past
-    // everything it fsynced: what a kill in the middle of an append leaves (the bytes of a batch that
-    // never reached its fsync, so never acknowledged). Invariants: it repairs the tail by itself,
-    // needs no recovery from peers (it lost nothing it acknowledged), and no acknowledged write is lost.
+/// Write, SIGKILL a follower, `damage` its last WAL segment, write on, restart it, write again; every
+/// acknowledged write must be readable on every node. Returns the follower's log.
+fn damage_a_stopped_follower_and_rejoin(damage: impl FnOnce(&Path)) -> String {
     let mut cluster = Cluster::start(3, &[]);
     let mut acked = cluster.write_keys("before-", 100);
     let victim = cluster.follower();
     cluster.kill(victim);
-    let last = last_segment(&cluster, victim);
-    // A frame header's worth of a batch that was being written: a length, then bytes that never got
-    // their checksum.
-    let mut torn = 64u32.to_be_bytes().to_vec();
-    torn.extend_from_slice(&[0xA5; 13]);
-    let mut f = File::options().append(true).open(&last).expect("open segment");
-    std::io::Write::write_all(&mut f, &torn).expect("append the torn write");
-    drop(f);
-
+    damage(&last_segment(&cluster, victim));
     acked.extend(cluster.write_keys("while-down-", 50));
     cluster.spawn(victim);
     acked.extend(cluster.write_keys("after-", 50));
     for id in cluster.running() {
         cluster.assert_readable(id, &acked);
     }
-    let log = std::fs::read_to_string(cluster.log_path(victim)).expect("the victim's log");
+    std::fs::read_to_string(cluster.log_path(victim)).expect("the victim's log")
+}
+
+#[test]
+fn a_node_restarted_with_a_torn_in_flight_append_repairs_it_and_catches_up() {
+    // Failure: a follower is SIGKILLed, and its last segment then ends in a partial record past
+    // everything it fsynced: what a kill in the middle of an append leaves (the bytes of a batch that
+    // never reached its fsync, so never acknowledged). Invariants: it repairs the tail by itself,
+    // needs no recovery from peers (it lost nothing it acknowledged), and no acknowledged write is lost.
+    let log = damage_a_stopped_follower_and_rejoin(|last| {
+        // A frame header's worth of a batch that was being written: a length, then bytes that never
+        // got their checksum.
+        let mut torn = 64u32.to_be_bytes().to_vec();
+        torn.extend_from_slice(&[0xA5; 13]);
+        let mut f = File::options().append(true).open(last).expect("open segment");
+        std::io::Write::write_all(&mut f, &torn).expect("append the torn write");
+    });
     assert!(log.contains("repaired a torn WAL tail"), "the restart repaired the tail by itself:\n{log}");
     assert!(!log.contains("lost log entries"), "a torn unacknowledged write needs no recovery:\n{log}");
 }
@@ -339,21 +344,10 @@ fn a_node_that_lost_its_acknowledged_wal_tail_recovers_it_from_the_leader() {
     // acknowledged) is lost, as a zeroed sector or a lost write-back would. Invariants: it starts
     // without an operator, says it is recovering lost entries, recovers them from the leader, and no
     // acknowledged write is lost.
-    let mut cluster = Cluster::start(3, &[]);
-    let mut acked = cluster.write_keys("before-", 100);
-    let victim = cluster.follower();
-    cluster.kill(victim);
-    let last = last_segment(&cluster, victim);
-    let len = std::fs::metadata(&last).expect("segment metadata").len();
-    File::options().write(true).open(&last).expect("open segment").set_len(len - 7).expect("truncate");
-
-    acked.extend(cluster.write_keys("while-down-", 50));
-    cluster.spawn(victim);
-    acked.extend(cluster.write_keys("after-", 50));
-    for id in cluster.running() {
-        cluster.assert_readable(id, &acked);
-    }
-    let log = std::fs::read_to_string(cluster.log_path(victim)).expect("the victim's log");
+    let log = damage_a_stopped_follower_and_rejoin(|last| {
+        let len = std::fs::metadata(last).expect("segment metadata").len();
+        File::options().write(true).open(last).expect("open segment").set_len(len - 7).expect("truncate");
+    });
     assert!(log.contains("lost log entries it may have acknowledged"), "recovery started:\n{log}");
     assert!(log.contains("recovered from peers"), "recovery ended:\n{log}");
 }
