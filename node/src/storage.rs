@@ -53,6 +53,12 @@ pub enum StorageLoadError {
         path.display()
     )]
     HardStateMissing { path: std::path::PathBuf },
+    #[error(
+        "this node lost log entries up to index {index} that it may have acknowledged ({evidence}), and no \
+         other member exists to recover them from: refusing to start (restore the data directory from a \
+         backup)"
+    )]
+    Unrecoverable { index: u64, evidence: String },
     #[error("invalid raft storage write: {0}")]
     InvalidArgument(String),
 }
@@ -368,6 +374,29 @@ impl RaftStorage {
     /// Index the log must reach again before this node votes or campaigns (0: not recovering).
     pub fn recover_to(&self) -> u64 {
         self.lock().hs_file.state().recover_to
+    }
+
+    /// Refuse to go on if this node must recover lost entries but no other member exists to supply
+    /// them (a single-node cluster): waiting would be forever, so say which index is lost, and where.
+    pub fn check_recoverable(&self, self_id: u64, dir: &Path) -> Result<(), StorageLoadError> {
+        let inner = self.lock();
+        let st = inner.hs_file.state();
+        let cs = &inner.conf_state;
+        let has_peer = cs.voters.iter().chain(&cs.learners).chain(&cs.voters_outgoing).any(|&v| v != self_id);
+        if st.recover_to == 0 || has_peer {
+            return Ok(());
+        }
+        let evidence = match st.repair {
+            Some(r) if r.segment > 0 => format!(
+                "{}: {} at offset {}",
+                r.kind,
+                dir.join(crate::wal::segment_name(r.segment)).display(),
+                r.offset
+            ),
+            Some(r) => r.kind.to_string(),
+            None => "no evidence recorded".into(),
+        };
+        Err(StorageLoadError::Unrecoverable { index: st.recover_to, evidence })
     }
 
     /// What the hard-state file holds.

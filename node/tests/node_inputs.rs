@@ -208,7 +208,8 @@ fn bad_starts_exit_with_the_cause_named() {
     assert_eq!(out.status.code(), Some(1));
     assert!(err.contains("data directory") && err.contains("file/data"), "{err}");
 
-    // A corrupt record in the middle of the WAL: refused, naming the segment and the offset.
+    // A corrupt record in the middle of the WAL of a one-node cluster: no peer can supply what it
+    // lost, so it refuses, naming the segment, the offset and the index.
     let mut node = One::start(dir.path(), &[]);
     for i in 0..50 {
         let cmd = format!("*3\r\n$3\r\nSET\r\n$4\r\nk{i:03}\r\n$100\r\n{}\r\n", "x".repeat(100));
@@ -231,4 +232,5 @@ fn bad_starts_exit_with_the_cause_named() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains(&seg.display().to_string()) && err.contains("offset"), "{err}");
+    assert!(err.contains("no other member exists"), "{err}");
 }

@@ -203,6 +203,7 @@ pub fn open_replica<E: Engine>(
     }
     let voters: Vec<u64> = cfg.peers.keys().copied().collect();
     storage.bootstrap(&voters).map_err(storage_err)?;
+    storage.check_recoverable(cfg.id, &layout.raft).map_err(storage_err)?;
     let engine =
         open_engine(&layout.fsm).map_err(|source| NodeError::Fsm { path: layout.fsm.clone(), source })?;
     let kv = Kv::new(engine, cfg.fsm_sync)

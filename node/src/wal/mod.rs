@@ -105,8 +105,9 @@ pub enum RecoveryMode {
     /// rot, a bad record followed by valid ones, a bad segment header), keep the damaged bytes where
     /// they are, treat every entry from the damage on as lost (indexing none of them until a later
     /// truncation at or below the damage replaces them), keep reading later records for metas and
-    /// compactions, and append a durable truncation at the damage: the raft layer then recovers the
-    /// lost range from its peers ([`RecoveryReport::damaged`]).
+    /// compactions; the first append after the open writes a truncation at the damage ahead of its
+    /// own records. The raft layer then recovers the lost range from its peers
+    /// ([`RecoveryReport::damaged`]).
     RecoverFromPeers,
     /// Refuse any damage, torn tail included, and open read-only: no `.tmp` removal, no fsync, no
     /// directory creation; appends fail with [`WalError::ReadOnly`] (`durakv wal check`, forensics).
@@ -326,7 +327,8 @@ pub struct Wal {
 /// Keep the encode buffer between appends if it is at most this large.
 const SCRATCH_KEEP_BYTES: usize = 16 << 20;
 
-fn segment_name(seq: u64) -> String {
+/// The file name of WAL segment `seq`.
+pub fn segment_name(seq: u64) -> String {
     format!("{seq:020}.wal")
 }
 
@@ -410,21 +412,14 @@ impl Wal {
             wal.recover_segment(seq, is_last, &mut report, before_repair)?;
         }
         report.segments = wal.segments.len();
-        if let Some(from) = wal.skip_entries_from
-            && let Some(damage) = &report.damaged
-        {
-            // Record durably that the entries from the damage on are gone, so every later open (which
-            // finds the same damage) sees the entries appended after this as the log's continuation.
-            let from = from.max(wal.shape.floor);
+        if let Some(damage) = &report.damaged {
             tracing::error!(
                 path = %damage.segment.display(),
                 offset = damage.offset,
-                index = from,
+                index = damage.lost_from,
                 reason = %damage.reason,
                 "corrupt WAL record: the log is cut at the damage (its bytes stay in place); the entries from index on must come from peers"
             );
-            wal.append_records(&[Record::Truncate { from }], true)?;
-            wal.skip_entries_from = None;
         }
         Ok((wal, report))
     }
@@ -684,6 +679,14 @@ impl Wal {
         }
         if self.opts.recovery == RecoveryMode::Strict {
             return Err(WalError::ReadOnly);
+        }
+        if let Some(from) = self.skip_entries_from.take() {
+            // The first write after opening past damage records durably, ahead of anything else,
+            // that the entries from the damage on are gone: every later open (which finds the same
+            // damage) then reads what follows as the log's continuation.
+            let mut sealed = vec![Record::Truncate { from: from.max(self.shape.floor) }];
+            sealed.extend_from_slice(records);
+            return self.append_records(&sealed, sync);
         }
         if records.is_empty() {
             return Ok(());
