@@ -2,9 +2,10 @@
 //!
 //! Failures injected: SIGKILL of the leader and then of a follower while clients write; a torn WAL
 //! tail (the killed node's last segment cut inside a record) before a restart; a follower down while
-//! the leader snapshots and compacts its log. Invariants: every write acknowledged to a client is
-//! readable on every node afterwards; a killed node restarts without operator action and catches up
-//! (by log, or by snapshot when the log it needs is compacted away); the cluster keeps serving.
+//! the leader snapshots and compacts its log; a SET too large to replicate. Invariants: every write
+//! acknowledged to a client is readable on every node afterwards; a killed node restarts without
+//! operator action and catches up (by log, or by snapshot when the log it needs is compacted away);
+//! the cluster keeps serving, a too-large write included.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -336,5 +337,65 @@ fn a_follower_behind_a_compacted_log_catches_up_by_snapshot() {
     acked.extend(cluster.write_keys("later-", 20));
     for id in cluster.running() {
         cluster.assert_readable(id, &acked);
+    }
+}
+
+/// Failure injected: a SET whose value (20 MiB) is larger than any raft entry may be, sent to the
+/// leader and to a follower. Before the limits, raft took it, no peer accepted the frame carrying it,
+/// and no later write on any node ever committed. Invariants: the write is refused with an `ERR` that
+/// says why, on a connection that stays usable; nothing of it is stored; every node then takes writes
+/// and serves them back; a value just under the limit replicates to every node; no peer ever refused
+/// a frame.
+#[test]
+fn a_write_too_large_to_replicate_is_refused_and_every_node_keeps_taking_writes() {
+    use durakv::limits::MAX_COMMAND_BYTES;
+
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.leader();
+    let big = vec![b'x'; 20 << 20];
+    for id in [leader, cluster.follower()] {
+        let mut con = cluster.connect(id).expect("connect");
+        let err = redis::cmd("SET").arg("big").arg(&big).query::<()>(&mut con).expect_err("refused");
+        assert_eq!(err.code(), Some("ERR"), "{err}");
+        assert!(err.to_string().contains("too large to replicate"), "node {id}: {err}");
+        // The connection read the whole request and is still in step.
+        let pong: String = redis::cmd("PING").query(&mut con).expect("the same connection still answers");
+        assert_eq!(pong, "PONG");
+        redis::cmd("SET").arg(format!("small-{id}")).arg("1").query::<()>(&mut con).expect("a small write");
+    }
+    // Just under the limit: replicated, not refused (MAX_COMMAND_BYTES counts the whole encoded SET).
+    let near = vec![b'y'; MAX_COMMAND_BYTES - 64];
+    let mut con = cluster.connect(leader).expect("connect");
+    redis::cmd("SET").arg("near").arg(&near).query::<()>(&mut con).expect("a write just under the limit");
+
+    let mut expected = BTreeMap::new();
+    for id in cluster.running() {
+        let key = format!("after-big-{id}");
+        cluster.set(id, &key, "ok").expect("every node takes writes after the refused one");
+        expected.insert(key, "ok".to_string());
+    }
+    for id in cluster.running() {
+        cluster.assert_readable(id, &expected);
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let mut con = cluster.connect(id).expect("connect");
+            let (big_len, near_len): (i64, i64) = redis::pipe()
+                .cmd("STRLEN")
+                .arg("big")
+                .cmd("STRLEN")
+                .arg("near")
+                .query(&mut con)
+                .expect("STRLEN");
+            assert_eq!(big_len, 0, "node {id} stored part of the refused write");
+            if near_len == near.len() as i64 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {id} never got the near-limit value: {near_len} bytes");
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+    for id in cluster.running() {
+        let log = std::fs::read_to_string(cluster.log_path(id)).expect("node log");
+        assert!(!log.contains("exceeds the limit"), "node {id} refused a peer frame:\n{log}");
     }
 }

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::peer::{Feedback, PeerInput, Transport};
 use super::{NodeError, RuntimeOptions, Status};
 use crate::fsm::{self, Engine, Kv};
+use crate::limits::MAX_COMMAND_BYTES;
 use crate::replica::{Replica, ReplicaError};
 use crate::server::resp::Reply;
 use crate::snapshot::ReceiveGuard;
@@ -23,6 +24,10 @@ pub(crate) type ReadFn<E> = Box<dyn FnOnce(&Kv<E>) -> Reply + Send>;
 pub(crate) enum Refusal {
     #[error("TRYAGAIN no raft leader is known yet; retry shortly")]
     NoLeader,
+    /// The encoded write is larger than one raft entry may be ([`MAX_COMMAND_BYTES`]): refused before
+    /// raft saw it.
+    #[error("ERR write too large to replicate ({bytes} bytes, limit {MAX_COMMAND_BYTES})")]
+    TooLarge { bytes: usize },
     /// The term moved on while the write was pending: the old leader may or may not have replicated
     /// it far enough to commit. Failing now beats holding the client until its timeout for an
     /// answer that may never come (a proposal forwarded to a leader that died is simply lost).
@@ -192,6 +197,12 @@ impl<E: Engine> Loop<E> {
     fn input(&mut self, input: Input<E>) {
         match input {
             Input::Propose { command, reply } => {
+                // The client port refuses these already; a proposal must never be larger than a
+                // peer frame can carry (crate::limits), whoever sends it.
+                if command.len() > MAX_COMMAND_BYTES {
+                    let _ = reply.send(Err(Refusal::TooLarge { bytes: command.len() }));
+                    return;
+                }
                 let id = self.fresh_id();
                 match self.replica.propose(id, command) {
                     Ok(()) => {

@@ -15,7 +15,8 @@ use super::commands::{Request, config_get, parse_request};
 use super::resp::{Limits, Reply, RequestParser};
 use crate::config::Peer;
 use crate::fsm::{self, Command, Engine, Kv};
-use crate::runtime::{Input, ReadFn, Status, accept_until_shutdown, write_flushed};
+use crate::limits::MAX_COMMAND_BYTES;
+use crate::runtime::{Input, ReadFn, Refusal, Status, accept_until_shutdown, write_flushed};
 
 /// What every client connection of this node shares.
 pub(crate) struct ClientContext<E: Engine> {
@@ -233,8 +234,14 @@ fn count_keys<E: Engine>(kv: &Kv<E>) -> Reply {
 }
 
 async fn propose<E: Engine>(ctx: &ClientContext<E>, cmd: Command) -> Reply {
+    let command = cmd.to_bytes();
+    // Refused here, before raft: an entry larger than a peer frame can carry would be retransmitted
+    // and refused forever, and no write after it would ever commit (crate::limits).
+    if command.len() > MAX_COMMAND_BYTES {
+        return Reply::Error(Refusal::TooLarge { bytes: command.len() }.to_string());
+    }
     let (tx, rx) = oneshot::channel();
-    if ctx.inputs.send(Input::Propose { command: cmd.to_bytes(), reply: tx }).await.is_err() {
+    if ctx.inputs.send(Input::Propose { command, reply: tx }).await.is_err() {
         return stopping();
     }
     match tokio::time::timeout(ctx.request_timeout, rx).await {
@@ -310,4 +317,18 @@ fn info<E: Engine>(ctx: &ClientContext<E>) -> String {
         ],
     );
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_too_large_refusal_names_the_size_and_the_limit() {
+        let t = Refusal::TooLarge { bytes: 20_971_546 }.to_string();
+        assert_eq!(
+            t,
+            format!("ERR write too large to replicate (20971546 bytes, limit {MAX_COMMAND_BYTES})")
+        );
+    }
 }
