@@ -24,7 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::checkers::{check_convergence, check_durability, check_file_hygiene, state_digest};
-use crate::client::{Reply, decode_reply, encode_command};
+use crate::client::{Reply, decode_reply, encode_command, outcome_of};
 use crate::linearizability::{Operation, Outcome, RegisterOp};
 use crate::scenario::{Action, Fault, Scenario};
 use crate::{derive_seed, node_disk};
@@ -458,9 +458,7 @@ async fn client_loop(scenario: Scenario, seed: u64, c: u64, end_ms: u64, w: Shar
         };
         let ret = now_ms();
         let outcome = match &reply {
-            Ok(Reply::Error(e)) if e.starts_with("TIMEOUT") => Outcome::Unknown,
-            Ok(Reply::Error(_)) => Outcome::Fail,
-            Ok(_) => Outcome::Ok,
+            Ok(r) => outcome_of(r),
             Err(CallError::NotSent) => Outcome::Fail,
             Err(CallError::NoReply) => Outcome::Unknown,
         };
