@@ -3,6 +3,8 @@
 //! This crate is the production node. Its parts:
 //!
 //! * [`config`]: the node configuration (TOML file and flags, errors naming the field);
+//! * [`limits`]: the size limits (largest write, raft append, peer frame, snapshot chunk, value),
+//!   derived from one root and checked against one another;
 //! * [`io`]: the [`io::Fs`] trait every durability-relevant operation goes through, with
 //!   [`io::RealFs`] for the host filesystem (the simulated disk lives in `durakv-faults`);
 //! * [`wal`]: the segmented, CRC32C-framed write-ahead log with group commit and torn-tail repair;
@@ -29,6 +31,7 @@ pub mod failpoint;
 pub mod fsm;
 pub mod hardstate;
 pub mod io;
+pub mod limits;
 pub mod replica;
 pub mod runtime;
 pub mod server;

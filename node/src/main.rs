@@ -255,7 +255,12 @@ mod node {
             tracing::info!(node = id, signal, "stopping");
             let _ = stop_tx.send(true);
         });
-        serve(&cfg, replica, fs, listeners, opts, stop_rx).await?;
+        let served = serve(&cfg, replica, fs, listeners, opts, stop_rx).await;
+        // As it stopped, the raft loop answered every write it still held (most with "may or may not
+        // have been applied"); give the connection tasks a moment to send those replies before the
+        // process exits and closes their sockets.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        served?;
         Ok(())
     }
 

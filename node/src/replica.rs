@@ -50,6 +50,8 @@ pub enum ReplicaError {
     BadEntry { index: u64, reason: String },
     #[error("snapshot: {0}")]
     Snapshot(#[from] SnapshotError),
+    #[error("replica config: {0}")]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// Where a replica keeps its snapshots, and how often it takes one.
@@ -99,7 +101,8 @@ pub struct ReplicaConfig {
     pub election_tick: usize,
     /// Ticks between leader heartbeats. Default 3.
     pub heartbeat_tick: usize,
-    /// Largest append message. Default 1 MiB.
+    /// Entry bytes batched into one append (raft sends at least one entry regardless). Default and
+    /// maximum `limits::MAX_APPEND_BATCH_BYTES` (1 MiB), so a batched append fits a peer frame.
     pub max_size_per_msg: u64,
     /// Append messages in flight per follower. Default 256.
     pub max_inflight_msgs: usize,
@@ -115,7 +118,7 @@ impl ReplicaConfig {
             id,
             election_tick: 10,
             heartbeat_tick: 3,
-            max_size_per_msg: 1 << 20,
+            max_size_per_msg: crate::limits::MAX_APPEND_BATCH_BYTES,
             max_inflight_msgs: 256,
             seed: id,
         }
@@ -154,6 +157,7 @@ impl<E: Engine> Replica<E> {
         mut kv: Kv<E>,
         snapshots: SnapshotSettings,
     ) -> Result<Self, ReplicaError> {
+        crate::limits::check_append_batch_bytes(cfg.max_size_per_msg)?;
         // Cold start from the snapshot the log is based on (D9): skipped when the state machine is
         // already at or past it, after the file is verified; restored otherwise.
         let pointer = storage.snapshot_pointer();

@@ -2,9 +2,12 @@
 //!
 //! Failures injected: SIGKILL of the leader and then of a follower while clients write; a torn WAL
 //! tail (the killed node's last segment cut inside a record) before a restart; a follower down while
-//! the leader snapshots and compacts its log. Invariants: every write acknowledged to a client is
+//! the leader snapshots and compacts its log; a SET too large to replicate; SIGTERM of a leader with a
+//! write in flight that it cannot commit. Invariants: every write acknowledged to a client is
 //! readable on every node afterwards; a killed node restarts without operator action and catches up
-//! (by log, or by snapshot when the log it needs is compacted away); the cluster keeps serving.
+//! (by log, or by snapshot when the log it needs is compacted away); the cluster keeps serving, a
+//! too-large write included; a write whose outcome a stopping node cannot know is answered as unknown,
+//! never as failed.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -37,6 +40,12 @@ fn free_port() -> u16 {
 
 impl Cluster {
     fn start(n: u64, extra: &[&str]) -> Cluster {
+        let all: Vec<u64> = (1..=n).collect();
+        Cluster::start_only(n, &all, extra)
+    }
+
+    /// A cluster of `n` members of which only `running` are started.
+    fn start_only(n: u64, running: &[u64], extra: &[&str]) -> Cluster {
         let nodes =
             (1..=n).map(|id| (id, Node { resp: free_port(), peer: free_port(), child: None })).collect();
         let mut c = Cluster {
@@ -44,7 +53,7 @@ impl Cluster {
             nodes,
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
-        for id in 1..=n {
+        for &id in running {
             c.spawn(id);
         }
         c.leader();
@@ -83,6 +92,18 @@ impl Cluster {
     fn kill(&mut self, id: u64) {
         if let Some(mut child) = self.nodes.get_mut(&id).expect("a configured node").child.take() {
             child.kill().expect("SIGKILL");
+            child.wait().expect("reap");
+        }
+    }
+
+    /// SIGTERM: the node's own shutdown path runs; wait for the process to exit.
+    fn terminate(&mut self, id: u64) {
+        if let Some(mut child) = self.nodes.get_mut(&id).expect("a configured node").child.take() {
+            let status = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .expect("run kill -TERM");
+            assert!(status.success(), "kill -TERM {} failed", child.id());
             child.wait().expect("reap");
         }
     }
@@ -368,5 +389,115 @@ fn a_follower_behind_a_compacted_log_catches_up_by_snapshot() {
     acked.extend(cluster.write_keys("later-", 20));
     for id in cluster.running() {
         cluster.assert_readable(id, &acked);
+    }
+}
+
+/// Failure injected: a SET whose value (20 MiB) is larger than any raft entry may be, sent to the
+/// leader and to a follower. Before the limits, raft took it, no peer accepted the frame carrying it,
+/// and no later write on any node ever committed. Invariants: the write is refused with an `ERR` that
+/// says why, on a connection that stays usable; nothing of it is stored; every node then takes writes
+/// and serves them back; a value just under the limit replicates to every node; no peer ever refused
+/// a frame.
+#[test]
+fn a_write_too_large_to_replicate_is_refused_and_every_node_keeps_taking_writes() {
+    use durakv::limits::MAX_COMMAND_BYTES;
+
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.leader();
+    let big = vec![b'x'; 20 << 20];
+    for id in [leader, cluster.follower()] {
+        let mut con = cluster.connect(id).expect("connect");
+        let err = redis::cmd("SET").arg("big").arg(&big).query::<()>(&mut con).expect_err("refused");
+        assert_eq!(err.code(), Some("ERR"), "{err}");
+        assert!(err.to_string().contains("too large to replicate"), "node {id}: {err}");
+        // The connection read the whole request and is still in step.
+        let pong: String = redis::cmd("PING").query(&mut con).expect("the same connection still answers");
+        assert_eq!(pong, "PONG");
+        redis::cmd("SET").arg(format!("small-{id}")).arg("1").query::<()>(&mut con).expect("a small write");
+    }
+    // Just under the limit: replicated, not refused (MAX_COMMAND_BYTES counts the whole encoded SET).
+    let near = vec![b'y'; MAX_COMMAND_BYTES - 64];
+    let mut con = cluster.connect(leader).expect("connect");
+    redis::cmd("SET").arg("near").arg(&near).query::<()>(&mut con).expect("a write just under the limit");
+
+    let mut expected = BTreeMap::new();
+    for id in cluster.running() {
+        let key = format!("after-big-{id}");
+        cluster.set(id, &key, "ok").expect("every node takes writes after the refused one");
+        expected.insert(key, "ok".to_string());
+    }
+    for id in cluster.running() {
+        cluster.assert_readable(id, &expected);
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let mut con = cluster.connect(id).expect("connect");
+            let (big_len, near_len): (i64, i64) = redis::pipe()
+                .cmd("STRLEN")
+                .arg("big")
+                .cmd("STRLEN")
+                .arg("near")
+                .query(&mut con)
+                .expect("STRLEN");
+            assert_eq!(big_len, 0, "node {id} stored part of the refused write");
+            if near_len == near.len() as i64 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {id} never got the near-limit value: {near_len} bytes");
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+    for id in cluster.running() {
+        let log = std::fs::read_to_string(cluster.log_path(id)).expect("node log");
+        assert!(!log.contains("exceeds the limit"), "node {id} refused a peer frame:\n{log}");
+    }
+}
+
+/// Failure injected: SIGTERM of a leader that holds an INCR it cannot commit (its one live follower
+/// was SIGKILLed first; the third member never ran). Invariant: the client is told the outcome is
+/// unknown (`TIMEOUT … may or may not have been applied`), not `ERR` (which a Redis client reads as
+/// "not applied" and retries). And that was the truth: once both nodes are back, the INCR commits
+/// from the stopped leader's log, and the counter reads 1.
+#[test]
+fn a_leader_stopped_with_a_write_in_flight_answers_that_its_outcome_is_unknown() {
+    let mut cluster = Cluster::start_only(3, &[1, 2], &[]);
+    let leader = cluster.leader();
+    let follower = if leader == 1 { 2 } else { 1 };
+    cluster.kill(follower);
+
+    let url = cluster.url(leader);
+    let incr = thread::spawn(move || -> redis::RedisResult<i64> {
+        let mut con = redis::Client::open(url)?.get_connection_with_timeout(Duration::from_secs(2))?;
+        con.set_read_timeout(Some(Duration::from_secs(30)))?;
+        redis::cmd("INCR").arg("counter").query(&mut con)
+    });
+    // Well inside the 5 s request timeout: the INCR is proposed and waits for a quorum.
+    thread::sleep(Duration::from_secs(1));
+    assert!(!incr.is_finished(), "the INCR cannot have been answered without a quorum");
+    cluster.terminate(leader);
+
+    let err = incr.join().expect("the client thread").expect_err("no quorum ever confirmed the INCR");
+    assert_eq!(err.code(), Some("TIMEOUT"), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("stopped") && text.contains("may or may not have been applied"), "{text}");
+
+    // The stopped leader's log holds the INCR and only it can win an election between the two.
+    cluster.spawn(leader);
+    cluster.spawn(follower);
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let value: Option<String> = cluster
+            .connect(leader)
+            .and_then(|mut con| redis::cmd("GET").arg("counter").query(&mut con))
+            .ok()
+            .flatten();
+        if value.as_deref() == Some("1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the INCR in the stopped leader's log never committed (counter {value:?}); logs in {}",
+            cluster.dir.path().display()
+        );
+        thread::sleep(Duration::from_millis(200));
     }
 }

@@ -53,8 +53,8 @@ proptest! {
     /// frame never claims more bytes than it was given.
     #[test]
     fn peer_frames_never_panic(bytes in vec(any::<u8>(), 0..256)) {
-        use durakv::transport::frame::{DEFAULT_MAX_FRAME_BYTES, PeerFrame};
-        if let Ok(Some((_, used))) = PeerFrame::decode(&bytes, DEFAULT_MAX_FRAME_BYTES) {
+        use durakv::transport::frame::{MAX_FRAME_BYTES, PeerFrame};
+        if let Ok(Some((_, used))) = PeerFrame::decode(&bytes, MAX_FRAME_BYTES) {
             prop_assert!(used <= bytes.len());
         }
     }

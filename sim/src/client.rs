@@ -5,6 +5,22 @@
 
 pub use durakv::server::resp::Reply;
 
+use crate::linearizability::Outcome;
+
+/// What a reply says about the operation's fate. The node's contract (`docs/operations.md`): an error
+/// starting with `TIMEOUT` means the write may or may not have been applied (it reached raft, or may
+/// have: a timeout, a leadership change, the node stopping with it in flight); every other error
+/// (`ERR`, `TRYAGAIN`, …) means it certainly was not, and never will be. Any other reply is a success.
+/// The checkers then hold the node to it: a write classified `Fail` that took effect anyway shows up
+/// as a linearizability or durability violation.
+pub fn outcome_of(reply: &Reply) -> Outcome {
+    match reply {
+        Reply::Error(e) if e.starts_with("TIMEOUT") => Outcome::Unknown,
+        Reply::Error(_) => Outcome::Fail,
+        _ => Outcome::Ok,
+    }
+}
+
 /// Encode a command as an array of bulk strings.
 pub fn encode_command(args: &[&[u8]]) -> Vec<u8> {
     let mut out = format!("*{}\r\n", args.len()).into_bytes();
@@ -111,5 +127,31 @@ mod tests {
         }
         assert!(decode_reply(b"?x\r\n").is_err());
         assert_eq!(encode_command(&[b"GET", b"k"]), b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n".to_vec());
+    }
+
+    /// Failure guarded against: a write the node reports as possibly applied counted as failed (the
+    /// checkers would then accept its later appearance as a violation, or miss one). Invariant:
+    /// `TIMEOUT` replies are unknown, other errors failures, anything else a success.
+    #[test]
+    fn replies_are_classified_by_what_they_promise() {
+        let err = |t: &str| Reply::Error(t.to_string());
+        for unknown in [
+            "TIMEOUT the write was not confirmed within 3s; it may or may not have been applied",
+            "TIMEOUT leadership changed before the write was confirmed; it may or may not have been applied",
+            "TIMEOUT the node stopped before the write was confirmed; it may or may not have been applied",
+        ] {
+            assert_eq!(outcome_of(&err(unknown)), Outcome::Unknown, "{unknown}");
+        }
+        for fail in [
+            "TRYAGAIN no raft leader is known yet; retry shortly",
+            "ERR the node is shutting down; the write was not applied",
+            "ERR write too large to replicate (8388629 bytes, limit 8388608)",
+            "ERR value is not an integer or out of range",
+        ] {
+            assert_eq!(outcome_of(&err(fail)), Outcome::Fail, "{fail}");
+        }
+        assert_eq!(outcome_of(&Reply::ok()), Outcome::Ok);
+        assert_eq!(outcome_of(&Reply::Integer(1)), Outcome::Ok);
+        assert_eq!(outcome_of(&Reply::Bulk(None)), Outcome::Ok);
     }
 }

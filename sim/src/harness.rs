@@ -13,6 +13,7 @@ use std::time::Duration;
 use durakv::config::{NodeConfig, Peer};
 use durakv::fsm::{FsmSync, Kv, SimEngine, SimEngineOptions};
 use durakv::io::{Fs, OpenOptions, SharedFs};
+use durakv::limits::MAX_COMMAND_BYTES;
 use durakv::runtime::{DataLayout, RuntimeOptions, bind, open_replica, serve};
 use durakv::storage::RaftStorage;
 use durakv::wal::WalOptions;
@@ -24,7 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::checkers::{check_convergence, check_durability, check_file_hygiene, state_digest};
-use crate::client::{Reply, decode_reply, encode_command};
+use crate::client::{Reply, decode_reply, encode_command, outcome_of};
 use crate::linearizability::{Operation, Outcome, RegisterOp};
 use crate::scenario::{Action, Fault, Scenario};
 use crate::{derive_seed, node_disk};
@@ -84,6 +85,8 @@ struct World {
     fired: Vec<String>,
     /// How many times each server started serving.
     started: BTreeMap<u64, u64>,
+    /// Writes too large to replicate that a server did not refuse.
+    violations: Vec<String>,
 }
 
 type Shared = Arc<Mutex<World>>;
@@ -321,6 +324,14 @@ fn finish(
             ),
         });
     }
+    if failure.is_none()
+        && let Some(v) = world.violations.first()
+    {
+        failure = Some(Failure {
+            invariant: "limits",
+            explanation: format!("{v} ({} such writes in all)", world.violations.len()),
+        });
+    }
     if summary.ops_ok == 0 && failure.is_none() {
         failure = Some(Failure {
             invariant: "liveness",
@@ -402,6 +413,9 @@ enum CallError {
 /// A client: operations from the scenario's mix on its key space, at its rate, until the end.
 async fn client_loop(scenario: Scenario, seed: u64, c: u64, end_ms: u64, w: Shared) {
     let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, &format!("client/{c}")));
+    // Value sizes come from a stream of their own, so the choice of operations, servers and keys
+    // does not depend on them.
+    let mut sizes = ChaCha8Rng::seed_from_u64(derive_seed(seed, &format!("client/{c}/sizes")));
     let wl = &scenario.workload;
     let per_client = (wl.rate_per_sec / wl.clients.max(1)).max(1);
     let gap = Duration::from_micros(1_000_000 / per_client);
@@ -434,7 +448,18 @@ async fn client_loop(scenario: Scenario, seed: u64, c: u64, end_ms: u64, w: Shar
         let addr = SocketAddr::new(server_ip(server), RESP_PORT);
         let key = format!("k{}", rng.random_range(0..wl.keys.max(1))).into_bytes();
         // Values are unique integers, so INCR applies to any key and every write is identifiable.
-        let value = (c * 1_000_000_000 + seq).to_string().into_bytes();
+        // Some are padded with leading zeros to a large size (still integers); rarely a SET's is just
+        // over the largest write a node takes, which the node must refuse.
+        let size = match kind {
+            "set" | "mset" => draw_size(&mut sizes, wl.large_values_per_mille, kind == "set"),
+            _ => ValueSize::Small,
+        };
+        let n = c * 1_000_000_000 + seq;
+        let value = match size {
+            ValueSize::Small => n.to_string().into_bytes(),
+            ValueSize::Large(len) => zero_padded(n, len),
+            ValueSize::TooLarge => zero_padded(n, MAX_COMMAND_BYTES + 1),
+        };
         let call_t = now_ms();
         let (ops, reply): (Vec<(Vec<u8>, RegisterOp)>, _) = match kind {
             "set" => (
@@ -465,12 +490,26 @@ async fn client_loop(scenario: Scenario, seed: u64, c: u64, end_ms: u64, w: Shar
         };
         let ret = now_ms();
         let outcome = match &reply {
-            Ok(Reply::Error(e)) if e.starts_with("TIMEOUT") => Outcome::Unknown,
-            Ok(Reply::Error(_)) => Outcome::Fail,
-            Ok(_) => Outcome::Ok,
+            Ok(r) => outcome_of(r),
             Err(CallError::NotSent) => Outcome::Fail,
             Err(CallError::NoReply) => Outcome::Unknown,
         };
+        if size == ValueSize::TooLarge {
+            match &reply {
+                Ok(Reply::Error(e)) if e.starts_with("ERR write too large to replicate") => event(
+                    &w,
+                    format!("client {c}: a {}-byte SET to server {server} refused as too large", value.len()),
+                ),
+                // Anything else (an OK, a TIMEOUT, another error) means the write reached raft, or the
+                // node answered for another reason than its size.
+                Ok(r) => world(&w).violations.push(format!(
+                    "client {c}: a SET of a {}-byte value to server {server} at {call_t} ms was answered {r:?}, not refused as too large to replicate",
+                    value.len()
+                )),
+                // Not sent, or no reply (the server went down): nothing learned about its limits.
+                Err(_) => {}
+            }
+        }
         let mut wl = world(&w);
         for (key, op) in ops {
             let op = match (op, &reply) {
@@ -487,6 +526,36 @@ async fn client_loop(scenario: Scenario, seed: u64, c: u64, end_ms: u64, w: Shar
             wl.history.push(Operation { client: c, server, key, op, call: call_t, ret, outcome });
         }
     }
+}
+
+/// The size of a write's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ValueSize {
+    /// The bare integer.
+    Small,
+    /// Padded to this many bytes.
+    Large(usize),
+    /// Just over the largest write a node takes.
+    TooLarge,
+}
+
+/// `n` in decimal, with leading zeros up to `len` bytes: still an integer to INCR and to the checker.
+fn zero_padded(n: u64, len: usize) -> Vec<u8> {
+    let digits = n.to_string();
+    let mut out = vec![b'0'; len.saturating_sub(digits.len())];
+    out.extend_from_slice(digits.as_bytes());
+    out
+}
+
+/// Draw a value size: `per_mille` of them large, and one in 64 of those too large when allowed.
+fn draw_size(rng: &mut ChaCha8Rng, per_mille: u32, too_large_allowed: bool) -> ValueSize {
+    if rng.random_range(0..1000) >= per_mille {
+        return ValueSize::Small;
+    }
+    if too_large_allowed && rng.random_range(0..64) == 0 {
+        return ValueSize::TooLarge;
+    }
+    ValueSize::Large(rng.random_range(1 << 10..=256 << 10))
 }
 
 /// Which servers a fault's target names, resolved now.

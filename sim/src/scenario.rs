@@ -71,10 +71,19 @@ pub struct Workload {
     pub rate_per_sec: u64,
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Per mille of SET and MSET values padded to a large size (1 KiB to 256 KiB, still an integer so
+    /// INCR applies). One in 64 of the large SETs is instead just over the largest write a node takes
+    /// (`durakv::limits::MAX_COMMAND_BYTES`): the node must refuse it with an `ERR`. Default 20.
+    #[serde(default = "default_large_values")]
+    pub large_values_per_mille: u32,
 }
 
 fn default_timeout_ms() -> u64 {
     1000
+}
+
+fn default_large_values() -> u32 {
+    20
 }
 
 /// Relative weights of the client operations.
@@ -374,6 +383,13 @@ impl Scenario {
                 "clients, keys, rate_per_sec and timeout_ms must be positive".into(),
             );
         }
+        if w.large_values_per_mille > 1000 {
+            return fail(
+                "large_values_per_mille",
+                "workload.large_values_per_mille",
+                format!("{} is more than 1000 per mille", w.large_values_per_mille),
+            );
+        }
         let m = &w.mix;
         if [m.set, m.get, m.del, m.incr, m.mset].iter().all(|&x| x == 0) {
             return fail("mix", "workload.mix", "at least one operation needs a weight".into());
@@ -498,6 +514,7 @@ liveness_ms = 10000
         assert_eq!(s.faults[1].for_ms, Some(2000));
         assert!(s.invariants.durability && s.invariants.linearizability);
         assert_eq!(s.workload.timeout_ms, 1000);
+        assert_eq!(s.workload.large_values_per_mille, 20);
     }
 
     #[test]
@@ -525,6 +542,10 @@ liveness_ms = 10000
             (FAILPOINT.replace("\"delay\"", "\"explode\""), "faults[1].effect"),
             (FAILPOINT.replace("stall_ms = 200", ""), "faults[1].stall_ms"),
             (FAILPOINT.replace("at = \"wal.sync\"", ""), "faults[1].at"),
+            (
+                GOOD.replace("rate_per_sec = 200", "rate_per_sec = 200\nlarge_values_per_mille = 1001"),
+                "workload.large_values_per_mille",
+            ),
         ];
         for (text, field) in cases {
             let e = parse(&text).expect_err(field);

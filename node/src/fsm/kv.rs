@@ -14,6 +14,14 @@ use std::str::FromStr;
 use prost::Message;
 
 use super::{Engine, FsmError, WriteBatch, WriteMode};
+use crate::limits::MAX_VALUE_BYTES;
+
+/// The length of a value after APPEND, or `None` when it would exceed [`MAX_VALUE_BYTES`]. The
+/// proposal carries only the appended bytes (bounded like every write), so the result is known only
+/// here, at apply time; the bound is a constant, so every replica refuses the same APPENDs alike.
+fn appended_len(current: usize, extra: usize) -> Option<usize> {
+    current.checked_add(extra).filter(|&len| len <= MAX_VALUE_BYTES)
+}
 
 /// `fsm_sync`: whether the raft-apply path fsyncs the FSM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -338,12 +346,34 @@ impl<E: Engine> Kv<E> {
             }
             Some(Kind::Append(app)) => {
                 let mut value = self.engine.get(&app.key)?.unwrap_or_default();
-                value.extend_from_slice(&app.value);
-                let len = value.len() as i64;
-                batch.put(app.key.clone(), value);
-                Reply::Int(len)
+                match appended_len(value.len(), app.value.len()) {
+                    None => Reply::Error(format!(
+                        "ERR string exceeds maximum allowed size ({MAX_VALUE_BYTES} bytes)"
+                    )),
+                    Some(len) => {
+                        value.extend_from_slice(&app.value);
+                        batch.put(app.key.clone(), value);
+                        Reply::Int(len as i64)
+                    }
+                }
             }
         };
         Ok((batch, reply))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Failure guarded against: APPENDs growing a value past what a snapshot record may hold (a
+    /// snapshot no node could restore). Invariant: the result is refused above the value limit, at
+    /// exactly the limit it is taken, and the sum never overflows.
+    #[test]
+    fn an_append_past_the_value_limit_is_refused() {
+        assert_eq!(appended_len(4, 2), Some(6));
+        assert_eq!(appended_len(MAX_VALUE_BYTES - 2, 2), Some(MAX_VALUE_BYTES));
+        assert_eq!(appended_len(MAX_VALUE_BYTES - 2, 3), None);
+        assert_eq!(appended_len(usize::MAX, 1), None);
     }
 }

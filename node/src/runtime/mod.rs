@@ -22,9 +22,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::NodeConfig;
+use crate::config::{ConfigError, NodeConfig};
 use crate::fsm::{Engine, FsmError, Kv};
 use crate::io::{SharedFs, ensure_dir_durable};
+use crate::limits::{DEFAULT_SNAPSHOT_CHUNK_BYTES, check_snapshot_chunk_bytes};
 use crate::replica::{Replica, ReplicaConfig, ReplicaError, SnapshotSettings};
 use crate::server::conn::{ClientContext, accept_clients};
 use crate::server::resp::Limits;
@@ -32,7 +33,7 @@ use crate::snapshot::{DEFAULT_SPOOL_CAP_BYTES, SnapshotError, SnapshotStore};
 use crate::storage::{RaftStorage, StorageLoadError};
 use crate::wal::WalOptions;
 
-pub(crate) use raft_loop::{Input, ReadFn};
+pub(crate) use raft_loop::{Input, ReadFn, Refusal};
 
 /// Accept connections until `shutdown` turns true (or its sender is dropped), serving each on a task
 /// of its own. A failed accept (out of file descriptors, say) is logged and retried shortly.
@@ -80,7 +81,8 @@ pub struct RuntimeOptions {
     pub tick: Duration,
     /// How long a client waits for its write to apply or its read to be confirmed.
     pub request_timeout: Duration,
-    /// Snapshot stream chunk size. Default 4 MiB.
+    /// Snapshot stream chunk size. Default 4 MiB; at most `limits::MAX_SNAPSHOT_CHUNK_BYTES`, so a
+    /// chunk always fits a peer frame ([`RuntimeOptions::validate`]).
     pub snapshot_chunk_bytes: usize,
     /// Messages queued per peer; beyond it messages are dropped and raft retransmits.
     pub peer_queue: usize,
@@ -98,7 +100,7 @@ impl Default for RuntimeOptions {
         RuntimeOptions {
             tick: Duration::from_millis(100),
             request_timeout: Duration::from_secs(5),
-            snapshot_chunk_bytes: 4 << 20,
+            snapshot_chunk_bytes: DEFAULT_SNAPSHOT_CHUNK_BYTES,
             peer_queue: 4096,
             keep_snapshots: 2,
             spool_cap_bytes: DEFAULT_SPOOL_CAP_BYTES,
@@ -107,9 +109,18 @@ impl Default for RuntimeOptions {
     }
 }
 
+impl RuntimeOptions {
+    /// Check the options against the limits every peer enforces ([`crate::limits`]).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_snapshot_chunk_bytes(self.snapshot_chunk_bytes)
+    }
+}
+
 /// Why a node could not start, or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    #[error("runtime options: {0}")]
+    Options(#[from] ConfigError),
     #[error("data directory {}: {source}", path.display())]
     DataDir { path: PathBuf, source: io::Error },
     #[error("raft log in {}: {source}", path.display())]
@@ -234,6 +245,7 @@ pub async fn serve<E: Engine + Send + 'static>(
     opts: RuntimeOptions,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), NodeError> {
+    opts.validate()?;
     let (peer_listener, client_listener) = listeners;
     let (inputs_tx, inputs_rx) = mpsc::channel(8192);
     let (peer_tx, peer_rx) = mpsc::channel(8192);

@@ -22,7 +22,9 @@ use super::raft_loop::is_snapshot;
 use super::{accept_until_shutdown, write_flushed};
 use crate::io::{OpenOptions, SharedFs};
 use crate::snapshot::{FOOTER_LEN, ReceiveGuard, SnapshotError, SnapshotStore, SnapshotToken, StreamInfo};
-use crate::transport::frame::{DEFAULT_MAX_FRAME_BYTES, FrameError, PeerFrame, SnapshotChunk, check_hello};
+use crate::transport::frame::{
+    FrameError, HEADER_LEN, MAX_FRAME_BYTES, PeerFrame, SnapshotChunk, check_hello,
+};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -115,7 +117,7 @@ impl FrameReader {
     /// The next frame, or `None` at a clean end of stream.
     async fn next<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> Result<Option<PeerFrame>, PeerError> {
         loop {
-            if let Some((frame, used)) = PeerFrame::decode(&self.buf, DEFAULT_MAX_FRAME_BYTES)? {
+            if let Some((frame, used)) = PeerFrame::decode(&self.buf, MAX_FRAME_BYTES)? {
                 self.buf.drain(..used);
                 return Ok(Some(frame));
             }
@@ -204,12 +206,15 @@ async fn send_loop(link: Arc<LinkContext>, to: u64, addr: SocketAddr, mut rx: mp
         loop {
             let Some(first) = rx.recv().await else { return };
             buf.clear();
-            PeerFrame::Raft(Box::new(first)).encode(&mut buf);
+            push_raft_frame(&mut buf, first, link.id, to);
             while buf.len() < MAX_WRITE_BATCH_BYTES {
                 match rx.try_recv() {
-                    Ok(m) => PeerFrame::Raft(Box::new(m)).encode(&mut buf),
+                    Ok(m) => push_raft_frame(&mut buf, m, link.id, to),
                     Err(_) => break,
                 }
+            }
+            if buf.is_empty() {
+                continue;
             }
             // A failure injected here loses the batch (raft retransmits); a pause or delay holds
             // this peer's messages back.
@@ -224,6 +229,26 @@ async fn send_loop(link: Arc<LinkContext>, to: u64, addr: SocketAddr, mut rx: mp
                 break;
             }
         }
+    }
+}
+
+/// Append a raft message's frame to `buf`, unless the frame is larger than any peer accepts: sent, it
+/// would only make the peer close the connection, and everything queued behind it with it. A node of
+/// this build never proposes an entry that large (`crate::limits`); an entry from an older build's log
+/// can be. It is left out with an error, and raft retries it.
+fn push_raft_frame(buf: &mut Vec<u8>, msg: Message, node: u64, to: u64) {
+    let start = buf.len();
+    PeerFrame::Raft(Box::new(msg)).encode(buf);
+    let len = buf.len() - start - HEADER_LEN;
+    if len > MAX_FRAME_BYTES {
+        buf.truncate(start);
+        tracing::error!(
+            node,
+            to,
+            bytes = len,
+            limit = MAX_FRAME_BYTES,
+            "raft message larger than a peer frame may be: not sent"
+        );
     }
 }
 

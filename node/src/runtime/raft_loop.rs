@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::peer::{Feedback, PeerInput, Transport};
 use super::{NodeError, RuntimeOptions, Status};
 use crate::fsm::{self, Engine, Kv};
+use crate::limits::MAX_COMMAND_BYTES;
 use crate::replica::{Replica, ReplicaError};
 use crate::server::resp::Reply;
 use crate::snapshot::ReceiveGuard;
@@ -18,16 +19,33 @@ use crate::snapshot::ReceiveGuard;
 /// A read run against the state machine once its read index is applied.
 pub(crate) type ReadFn<E> = Box<dyn FnOnce(&Kv<E>) -> Reply + Send>;
 
-/// Why a request was not carried out. The client sees the text as an error reply.
+/// Why a write was not confirmed. The client sees the text as an error reply, and the text's first
+/// word tells it what it may assume: `ERR` and `TRYAGAIN` only when the write provably never reached
+/// raft (it was not applied, and never will be); `TIMEOUT` once it may have been handed to raft,
+/// proposed here or forwarded to the leader (it may or may not be applied). A Redis client takes an
+/// `ERR` to mean "not applied" and retries: an `ERR` for a write that then commits would apply a
+/// retried INCR twice.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum Refusal {
+    /// raft dropped the proposal (no leader known, or a leadership transfer): it was never appended.
     #[error("TRYAGAIN no raft leader is known yet; retry shortly")]
     NoLeader,
+    /// The encoded write is larger than one raft entry may be ([`MAX_COMMAND_BYTES`]): refused before
+    /// raft saw it.
+    #[error("ERR write too large to replicate ({bytes} bytes, limit {MAX_COMMAND_BYTES})")]
+    TooLarge { bytes: usize },
+    /// The node stopped before its raft loop took the write from its queue: raft never saw it.
+    #[error("ERR the node is shutting down; the write was not applied")]
+    NotProposed,
     /// The term moved on while the write was pending: the old leader may or may not have replicated
     /// it far enough to commit. Failing now beats holding the client until its timeout for an
     /// answer that may never come (a proposal forwarded to a leader that died is simply lost).
     #[error("TIMEOUT leadership changed before the write was confirmed; it may or may not have been applied")]
     LeaderChanged,
+    /// The raft loop stopped (shutdown, or a fatal error) with the write proposed but not applied:
+    /// it is in this node's log or was forwarded to the leader, and may still commit.
+    #[error("TIMEOUT the node stopped before the write was confirmed; it may or may not have been applied")]
+    Stopped,
 }
 
 /// A client request for the raft loop.
@@ -149,6 +167,7 @@ pub(crate) async fn run<E: Engine + Send + 'static>(
             changed
         });
     };
+    lp.answer_at_stop(&mut ch.inputs);
     match &result {
         Ok(()) => {
             // Under `nosync` the state machine may hold applied entries only in memory; the log
@@ -189,9 +208,41 @@ impl<E: Engine> Loop<E> {
         }
     }
 
+    /// The loop is stopping: answer every write still waiting, each by what is known of it. A write
+    /// in `proposals` was handed to raft (appended here, or forwarded to the leader) and may still
+    /// commit, from this node's log after a restart or on the leader: its outcome is unknown. A write
+    /// still in the queue never reached raft: it certainly did not happen. Reads are answered by
+    /// dropping them (the client reports the node as stopping; a read changes nothing).
+    fn answer_at_stop(&mut self, inputs: &mut mpsc::Receiver<Input<E>>) {
+        let pending = std::mem::take(&mut self.proposals);
+        if !pending.is_empty() {
+            tracing::info!(
+                node = self.replica.id(),
+                writes = pending.len(),
+                "stopping with writes in flight: their clients are told the outcome is unknown"
+            );
+        }
+        for (_, tx) in pending {
+            let _ = tx.send(Err(Refusal::Stopped));
+        }
+        // No more inputs can arrive; whatever is queued is answered without raft.
+        inputs.close();
+        while let Ok(input) = inputs.try_recv() {
+            if let Input::Propose { reply, .. } = input {
+                let _ = reply.send(Err(Refusal::NotProposed));
+            }
+        }
+    }
+
     fn input(&mut self, input: Input<E>) {
         match input {
             Input::Propose { command, reply } => {
+                // The client port refuses these already; a proposal must never be larger than a
+                // peer frame can carry (crate::limits), whoever sends it.
+                if command.len() > MAX_COMMAND_BYTES {
+                    let _ = reply.send(Err(Refusal::TooLarge { bytes: command.len() }));
+                    return;
+                }
                 let id = self.fresh_id();
                 match self.replica.propose(id, command) {
                     Ok(()) => {

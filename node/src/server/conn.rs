@@ -15,7 +15,8 @@ use super::commands::{Request, config_get, parse_request};
 use super::resp::{Limits, Reply, RequestParser};
 use crate::config::Peer;
 use crate::fsm::{self, Command, Engine, Kv};
-use crate::runtime::{Input, ReadFn, Status, accept_until_shutdown, write_flushed};
+use crate::limits::MAX_COMMAND_BYTES;
+use crate::runtime::{Input, ReadFn, Refusal, Status, accept_until_shutdown, write_flushed};
 
 /// What every client connection of this node shares.
 pub(crate) struct ClientContext<E: Engine> {
@@ -233,12 +234,42 @@ fn count_keys<E: Engine>(kv: &Kv<E>) -> Reply {
 }
 
 async fn propose<E: Engine>(ctx: &ClientContext<E>, cmd: Command) -> Reply {
-    let (tx, rx) = oneshot::channel();
-    if ctx.inputs.send(Input::Propose { command: cmd.to_bytes(), reply: tx }).await.is_err() {
-        return stopping();
+    let command = cmd.to_bytes();
+    // Refused here, before raft: an entry larger than a peer frame can carry would be retransmitted
+    // and refused forever, and no write after it would ever commit (crate::limits).
+    if command.len() > MAX_COMMAND_BYTES {
+        return Reply::Error(Refusal::TooLarge { bytes: command.len() }.to_string());
     }
-    match tokio::time::timeout(ctx.request_timeout, rx).await {
-        Ok(Ok(Ok(reply))) => match reply {
+    let (tx, rx) = oneshot::channel();
+    if ctx.inputs.send(Input::Propose { command, reply: tx }).await.is_err() {
+        // The raft loop is gone and the write never entered its queue.
+        return Reply::Error(Refusal::NotProposed.to_string());
+    }
+    let waited = match tokio::time::timeout(ctx.request_timeout, rx).await {
+        Ok(Ok(answer)) => Waited::Answered(answer),
+        Ok(Err(_)) => Waited::Abandoned,
+        Err(_) => Waited::TimedOut,
+    };
+    write_reply(waited, ctx.request_timeout)
+}
+
+/// How the wait for a write's outcome ended.
+#[derive(Debug)]
+enum Waited {
+    /// The raft loop answered: applied (with the state machine's reply) or refused.
+    Answered(Result<fsm::Reply, Refusal>),
+    /// The raft loop dropped the write without an answer (it ended without reaching its own
+    /// shutdown path). The write was in its hands, so it may have been proposed.
+    Abandoned,
+    /// No answer within the request timeout.
+    TimedOut,
+}
+
+/// The client's reply for a write. `ERR` only when the write provably never reached raft; whenever
+/// it may have (and may still commit), a `TIMEOUT` that says the outcome is unknown.
+fn write_reply(waited: Waited, timeout: Duration) -> Reply {
+    match waited {
+        Waited::Answered(Ok(reply)) => match reply {
             fsm::Reply::Ok => Reply::ok(),
             fsm::Reply::NotWritten => Reply::Bulk(None),
             fsm::Reply::Int(n) => Reply::Integer(n),
@@ -247,11 +278,10 @@ async fn propose<E: Engine>(ctx: &ClientContext<E>, cmd: Command) -> Reply {
                 Reply::Error("ERR internal: the write's entry was applied before it was proposed".into())
             }
         },
-        Ok(Ok(Err(refusal))) => Reply::Error(refusal.to_string()),
-        Ok(Err(_)) => stopping(),
-        Err(_) => Reply::Error(format!(
-            "TIMEOUT the write was not confirmed within {:?}; it may or may not have been applied",
-            ctx.request_timeout
+        Waited::Answered(Err(refusal)) => Reply::Error(refusal.to_string()),
+        Waited::Abandoned => Reply::Error(Refusal::Stopped.to_string()),
+        Waited::TimedOut => Reply::Error(format!(
+            "TIMEOUT the write was not confirmed within {timeout:?}; it may or may not have been applied"
         )),
     }
 }
@@ -271,6 +301,8 @@ async fn read<E: Engine>(ctx: &ClientContext<E>, read: ReadFn<E>) -> Reply {
     }
 }
 
+/// A read the node could not serve because it is stopping (a read changes nothing, so failing it is
+/// always safe).
 fn stopping() -> Reply {
     Reply::Error("ERR the node is shutting down".into())
 }
@@ -312,4 +344,62 @@ fn info<E: Engine>(ctx: &ClientContext<E>) -> String {
         ],
     );
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(r: Reply) -> String {
+        match r {
+            Reply::Error(e) => e,
+            other => panic!("expected an error reply, got {other:?}"),
+        }
+    }
+
+    const T: Duration = Duration::from_secs(5);
+
+    /// Failure guarded against: a write that may still commit reported as failed (a client that
+    /// retries an `ERR`ed INCR counts twice). Invariant: the reply's first word is `TIMEOUT` exactly
+    /// when the outcome is unknown, and `ERR`/`TRYAGAIN` only when raft never had the write.
+    #[test]
+    fn a_write_whose_fate_is_unknown_is_never_an_err() {
+        // Each refusal, and whether raft provably never had the write.
+        let refusals = [
+            (Refusal::NoLeader, true),
+            (Refusal::TooLarge { bytes: MAX_COMMAND_BYTES + 1 }, true),
+            (Refusal::NotProposed, true),
+            (Refusal::LeaderChanged, false),
+            (Refusal::Stopped, false),
+        ];
+        for (r, never) in refusals {
+            let t = text(write_reply(Waited::Answered(Err(r.clone())), T));
+            assert_eq!(t.starts_with("TIMEOUT"), !never, "{r:?}: {t}");
+            assert_eq!(t.contains("may or may not have been applied"), !never, "{r:?}: {t}");
+            if never {
+                assert!(t.starts_with("ERR") || t.starts_with("TRYAGAIN"), "{r:?}: {t}");
+            }
+        }
+        // Dropped without an answer: the loop had the write, so maybe.
+        let t = text(write_reply(Waited::Abandoned, T));
+        assert!(t.starts_with("TIMEOUT") && t.contains("may or may not"), "{t}");
+        let t = text(write_reply(Waited::TimedOut, T));
+        assert!(t.starts_with("TIMEOUT") && t.contains("may or may not"), "{t}");
+    }
+
+    #[test]
+    fn applied_writes_get_their_state_machine_reply() {
+        assert_eq!(write_reply(Waited::Answered(Ok(fsm::Reply::Ok)), T), Reply::ok());
+        assert_eq!(write_reply(Waited::Answered(Ok(fsm::Reply::Int(3))), T), Reply::Integer(3));
+        assert_eq!(write_reply(Waited::Answered(Ok(fsm::Reply::NotWritten)), T), Reply::Bulk(None));
+    }
+
+    #[test]
+    fn the_too_large_refusal_names_the_size_and_the_limit() {
+        let t = Refusal::TooLarge { bytes: 20_971_546 }.to_string();
+        assert_eq!(
+            t,
+            format!("ERR write too large to replicate (20971546 bytes, limit {MAX_COMMAND_BYTES})")
+        );
+    }
 }

@@ -24,6 +24,10 @@ pub const MIN_SNAPSHOT_LEN: u64 = (HEADER_FIXED_LEN + FOOTER_LEN) as u64;
 /// The largest header this build accepts (conf state and node state are small).
 pub const MAX_HEADER_LEN: u32 = 16 << 20;
 
+/// No key or value in a record is larger than this (the state machine stores values of at most
+/// `limits::MAX_VALUE_BYTES`, 512 MiB).
+pub const MAX_RECORD_FIELD_BYTES: u64 = 1 << 30;
+
 pub const TOKEN_MAGIC: [u8; 4] = *b"DKVT";
 pub const TOKEN_VERSION: u8 = 1;
 pub const TOKEN_LEN: usize = 4 + 1 + 8 + 4;

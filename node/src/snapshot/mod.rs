@@ -28,8 +28,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use format::{
-    FOOTER_LEN, HEADER_FIXED_LEN, MIN_SNAPSHOT_LEN, SNAPSHOT_MAGIC, SNAPSHOT_VERSION, SnapshotHeader,
-    SnapshotToken, TOKEN_LEN, encode_record,
+    FOOTER_LEN, HEADER_FIXED_LEN, MAX_RECORD_FIELD_BYTES, MIN_SNAPSHOT_LEN, SNAPSHOT_MAGIC, SNAPSHOT_VERSION,
+    SnapshotHeader, SnapshotToken, TOKEN_LEN, encode_record,
 };
 pub use restore::{ColdStart, VerifiedSnapshot, cold_start, ensure_applied_durable, restore, verify};
 pub use spool::{DEFAULT_SPOOL_CAP_BYTES, Spool, StreamInfo};

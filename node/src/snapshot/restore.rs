@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::format::{FOOTER_LEN, MIN_SNAPSHOT_LEN, SnapshotHeader, SnapshotToken};
+use super::format::{FOOTER_LEN, MAX_RECORD_FIELD_BYTES, MIN_SNAPSHOT_LEN, SnapshotHeader, SnapshotToken};
 use super::{CHUNK_BYTES, SnapshotError, io_err};
 use crate::codec::be_u32;
 use crate::fsm::Engine;
@@ -10,9 +10,6 @@ use crate::io::{Fs, FsFile, OpenOptions};
 
 /// One record of a snapshot body.
 type KeyValue = (Vec<u8>, Vec<u8>);
-
-/// No key or value is larger than this (the RESP port caps values at 512 MiB).
-const MAX_FIELD_BYTES: u64 = 1 << 30;
 
 /// A snapshot file whose size, footer and whole-body CRC were checked against its token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,7 +111,7 @@ impl Reader {
         let lens = self.take(8)?.ok_or_else(|| bad("file ends inside a record header"))?;
         let klen = u64::from(be_u32(lens, 0));
         let vlen = u64::from(be_u32(lens, 4));
-        if klen > MAX_FIELD_BYTES || vlen > MAX_FIELD_BYTES {
+        if klen > MAX_RECORD_FIELD_BYTES || vlen > MAX_RECORD_FIELD_BYTES {
             return Err(bad("record length over 1 GiB"));
         }
         if self.offset() + klen + vlen > self.end {

@@ -14,13 +14,15 @@
 use prost::Message as _;
 
 use crate::codec::{be_u32, be_u64};
+use crate::limits::CHUNK_HEADER_BYTES;
+/// Frames larger than this are refused. Every limit on what a frame carries (the largest write, raft's
+/// append batch, the snapshot chunk) is derived from it: see [`crate::limits`].
+pub use crate::limits::MAX_FRAME_BYTES;
 
 pub const PEER_MAGIC: [u8; 4] = *b"DKVP";
 pub const PEER_VERSION: u16 = 1;
-/// Frames larger than this are refused: above the default 4 MiB snapshot chunk and raft's 1 MiB
-/// append limit, with room for headers.
-pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 << 20;
-const HEADER_LEN: usize = 8;
+/// The `len` and `crc32c` words before every frame's body.
+pub const HEADER_LEN: usize = 8;
 
 const KIND_HELLO: u8 = 1;
 const KIND_RAFT: u8 = 2;
@@ -158,7 +160,7 @@ fn decode_hello(p: &[u8]) -> Result<PeerFrame, FrameError> {
 
 fn decode_chunk(p: &[u8]) -> Result<PeerFrame, FrameError> {
     let bad = |detail: String| FrameError::Malformed { kind: "snapshot chunk", detail };
-    const FIXED: usize = 8 + 8 + 8 + 4 + 1;
+    const FIXED: usize = CHUNK_HEADER_BYTES;
     if p.len() < FIXED {
         return Err(bad("shorter than its header".into()));
     }
@@ -213,11 +215,11 @@ mod tests {
         let mut buf = Vec::new();
         f.encode(&mut buf);
         buf.extend_from_slice(b"next");
-        let (got, used) = PeerFrame::decode(&buf, DEFAULT_MAX_FRAME_BYTES).expect("valid").expect("complete");
+        let (got, used) = PeerFrame::decode(&buf, MAX_FRAME_BYTES).expect("valid").expect("complete");
         assert_eq!(got, f);
         assert_eq!(&buf[used..], b"next");
         for cut in 0..used {
-            assert_eq!(PeerFrame::decode(&buf[..cut], DEFAULT_MAX_FRAME_BYTES), Ok(None), "cut at {cut}");
+            assert_eq!(PeerFrame::decode(&buf[..cut], MAX_FRAME_BYTES), Ok(None), "cut at {cut}");
         }
     }
 
@@ -247,26 +249,17 @@ mod tests {
         PeerFrame::Hello { cluster_id: 1, node_id: 2 }.encode(&mut buf);
         let mut flipped = buf.clone();
         flipped[12] ^= 1;
-        assert_eq!(PeerFrame::decode(&flipped, DEFAULT_MAX_FRAME_BYTES), Err(FrameError::Checksum));
+        assert_eq!(PeerFrame::decode(&flipped, MAX_FRAME_BYTES), Err(FrameError::Checksum));
         assert!(matches!(PeerFrame::decode(&buf, 4), Err(FrameError::TooLarge { .. })));
         let huge = [0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0];
-        assert!(matches!(
-            PeerFrame::decode(&huge, DEFAULT_MAX_FRAME_BYTES),
-            Err(FrameError::TooLarge { .. })
-        ));
-        assert_eq!(PeerFrame::decode(&[0u8; 8], DEFAULT_MAX_FRAME_BYTES), Err(FrameError::Empty));
+        assert!(matches!(PeerFrame::decode(&huge, MAX_FRAME_BYTES), Err(FrameError::TooLarge { .. })));
+        assert_eq!(PeerFrame::decode(&[0u8; 8], MAX_FRAME_BYTES), Err(FrameError::Empty));
         let mut past = Vec::new();
         chunk(5, b"abc", 6, false).encode(&mut past);
-        assert!(matches!(
-            PeerFrame::decode(&past, DEFAULT_MAX_FRAME_BYTES),
-            Err(FrameError::Malformed { .. })
-        ));
+        assert!(matches!(PeerFrame::decode(&past, MAX_FRAME_BYTES), Err(FrameError::Malformed { .. })));
         let mut early = Vec::new();
         chunk(0, b"abc", 6, true).encode(&mut early);
-        assert!(matches!(
-            PeerFrame::decode(&early, DEFAULT_MAX_FRAME_BYTES),
-            Err(FrameError::Malformed { .. })
-        ));
+        assert!(matches!(PeerFrame::decode(&early, MAX_FRAME_BYTES), Err(FrameError::Malformed { .. })));
     }
 
     #[test]

@@ -34,7 +34,9 @@ pub const SEGMENT_VERSION: u16 = 1;
 pub const SEGMENT_HEADER_LEN: usize = 32;
 /// Length of a frame header.
 pub const FRAME_HEADER_LEN: usize = 24;
-/// The largest payload a frame may carry (1 GiB: above the RESP port's 512 MiB value limit).
+/// The largest payload a frame may carry (1 GiB). Far above the largest raft entry a node proposes
+/// (`limits::MAX_ENTRY_BYTES`, checked at compile time); kept at 1 GiB so a log written by an earlier
+/// build, whose entries could be larger, still reads.
 pub const MAX_PAYLOAD_BYTES: u32 = 1 << 30;
 
 const KIND_ENTRY: u8 = 1;
