@@ -604,18 +604,23 @@ async fn find_leader(up: &[u64]) -> Option<u64> {
 fn kill(handle: &Handle, s: &mut Server, kind: CrashKind, w: &Shared, id: u64) {
     handle.kill(s.handle.id());
     s.disk.crash(kind);
+    torn_tail_preempted(s, w, id);
     s.disk.resume();
     s.up = false;
     event(w, format!("server {id} {}", if kind == CrashKind::PowerLoss { "lost power" } else { "killed" }));
 }
 
-fn restart(handle: &Handle, s: &mut Server, w: &Shared, id: u64) {
+/// The server dies of something else (another fault, a full disk) while a torn-tail kill is still
+/// armed, and the restart clears it: the torn tail never had its chance. Not the node's fault.
+fn torn_tail_preempted(s: &mut Server, w: &Shared, id: u64) {
     if s.torn_tail_armed && s.disk.is_armed() {
-        // The server died of something else first (another fault, a full disk) and the restart
-        // clears the armed kill: the torn tail never had its chance. Not the node's fault.
         s.torn_tail_armed = false;
         event(w, format!("server {id}: the armed torn-tail kill was preempted by another death"));
     }
+}
+
+fn restart(handle: &Handle, s: &mut Server, w: &Shared, id: u64) {
+    torn_tail_preempted(s, w, id);
     s.disk.resume();
     handle.restart(s.handle.id());
     s.up = true;
@@ -917,6 +922,7 @@ async fn control(
         }
     }
     for (id, s) in servers.iter_mut() {
+        torn_tail_preempted(s, w, *id);
         heal_disk(&s.disk);
         let refuses_as_expected = s.corrupted && s.refused.is_some();
         if !s.up && !refuses_as_expected {
