@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 
 use crate::checkers::{check_convergence, check_durability, check_file_hygiene, state_digest};
 use crate::client::{Reply, decode_reply, encode_command};
-use crate::linearizability::{Operation, Outcome, RegisterOp};
+use crate::linearizability::{CheckResult, Operation, Outcome, RegisterOp};
 use crate::scenario::{Action, Fault, Scenario};
 use crate::{derive_seed, node_disk};
 
@@ -65,12 +65,34 @@ pub struct Failure {
     pub explanation: String,
 }
 
-/// The outcome of one seed: the summary, the event trace, and the failure if any.
+/// What a run concluded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every check ran and held.
+    Pass,
+    /// No invariant was violated, but a check could not decide (the linearizability search ran
+    /// out of budget; the explanation says where): neither a pass nor a failure.
+    Undecided(String),
+    /// An invariant was violated.
+    Fail(Failure),
+}
+
+/// The outcome of one seed: the summary, the event trace, and the verdict.
 #[derive(Debug, Clone)]
 pub struct RunResult {
     pub summary: Summary,
     pub trace: Vec<String>,
-    pub failure: Option<Failure>,
+    pub verdict: Verdict,
+}
+
+impl RunResult {
+    /// The violated invariant, if the run failed.
+    pub fn failure(&self) -> Option<&Failure> {
+        match &self.verdict {
+            Verdict::Fail(f) => Some(f),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -269,7 +291,7 @@ fn finish(
     scenario: &Scenario,
     seed: u64,
     w: &Shared,
-    mut failure: Option<Failure>,
+    failure: Option<Failure>,
     applied_index: u64,
     digest: u64,
 ) -> RunResult {
@@ -287,40 +309,52 @@ fn finish(
         applied_index,
         digest,
     };
-    if failure.is_none()
-        && scenario.invariants.linearizability
-        && let Err(v) = crate::linearizability::check(&world.history)
-    {
-        let culprit = v.culprit.as_ref().map_or(String::new(), |o| {
-            let what = match &o.op {
-                RegisterOp::Read(seen) => {
-                    format!("a read that returned {:?}", seen.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()))
-                }
-                RegisterOp::Write(Some(v)) => format!("a write of {:?}", String::from_utf8_lossy(v)),
-                RegisterOp::Write(None) => "a delete".to_string(),
-                RegisterOp::Incr { result, .. } => format!("an INCR that returned {result:?}"),
-            };
-            format!(
-                "; the first operation that cannot be explained is {what} by client {} on server {}, {}–{} ms",
-                o.client, o.server, o.call, o.ret
-            )
-        });
-        failure = Some(Failure {
-            invariant: "linearizability",
-            explanation: format!(
-                "key {:?}: no order of its {} operations explains what the clients saw{culprit}",
-                String::from_utf8_lossy(&v.key),
-                v.operations.len()
-            ),
-        });
+    let mut verdict = failure.map_or(Verdict::Pass, Verdict::Fail);
+    if verdict == Verdict::Pass && scenario.invariants.linearizability {
+        match crate::linearizability::check(&world.history) {
+            CheckResult::Linearizable => {}
+            CheckResult::Violation(v) => {
+                let culprit = v.culprit.as_ref().map_or(String::new(), |o| {
+                    let what = match &o.op {
+                        RegisterOp::Read(seen) => format!(
+                            "a read that returned {:?}",
+                            seen.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())
+                        ),
+                        RegisterOp::Write(Some(v)) => format!("a write of {:?}", String::from_utf8_lossy(v)),
+                        RegisterOp::Write(None) => "a delete".to_string(),
+                        RegisterOp::Incr { result, .. } => format!("an INCR that returned {result:?}"),
+                    };
+                    format!(
+                        "; the first operation that cannot be explained is {what} by client {} on server {}, {}–{} ms",
+                        o.client, o.server, o.call, o.ret
+                    )
+                });
+                verdict = Verdict::Fail(Failure {
+                    invariant: "linearizability",
+                    explanation: format!(
+                        "key {:?}: no order of its {} operations explains what the clients saw{culprit}",
+                        String::from_utf8_lossy(&v.key),
+                        v.operations.len()
+                    ),
+                });
+            }
+            CheckResult::Undecided(u) => {
+                verdict = Verdict::Undecided(format!(
+                    "linearizability: the search over key {:?}'s {} operations gave up after {} steps",
+                    String::from_utf8_lossy(&u.key),
+                    u.operations,
+                    u.budget
+                ));
+            }
+        }
     }
-    if summary.ops_ok == 0 && failure.is_none() {
-        failure = Some(Failure {
+    if summary.ops_ok == 0 && verdict == Verdict::Pass {
+        verdict = Verdict::Fail(Failure {
             invariant: "liveness",
             explanation: "no operation succeeded in the whole run".into(),
         });
     }
-    RunResult { summary, trace: std::mem::take(&mut world.trace), failure }
+    RunResult { summary, trace: std::mem::take(&mut world.trace), verdict }
 }
 
 /// One server process: open storage (repairing what a crash left), serve until a fatal error.

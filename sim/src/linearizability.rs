@@ -9,6 +9,9 @@
 //! * `Unknown`: a timeout left it undecided: it took effect at most once, at any time after its call.
 //!   It is given a return time of infinity, so it may be placed anywhere after its call, including
 //!   after every observation, which is the same as never.
+//!
+//! The search is bounded ([`DEFAULT_BUDGET`] steps per key): running out is its own outcome,
+//! [`CheckResult::Undecided`], never a violation and never a pass.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -57,6 +60,37 @@ pub struct Violation {
     pub culprit: Option<Box<Operation>>,
 }
 
+/// A key whose search ran out of budget: neither linearizable nor a violation, as far as the
+/// checker can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undecided {
+    pub key: Vec<u8>,
+    /// How many operations the key had.
+    pub operations: usize,
+    /// The budget (search steps) that ran out.
+    pub budget: u64,
+}
+
+/// The checker's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckResult {
+    Linearizable,
+    /// The first key (in key order) whose history cannot be linearized.
+    Violation(Box<Violation>),
+    /// No key is a violation, but the search gave up on this one (the first, in key order).
+    Undecided(Undecided),
+}
+
+impl CheckResult {
+    pub fn is_violation(&self) -> bool {
+        matches!(self, CheckResult::Violation(_))
+    }
+}
+
+/// Search steps per key before the checker gives up: far more than the simulation's histories
+/// need, small enough that a pathological one answers in seconds rather than hanging the run.
+pub const DEFAULT_BUDGET: u64 = 50_000_000;
+
 /// The register's state: absent, or a value.
 type State = Option<Vec<u8>>;
 
@@ -78,25 +112,38 @@ fn step(state: &State, op: &RegisterOp) -> Option<State> {
     }
 }
 
-/// Check every key of `history`; returns the first violating key (in key order), if any.
-pub fn check(history: &[Operation]) -> Result<(), Violation> {
+/// Check every key of `history` with the default budget.
+pub fn check(history: &[Operation]) -> CheckResult {
+    check_with_budget(history, DEFAULT_BUDGET)
+}
+
+/// Check every key of `history`, giving each key's search at most `budget` steps. A violation in
+/// any key wins over an undecided one.
+pub fn check_with_budget(history: &[Operation], budget: u64) -> CheckResult {
     let mut by_key: BTreeMap<&[u8], Vec<&Operation>> = BTreeMap::new();
     for op in history {
         if op.outcome != Outcome::Fail {
             by_key.entry(&op.key).or_default().push(op);
         }
     }
+    let mut undecided = None;
     for (key, ops) in by_key {
-        if !check_key(&ops) {
-            let culprit = first_unexplained(&ops);
-            return Err(Violation {
-                key: key.to_vec(),
-                operations: ops.into_iter().cloned().collect(),
-                culprit,
-            });
+        match check_key(&ops, budget) {
+            Search::Linearizable => {}
+            Search::Exhausted => {
+                undecided.get_or_insert(Undecided { key: key.to_vec(), operations: ops.len(), budget });
+            }
+            Search::NotLinearizable => {
+                let culprit = first_unexplained(&ops, budget);
+                return CheckResult::Violation(Box::new(Violation {
+                    key: key.to_vec(),
+                    operations: ops.into_iter().cloned().collect(),
+                    culprit,
+                }));
+            }
         }
     }
-    Ok(())
+    undecided.map_or(CheckResult::Linearizable, CheckResult::Undecided)
 }
 
 /// The history as it stood at time `t`: every operation invoked by then, those that had not
@@ -116,21 +163,30 @@ fn prefix(ops: &[&Operation], t: u64) -> Vec<Operation> {
 
 /// The operation that breaks a non-linearizable key history: the first acknowledged one, in return
 /// order, at whose return the history so far cannot be explained. Histories only gain constraints as
-/// time goes on, so a binary search finds it.
-fn first_unexplained(ops: &[&Operation]) -> Option<Box<Operation>> {
+/// time goes on, so a binary search finds it; `None` if a probe runs out of budget.
+fn first_unexplained(ops: &[&Operation], budget: u64) -> Option<Box<Operation>> {
     let mut by_ret: Vec<&Operation> = ops.iter().copied().filter(|o| o.outcome == Outcome::Ok).collect();
     by_ret.sort_by_key(|o| (o.ret, o.call));
-    let explained = |k: usize| {
-        let p = prefix(ops, by_ret[k].ret);
-        check_key(&p.iter().collect::<Vec<_>>())
-    };
     let (mut lo, mut hi) = (0, by_ret.len());
     // Invariant: the histories at the returns before `lo` are explained; the one at `hi` is not.
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
-        if explained(mid) { lo = mid + 1 } else { hi = mid }
+        let p = prefix(ops, by_ret[mid].ret);
+        match check_key(&p.iter().collect::<Vec<_>>(), budget) {
+            Search::Linearizable => lo = mid + 1,
+            Search::NotLinearizable => hi = mid,
+            Search::Exhausted => return None,
+        }
     }
     by_ret.get(lo).map(|o| Box::new((*o).clone()))
+}
+
+/// What one search found.
+enum Search {
+    Linearizable,
+    NotLinearizable,
+    /// The budget ran out first.
+    Exhausted,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -140,8 +196,8 @@ struct Event {
     time: u64,
 }
 
-/// Wing & Gong search over one key's operations.
-fn check_key(ops: &[&Operation]) -> bool {
+/// Wing & Gong search over one key's operations, at most `budget` steps.
+fn check_key(ops: &[&Operation], budget: u64) -> Search {
     // Reads whose outcome is unknown observed nothing: drop them.
     let ops: Vec<&Operation> = ops
         .iter()
@@ -196,16 +252,15 @@ fn check_key(ops: &[&Operation]) -> bool {
     let mut stack: Vec<(usize, State)> = Vec::new();
     let mut state: State = None;
     let mut cursor = next[head];
-    // Bound the search so a pathological history reports instead of hanging the test run.
-    let mut budget: u64 = 50_000_000;
+    let mut steps: u64 = 0;
     while next[head] < len {
-        budget -= 1;
-        if budget == 0 {
-            return false;
+        steps += 1;
+        if steps > budget {
+            return Search::Exhausted;
         }
         if cursor >= len {
             // Only reachable when every remaining event is a return we could not satisfy.
-            return false;
+            return Search::NotLinearizable;
         }
         let e = events[cursor];
         if e.is_call {
@@ -227,7 +282,7 @@ fn check_key(ops: &[&Operation]) -> bool {
             cursor = next[cursor];
         } else {
             // A return reached before its operation was linearized: backtrack.
-            let Some((op, old_state)) = stack.pop() else { return false };
+            let Some((op, old_state)) = stack.pop() else { return Search::NotLinearizable };
             state = old_state;
             linearized[op / 64] &= !(1 << (op % 64));
             relink(&mut next, &mut prev, pos_ret[op]);
@@ -235,12 +290,19 @@ fn check_key(ops: &[&Operation]) -> bool {
             cursor = next[pos_call[op]];
         }
     }
-    true
+    Search::Linearizable
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn violation(result: CheckResult, why: &str) -> Box<Violation> {
+        match result {
+            CheckResult::Violation(v) => v,
+            other => panic!("expected a violation ({why}), got {other:?}"),
+        }
+    }
 
     fn w(client: u64, v: &str, call: u64, ret: u64) -> Operation {
         Operation {
@@ -273,12 +335,12 @@ mod tests {
         // Invariant: the report points at that read, not at the whole history.
         let stale = r(3, Some("a"), 4, 5);
         let h = [w(1, "a", 0, 1), w(2, "b", 2, 3), stale.clone(), r(1, Some("b"), 6, 7), w(2, "c", 8, 9)];
-        let v = check(&h).expect_err("stale read");
+        let v = violation(check(&h), "stale read");
         assert_eq!(v.culprit, Some(Box::new(stale)));
         // An undecided write that may have landed explains a later read: the culprit is elsewhere.
         let maybe = unknown(w(4, "z", 10, 11));
         let h = [w(1, "a", 0, 1), maybe, r(2, Some("z"), 12, 13), r(3, Some("a"), 14, 15)];
-        let v = check(&h).expect_err("a read of a after z was seen");
+        let v = violation(check(&h), "a read of a after z was seen");
         assert_eq!(v.culprit, Some(Box::new(r(3, Some("a"), 14, 15))));
     }
 
@@ -291,18 +353,21 @@ mod tests {
     fn sequential_and_concurrent_histories_pass() {
         assert_eq!(
             check(&[w(1, "a", 0, 1), r(2, Some("a"), 2, 3), w(1, "b", 4, 5), r(2, Some("b"), 6, 7)]),
-            Ok(())
+            CheckResult::Linearizable
         );
         // Overlapping writes may land in either order; each read sees one consistent order.
         assert_eq!(
             check(&[w(1, "a", 0, 10), w(2, "b", 0, 10), r(3, Some("a"), 11, 12), r(3, Some("a"), 13, 14)]),
-            Ok(())
+            CheckResult::Linearizable
         );
-        assert_eq!(check(&[w(1, "a", 0, 10), w(2, "b", 0, 10), r(3, Some("b"), 11, 12)]), Ok(()));
+        assert_eq!(
+            check(&[w(1, "a", 0, 10), w(2, "b", 0, 10), r(3, Some("b"), 11, 12)]),
+            CheckResult::Linearizable
+        );
         // A read concurrent with a write may see either value.
         assert_eq!(
             check(&[w(1, "a", 0, 1), w(1, "b", 2, 10), r(2, Some("a"), 3, 4), r(2, Some("b"), 5, 6)]),
-            Ok(())
+            CheckResult::Linearizable
         );
     }
 
@@ -310,29 +375,35 @@ mod tests {
     fn stale_and_impossible_reads_fail() {
         // After "b" was acknowledged, a later read sees "a": a lost write.
         let lost = [w(1, "a", 0, 1), w(1, "b", 2, 3), r(2, Some("a"), 4, 5)];
-        assert!(check(&lost).is_err());
+        assert!(check(&lost).is_violation());
         // A value nobody wrote.
-        assert!(check(&[w(1, "a", 0, 1), r(2, Some("z"), 2, 3)]).is_err());
+        assert!(check(&[w(1, "a", 0, 1), r(2, Some("z"), 2, 3)]).is_violation());
         // Two sequential reads that see "b" then "a" with no write between: time went backwards.
         assert!(
             check(&[w(1, "a", 0, 1), w(2, "b", 2, 20), r(3, Some("b"), 3, 4), r(3, Some("a"), 5, 6)])
-                .is_err()
+                .is_violation()
         );
         // An acknowledged delete, then the old value again.
         let del = Operation { op: RegisterOp::Write(None), ..w(1, "", 2, 3) };
-        assert!(check(&[w(1, "a", 0, 1), del, r(2, Some("a"), 4, 5)]).is_err());
+        assert!(check(&[w(1, "a", 0, 1), del, r(2, Some("a"), 4, 5)]).is_violation());
     }
 
     #[test]
     fn unknown_writes_may_or_may_not_have_happened() {
         let timed_out = unknown(w(1, "b", 2, 3));
-        assert_eq!(check(&[w(1, "a", 0, 1), timed_out.clone(), r(2, Some("a"), 10, 11)]), Ok(()));
-        assert_eq!(check(&[w(1, "a", 0, 1), timed_out.clone(), r(2, Some("b"), 10, 11)]), Ok(()));
+        assert_eq!(
+            check(&[w(1, "a", 0, 1), timed_out.clone(), r(2, Some("a"), 10, 11)]),
+            CheckResult::Linearizable
+        );
+        assert_eq!(
+            check(&[w(1, "a", 0, 1), timed_out.clone(), r(2, Some("b"), 10, 11)]),
+            CheckResult::Linearizable
+        );
         // But not before it was even called.
-        assert!(check(&[w(1, "a", 0, 1), r(2, Some("b"), 1, 2), unknown(w(1, "b", 5, 6))]).is_err());
+        assert!(check(&[w(1, "a", 0, 1), r(2, Some("b"), 1, 2), unknown(w(1, "b", 5, 6))]).is_violation());
         // Failed writes never happened.
         let failed = Operation { outcome: Outcome::Fail, ..w(1, "b", 2, 3) };
-        assert!(check(&[w(1, "a", 0, 1), failed, r(2, Some("b"), 10, 11)]).is_err());
+        assert!(check(&[w(1, "a", 0, 1), failed, r(2, Some("b"), 10, 11)]).is_violation());
     }
 
     #[test]
@@ -346,10 +417,13 @@ mod tests {
             ret,
             outcome: Outcome::Ok,
         };
-        assert_eq!(check(&[incr(1, 1, Some(1), 0, 5), incr(2, 1, Some(2), 0, 5)]), Ok(()));
-        assert!(check(&[incr(1, 1, Some(1), 0, 5), incr(2, 1, Some(1), 0, 5)]).is_err(), "a lost increment");
+        assert_eq!(check(&[incr(1, 1, Some(1), 0, 5), incr(2, 1, Some(2), 0, 5)]), CheckResult::Linearizable);
         assert!(
-            check(&[w(1, "x", 0, 1), incr(2, 1, Some(1), 2, 3)]).is_err(),
+            check(&[incr(1, 1, Some(1), 0, 5), incr(2, 1, Some(1), 0, 5)]).is_violation(),
+            "a lost increment"
+        );
+        assert!(
+            check(&[w(1, "x", 0, 1), incr(2, 1, Some(1), 2, 3)]).is_violation(),
             "INCR of a non-integer never succeeds"
         );
     }
@@ -371,7 +445,7 @@ mod tests {
             },
             stale,
         ];
-        let v = check(&bad).expect_err("key j has a stale read");
+        let v = violation(check(&bad), "key j has a stale read");
         assert_eq!(v.key, b"j".to_vec());
     }
 
@@ -411,11 +485,31 @@ mod tests {
                 });
             }
         }
-        assert_eq!(check(&history), Ok(()));
+        assert_eq!(check(&history), CheckResult::Linearizable);
         // The same history with one read in the middle seeing a value nobody wrote fails.
         let at =
             history.iter().position(|o| matches!(o.op, RegisterOp::Read(_)) && o.call > 300).expect("a read");
         history[at].op = RegisterOp::Read(Some(b"never written".to_vec()));
-        assert!(check(&history).is_err());
+        assert!(check(&history).is_violation());
+    }
+
+    #[test]
+    fn running_out_of_budget_is_undecided_never_a_violation_or_a_pass() {
+        // Failure injected: a budget too small for the search. Invariant: the answer says so
+        // (naming the key), for a linearizable history and for a violating one alike; a violation
+        // in a later key still wins, since it was decided.
+        let fine = [w(1, "a", 0, 10), w(2, "b", 0, 10), r(3, Some("a"), 11, 12)];
+        let expected = Undecided { key: b"k".to_vec(), operations: 3, budget: 2 };
+        assert_eq!(check_with_budget(&fine, 2), CheckResult::Undecided(expected.clone()));
+        let stale = [w(1, "a", 0, 10), w(2, "b", 11, 12), r(3, Some("a"), 13, 14)];
+        assert_eq!(check_with_budget(&stale, 2), CheckResult::Undecided(expected));
+        assert!(check_with_budget(&stale, 1000).is_violation());
+        let mut elsewhere = r(3, Some("z"), 0, 1);
+        elsewhere.key = b"l".to_vec();
+        let mixed = [fine.as_slice(), &[elsewhere]].concat();
+        assert_eq!(
+            violation(check_with_budget(&mixed, 3), "l reads a value nobody wrote").key,
+            b"l".to_vec()
+        );
     }
 }

@@ -53,7 +53,7 @@ mod cli {
     use std::process::ExitCode;
 
     use durakv_sim::derive_seed;
-    use durakv_sim::harness::{RunResult, run};
+    use durakv_sim::harness::{RunResult, Verdict, run};
     use durakv_sim::scenario::Scenario;
     use durakv_sim::swarm::swarm;
 
@@ -88,10 +88,29 @@ mod cli {
         format!("{{\"t_ms\":{},\"event\":{}}}", t.parse::<u64>().unwrap_or(0), json_string(text))
     }
 
-    fn report(file: &str, r: &RunResult, out: Option<&Path>, swarm: bool) -> bool {
+    /// The one command that replays a seed bit for bit.
+    fn reproduce(file: &str, seed: u64, swarm: bool) -> String {
+        format!("make sim-run SCENARIO={file} SEED={seed}{}", if swarm { " SWARM=1" } else { "" })
+    }
+
+    /// Write the run's trace as JSON lines to `dir`, the last line saying why it was kept.
+    fn write_trace(dir: &Path, r: &RunResult, last: String) {
         let s = &r.summary;
-        match &r.failure {
-            None => {
+        let path = dir.join(format!("{}-seed-{}.trace.jsonl", s.scenario, s.seed));
+        let mut lines: Vec<String> = r.trace.iter().map(|e| trace_line(e)).collect();
+        lines.push(last);
+        match std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&path, lines.join("\n") + "\n")) {
+            Ok(()) => out!("     trace: {}", path.display()),
+            Err(e) => out!("     trace not written to {}: {e}", path.display()),
+        }
+    }
+
+    /// Print one run's verdict; failures and undecided runs also get the reproduce command and,
+    /// with `out`, their trace.
+    fn report(file: &str, r: &RunResult, out: Option<&Path>, swarm: bool) {
+        let s = &r.summary;
+        match &r.verdict {
+            Verdict::Pass => {
                 out!(
                     "ok   {} seed {}: {} ok / {} fail / {} unknown ops, {} faults, {} restarts, applied {}, digest {:016x}",
                     s.scenario,
@@ -104,31 +123,28 @@ mod cli {
                     s.applied_index,
                     s.digest
                 );
-                true
             }
-            Some(f) => {
-                out!("FAIL {} seed {}: {} violated: {}", s.scenario, s.seed, f.invariant, f.explanation);
-                out!(
-                    "     reproduce: make sim-run SCENARIO={file} SEED={}{}",
-                    s.seed,
-                    if swarm { " SWARM=1" } else { "" }
-                );
+            Verdict::Undecided(why) => {
+                out!("UNDECIDED {} seed {}: {why} (not a violation, not a pass)", s.scenario, s.seed);
+                out!("     reproduce: {}", reproduce(file, s.seed, swarm));
                 if let Some(dir) = out {
-                    let path = dir.join(format!("{}-seed-{}.trace.jsonl", s.scenario, s.seed));
-                    let mut lines: Vec<String> = r.trace.iter().map(|e| trace_line(e)).collect();
-                    lines.push(format!(
-                        "{{\"violated\":{},\"explanation\":{}}}",
-                        json_string(f.invariant),
-                        json_string(&f.explanation)
-                    ));
-                    match std::fs::create_dir_all(dir)
-                        .and_then(|_| std::fs::write(&path, lines.join("\n") + "\n"))
-                    {
-                        Ok(()) => out!("     trace: {}", path.display()),
-                        Err(e) => out!("     trace not written to {}: {e}", path.display()),
-                    }
+                    write_trace(dir, r, format!("{{\"undecided\":{}}}", json_string(why)));
                 }
-                false
+            }
+            Verdict::Fail(f) => {
+                out!("FAIL {} seed {}: {} violated: {}", s.scenario, s.seed, f.invariant, f.explanation);
+                out!("     reproduce: {}", reproduce(file, s.seed, swarm));
+                if let Some(dir) = out {
+                    write_trace(
+                        dir,
+                        r,
+                        format!(
+                            "{{\"violated\":{},\"explanation\":{}}}",
+                            json_string(f.invariant),
+                            json_string(&f.explanation)
+                        ),
+                    );
+                }
             }
         }
     }
@@ -168,7 +184,8 @@ mod cli {
                             out!("{e}");
                         }
                     }
-                    ok &= report(file, &r, out.as_deref(), swarmed);
+                    report(file, &r, out.as_deref(), swarmed);
+                    ok &= r.failure().is_none();
                 }
                 Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
             }
@@ -231,7 +248,7 @@ mod cli {
                     None => (0, 1),
                 };
                 let started = std::time::Instant::now();
-                let (mut ran, mut failed) = (0u64, 0u64);
+                let (mut ran, mut failed, mut undecided) = (0u64, 0u64, 0u64);
                 let planned = if seeds == u64::MAX { "?".to_string() } else { (seeds / shards).to_string() };
                 for seed in (start..start.saturating_add(seeds)).filter(|s| s % shards == shard) {
                     if time.is_some_and(|t| started.elapsed() >= t) {
@@ -242,8 +259,12 @@ mod cli {
                     let scenario = swarm(base, seed);
                     let r = run(&scenario, seed);
                     ran += 1;
-                    if r.failure.is_some() {
-                        failed += 1;
+                    match r.verdict {
+                        Verdict::Pass => {}
+                        Verdict::Undecided(_) => undecided += 1,
+                        Verdict::Fail(_) => failed += 1,
+                    }
+                    if r.verdict != Verdict::Pass {
                         eprintln!();
                         report(file, &r, out.as_deref(), true);
                     }
@@ -255,16 +276,17 @@ mod cli {
                     };
                     let filled = ((done.min(1.0)) * width as f64) as usize;
                     eprint!(
-                        "\r[{}{}] {ran}/{planned} seeds, {rate:.2} seeds/s, {failed} failed ",
+                        "\r[{}{}] {ran}/{planned} seeds, {rate:.2} seeds/s, {failed} failed, {undecided} undecided ",
                         "#".repeat(filled),
                         ".".repeat(width - filled)
                     );
                 }
                 eprintln!();
                 out!(
-                    "fuzz: {ran} seeds in {:.1} s ({:.2} seeds/s), {failed} failed",
+                    "fuzz: {ran} seeds in {:.1} s ({:.2} seeds/s): {} passed, {failed} failed, {undecided} undecided",
                     started.elapsed().as_secs_f64(),
-                    ran as f64 / started.elapsed().as_secs_f64().max(1e-9)
+                    ran as f64 / started.elapsed().as_secs_f64().max(1e-9),
+                    ran - failed - undecided
                 );
                 Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
             }

@@ -41,7 +41,7 @@ fn every_canary_is_caught_by_its_scenario() {
             .iter()
             .filter_map(|&seed| {
                 run_with(&scenario, seed, &opts)
-                    .failure
+                    .failure()
                     .map(|f| format!("seed {seed}: {}: {}", f.invariant, f.explanation))
             })
             .collect();
