@@ -315,34 +315,25 @@ fn finish(
             CheckResult::Linearizable => {}
             CheckResult::Violation(v) => {
                 let culprit = v.culprit.as_ref().map_or(String::new(), |o| {
-                    let what = match &o.op {
-                        RegisterOp::Read(seen) => format!(
-                            "a read that returned {:?}",
-                            seen.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())
-                        ),
-                        RegisterOp::Write(Some(v)) => format!("a write of {:?}", String::from_utf8_lossy(v)),
-                        RegisterOp::Write(None) => "a delete".to_string(),
-                        RegisterOp::Incr { result, .. } => format!("an INCR that returned {result:?}"),
-                    };
                     format!(
-                        "; the first operation that cannot be explained is {what} by client {} on server {}, {}–{} ms",
+                        "; the first operation that cannot be explained is {o} by client {} on server {}, {}–{} ms",
                         o.client, o.server, o.call, o.ret
                     )
                 });
                 verdict = Verdict::Fail(Failure {
                     invariant: "linearizability",
                     explanation: format!(
-                        "key {:?}: no order of its {} operations explains what the clients saw{culprit}",
-                        String::from_utf8_lossy(&v.key),
+                        "{}: no order of their {} operations explains what the clients saw{culprit}",
+                        show_keys(&v.keys),
                         v.operations.len()
                     ),
                 });
             }
             CheckResult::Undecided(u) => {
                 verdict = Verdict::Undecided(format!(
-                    "linearizability: the search over key {:?}'s {} operations gave up after {} steps",
-                    String::from_utf8_lossy(&u.key),
+                    "linearizability: the search over the {} operations of {} gave up after {} steps",
                     u.operations,
+                    show_keys(&u.keys),
                     u.budget
                 ));
             }
@@ -355,6 +346,12 @@ fn finish(
         });
     }
     RunResult { summary, trace: std::mem::take(&mut world.trace), verdict }
+}
+
+/// `key "k1"`, or `keys "k1", "k2"` when multi-key operations joined them.
+fn show_keys(keys: &[Vec<u8>]) -> String {
+    let names: Vec<String> = keys.iter().map(|k| format!("{:?}", String::from_utf8_lossy(k))).collect();
+    format!("key{} {}", if names.len() == 1 { "" } else { "s" }, names.join(", "))
 }
 
 /// One server process: open storage (repairing what a crash left), serve until a fatal error.
@@ -438,6 +435,7 @@ async fn client_loop(scenario: Scenario, seed: u64, c: u64, end_ms: u64, w: Shar
         ("del", wl.mix.del),
         ("incr", wl.mix.incr),
         ("mset", wl.mix.mset),
+        ("append", wl.mix.append),
     ];
     let total: u32 = mix.iter().map(|(_, n)| n).sum();
     let timeout = Duration::from_millis(wl.timeout_ms);
@@ -463,7 +461,7 @@ async fn client_loop(scenario: Scenario, seed: u64, c: u64, end_ms: u64, w: Shar
         // Values are unique integers, so INCR applies to any key and every write is identifiable.
         let value = (c * 1_000_000_000 + seq).to_string().into_bytes();
         let call_t = now_ms();
-        let (ops, reply): (Vec<(Vec<u8>, RegisterOp)>, _) = match kind {
+        let (effects, reply): (Vec<(Vec<u8>, RegisterOp)>, _) = match kind {
             "set" => (
                 vec![(key.clone(), RegisterOp::Write(Some(value.clone())))],
                 call(addr, &[b"SET", &key, &value], timeout).await,
@@ -488,6 +486,10 @@ async fn client_loop(scenario: Scenario, seed: u64, c: u64, end_ms: u64, w: Shar
                     call(addr, &[b"MSET", &key, &value, &key2, &value], timeout).await,
                 )
             }
+            "append" => (
+                vec![(key.clone(), RegisterOp::Append { suffix: value.clone(), len: None })],
+                call(addr, &[b"APPEND", &key, &value], timeout).await,
+            ),
             _ => (vec![(key.clone(), RegisterOp::Read(None))], call(addr, &[b"GET", &key], timeout).await),
         };
         let ret = now_ms();
@@ -498,21 +500,27 @@ async fn client_loop(scenario: Scenario, seed: u64, c: u64, end_ms: u64, w: Shar
             Err(CallError::NotSent) => Outcome::Fail,
             Err(CallError::NoReply) => Outcome::Unknown,
         };
-        let mut wl = world(&w);
-        for (key, op) in ops {
-            let op = match (op, &reply) {
-                (RegisterOp::Read(_), Ok(Reply::Bulk(v))) => RegisterOp::Read(v.clone()),
-                (RegisterOp::Incr { delta, .. }, Ok(Reply::Integer(n))) => {
-                    RegisterOp::Incr { delta, result: Some(*n) }
-                }
-                (op, _) => op,
-            };
-            // A read with no answer says nothing.
-            if matches!(op, RegisterOp::Read(_)) && outcome != Outcome::Ok {
-                continue;
-            }
-            wl.history.push(Operation { client: c, server, key, op, call: call_t, ret, outcome });
+        let effects: Vec<(Vec<u8>, RegisterOp)> = effects
+            .into_iter()
+            .map(|(key, op)| {
+                let op = match (op, &reply) {
+                    (RegisterOp::Read(_), Ok(Reply::Bulk(v))) => RegisterOp::Read(v.clone()),
+                    (RegisterOp::Incr { delta, .. }, Ok(Reply::Integer(n))) => {
+                        RegisterOp::Incr { delta, result: Some(*n) }
+                    }
+                    (RegisterOp::Append { suffix, .. }, Ok(Reply::Integer(n))) => {
+                        RegisterOp::Append { suffix, len: Some(*n) }
+                    }
+                    (op, _) => op,
+                };
+                (key, op)
+            })
+            .collect();
+        // A read with no answer says nothing.
+        if effects.iter().all(|(_, op)| matches!(op, RegisterOp::Read(_))) && outcome != Outcome::Ok {
+            continue;
         }
+        world(&w).history.push(Operation { client: c, server, effects, call: call_t, ret, outcome });
     }
 }
 

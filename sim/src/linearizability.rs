@@ -1,29 +1,43 @@
-//! A linearizability checker for per-key register histories (Wing & Gong's search with Lowe's
-//! memoization, as Porcupine does it), with `unknown` outcomes handled.
+//! A linearizability checker for key-value histories (Wing & Gong's search with Lowe's memoization,
+//! as Porcupine does it), with `unknown` outcomes handled.
 //!
-//! Each key is checked on its own (P-compositionality): a history is linearizable iff every key's
-//! sub-history is. An operation is a call time, a return time and an outcome:
+//! An operation is one client command: what it did to each key it touched (one key for GET, SET,
+//! DEL, INCRBY and APPEND; several for MSET, all at one instant), a call time, a return time and an
+//! outcome:
 //!
 //! * `Ok`: it took effect exactly once, somewhere between its call and its return;
 //! * `Fail`: it never took effect (it is dropped before checking);
-//! * `Unknown`: a timeout left it undecided: it took effect at most once, at any time after its call.
-//!   It is given a return time of infinity, so it may be placed anywhere after its call, including
-//!   after every observation, which is the same as never.
+//! * `Unknown`: a timeout left it undecided: it took effect at most once, at any time after its call,
+//!   or never. Nothing it would have returned was seen, so its reads are dropped and its results
+//!   ignored.
 //!
-//! The search is bounded ([`DEFAULT_BUDGET`] steps per key): running out is its own outcome,
+//! Operation `a` precedes `b` in real time when `a` returned before `b` was called (`a.ret <
+//! b.call`); intervals that touch overlap. A history is linearizable iff some total order of its
+//! operations that respects real-time precedence, run against a sequential key-value store that
+//! starts empty, gives every `Ok` operation the results it returned.
+//!
+//! Keys that no operation touches together are checked apart (P-compositionality), so a history is
+//! split into components: keys joined by the multi-key operations that touch them. A component of
+//! several keys is first checked key by key (each key's projection must be linearizable, a cheap
+//! way to find most violations), then as a whole, which is what MSET's atomicity needs.
+//!
+//! The search is bounded ([`DEFAULT_BUDGET`] steps per component): running out is its own outcome,
 //! [`CheckResult::Undecided`], never a violation and never a pass.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 
-/// What an operation did to (or saw of) a key.
+/// What an operation did to (or saw of) one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegisterOp {
-    /// SET (`Some`) or DEL (`None`).
+    /// SET or an MSET's pair (`Some`), or DEL (`None`).
     Write(Option<Vec<u8>>),
     /// GET, and the value it returned.
     Read(Option<Vec<u8>>),
     /// INCRBY `delta`, and the value it returned when known.
     Incr { delta: i64, result: Option<i64> },
+    /// APPEND `suffix`, and the length it returned when known.
+    Append { suffix: Vec<u8>, len: Option<i64> },
 }
 
 /// How an operation ended.
@@ -34,14 +48,14 @@ pub enum Outcome {
     Unknown,
 }
 
-/// One client operation on one key.
+/// One client command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Operation {
     pub client: u64,
     /// The server the client sent it to (0 when not known).
     pub server: u64,
-    pub key: Vec<u8>,
-    pub op: RegisterOp,
+    /// What it did to each key, in the command's order; all of them take effect at one instant.
+    pub effects: Vec<(Vec<u8>, RegisterOp)>,
     /// Invocation time (any monotonic unit).
     pub call: u64,
     /// Return time; ignored for `Unknown`.
@@ -49,23 +63,92 @@ pub struct Operation {
     pub outcome: Outcome,
 }
 
-/// Why a key's history is not linearizable.
+impl Operation {
+    /// A command on one key.
+    pub fn single(
+        client: u64,
+        key: &[u8],
+        op: RegisterOp,
+        call: u64,
+        ret: u64,
+        outcome: Outcome,
+    ) -> Operation {
+        Operation { client, server: 0, effects: vec![(key.to_vec(), op)], call, ret, outcome }
+    }
+
+    /// This operation as seen by `key` alone: its effects on that key, if it has any.
+    fn project(&self, key: &[u8]) -> Option<Operation> {
+        let effects: Vec<_> = self.effects.iter().filter(|(k, _)| k == key).cloned().collect();
+        (!effects.is_empty()).then(|| Operation { effects, ..self.clone() })
+    }
+}
+
+fn show(bytes: &[u8]) -> String {
+    format!("{:?}", String::from_utf8_lossy(bytes))
+}
+
+fn show_opt(v: &Option<Vec<u8>>) -> String {
+    v.as_deref().map_or_else(|| "nil".to_string(), show)
+}
+
+fn show_result(r: Option<i64>) -> String {
+    r.map_or_else(|| "?".to_string(), |n| n.to_string())
+}
+
+impl fmt::Display for Operation {
+    /// Redis-like: `GET k1 → "7"`, `SET k1 "7"`, `MSET k1 "7" k2 "7"`, `INCRBY k1 1 → 8`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let all_sets = self.effects.len() > 1
+            && self.effects.iter().all(|(_, e)| matches!(e, RegisterOp::Write(Some(_))));
+        if all_sets {
+            write!(f, "MSET")?;
+            for (k, e) in &self.effects {
+                if let RegisterOp::Write(Some(v)) = e {
+                    write!(f, " {} {}", String::from_utf8_lossy(k), show(v))?;
+                }
+            }
+            return Ok(());
+        }
+        for (i, (k, e)) in self.effects.iter().enumerate() {
+            if i > 0 {
+                write!(f, "; ")?;
+            }
+            let k = String::from_utf8_lossy(k);
+            match e {
+                RegisterOp::Write(Some(v)) => write!(f, "SET {k} {}", show(v))?,
+                RegisterOp::Write(None) => write!(f, "DEL {k}")?,
+                RegisterOp::Read(seen) => write!(f, "GET {k} → {}", show_opt(seen))?,
+                RegisterOp::Incr { delta, result } => {
+                    write!(f, "INCRBY {k} {delta} → {}", show_result(*result))?
+                }
+                RegisterOp::Append { suffix, len } => {
+                    write!(f, "APPEND {k} {} → {}", show(suffix), show_result(*len))?
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a component's history is not linearizable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
-    pub key: Vec<u8>,
-    /// The operations of that key, for the report.
+    /// The keys checked together (one, unless multi-key operations joined them).
+    pub keys: Vec<Vec<u8>>,
+    /// The operations of those keys, for the report.
     pub operations: Vec<Operation>,
-    /// The first operation (by return time) with which the key's history stops being linearizable:
-    /// everything that returned before it can be explained, it cannot.
+    /// The first operation (by return time) with which the history stops being linearizable:
+    /// everything that returned before it can be explained, it cannot. `None` when the search for
+    /// it ran out of budget.
     pub culprit: Option<Box<Operation>>,
 }
 
-/// A key whose search ran out of budget: neither linearizable nor a violation, as far as the
-/// checker can tell.
+/// A component whose search ran out of budget: neither linearizable nor a violation, as far as
+/// the checker can tell.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Undecided {
-    pub key: Vec<u8>,
-    /// How many operations the key had.
+    pub keys: Vec<Vec<u8>>,
+    /// How many operations the component had.
     pub operations: usize,
     /// The budget (search steps) that ran out.
     pub budget: u64,
@@ -75,9 +158,9 @@ pub struct Undecided {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CheckResult {
     Linearizable,
-    /// The first key (in key order) whose history cannot be linearized.
+    /// The first component (in key order) that cannot be linearized.
     Violation(Box<Violation>),
-    /// No key is a violation, but the search gave up on this one (the first, in key order).
+    /// No component is a violation, but the search gave up on this one (the first, in key order).
     Undecided(Undecided),
 }
 
@@ -87,72 +170,106 @@ impl CheckResult {
     }
 }
 
-/// Search steps per key before the checker gives up: far more than the simulation's histories
-/// need, small enough that a pathological one answers in seconds rather than hanging the run.
+/// Search steps per component before the checker gives up: far more than the simulation's
+/// histories need (they check in thousands), small enough that a pathological one answers in
+/// seconds.
 pub const DEFAULT_BUDGET: u64 = 50_000_000;
 
-/// The register's state: absent, or a value.
-type State = Option<Vec<u8>>;
-
-fn step(state: &State, op: &RegisterOp) -> Option<State> {
-    match op {
-        RegisterOp::Write(v) => Some(v.clone()),
-        RegisterOp::Read(seen) => (seen == state).then(|| state.clone()),
-        RegisterOp::Incr { delta, result } => {
-            let current = match state {
-                None => 0,
-                Some(v) => std::str::from_utf8(v).ok()?.parse::<i64>().ok()?,
-            };
-            let next = current.checked_add(*delta)?;
-            if result.is_some_and(|r| r != next) {
-                return None;
-            }
-            Some(Some(next.to_string().into_bytes()))
-        }
-    }
-}
-
-/// Check every key of `history` with the default budget.
+/// Check `history` with the default budget.
 pub fn check(history: &[Operation]) -> CheckResult {
     check_with_budget(history, DEFAULT_BUDGET)
 }
 
-/// Check every key of `history`, giving each key's search at most `budget` steps. A violation in
-/// any key wins over an undecided one.
+/// Check `history`, giving each component's search at most `budget` steps.
 pub fn check_with_budget(history: &[Operation], budget: u64) -> CheckResult {
-    let mut by_key: BTreeMap<&[u8], Vec<&Operation>> = BTreeMap::new();
-    for op in history {
-        if op.outcome != Outcome::Fail {
-            by_key.entry(&op.key).or_default().push(op);
-        }
-    }
     let mut undecided = None;
-    for (key, ops) in by_key {
-        match check_key(&ops, budget) {
-            Search::Linearizable => {}
-            Search::Exhausted => {
-                undecided.get_or_insert(Undecided { key: key.to_vec(), operations: ops.len(), budget });
+    for (keys, ops) in components(history) {
+        let result = if keys.len() > 1 {
+            // Key by key first: a projection that cannot be linearized is a violation of the whole.
+            let violation = keys.iter().find_map(|key| {
+                let projected: Vec<Operation> = ops.iter().filter_map(|o| o.project(key)).collect();
+                match judge(vec![key.clone()], projected, budget) {
+                    CheckResult::Violation(v) => Some(v),
+                    _ => None,
+                }
+            });
+            match violation {
+                Some(v) => CheckResult::Violation(v),
+                None => judge(keys, ops, budget),
             }
-            Search::NotLinearizable => {
-                let culprit = first_unexplained(&ops, budget);
-                return CheckResult::Violation(Box::new(Violation {
-                    key: key.to_vec(),
-                    operations: ops.into_iter().cloned().collect(),
-                    culprit,
-                }));
+        } else {
+            judge(keys, ops, budget)
+        };
+        match result {
+            CheckResult::Linearizable => {}
+            CheckResult::Violation(v) => return CheckResult::Violation(v),
+            CheckResult::Undecided(u) => {
+                undecided.get_or_insert(u);
             }
         }
     }
     undecided.map_or(CheckResult::Linearizable, CheckResult::Undecided)
 }
 
+/// The history's operations that may have taken effect, grouped by the keys they connect, in order
+/// of each component's smallest key.
+fn components(history: &[Operation]) -> Vec<(Vec<Vec<u8>>, Vec<Operation>)> {
+    let live: Vec<&Operation> =
+        history.iter().filter(|o| o.outcome != Outcome::Fail && !o.effects.is_empty()).collect();
+    let index: BTreeMap<&[u8], usize> = {
+        let keys: BTreeSet<&[u8]> =
+            live.iter().flat_map(|o| o.effects.iter().map(|(k, _)| k.as_slice())).collect();
+        keys.into_iter().enumerate().map(|(i, k)| (k, i)).collect()
+    };
+    // Union-find over key indexes; the root of a set is its smallest index (its smallest key).
+    let mut parent: Vec<usize> = (0..index.len()).collect();
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    for o in &live {
+        let mut ids = o.effects.iter().map(|(k, _)| index[k.as_slice()]);
+        if let Some(first) = ids.next() {
+            for other in ids {
+                let (a, b) = (root(&mut parent, first), root(&mut parent, other));
+                parent[a.max(b)] = a.min(b);
+            }
+        }
+    }
+    let mut groups: BTreeMap<usize, (Vec<Vec<u8>>, Vec<Operation>)> = BTreeMap::new();
+    for (key, &i) in &index {
+        let r = root(&mut parent, i);
+        groups.entry(r).or_default().0.push(key.to_vec());
+    }
+    for o in live {
+        let r = root(&mut parent, index[o.effects[0].0.as_slice()]);
+        groups.entry(r).or_default().1.push(o.clone());
+    }
+    groups.into_values().collect()
+}
+
+/// Check one set of keys with its operations; find the culprit of a violation.
+fn judge(keys: Vec<Vec<u8>>, ops: Vec<Operation>, budget: u64) -> CheckResult {
+    match search(&ops, &keys, budget) {
+        Search::Linearizable => CheckResult::Linearizable,
+        Search::Exhausted => CheckResult::Undecided(Undecided { keys, operations: ops.len(), budget }),
+        Search::NotLinearizable => {
+            let culprit = first_unexplained(&ops, &keys, budget);
+            CheckResult::Violation(Box::new(Violation { keys, operations: ops, culprit }))
+        }
+    }
+}
+
 /// The history as it stood at time `t`: every operation invoked by then, those that had not
 /// returned counted as undecided.
-fn prefix(ops: &[&Operation], t: u64) -> Vec<Operation> {
+fn prefix(ops: &[Operation], t: u64) -> Vec<Operation> {
     ops.iter()
         .filter(|o| o.call <= t)
         .map(|o| {
-            let mut o = (*o).clone();
+            let mut o = o.clone();
             if o.outcome == Outcome::Ok && o.ret > t {
                 o.outcome = Outcome::Unknown;
             }
@@ -161,18 +278,17 @@ fn prefix(ops: &[&Operation], t: u64) -> Vec<Operation> {
         .collect()
 }
 
-/// The operation that breaks a non-linearizable key history: the first acknowledged one, in return
+/// The operation that breaks a non-linearizable history: the first acknowledged one, in return
 /// order, at whose return the history so far cannot be explained. Histories only gain constraints as
 /// time goes on, so a binary search finds it; `None` if a probe runs out of budget.
-fn first_unexplained(ops: &[&Operation], budget: u64) -> Option<Box<Operation>> {
-    let mut by_ret: Vec<&Operation> = ops.iter().copied().filter(|o| o.outcome == Outcome::Ok).collect();
+fn first_unexplained(ops: &[Operation], keys: &[Vec<u8>], budget: u64) -> Option<Box<Operation>> {
+    let mut by_ret: Vec<&Operation> = ops.iter().filter(|o| o.outcome == Outcome::Ok).collect();
     by_ret.sort_by_key(|o| (o.ret, o.call));
     let (mut lo, mut hi) = (0, by_ret.len());
     // Invariant: the histories at the returns before `lo` are explained; the one at `hi` is not.
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
-        let p = prefix(ops, by_ret[mid].ret);
-        match check_key(&p.iter().collect::<Vec<_>>(), budget) {
+        match search(&prefix(ops, by_ret[mid].ret), keys, budget) {
             Search::Linearizable => lo = mid + 1,
             Search::NotLinearizable => hi = mid,
             Search::Exhausted => return None,
@@ -181,11 +297,77 @@ fn first_unexplained(ops: &[&Operation], budget: u64) -> Option<Box<Operation>> 
     by_ret.get(lo).map(|o| Box::new((*o).clone()))
 }
 
-/// What one search found.
+/// An effect as the search uses it: on the component's key number `usize`.
+#[derive(Debug, Clone, Copy)]
+enum Effect<'a> {
+    Write(Option<&'a [u8]>),
+    Read(Option<&'a [u8]>),
+    Incr(i64, Option<i64>),
+    Append(&'a [u8], Option<i64>),
+}
+
+/// Every key's value: absent, or a value.
+type State = Vec<Option<Vec<u8>>>;
+
+fn integer(v: &Option<Vec<u8>>) -> Option<i64> {
+    match v {
+        None => Some(0),
+        Some(v) => std::str::from_utf8(v).ok()?.parse::<i64>().ok(),
+    }
+}
+
+/// Apply one operation's effects at one instant; `None` if it could not have returned what it did.
+fn step(state: &State, effects: &[(usize, Effect<'_>)]) -> Option<State> {
+    let mut next = state.clone();
+    for &(k, e) in effects {
+        match e {
+            Effect::Write(v) => next[k] = v.map(<[u8]>::to_vec),
+            Effect::Read(seen) => {
+                if next[k].as_deref() != seen {
+                    return None;
+                }
+            }
+            Effect::Incr(delta, result) => {
+                let n = integer(&next[k])?.checked_add(delta)?;
+                if result.is_some_and(|r| r != n) {
+                    return None;
+                }
+                next[k] = Some(n.to_string().into_bytes());
+            }
+            Effect::Append(suffix, len) => {
+                let value = next[k].get_or_insert_with(Vec::new);
+                value.extend_from_slice(suffix);
+                if len.is_some_and(|l| usize::try_from(l).ok() != Some(value.len())) {
+                    return None;
+                }
+            }
+        }
+    }
+    Some(next)
+}
+
+/// The effects the search must honour: an undecided operation's reads and results were never seen.
+fn effects_of<'a>(o: &'a Operation, keys: &[Vec<u8>]) -> Vec<(usize, Effect<'a>)> {
+    let seen = o.outcome == Outcome::Ok;
+    o.effects
+        .iter()
+        .filter_map(|(key, e)| {
+            let k = keys.binary_search(key).ok()?;
+            let e = match e {
+                RegisterOp::Write(v) => Effect::Write(v.as_deref()),
+                RegisterOp::Read(v) if seen => Effect::Read(v.as_deref()),
+                RegisterOp::Read(_) => return None,
+                RegisterOp::Incr { delta, result } => Effect::Incr(*delta, result.filter(|_| seen)),
+                RegisterOp::Append { suffix, len } => Effect::Append(suffix, len.filter(|_| seen)),
+            };
+            Some((k, e))
+        })
+        .collect()
+}
+
 enum Search {
     Linearizable,
     NotLinearizable,
-    /// The budget ran out first.
     Exhausted,
 }
 
@@ -196,18 +378,19 @@ struct Event {
     time: u64,
 }
 
-/// Wing & Gong search over one key's operations, at most `budget` steps.
-fn check_key(ops: &[&Operation], budget: u64) -> Search {
-    // Reads whose outcome is unknown observed nothing: drop them.
-    let ops: Vec<&Operation> = ops
+/// Wing & Gong search over the operations of `keys` (sorted), at most `budget` steps.
+fn search(all: &[Operation], keys: &[Vec<u8>], budget: u64) -> Search {
+    // Operations with nothing left to check (an undecided GET) are dropped.
+    let ops: Vec<(&Operation, Vec<(usize, Effect<'_>)>)> = all
         .iter()
-        .copied()
-        .filter(|o| !(o.outcome == Outcome::Unknown && matches!(o.op, RegisterOp::Read(_))))
+        .filter(|o| o.outcome != Outcome::Fail)
+        .map(|o| (o, effects_of(o, keys)))
+        .filter(|(_, e)| !e.is_empty())
         .collect();
     let n = ops.len();
     let ret_time = |o: &Operation| if o.outcome == Outcome::Unknown { u64::MAX } else { o.ret.max(o.call) };
     let mut events: Vec<Event> = Vec::with_capacity(2 * n);
-    for (i, o) in ops.iter().enumerate() {
+    for (i, (o, _)) in ops.iter().enumerate() {
         events.push(Event { op: i, is_call: true, time: o.call });
         events.push(Event { op: i, is_call: false, time: ret_time(o) });
     }
@@ -250,7 +433,7 @@ fn check_key(ops: &[&Operation], budget: u64) -> Search {
     let mut linearized = vec![0u64; words];
     let mut cache: BTreeSet<(Vec<u64>, State)> = BTreeSet::new();
     let mut stack: Vec<(usize, State)> = Vec::new();
-    let mut state: State = None;
+    let mut state: State = vec![None; keys.len()];
     let mut cursor = next[head];
     let mut steps: u64 = 0;
     while next[head] < len {
@@ -258,14 +441,13 @@ fn check_key(ops: &[&Operation], budget: u64) -> Search {
         if steps > budget {
             return Search::Exhausted;
         }
-        if cursor >= len {
-            // Only reachable when every remaining event is a return we could not satisfy.
+        let Some(&e) = events.get(cursor) else {
+            // Unreachable: the list always ends with a return, where the cursor stops.
             return Search::NotLinearizable;
-        }
-        let e = events[cursor];
+        };
         if e.is_call {
             let op = e.op;
-            if let Some(new_state) = step(&state, &ops[op].op) {
+            if let Some(new_state) = step(&state, &ops[op].1) {
                 let mut lin = linearized.clone();
                 lin[op / 64] |= 1 << (op % 64);
                 if cache.insert((lin.clone(), new_state.clone())) {
@@ -305,28 +487,20 @@ mod tests {
     }
 
     fn w(client: u64, v: &str, call: u64, ret: u64) -> Operation {
-        Operation {
-            client,
-            server: 0,
-            key: b"k".to_vec(),
-            op: RegisterOp::Write(Some(v.into())),
-            call,
-            ret,
-            outcome: Outcome::Ok,
-        }
+        Operation::single(client, b"k", RegisterOp::Write(Some(v.into())), call, ret, Outcome::Ok)
     }
 
     fn r(client: u64, v: Option<&str>, call: u64, ret: u64) -> Operation {
         let seen = v.map(|s| s.as_bytes().to_vec());
-        Operation {
-            client,
-            server: 0,
-            key: b"k".to_vec(),
-            op: RegisterOp::Read(seen),
-            call,
-            ret,
-            outcome: Outcome::Ok,
+        Operation::single(client, b"k", RegisterOp::Read(seen), call, ret, Outcome::Ok)
+    }
+
+    /// The same operation on key `key`.
+    fn on(key: &str, mut op: Operation) -> Operation {
+        for (k, _) in &mut op.effects {
+            *k = key.as_bytes().to_vec();
         }
+        op
     }
 
     #[test]
@@ -384,7 +558,7 @@ mod tests {
                 .is_violation()
         );
         // An acknowledged delete, then the old value again.
-        let del = Operation { op: RegisterOp::Write(None), ..w(1, "", 2, 3) };
+        let del = Operation::single(1, b"k", RegisterOp::Write(None), 2, 3, Outcome::Ok);
         assert!(check(&[w(1, "a", 0, 1), del, r(2, Some("a"), 4, 5)]).is_violation());
     }
 
@@ -408,14 +582,8 @@ mod tests {
 
     #[test]
     fn increments_are_read_modify_writes() {
-        let incr = |client, delta, result: Option<i64>, call, ret| Operation {
-            client,
-            server: 0,
-            key: b"k".to_vec(),
-            op: RegisterOp::Incr { delta, result },
-            call,
-            ret,
-            outcome: Outcome::Ok,
+        let incr = |client, delta, result: Option<i64>, call, ret| {
+            Operation::single(client, b"k", RegisterOp::Incr { delta, result }, call, ret, Outcome::Ok)
         };
         assert_eq!(check(&[incr(1, 1, Some(1), 0, 5), incr(2, 1, Some(2), 0, 5)]), CheckResult::Linearizable);
         assert!(
@@ -430,23 +598,15 @@ mod tests {
 
     #[test]
     fn keys_are_checked_independently() {
-        let mut other = w(1, "a", 0, 1);
-        other.key = b"j".to_vec();
-        let mut stale = r(2, Some("a"), 4, 5);
-        stale.key = b"j".to_vec();
         let bad = [
-            other,
+            on("j", w(1, "a", 0, 1)),
             w(1, "b", 0, 1),
             r(2, Some("b"), 2, 3),
-            {
-                let mut x = w(1, "c", 2, 3);
-                x.key = b"j".to_vec();
-                x
-            },
-            stale,
+            on("j", w(1, "c", 2, 3)),
+            on("j", r(2, Some("a"), 4, 5)),
         ];
         let v = violation(check(&bad), "key j has a stale read");
-        assert_eq!(v.key, b"j".to_vec());
+        assert_eq!(v.keys, vec![b"j".to_vec()]);
     }
 
     #[test]
@@ -464,32 +624,32 @@ mod tests {
             let client = i % 5;
             if rng.random_range(0..2) == 0 {
                 value = Some(format!("v{i}").into_bytes());
-                history.push(Operation {
+                history.push(Operation::single(
                     client,
-                    server: 0,
-                    key: b"k".to_vec(),
-                    op: RegisterOp::Write(value.clone()),
+                    b"k",
+                    RegisterOp::Write(value.clone()),
                     call,
                     ret,
-                    outcome: Outcome::Ok,
-                });
+                    Outcome::Ok,
+                ));
             } else {
-                history.push(Operation {
+                history.push(Operation::single(
                     client,
-                    server: 0,
-                    key: b"k".to_vec(),
-                    op: RegisterOp::Read(value.clone()),
+                    b"k",
+                    RegisterOp::Read(value.clone()),
                     call,
                     ret,
-                    outcome: Outcome::Ok,
-                });
+                    Outcome::Ok,
+                ));
             }
         }
         assert_eq!(check(&history), CheckResult::Linearizable);
         // The same history with one read in the middle seeing a value nobody wrote fails.
-        let at =
-            history.iter().position(|o| matches!(o.op, RegisterOp::Read(_)) && o.call > 300).expect("a read");
-        history[at].op = RegisterOp::Read(Some(b"never written".to_vec()));
+        let at = history
+            .iter()
+            .position(|o| matches!(o.effects[0].1, RegisterOp::Read(_)) && o.call > 300)
+            .expect("a read");
+        history[at].effects[0].1 = RegisterOp::Read(Some(b"never written".to_vec()));
         assert!(check(&history).is_violation());
     }
 
@@ -499,17 +659,64 @@ mod tests {
         // (naming the key), for a linearizable history and for a violating one alike; a violation
         // in a later key still wins, since it was decided.
         let fine = [w(1, "a", 0, 10), w(2, "b", 0, 10), r(3, Some("a"), 11, 12)];
-        let expected = Undecided { key: b"k".to_vec(), operations: 3, budget: 2 };
+        let expected = Undecided { keys: vec![b"k".to_vec()], operations: 3, budget: 2 };
         assert_eq!(check_with_budget(&fine, 2), CheckResult::Undecided(expected.clone()));
         let stale = [w(1, "a", 0, 10), w(2, "b", 11, 12), r(3, Some("a"), 13, 14)];
         assert_eq!(check_with_budget(&stale, 2), CheckResult::Undecided(expected));
         assert!(check_with_budget(&stale, 1000).is_violation());
-        let mut elsewhere = r(3, Some("z"), 0, 1);
-        elsewhere.key = b"l".to_vec();
-        let mixed = [fine.as_slice(), &[elsewhere]].concat();
+        let mixed = [fine.as_slice(), &[on("l", r(3, Some("z"), 0, 1))]].concat();
         assert_eq!(
-            violation(check_with_budget(&mixed, 3), "l reads a value nobody wrote").key,
-            b"l".to_vec()
+            violation(check_with_budget(&mixed, 3), "l reads a value nobody wrote").keys,
+            vec![b"l".to_vec()]
         );
+    }
+
+    fn mset(client: u64, pairs: &[(&str, &str)], call: u64, ret: u64) -> Operation {
+        let effects = pairs
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), RegisterOp::Write(Some(v.as_bytes().to_vec()))))
+            .collect();
+        Operation { client, server: 0, effects, call, ret, outcome: Outcome::Ok }
+    }
+
+    #[test]
+    fn mset_is_atomic_across_its_keys() {
+        // Failure injected: a reader sees MSET's new value on one key, then the old value on the
+        // other, both while the MSET is in flight. Each key alone is linearizable; together they
+        // are not, since MSET takes effect on both keys at one instant.
+        let torn = [
+            mset(1, &[("a", "1"), ("b", "1")], 0, 10),
+            on("a", r(2, Some("1"), 1, 2)),
+            on("b", r(2, None, 3, 4)),
+        ];
+        let v = violation(check(&torn), "a torn MSET");
+        assert_eq!(v.keys, vec![b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(v.culprit, Some(Box::new(on("b", r(2, None, 3, 4)))));
+        // Both new, or both old, is fine; so is an unrelated key between them.
+        let whole = [
+            mset(1, &[("a", "1"), ("b", "1")], 0, 10),
+            on("b", r(2, None, 1, 2)),
+            on("a", r(2, Some("1"), 3, 4)),
+            on("c", w(3, "x", 0, 1)),
+        ];
+        assert_eq!(check(&whole), CheckResult::Linearizable);
+        assert_eq!(mset(1, &[("a", "1"), ("b", "2")], 0, 10).to_string(), r#"MSET a "1" b "2""#);
+    }
+
+    #[test]
+    fn append_returns_the_new_length() {
+        let append = |client, suffix: &str, len: Option<i64>, call, ret| {
+            let op = RegisterOp::Append { suffix: suffix.as_bytes().to_vec(), len };
+            Operation::single(client, b"k", op, call, ret, Outcome::Ok)
+        };
+        // Two concurrent appends: either order, as long as the lengths and the final value agree.
+        let h = [append(1, "ab", Some(2), 0, 5), append(2, "c", Some(3), 0, 5), r(3, Some("abc"), 6, 7)];
+        assert_eq!(check(&h), CheckResult::Linearizable);
+        let h = [append(1, "ab", Some(3), 0, 5), append(2, "c", Some(1), 0, 5), r(3, Some("cab"), 6, 7)];
+        assert_eq!(check(&h), CheckResult::Linearizable);
+        let lost = [append(1, "ab", Some(2), 0, 1), append(2, "c", Some(3), 2, 3), r(3, Some("c"), 6, 7)];
+        assert!(check(&lost).is_violation(), "the first append was lost");
+        assert!(check(&[w(1, "x", 0, 1), append(2, "y", Some(1), 2, 3)]).is_violation(), "a wrong length");
+        assert_eq!(append(2, "y", Some(2), 2, 3).to_string(), r#"APPEND k "y" → 2"#);
     }
 }
