@@ -331,10 +331,10 @@ fn finish(
             }
             CheckResult::Undecided(u) => {
                 verdict = Verdict::Undecided(format!(
-                    "linearizability: the search over the {} operations of {} gave up after {} steps",
+                    "linearizability: the search over the {} operations of {} gave up after {}",
                     u.operations,
                     show_keys(&u.keys),
-                    u.budget
+                    u.limit
                 ));
             }
         }

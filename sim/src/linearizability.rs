@@ -18,14 +18,17 @@
 //!
 //! Keys that no operation touches together are checked apart (P-compositionality), so a history is
 //! split into components: keys joined by the multi-key operations that touch them. A component of
-//! several keys is first checked key by key (each key's projection must be linearizable, a cheap
-//! way to find most violations), then as a whole, which is what MSET's atomicity needs.
+//! one key is searched. A component of several keys (see [`check_joined`]) is first searched key by
+//! key, which finds most violations cheaply; the orders found are then merged into one order of the
+//! whole, narrowed and searched again when they do not fit, and only as a last resort is the whole
+//! component searched, since searching many keys together multiplies their independent choices.
 //!
-//! The search is bounded ([`DEFAULT_BUDGET`] steps per component): running out is its own outcome,
-//! [`CheckResult::Undecided`], never a violation and never a pass.
+//! Each search is bounded: [`DEFAULT_BUDGET`] steps and [`MEMO_BYTES_MAX`] of memo. Running out is
+//! its own outcome, [`CheckResult::Undecided`], never a violation and never a pass.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::rc::Rc;
 
 /// What an operation did to (or saw of) one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,8 +153,26 @@ pub struct Undecided {
     pub keys: Vec<Vec<u8>>,
     /// How many operations the component had.
     pub operations: usize,
-    /// The budget (search steps) that ran out.
-    pub budget: u64,
+    /// What ran out.
+    pub limit: Limit,
+}
+
+/// A bound on one search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// This many steps.
+    Steps(u64),
+    /// This many bytes of memo ([`MEMO_BYTES_MAX`]).
+    MemoBytes(usize),
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Limit::Steps(n) => write!(f, "{n} steps"),
+            Limit::MemoBytes(n) => write!(f, "{} MiB of memo", n >> 20),
+        }
+    }
 }
 
 /// The checker's answer.
@@ -170,36 +191,25 @@ impl CheckResult {
     }
 }
 
-/// Search steps per component before the checker gives up: far more than the simulation's
+/// Search steps before the checker gives up: far more than the simulation's
 /// histories need (they check in thousands), small enough that a pathological one answers in
 /// seconds.
 pub const DEFAULT_BUDGET: u64 = 50_000_000;
+
+/// The most memory one search's memo may take before the search gives up (undecided): a budget
+/// of steps alone does not bound it, since an entry grows with the history.
+pub const MEMO_BYTES_MAX: usize = 256 << 20;
 
 /// Check `history` with the default budget.
 pub fn check(history: &[Operation]) -> CheckResult {
     check_with_budget(history, DEFAULT_BUDGET)
 }
 
-/// Check `history`, giving each component's search at most `budget` steps.
+/// Check `history`, giving each search at most `budget` steps.
 pub fn check_with_budget(history: &[Operation], budget: u64) -> CheckResult {
     let mut undecided = None;
     for (keys, ops) in components(history) {
-        let result = if keys.len() > 1 {
-            // Key by key first: a projection that cannot be linearized is a violation of the whole.
-            let violation = keys.iter().find_map(|key| {
-                let projected: Vec<Operation> = ops.iter().filter_map(|o| o.project(key)).collect();
-                match judge(vec![key.clone()], projected, budget) {
-                    CheckResult::Violation(v) => Some(v),
-                    _ => None,
-                }
-            });
-            match violation {
-                Some(v) => CheckResult::Violation(v),
-                None => judge(keys, ops, budget),
-            }
-        } else {
-            judge(keys, ops, budget)
-        };
+        let result = if keys.len() > 1 { check_joined(keys, ops, budget) } else { judge(keys, ops, budget) };
         match result {
             CheckResult::Linearizable => {}
             CheckResult::Violation(v) => return CheckResult::Violation(v),
@@ -209,6 +219,150 @@ pub fn check_with_budget(history: &[Operation], budget: u64) -> CheckResult {
         }
     }
     undecided.map_or(CheckResult::Linearizable, CheckResult::Undecided)
+}
+
+/// How many times [`check_joined`] narrows the operations before it searches the whole.
+const NARROWING_ROUNDS: usize = 8;
+
+/// A component of several keys.
+///
+/// Each key's projection is searched first: one that cannot be linearized is a violation of the
+/// whole. When every one can, the orders found usually fit together ([`merge`]): one total order
+/// that respects real time and has each of them as its projection, which is a linearization of the
+/// whole, found without searching the whole. When they do not fit, the operations are narrowed
+/// ([`narrow`]: a multi-key operation is called no earlier than what precedes it in any key's
+/// order, an undecided operation that one key's order left out is left out everywhere) and the
+/// keys searched again, a few times. Every narrowing only removes possibilities, so an order of the
+/// narrowed operations is one of the original ones. Only when that does not settle it is the
+/// component searched as a whole, which on long histories can run out of budget: the keys'
+/// independent choices multiply.
+fn check_joined(keys: Vec<Vec<u8>>, ops: Vec<Operation>, budget: u64) -> CheckResult {
+    let mut narrowed = ops.clone();
+    for round in 0..NARROWING_ROUNDS {
+        let mut orders = Vec::with_capacity(keys.len());
+        for key in &keys {
+            let (index, projected): (Vec<usize>, Vec<Operation>) =
+                narrowed.iter().enumerate().filter_map(|(i, o)| o.project(key).map(|p| (i, p))).unzip();
+            match search(&projected, std::slice::from_ref(key), budget) {
+                Search::Linearizable(order) => orders.push(order.into_iter().map(|j| index[j]).collect()),
+                // Nothing narrowed yet: the key alone is a violation.
+                Search::NotLinearizable if round == 0 => return judge(vec![key.clone()], projected, budget),
+                Search::NotLinearizable | Search::Exhausted(_) => {}
+            }
+        }
+        if orders.len() < keys.len() {
+            break;
+        }
+        match merge(&narrowed, &orders) {
+            Ok(()) => return CheckResult::Linearizable,
+            Err(()) => match narrow(&narrowed, &orders) {
+                Some(n) => narrowed = n,
+                None => break,
+            },
+        }
+    }
+    judge(keys, ops, budget)
+}
+
+/// When an operation returns, for real-time order: never, if it is undecided.
+fn returned(o: &Operation) -> u64 {
+    if o.outcome == Outcome::Unknown { u64::MAX } else { o.ret.max(o.call) }
+}
+
+fn distinct_keys(o: &Operation) -> usize {
+    o.effects.iter().map(|(k, _)| k).collect::<BTreeSet<_>>().len()
+}
+
+/// Whether the keys' orders (each a linearization of one key's projection of `ops`, as indexes
+/// into `ops`) are the projections of one total order that respects real time: then that order,
+/// with each multi-key operation at one instant, is a linearization of the whole, since an
+/// operation's effect on a key depends on that key alone. An undecided operation must have taken
+/// effect on all of its keys or on none.
+fn merge(ops: &[Operation], orders: &[Vec<usize>]) -> Result<(), ()> {
+    use std::cmp::Reverse;
+    let n = ops.len();
+    let mut placed = vec![0usize; n];
+    let mut after: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let mut waiting = vec![0usize; n];
+    for order in orders {
+        for &i in order {
+            placed[i] += 1;
+        }
+        for pair in order.windows(2) {
+            after[pair[0]].push(pair[1]);
+            waiting[pair[1]] += 1;
+        }
+    }
+    if (0..n).any(|i| placed[i] != 0 && placed[i] != distinct_keys(&ops[i])) {
+        return Err(());
+    }
+    // Kahn's algorithm over the keys' order edges and the real-time edges (a before b when a
+    // returned before b was called), the latter implicit: b may go once every operation still
+    // unplaced returned at or after b's call.
+    let mut unplaced_returns: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut ready = std::collections::BinaryHeap::new();
+    for i in (0..n).filter(|&i| placed[i] > 0) {
+        *unplaced_returns.entry(returned(&ops[i])).or_default() += 1;
+        if waiting[i] == 0 {
+            ready.push(Reverse((ops[i].call, i)));
+        }
+    }
+    while let Some(Reverse((call, i))) = ready.pop() {
+        if unplaced_returns.keys().next().is_some_and(|&earliest| earliest < call) {
+            // Something still unplaced returned before the earliest ready operation was called.
+            return Err(());
+        }
+        let r = returned(&ops[i]);
+        if let Some(count) = unplaced_returns.get_mut(&r) {
+            *count -= 1;
+            if *count == 0 {
+                unplaced_returns.remove(&r);
+            }
+        }
+        for &j in &after[i] {
+            waiting[j] -= 1;
+            if waiting[j] == 0 {
+                ready.push(Reverse((ops[j].call, j)));
+            }
+        }
+    }
+    if unplaced_returns.is_empty() { Ok(()) } else { Err(()) }
+}
+
+/// The operations with fewer possibilities, steered towards orders that fit together: an
+/// undecided operation some key's order left out is left out (it never took effect), and each
+/// multi-key operation is called no earlier than the latest call among what precedes it in any
+/// key's order, so that in every key's next order it follows what returned before that. `None`
+/// when nothing changes. (A call never passes a return: what precedes an operation in an order was
+/// called before it returned.)
+fn narrow(ops: &[Operation], orders: &[Vec<usize>]) -> Option<Vec<Operation>> {
+    let n = ops.len();
+    let mut placed = vec![0usize; n];
+    let mut earliest = vec![0u64; n];
+    for order in orders {
+        let mut calls = 0u64;
+        for &i in order {
+            placed[i] += 1;
+            earliest[i] = earliest[i].max(calls);
+            calls = calls.max(ops[i].call);
+        }
+    }
+    let mut changed = false;
+    let mut out = Vec::with_capacity(n);
+    for (i, o) in ops.iter().enumerate() {
+        let keys = distinct_keys(o);
+        if o.outcome == Outcome::Unknown && placed[i] != keys {
+            changed = true;
+            continue;
+        }
+        let mut o = o.clone();
+        if keys > 1 && earliest[i] > o.call {
+            o.call = earliest[i];
+            changed = true;
+        }
+        out.push(o);
+    }
+    changed.then_some(out)
 }
 
 /// The history's operations that may have taken effect, grouped by the keys they connect, in order
@@ -254,8 +408,8 @@ fn components(history: &[Operation]) -> Vec<(Vec<Vec<u8>>, Vec<Operation>)> {
 /// Check one set of keys with its operations; find the culprit of a violation.
 fn judge(keys: Vec<Vec<u8>>, ops: Vec<Operation>, budget: u64) -> CheckResult {
     match search(&ops, &keys, budget) {
-        Search::Linearizable => CheckResult::Linearizable,
-        Search::Exhausted => CheckResult::Undecided(Undecided { keys, operations: ops.len(), budget }),
+        Search::Linearizable(_) => CheckResult::Linearizable,
+        Search::Exhausted(limit) => CheckResult::Undecided(Undecided { keys, operations: ops.len(), limit }),
         Search::NotLinearizable => {
             let culprit = first_unexplained(&ops, &keys, budget);
             CheckResult::Violation(Box::new(Violation { keys, operations: ops, culprit }))
@@ -289,9 +443,9 @@ fn first_unexplained(ops: &[Operation], keys: &[Vec<u8>], budget: u64) -> Option
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
         match search(&prefix(ops, by_ret[mid].ret), keys, budget) {
-            Search::Linearizable => lo = mid + 1,
+            Search::Linearizable(_) => lo = mid + 1,
             Search::NotLinearizable => hi = mid,
-            Search::Exhausted => return None,
+            Search::Exhausted(_) => return None,
         }
     }
     by_ret.get(lo).map(|o| Box::new((*o).clone()))
@@ -306,10 +460,13 @@ enum Effect<'a> {
     Append(&'a [u8], Option<i64>),
 }
 
-/// Every key's value: absent, or a value.
-type State = Vec<Option<Vec<u8>>>;
+/// An operation's effects, each on the searched keys' number `usize`.
+type Effects<'a> = Vec<(usize, Effect<'a>)>;
 
-fn integer(v: &Option<Vec<u8>>) -> Option<i64> {
+/// Every key's value: absent, or a value (shared, so a state costs the memo one pointer per key).
+type State = Vec<Option<Rc<[u8]>>>;
+
+fn integer(v: Option<&[u8]>) -> Option<i64> {
     match v {
         None => Some(0),
         Some(v) => std::str::from_utf8(v).ok()?.parse::<i64>().ok(),
@@ -321,33 +478,77 @@ fn step(state: &State, effects: &[(usize, Effect<'_>)]) -> Option<State> {
     let mut next = state.clone();
     for &(k, e) in effects {
         match e {
-            Effect::Write(v) => next[k] = v.map(<[u8]>::to_vec),
+            Effect::Write(v) => next[k] = v.map(Rc::from),
             Effect::Read(seen) => {
                 if next[k].as_deref() != seen {
                     return None;
                 }
             }
             Effect::Incr(delta, result) => {
-                let n = integer(&next[k])?.checked_add(delta)?;
+                let n = integer(next[k].as_deref())?.checked_add(delta)?;
                 if result.is_some_and(|r| r != n) {
                     return None;
                 }
-                next[k] = Some(n.to_string().into_bytes());
+                next[k] = Some(Rc::from(n.to_string().into_bytes()));
             }
             Effect::Append(suffix, len) => {
-                let value = next[k].get_or_insert_with(Vec::new);
+                let mut value = next[k].as_deref().unwrap_or_default().to_vec();
                 value.extend_from_slice(suffix);
                 if len.is_some_and(|l| usize::try_from(l).ok() != Some(value.len())) {
                     return None;
                 }
+                next[k] = Some(Rc::from(value));
             }
         }
     }
     Some(next)
 }
 
+/// Undecided SETs and MSETs whose values nobody can have seen: no acknowledged GET of a key they
+/// write returned their value, and no INCR or APPEND of that key can have come after them (it
+/// would have built on the value). Leaving such a write out never breaks an order that has it,
+/// since nothing observes it before the key is written again, so the search can skip it. With
+/// unique values (the simulation's workload), this is most undecided writes, and it saves the
+/// search from trying each of them at every point.
+fn unseen_writes(ops: &[Operation], keys: &[Vec<u8>]) -> BTreeSet<usize> {
+    let mut seen: BTreeSet<(usize, &[u8])> = BTreeSet::new();
+    // Per key, the latest return of an INCR or APPEND (infinity when undecided).
+    let mut builds_on: BTreeMap<usize, u64> = BTreeMap::new();
+    for o in ops.iter().filter(|o| o.outcome != Outcome::Fail) {
+        for (key, e) in &o.effects {
+            let Ok(k) = keys.binary_search(key) else { continue };
+            match e {
+                RegisterOp::Read(Some(v)) if o.outcome == Outcome::Ok => {
+                    seen.insert((k, v.as_slice()));
+                }
+                RegisterOp::Incr { .. } | RegisterOp::Append { .. } => {
+                    let latest = builds_on.entry(k).or_insert(0);
+                    *latest = (*latest).max(returned(o));
+                }
+                _ => {}
+            }
+        }
+    }
+    (0..ops.len())
+        .filter(|&i| {
+            let o = &ops[i];
+            o.outcome == Outcome::Unknown
+                && o.effects.iter().all(|(key, e)| {
+                    let Ok(k) = keys.binary_search(key) else { return true };
+                    match e {
+                        RegisterOp::Write(Some(v)) => {
+                            !seen.contains(&(k, v.as_slice()))
+                                && builds_on.get(&k).is_none_or(|&r| r < o.call)
+                        }
+                        _ => false,
+                    }
+                })
+        })
+        .collect()
+}
+
 /// The effects the search must honour: an undecided operation's reads and results were never seen.
-fn effects_of<'a>(o: &'a Operation, keys: &[Vec<u8>]) -> Vec<(usize, Effect<'a>)> {
+fn effects_of<'a>(o: &'a Operation, keys: &[Vec<u8>]) -> Effects<'a> {
     let seen = o.outcome == Outcome::Ok;
     o.effects
         .iter()
@@ -366,9 +567,10 @@ fn effects_of<'a>(o: &'a Operation, keys: &[Vec<u8>]) -> Vec<(usize, Effect<'a>)
 }
 
 enum Search {
-    Linearizable,
+    /// With the order found: indexes into the operations searched, those that took effect.
+    Linearizable(Vec<usize>),
     NotLinearizable,
-    Exhausted,
+    Exhausted(Limit),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -380,19 +582,21 @@ struct Event {
 
 /// Wing & Gong search over the operations of `keys` (sorted), at most `budget` steps.
 fn search(all: &[Operation], keys: &[Vec<u8>], budget: u64) -> Search {
-    // Operations with nothing left to check (an undecided GET) are dropped.
-    let ops: Vec<(&Operation, Vec<(usize, Effect<'_>)>)> = all
+    let unseen = unseen_writes(all, keys);
+    // Operations with nothing left to check (an undecided GET, an unseen write) are dropped; each
+    // keeps its index in `all`.
+    let ops: Vec<(usize, &Operation, Effects<'_>)> = all
         .iter()
-        .filter(|o| o.outcome != Outcome::Fail)
-        .map(|o| (o, effects_of(o, keys)))
-        .filter(|(_, e)| !e.is_empty())
+        .enumerate()
+        .filter(|(i, o)| o.outcome != Outcome::Fail && !unseen.contains(i))
+        .map(|(i, o)| (i, o, effects_of(o, keys)))
+        .filter(|(_, _, e)| !e.is_empty())
         .collect();
     let n = ops.len();
-    let ret_time = |o: &Operation| if o.outcome == Outcome::Unknown { u64::MAX } else { o.ret.max(o.call) };
     let mut events: Vec<Event> = Vec::with_capacity(2 * n);
-    for (i, (o, _)) in ops.iter().enumerate() {
+    for (i, (_, o, _)) in ops.iter().enumerate() {
         events.push(Event { op: i, is_call: true, time: o.call });
-        events.push(Event { op: i, is_call: false, time: ret_time(o) });
+        events.push(Event { op: i, is_call: false, time: returned(o) });
     }
     // Calls before returns at equal times: intervals that touch overlap (the permissive reading).
     events.sort_by_key(|e| (e.time, !e.is_call, e.op));
@@ -436,10 +640,16 @@ fn search(all: &[Operation], keys: &[Vec<u8>], budget: u64) -> Search {
     let mut state: State = vec![None; keys.len()];
     let mut cursor = next[head];
     let mut steps: u64 = 0;
+    // What the memo holds, roughly: each entry is its bitset and one pointer per key.
+    let entry_bytes = (words + keys.len() * 2 + 8) * 8;
+    let mut memo_bytes = 0;
     while next[head] < len {
         steps += 1;
         if steps > budget {
-            return Search::Exhausted;
+            return Search::Exhausted(Limit::Steps(budget));
+        }
+        if memo_bytes > MEMO_BYTES_MAX {
+            return Search::Exhausted(Limit::MemoBytes(MEMO_BYTES_MAX));
         }
         let Some(&e) = events.get(cursor) else {
             // Unreachable: the list always ends with a return, where the cursor stops.
@@ -447,10 +657,11 @@ fn search(all: &[Operation], keys: &[Vec<u8>], budget: u64) -> Search {
         };
         if e.is_call {
             let op = e.op;
-            if let Some(new_state) = step(&state, &ops[op].1) {
+            if let Some(new_state) = step(&state, &ops[op].2) {
                 let mut lin = linearized.clone();
                 lin[op / 64] |= 1 << (op % 64);
                 if cache.insert((lin.clone(), new_state.clone())) {
+                    memo_bytes += entry_bytes;
                     stack.push((op, state));
                     state = new_state;
                     linearized = lin;
@@ -462,10 +673,10 @@ fn search(all: &[Operation], keys: &[Vec<u8>], budget: u64) -> Search {
                 }
             }
             cursor = next[cursor];
-        } else if ops[e.op].0.outcome == Outcome::Unknown {
+        } else if ops[e.op].1.outcome == Outcome::Unknown {
             // Returns at infinity come last: every acknowledged operation is placed, and the
             // undecided ones left never took effect (whether or not they could have).
-            return Search::Linearizable;
+            break;
         } else {
             // A return reached before its operation was linearized: backtrack.
             let Some((op, old_state)) = stack.pop() else { return Search::NotLinearizable };
@@ -476,7 +687,7 @@ fn search(all: &[Operation], keys: &[Vec<u8>], budget: u64) -> Search {
             cursor = next[pos_call[op]];
         }
     }
-    Search::Linearizable
+    Search::Linearizable(stack.iter().map(|(op, _)| ops[*op].0).collect())
 }
 
 #[cfg(test)]
@@ -671,14 +882,19 @@ mod tests {
         // (naming the key), for a linearizable history and for a violating one alike; a violation
         // in a later key still wins, since it was decided.
         let fine = [w(1, "a", 0, 10), w(2, "b", 0, 10), r(3, Some("a"), 11, 12)];
-        let expected = Undecided { keys: vec![b"k".to_vec()], operations: 3, budget: 2 };
+        let expected = Undecided { keys: vec![b"k".to_vec()], operations: 3, limit: Limit::Steps(2) };
         assert_eq!(check_with_budget(&fine, 2), CheckResult::Undecided(expected.clone()));
         let stale = [w(1, "a", 0, 10), w(2, "b", 11, 12), r(3, Some("a"), 13, 14)];
         assert_eq!(check_with_budget(&stale, 2), CheckResult::Undecided(expected));
         assert!(check_with_budget(&stale, 1000).is_violation());
-        let mixed = [fine.as_slice(), &[on("l", r(3, Some("z"), 0, 1))]].concat();
+        // Eight concurrent writes, then a read of the first: many orders to try before the one.
+        let mut hard: Vec<Operation> = (0..8).map(|i| w(i, &format!("a{i}"), 0, 10)).collect();
+        hard.push(r(9, Some("a0"), 11, 12));
+        assert!(matches!(check_with_budget(&hard, 20), CheckResult::Undecided(_)));
+        assert_eq!(check(&hard), CheckResult::Linearizable);
+        let mixed = [hard.as_slice(), &[on("l", r(3, Some("z"), 0, 1))]].concat();
         assert_eq!(
-            violation(check_with_budget(&mixed, 3), "l reads a value nobody wrote").keys,
+            violation(check_with_budget(&mixed, 20), "l reads a value nobody wrote").keys,
             vec![b"l".to_vec()]
         );
     }
@@ -712,6 +928,13 @@ mod tests {
             on("c", w(3, "x", 0, 1)),
         ];
         assert_eq!(check(&whole), CheckResult::Linearizable);
+        // An undecided MSET took effect on both keys or on neither: seen on a, so on b too.
+        let half = [
+            unknown(mset(1, &[("a", "1"), ("b", "1")], 0, 10)),
+            on("a", r(2, Some("1"), 1, 2)),
+            on("b", r(2, None, 3, 4)),
+        ];
+        assert!(check(&half).is_violation());
         assert_eq!(mset(1, &[("a", "1"), ("b", "2")], 0, 10).to_string(), r#"MSET a "1" b "2""#);
     }
 

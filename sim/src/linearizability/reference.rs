@@ -1,5 +1,5 @@
 //! The checker checked. A brute-force reference tries every order of a small history; a proptest
-//! compares it with [`check`] on random histories of up to eight operations over three keys (SET,
+//! compares it with [`super::check`] on random histories of up to eight operations over three keys (SET,
 //! GET, DEL, INCR, MSET, APPEND; acknowledged, failed and undecided outcomes), correct ones and
 //! corrupted ones, and with any budget: the checker must agree with the reference, or say it
 //! gave up.
@@ -297,7 +297,7 @@ fn corruption() -> impl Strategy<Value = Corruption> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 10_000, ..ProptestConfig::default() })]
 
     #[test]
     fn the_checker_agrees_with_brute_force(
