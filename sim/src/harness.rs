@@ -130,6 +130,42 @@ pub struct RunOptions {
     /// Canaries (`durakv::failpoint::CANARIES`) to switch on in every server: historic bugs the run
     /// must catch.
     pub canaries: Vec<String>,
+    /// A test hook: a task on server 1 panics this many simulated milliseconds into the run, as
+    /// node code with a bug would (if server 1 is still up then).
+    pub panic_at_ms: Option<u64>,
+}
+
+/// The invariant a run violates when something in it panicked.
+pub const PANIC: &str = "no_panic";
+
+thread_local! {
+    /// The last panic on this thread, as "panicked at <file:line:col>: <message>".
+    static LAST_PANIC: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic whose payload is not text".to_string()
+    }
+}
+
+/// Chain a panic hook (once per process) that remembers where each panic happened, which the
+/// payload [`std::panic::catch_unwind`] returns does not say. The previous hook still runs.
+fn remember_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let at = info.location().map_or(String::new(), |l| format!(" at {l}"));
+            let text = format!("panicked{at}: {}", panic_text(info.payload()));
+            let _ = LAST_PANIC.try_with(|p| *p.borrow_mut() = Some(text));
+            previous(info);
+        }));
+    });
 }
 
 /// Run one scenario with one seed, deterministically.
@@ -146,10 +182,27 @@ pub fn run_with(scenario: &Scenario, seed: u64, opts: &RunOptions) -> RunResult 
             .with_writer(std::io::stderr)
             .try_init();
     }
-    let mut rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
-    rt.set_time_limit(Duration::from_millis(scenario.duration_ms) + Duration::from_secs(600));
-    let (scenario, opts) = (scenario.clone(), opts.clone());
-    rt.block_on(async move { simulate(scenario, seed, opts).await })
+    // A panic anywhere in the world (node code, the harness, madsim's time limit) ends this seed
+    // as a failure, with what the trace had recorded so far; the caller goes on to the next seed.
+    // madsim re-raises a task's panic out of `block_on`, and a new runtime starts clean.
+    remember_panics();
+    let _ = LAST_PANIC.try_with(|p| p.borrow_mut().take());
+    let w: Shared = Arc::new(Mutex::new(World::default()));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
+        rt.set_time_limit(Duration::from_millis(scenario.duration_ms) + Duration::from_secs(600));
+        let (scenario, opts, w) = (scenario.clone(), opts.clone(), w.clone());
+        rt.block_on(async move { simulate(scenario, seed, opts, w).await })
+    }));
+    outcome.unwrap_or_else(|payload| {
+        let what = LAST_PANIC
+            .try_with(|p| p.borrow_mut().take())
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| format!("panicked: {}", panic_text(&*payload)));
+        let failure = Failure { invariant: PANIC, explanation: format!("the simulation {what}") };
+        finish(scenario, seed, &w, Some(failure), 0, 0)
+    })
 }
 
 struct Server {
@@ -207,9 +260,8 @@ fn runtime_options() -> RuntimeOptions {
     RuntimeOptions { request_timeout: Duration::from_secs(3), ..RuntimeOptions::default() }
 }
 
-async fn simulate(scenario: Scenario, seed: u64, run_opts: RunOptions) -> RunResult {
+async fn simulate(scenario: Scenario, seed: u64, run_opts: RunOptions, w: Shared) -> RunResult {
     let handle = Handle::current();
-    let w: Shared = Arc::new(Mutex::new(World::default()));
     let mut servers: BTreeMap<u64, Server> = BTreeMap::new();
     for id in 1..=scenario.cluster.nodes {
         let opts = SimFsOptions {
@@ -252,6 +304,12 @@ async fn simulate(scenario: Scenario, seed: u64, run_opts: RunOptions) -> RunRes
                 retry_at_ms: 0,
             },
         );
+    }
+    if let (Some(at), Some(server)) = (run_opts.panic_at_ms, servers.get(&1)) {
+        server.handle.spawn(async move {
+            madsim::time::sleep(Duration::from_millis(at)).await;
+            panic!("injected by RunOptions::panic_at_ms at {at} ms");
+        });
     }
     let end_ms = scenario.duration_ms;
     let mut clients = Vec::new();

@@ -52,7 +52,7 @@ mod cli {
     use std::path::{Path, PathBuf};
     use std::process::ExitCode;
 
-    use durakv_sim::derive_seed;
+    use durakv_sim::fuzz::{fuzz, reproduce_command};
     use durakv_sim::harness::{RunResult, Verdict, run};
     use durakv_sim::scenario::Scenario;
     use durakv_sim::swarm::swarm;
@@ -88,11 +88,6 @@ mod cli {
         format!("{{\"t_ms\":{},\"event\":{}}}", t.parse::<u64>().unwrap_or(0), json_string(text))
     }
 
-    /// The one command that replays a seed bit for bit.
-    fn reproduce(file: &str, seed: u64, swarm: bool) -> String {
-        format!("make sim-run SCENARIO={file} SEED={seed}{}", if swarm { " SWARM=1" } else { "" })
-    }
-
     /// Write the run's trace as JSON lines to `dir`, the last line saying why it was kept.
     fn write_trace(dir: &Path, r: &RunResult, last: String) {
         let s = &r.summary;
@@ -126,14 +121,14 @@ mod cli {
             }
             Verdict::Undecided(why) => {
                 out!("UNDECIDED {} seed {}: {why} (not a violation, not a pass)", s.scenario, s.seed);
-                out!("     reproduce: {}", reproduce(file, s.seed, swarm));
+                out!("     reproduce: {}", reproduce_command(file, s.seed, swarm));
                 if let Some(dir) = out {
                     write_trace(dir, r, format!("{{\"undecided\":{}}}", json_string(why)));
                 }
             }
             Verdict::Fail(f) => {
                 out!("FAIL {} seed {}: {} violated: {}", s.scenario, s.seed, f.invariant, f.explanation);
-                out!("     reproduce: {}", reproduce(file, s.seed, swarm));
+                out!("     reproduce: {}", reproduce_command(file, s.seed, swarm));
                 if let Some(dir) = out {
                     write_trace(
                         dir,
@@ -248,47 +243,44 @@ mod cli {
                     None => (0, 1),
                 };
                 let started = std::time::Instant::now();
-                let (mut ran, mut failed, mut undecided) = (0u64, 0u64, 0u64);
                 let planned = if seeds == u64::MAX { "?".to_string() } else { (seeds / shards).to_string() };
-                for seed in (start..start.saturating_add(seeds)).filter(|s| s % shards == shard) {
-                    if time.is_some_and(|t| started.elapsed() >= t) {
-                        break;
-                    }
-                    let (file, base) =
-                        &scenarios[(derive_seed(seed, "fuzz/scenario") % scenarios.len() as u64) as usize];
-                    let scenario = swarm(base, seed);
-                    let r = run(&scenario, seed);
-                    ran += 1;
-                    match r.verdict {
-                        Verdict::Pass => {}
-                        Verdict::Undecided(_) => undecided += 1,
-                        Verdict::Fail(_) => failed += 1,
-                    }
+                let seeds = (start..start.saturating_add(seeds)).filter(|s| s % shards == shard);
+                let counts = fuzz(&scenarios, seeds, time, run, |file, r, c| {
                     if r.verdict != Verdict::Pass {
                         eprintln!();
-                        report(file, &r, out.as_deref(), true);
+                        report(file, r, out.as_deref(), true);
                     }
-                    let rate = ran as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                    let rate = c.ran as f64 / started.elapsed().as_secs_f64().max(1e-9);
                     let width = 30usize;
-                    let done = match (time, seeds) {
-                        (Some(t), _) => started.elapsed().as_secs_f64() / t.as_secs_f64().max(1e-9),
-                        (None, n) => ran as f64 / (n / shards).max(1) as f64,
+                    let done = match planned.parse::<u64>() {
+                        Ok(n) => c.ran as f64 / n.max(1) as f64,
+                        Err(_) => {
+                            started.elapsed().as_secs_f64()
+                                / time.map_or(f64::INFINITY, |t| t.as_secs_f64()).max(1e-9)
+                        }
                     };
                     let filled = ((done.min(1.0)) * width as f64) as usize;
                     eprint!(
-                        "\r[{}{}] {ran}/{planned} seeds, {rate:.2} seeds/s, {failed} failed, {undecided} undecided ",
+                        "\r[{}{}] {}/{planned} seeds, {rate:.2} seeds/s, {} failed, {} undecided ",
                         "#".repeat(filled),
-                        ".".repeat(width - filled)
+                        ".".repeat(width - filled),
+                        c.ran,
+                        c.failed,
+                        c.undecided
                     );
-                }
+                });
                 eprintln!();
                 out!(
-                    "fuzz: {ran} seeds in {:.1} s ({:.2} seeds/s): {} passed, {failed} failed, {undecided} undecided",
+                    "fuzz: {} seeds in {:.1} s ({:.2} seeds/s): {} passed, {} failed ({} panicked), {} undecided",
+                    counts.ran,
                     started.elapsed().as_secs_f64(),
-                    ran as f64 / started.elapsed().as_secs_f64().max(1e-9),
-                    ran - failed - undecided
+                    counts.ran as f64 / started.elapsed().as_secs_f64().max(1e-9),
+                    counts.passed,
+                    counts.failed,
+                    counts.panicked,
+                    counts.undecided
                 );
-                Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+                Ok(if counts.failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
             }
             _ => Err("unknown command".into()),
         }
