@@ -12,8 +12,8 @@ use crate::harness::{RunResult, Verdict};
 use crate::scenario::Scenario;
 use crate::swarm::swarm;
 
-/// What the seeds run so far concluded. Every seed counts once in `passed`, `failed` or
-/// `undecided`; `panicked` counts the failures that were panics.
+/// What the seeds run so far concluded. Every seed counts once in `passed`, `failed`, `undecided`
+/// or `vacuous`; `panicked` counts the failures that were panics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FuzzCounts {
     pub ran: u64,
@@ -21,6 +21,7 @@ pub struct FuzzCounts {
     pub failed: u64,
     pub panicked: u64,
     pub undecided: u64,
+    pub vacuous: u64,
 }
 
 impl FuzzCounts {
@@ -29,6 +30,7 @@ impl FuzzCounts {
         match verdict {
             Verdict::Pass => self.passed += 1,
             Verdict::Undecided(_) => self.undecided += 1,
+            Verdict::Vacuous => self.vacuous += 1,
             Verdict::Fail(f) => {
                 self.failed += 1;
                 if f.invariant == crate::harness::PANIC {

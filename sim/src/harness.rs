@@ -73,6 +73,10 @@ pub enum Verdict {
     /// No invariant was violated, but a check could not decide (the linearizability search ran
     /// out of budget; the explanation says where): neither a pass nor a failure.
     Undecided(String),
+    /// No invariant was violated, but no client operation succeeded either, so the history
+    /// checks held vacuously: the run exercised nothing (an outage from start to heal). Neither a
+    /// pass nor a failure: the liveness check after the heal still ran and held.
+    Vacuous,
     /// An invariant was violated.
     Fail(Failure),
 }
@@ -398,10 +402,7 @@ fn finish(
         }
     }
     if summary.ops_ok == 0 && verdict == Verdict::Pass {
-        verdict = Verdict::Fail(Failure {
-            invariant: "liveness",
-            explanation: "no operation succeeded in the whole run".into(),
-        });
+        verdict = Verdict::Vacuous;
     }
     RunResult { summary, trace: std::mem::take(&mut world.trace), verdict }
 }

@@ -119,6 +119,16 @@ mod cli {
                     s.digest
                 );
             }
+            Verdict::Vacuous => {
+                out!(
+                    "VACUOUS {} seed {}: no client operation succeeded ({} fail / {} unknown), so nothing was checked (not a failure)",
+                    s.scenario,
+                    s.seed,
+                    s.ops_fail,
+                    s.ops_unknown
+                );
+                out!("     reproduce: {}", reproduce_command(file, s.seed, swarm));
+            }
             Verdict::Undecided(why) => {
                 out!("UNDECIDED {} seed {}: {why} (not a violation, not a pass)", s.scenario, s.seed);
                 out!("     reproduce: {}", reproduce_command(file, s.seed, swarm));
@@ -261,24 +271,26 @@ mod cli {
                     };
                     let filled = ((done.min(1.0)) * width as f64) as usize;
                     eprint!(
-                        "\r[{}{}] {}/{planned} seeds, {rate:.2} seeds/s, {} failed, {} undecided ",
+                        "\r[{}{}] {}/{planned} seeds, {rate:.2} seeds/s, {} failed, {} undecided, {} vacuous ",
                         "#".repeat(filled),
                         ".".repeat(width - filled),
                         c.ran,
                         c.failed,
-                        c.undecided
+                        c.undecided,
+                        c.vacuous
                     );
                 });
                 eprintln!();
                 out!(
-                    "fuzz: {} seeds in {:.1} s ({:.2} seeds/s): {} passed, {} failed ({} panicked), {} undecided",
+                    "fuzz: {} seeds in {:.1} s ({:.2} seeds/s): {} passed, {} failed ({} panicked), {} undecided, {} vacuous",
                     counts.ran,
                     started.elapsed().as_secs_f64(),
                     counts.ran as f64 / started.elapsed().as_secs_f64().max(1e-9),
                     counts.passed,
                     counts.failed,
                     counts.panicked,
-                    counts.undecided
+                    counts.undecided,
+                    counts.vacuous
                 );
                 Ok(if counts.failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
             }

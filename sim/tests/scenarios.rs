@@ -88,9 +88,14 @@ fn every_scenario_passes_with_its_seeds() {
                 ));
                 continue;
             }
+            // Not passes: the seed proves less than it claims.
             if let Verdict::Undecided(why) = &result.verdict {
-                // Not a pass: the seed proved less than it claims.
                 failures.push(format!("{} seed {seed}: undecided: {why}", scenario.name));
+                continue;
+            }
+            if result.verdict == Verdict::Vacuous {
+                failures
+                    .push(format!("{} seed {seed}: vacuous: no client operation succeeded", scenario.name));
                 continue;
             }
             if let Err(e) = injected_faults_fired(&scenario, &result) {
