@@ -1,8 +1,8 @@
 //! Swarm testing (`durakv-sim fuzz`): every seed turns a base scenario into a variant of its own —
-//! cluster size, sync mode, snapshot interval, workload, which of the base faults run and when, and
-//! extra faults drawn from a pool — so a fleet of seeds covers fault mixes nobody wrote down. The
-//! variant depends only on the base file and the seed: `durakv-sim run <file> --seed N --swarm`
-//! rebuilds it bit for bit.
+//! cluster size, sync mode, snapshot interval, workload (APPEND added to a quarter of them), which
+//! of the base faults run and when, and extra faults drawn from a pool — so a fleet of seeds covers
+//! fault mixes nobody wrote down. The variant depends only on the base file and the seed:
+//! `durakv-sim run <file> --seed N --swarm` rebuilds it bit for bit.
 //!
 //! Every variant leaves the workload a window of availability ([`leave_a_window`]): dropping a base
 //! fault or shifting it in time must not turn a scenario into an outage from start to heal, where
@@ -60,8 +60,13 @@ pub fn swarm(base: &Scenario, seed: u64) -> Scenario {
     }
     faults.sort_by_key(|f| f.at_ms);
     s.faults = faults;
-    // Its own stream, so the draws above are those of every earlier version of the swarm.
+    // Their own streams, so the draws above are those of every earlier version of the swarm.
     leave_a_window(&mut s, &mut rng_for(seed, "fuzz/swarm/availability"));
+    if rng_for(seed, "fuzz/swarm/append").random_bool(0.25) {
+        // APPEND, which no scenario file asks for: about a tenth of the operations.
+        let m = &s.workload.mix;
+        s.workload.mix.append = ((m.set + m.get + m.del + m.incr + m.mset) / 9).max(1);
+    }
     s
 }
 
@@ -245,6 +250,8 @@ mod tests {
         let distinct =
             (0..20).map(|seed| format!("{:?}", swarm(&b, seed))).collect::<std::collections::BTreeSet<_>>();
         assert!(distinct.len() > 15, "seeds give different variants");
+        let appending = (0..100).filter(|&seed| swarm(&b, seed).workload.mix.append > 0).count();
+        assert!((10..50).contains(&appending), "{appending} of 100 variants append");
     }
 
     fn every_base() -> Vec<Scenario> {
