@@ -100,8 +100,8 @@ mod cli {
         }
     }
 
-    /// Print one run's verdict; failures and undecided runs also get the reproduce command and,
-    /// with `out`, their trace.
+    /// Print one run's verdict; all but a pass also get the reproduce command, and failures and
+    /// undecided runs, with `out`, their trace.
     fn report(file: &str, r: &RunResult, out: Option<&Path>, swarm: bool) {
         let s = &r.summary;
         match &r.verdict {

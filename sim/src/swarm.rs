@@ -133,11 +133,6 @@ pub fn longest_window(s: &Scenario) -> u64 {
     longest.max(s.duration_ms.saturating_sub(from))
 }
 
-/// The longest stretch a quorum is held down by crashes.
-pub fn longest_quorum_outage(s: &Scenario) -> u64 {
-    quorum_lost(s, true).iter().map(|(a, b)| b - a).max().unwrap_or(0)
-}
-
 /// Make `s` leave the workload a window of availability: every stretch in which crashes hold a
 /// quorum down ends within [`MAX_QUORUM_OUTAGE_MS`] with a restart of every server (a variant may
 /// have dropped the base's restart, or shifted it before its crash); then, if no stretch of
