@@ -22,44 +22,63 @@ fn show(v: &Option<Vec<u8>>) -> Option<String> {
     v.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())
 }
 
-/// The value a write-like operation leaves, if it is known.
-fn written(op: &RegisterOp) -> Option<Option<Vec<u8>>> {
+/// Whether a write-like effect, if it was the last on its key, could have left `found`.
+fn could_leave(op: &RegisterOp, found: &Option<Vec<u8>>) -> bool {
     match op {
-        RegisterOp::Write(v) => Some(v.clone()),
-        RegisterOp::Incr { result: Some(r), .. } => Some(Some(r.to_string().into_bytes())),
-        RegisterOp::Incr { result: None, .. } | RegisterOp::Read(_) => None,
+        RegisterOp::Write(v) => v == found,
+        RegisterOp::Incr { result: Some(r), .. } => found.as_deref() == Some(r.to_string().as_bytes()),
+        RegisterOp::Incr { result: None, .. } => true,
+        RegisterOp::Append { suffix, len } => found.as_ref().is_some_and(|v| {
+            v.ends_with(suffix) && len.is_none_or(|l| usize::try_from(l).ok() == Some(v.len()))
+        }),
+        RegisterOp::Read(_) => false,
+    }
+}
+
+/// What an acknowledged write-like effect is known to have written, for the report.
+fn acknowledged(op: &RegisterOp) -> Option<String> {
+    match op {
+        RegisterOp::Write(v) => show(v),
+        RegisterOp::Incr { result, .. } => result.map(|r| r.to_string()),
+        RegisterOp::Append { suffix, .. } => Some(format!("…{}", String::from_utf8_lossy(suffix))),
+        RegisterOp::Read(_) => None,
     }
 }
 
 /// D1: for every key, the final value must come from the last acknowledged write, or from a write
 /// (acknowledged or undecided) that could have taken effect after it — one that had not returned
 /// before the acknowledged write was invoked. `final_state` holds every key's value at the end (a key
-/// missing from it is absent).
+/// missing from it is absent). A write is any effect that changes its key: SET, DEL, INCRBY,
+/// APPEND, and each pair of an MSET.
 pub fn check_durability(
     history: &[Operation],
     final_state: &BTreeMap<Vec<u8>, Vec<u8>>,
 ) -> Result<(), LostWrite> {
-    let mut by_key: BTreeMap<&[u8], Vec<&Operation>> = BTreeMap::new();
-    for op in history {
-        if op.outcome != Outcome::Fail && !matches!(op.op, RegisterOp::Read(_)) {
-            by_key.entry(&op.key).or_default().push(op);
+    let mut by_key: BTreeMap<&[u8], Vec<(&Operation, &RegisterOp)>> = BTreeMap::new();
+    for op in history.iter().filter(|o| o.outcome != Outcome::Fail) {
+        for (key, effect) in &op.effects {
+            if !matches!(effect, RegisterOp::Read(_)) {
+                by_key.entry(key).or_default().push((op, effect));
+            }
         }
     }
     for (key, writes) in by_key {
         // The acknowledged write that returned last: no acknowledged write can be ordered after it
         // without overlapping it.
-        let Some(last) = writes.iter().filter(|w| w.outcome == Outcome::Ok).max_by_key(|w| w.ret) else {
+        let Some(&(last, last_effect)) =
+            writes.iter().filter(|(w, _)| w.outcome == Outcome::Ok).max_by_key(|(w, _)| w.ret)
+        else {
             continue;
         };
         let found = final_state.get(key).cloned();
-        let explained = writes.iter().any(|w| {
+        let explained = writes.iter().any(|(w, effect)| {
             let could_follow = w.outcome == Outcome::Unknown || w.ret >= last.call;
-            could_follow && written(&w.op).is_none_or(|v| v == found)
+            could_follow && could_leave(effect, &found)
         });
         if !explained {
             return Err(LostWrite {
                 key: String::from_utf8_lossy(key).into_owned(),
-                acknowledged: written(&last.op).and_then(|v| show(&v)),
+                acknowledged: acknowledged(last_effect),
                 acknowledged_at: last.ret,
                 found: show(&found),
             });
@@ -171,15 +190,7 @@ mod tests {
     use super::*;
 
     fn write(v: Option<&str>, call: u64, ret: u64, outcome: Outcome) -> Operation {
-        Operation {
-            client: 1,
-            server: 0,
-            key: b"k".to_vec(),
-            op: RegisterOp::Write(v.map(|s| s.as_bytes().to_vec())),
-            call,
-            ret,
-            outcome,
-        }
+        Operation::single(1, b"k", RegisterOp::Write(v.map(|s| s.as_bytes().to_vec())), call, ret, outcome)
     }
 
     fn state(v: Option<&str>) -> BTreeMap<Vec<u8>, Vec<u8>> {
@@ -210,6 +221,28 @@ mod tests {
         assert!(check_durability(&h, &state(Some("x"))).is_err(), "a failed write never happened");
         let del = [write(Some("b"), 0, 1, Outcome::Ok), write(None, 2, 3, Outcome::Ok)];
         assert_eq!(check_durability(&del, &state(None)), Ok(()));
+    }
+
+    #[test]
+    fn mset_pairs_and_appends_are_writes() {
+        // An MSET's pair on k, then an acknowledged APPEND: the final value must end with it.
+        let mset = Operation {
+            effects: vec![
+                (b"j".to_vec(), RegisterOp::Write(Some(b"1".to_vec()))),
+                (b"k".to_vec(), RegisterOp::Write(Some(b"1".to_vec()))),
+            ],
+            ..write(None, 0, 1, Outcome::Ok)
+        };
+        let append = RegisterOp::Append { suffix: b"23".to_vec(), len: Some(3) };
+        let h = [mset.clone(), Operation::single(1, b"k", append, 2, 3, Outcome::Ok)];
+        let both = |k: &str| -> BTreeMap<Vec<u8>, Vec<u8>> {
+            [(b"j".to_vec(), b"1".to_vec()), (b"k".to_vec(), k.as_bytes().to_vec())].into_iter().collect()
+        };
+        assert_eq!(check_durability(&h, &both("123")), Ok(()));
+        let lost = check_durability(&h, &both("1")).expect_err("the append is lost");
+        assert_eq!(lost.acknowledged.as_deref(), Some("…23"));
+        assert!(check_durability(&h, &both("0023")).is_err(), "the append's length says 3 bytes");
+        assert!(check_durability(&[mset], &state(Some("1"))).is_err(), "the MSET's pair on j is lost");
     }
 
     #[test]

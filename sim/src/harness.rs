@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 
 use crate::checkers::{check_convergence, check_durability, check_file_hygiene, state_digest};
 use crate::client::{Reply, decode_reply, encode_command, outcome_of};
-use crate::linearizability::{Operation, Outcome, RegisterOp};
+use crate::linearizability::{CheckResult, Operation, Outcome, RegisterOp};
 use crate::scenario::{Action, Fault, Scenario};
 use crate::{derive_seed, node_disk};
 
@@ -66,12 +66,38 @@ pub struct Failure {
     pub explanation: String,
 }
 
-/// The outcome of one seed: the summary, the event trace, and the failure if any.
+/// What a run concluded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every check ran and held.
+    Pass,
+    /// No invariant was violated, but a check could not decide (the linearizability search ran
+    /// out of budget; the explanation says where): neither a pass nor a failure.
+    Undecided(String),
+    /// No invariant was violated, but no client operation succeeded either, so the history
+    /// checks held vacuously: the run exercised nothing (an outage from start to heal). Neither a
+    /// pass nor a failure: the liveness check after the heal still ran and held.
+    Vacuous,
+    /// An invariant was violated.
+    Fail(Failure),
+}
+
+/// The outcome of one seed: the summary, the event trace, and the verdict.
 #[derive(Debug, Clone)]
 pub struct RunResult {
     pub summary: Summary,
     pub trace: Vec<String>,
-    pub failure: Option<Failure>,
+    pub verdict: Verdict,
+}
+
+impl RunResult {
+    /// The violated invariant, if the run failed.
+    pub fn failure(&self) -> Option<&Failure> {
+        match &self.verdict {
+            Verdict::Fail(f) => Some(f),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -111,6 +137,42 @@ pub struct RunOptions {
     /// Canaries (`durakv::failpoint::CANARIES`) to switch on in every server: historic bugs the run
     /// must catch.
     pub canaries: Vec<String>,
+    /// A test hook: a task on server 1 panics this many simulated milliseconds into the run, as
+    /// node code with a bug would (if server 1 is still up then).
+    pub panic_at_ms: Option<u64>,
+}
+
+/// The invariant a run violates when something in it panicked.
+pub const PANIC: &str = "no_panic";
+
+thread_local! {
+    /// The last panic on this thread, as "panicked at <file:line:col>: <message>".
+    static LAST_PANIC: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic whose payload is not text".to_string()
+    }
+}
+
+/// Chain a panic hook (once per process) that remembers where each panic happened, which the
+/// payload [`std::panic::catch_unwind`] returns does not say. The previous hook still runs.
+fn remember_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let at = info.location().map_or(String::new(), |l| format!(" at {l}"));
+            let text = format!("panicked{at}: {}", panic_text(info.payload()));
+            let _ = LAST_PANIC.try_with(|p| *p.borrow_mut() = Some(text));
+            previous(info);
+        }));
+    });
 }
 
 /// Run one scenario with one seed, deterministically.
@@ -127,10 +189,27 @@ pub fn run_with(scenario: &Scenario, seed: u64, opts: &RunOptions) -> RunResult 
             .with_writer(std::io::stderr)
             .try_init();
     }
-    let mut rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
-    rt.set_time_limit(Duration::from_millis(scenario.duration_ms) + Duration::from_secs(600));
-    let (scenario, opts) = (scenario.clone(), opts.clone());
-    rt.block_on(async move { simulate(scenario, seed, opts).await })
+    // A panic anywhere in the world (node code, the harness, madsim's time limit) ends this seed
+    // as a failure, with what the trace had recorded so far; the caller goes on to the next seed.
+    // madsim re-raises a task's panic out of `block_on`, and a new runtime starts clean.
+    remember_panics();
+    let _ = LAST_PANIC.try_with(|p| p.borrow_mut().take());
+    let w: Shared = Arc::new(Mutex::new(World::default()));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
+        rt.set_time_limit(Duration::from_millis(scenario.duration_ms) + Duration::from_secs(600));
+        let (scenario, opts, w) = (scenario.clone(), opts.clone(), w.clone());
+        rt.block_on(async move { simulate(scenario, seed, opts, w).await })
+    }));
+    outcome.unwrap_or_else(|payload| {
+        let what = LAST_PANIC
+            .try_with(|p| p.borrow_mut().take())
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| format!("panicked: {}", panic_text(&*payload)));
+        let failure = Failure { invariant: PANIC, explanation: format!("the simulation {what}") };
+        finish(scenario, seed, &w, Some(failure), 0, 0)
+    })
 }
 
 struct Server {
@@ -193,9 +272,8 @@ fn runtime_options() -> RuntimeOptions {
     RuntimeOptions { request_timeout: Duration::from_secs(3), ..RuntimeOptions::default() }
 }
 
-async fn simulate(scenario: Scenario, seed: u64, run_opts: RunOptions) -> RunResult {
+async fn simulate(scenario: Scenario, seed: u64, run_opts: RunOptions, w: Shared) -> RunResult {
     let handle = Handle::current();
-    let w: Shared = Arc::new(Mutex::new(World::default()));
     let mut servers: BTreeMap<u64, Server> = BTreeMap::new();
     for id in 1..=scenario.cluster.nodes {
         let opts = SimFsOptions {
@@ -241,6 +319,12 @@ async fn simulate(scenario: Scenario, seed: u64, run_opts: RunOptions) -> RunRes
             },
         );
     }
+    if let (Some(at), Some(server)) = (run_opts.panic_at_ms, servers.get(&1)) {
+        server.handle.spawn(async move {
+            madsim::time::sleep(Duration::from_millis(at)).await;
+            panic!("injected by RunOptions::panic_at_ms at {at} ms");
+        });
+    }
     let end_ms = scenario.duration_ms;
     let mut clients = Vec::new();
     for c in 0..scenario.workload.clients {
@@ -279,7 +363,7 @@ fn finish(
     scenario: &Scenario,
     seed: u64,
     w: &Shared,
-    mut failure: Option<Failure>,
+    failure: Option<Failure>,
     applied_index: u64,
     digest: u64,
 ) -> RunResult {
@@ -297,48 +381,56 @@ fn finish(
         applied_index,
         digest,
     };
-    if failure.is_none()
-        && scenario.invariants.linearizability
-        && let Err(v) = crate::linearizability::check(&world.history)
-    {
-        let culprit = v.culprit.as_ref().map_or(String::new(), |o| {
-            let what = match &o.op {
-                RegisterOp::Read(seen) => {
-                    format!("a read that returned {:?}", seen.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()))
-                }
-                RegisterOp::Write(Some(v)) => format!("a write of {:?}", String::from_utf8_lossy(v)),
-                RegisterOp::Write(None) => "a delete".to_string(),
-                RegisterOp::Incr { result, .. } => format!("an INCR that returned {result:?}"),
-            };
-            format!(
-                "; the first operation that cannot be explained is {what} by client {} on server {}, {}–{} ms",
-                o.client, o.server, o.call, o.ret
-            )
-        });
-        failure = Some(Failure {
-            invariant: "linearizability",
-            explanation: format!(
-                "key {:?}: no order of its {} operations explains what the clients saw{culprit}",
-                String::from_utf8_lossy(&v.key),
-                v.operations.len()
-            ),
-        });
+    let mut verdict = failure.map_or(Verdict::Pass, Verdict::Fail);
+    if verdict == Verdict::Pass && scenario.invariants.linearizability {
+        match crate::linearizability::check(&world.history) {
+            CheckResult::Linearizable => {}
+            CheckResult::Violation(v) => {
+                let culprit = v.culprit.as_ref().map_or(String::new(), |o| {
+                    format!(
+                        "; the first operation that cannot be explained is {o} by client {} on server {}, {}–{} ms",
+                        o.client, o.server, o.call, o.ret
+                    )
+                });
+                verdict = Verdict::Fail(Failure {
+                    invariant: "linearizability",
+                    explanation: format!(
+                        "{}: no order of their {} operations explains what the clients saw{culprit}",
+                        show_keys(&v.keys),
+                        v.operations.len()
+                    ),
+                });
+            }
+            CheckResult::Undecided(u) => {
+                verdict = Verdict::Undecided(format!(
+                    "linearizability: the search over the {} operations of {} gave up after {}",
+                    u.operations,
+                    show_keys(&u.keys),
+                    u.limit
+                ));
+            }
+        }
     }
-    if failure.is_none()
+    // A write over the limit that was not refused outranks the history checks: the node broke its
+    // size contract (#11).
+    if !matches!(verdict, Verdict::Fail(_))
         && let Some(v) = world.violations.first()
     {
-        failure = Some(Failure {
+        verdict = Verdict::Fail(Failure {
             invariant: "limits",
             explanation: format!("{v} ({} such writes in all)", world.violations.len()),
         });
     }
-    if summary.ops_ok == 0 && failure.is_none() {
-        failure = Some(Failure {
-            invariant: "liveness",
-            explanation: "no operation succeeded in the whole run".into(),
-        });
+    if summary.ops_ok == 0 && verdict == Verdict::Pass {
+        verdict = Verdict::Vacuous;
     }
-    RunResult { summary, trace: std::mem::take(&mut world.trace), failure }
+    RunResult { summary, trace: std::mem::take(&mut world.trace), verdict }
+}
+
+/// `key "k1"`, or `keys "k1", "k2"` when multi-key operations joined them.
+fn show_keys(keys: &[Vec<u8>]) -> String {
+    let names: Vec<String> = keys.iter().map(|k| format!("{:?}", String::from_utf8_lossy(k))).collect();
+    format!("key{} {}", if names.len() == 1 { "" } else { "s" }, names.join(", "))
 }
 
 /// One server process: open storage (repairing what a crash left), serve until a fatal error.
@@ -425,6 +517,7 @@ async fn client_loop(scenario: Scenario, seed: u64, c: u64, end_ms: u64, w: Shar
         ("del", wl.mix.del),
         ("incr", wl.mix.incr),
         ("mset", wl.mix.mset),
+        ("append", wl.mix.append),
     ];
     let total: u32 = mix.iter().map(|(_, n)| n).sum();
     let timeout = Duration::from_millis(wl.timeout_ms);
@@ -461,7 +554,7 @@ async fn client_loop(scenario: Scenario, seed: u64, c: u64, end_ms: u64, w: Shar
             ValueSize::TooLarge => zero_padded(n, MAX_COMMAND_BYTES + 1),
         };
         let call_t = now_ms();
-        let (ops, reply): (Vec<(Vec<u8>, RegisterOp)>, _) = match kind {
+        let (effects, reply): (Vec<(Vec<u8>, RegisterOp)>, _) = match kind {
             "set" => (
                 vec![(key.clone(), RegisterOp::Write(Some(value.clone())))],
                 call(addr, &[b"SET", &key, &value], timeout).await,
@@ -486,6 +579,10 @@ async fn client_loop(scenario: Scenario, seed: u64, c: u64, end_ms: u64, w: Shar
                     call(addr, &[b"MSET", &key, &value, &key2, &value], timeout).await,
                 )
             }
+            "append" => (
+                vec![(key.clone(), RegisterOp::Append { suffix: value.clone(), len: None })],
+                call(addr, &[b"APPEND", &key, &value], timeout).await,
+            ),
             _ => (vec![(key.clone(), RegisterOp::Read(None))], call(addr, &[b"GET", &key], timeout).await),
         };
         let ret = now_ms();
@@ -510,21 +607,27 @@ async fn client_loop(scenario: Scenario, seed: u64, c: u64, end_ms: u64, w: Shar
                 Err(_) => {}
             }
         }
-        let mut wl = world(&w);
-        for (key, op) in ops {
-            let op = match (op, &reply) {
-                (RegisterOp::Read(_), Ok(Reply::Bulk(v))) => RegisterOp::Read(v.clone()),
-                (RegisterOp::Incr { delta, .. }, Ok(Reply::Integer(n))) => {
-                    RegisterOp::Incr { delta, result: Some(*n) }
-                }
-                (op, _) => op,
-            };
-            // A read with no answer says nothing.
-            if matches!(op, RegisterOp::Read(_)) && outcome != Outcome::Ok {
-                continue;
-            }
-            wl.history.push(Operation { client: c, server, key, op, call: call_t, ret, outcome });
+        let effects: Vec<(Vec<u8>, RegisterOp)> = effects
+            .into_iter()
+            .map(|(key, op)| {
+                let op = match (op, &reply) {
+                    (RegisterOp::Read(_), Ok(Reply::Bulk(v))) => RegisterOp::Read(v.clone()),
+                    (RegisterOp::Incr { delta, .. }, Ok(Reply::Integer(n))) => {
+                        RegisterOp::Incr { delta, result: Some(*n) }
+                    }
+                    (RegisterOp::Append { suffix, .. }, Ok(Reply::Integer(n))) => {
+                        RegisterOp::Append { suffix, len: Some(*n) }
+                    }
+                    (op, _) => op,
+                };
+                (key, op)
+            })
+            .collect();
+        // A read with no answer says nothing.
+        if effects.iter().all(|(_, op)| matches!(op, RegisterOp::Read(_))) && outcome != Outcome::Ok {
+            continue;
         }
+        world(&w).history.push(Operation { client: c, server, effects, call: call_t, ret, outcome });
     }
 }
 

@@ -10,6 +10,8 @@
 pub mod checkers;
 pub mod client;
 #[cfg(madsim)]
+pub mod fuzz;
+#[cfg(madsim)]
 pub mod harness;
 pub mod linearizability;
 pub mod scenario;

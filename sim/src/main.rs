@@ -52,8 +52,8 @@ mod cli {
     use std::path::{Path, PathBuf};
     use std::process::ExitCode;
 
-    use durakv_sim::derive_seed;
-    use durakv_sim::harness::{RunResult, run};
+    use durakv_sim::fuzz::{fuzz, reproduce_command};
+    use durakv_sim::harness::{RunResult, Verdict, run};
     use durakv_sim::scenario::Scenario;
     use durakv_sim::swarm::swarm;
 
@@ -88,10 +88,24 @@ mod cli {
         format!("{{\"t_ms\":{},\"event\":{}}}", t.parse::<u64>().unwrap_or(0), json_string(text))
     }
 
-    fn report(file: &str, r: &RunResult, out: Option<&Path>, swarm: bool) -> bool {
+    /// Write the run's trace as JSON lines to `dir`, the last line saying why it was kept.
+    fn write_trace(dir: &Path, r: &RunResult, last: String) {
         let s = &r.summary;
-        match &r.failure {
-            None => {
+        let path = dir.join(format!("{}-seed-{}.trace.jsonl", s.scenario, s.seed));
+        let mut lines: Vec<String> = r.trace.iter().map(|e| trace_line(e)).collect();
+        lines.push(last);
+        match std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&path, lines.join("\n") + "\n")) {
+            Ok(()) => out!("     trace: {}", path.display()),
+            Err(e) => out!("     trace not written to {}: {e}", path.display()),
+        }
+    }
+
+    /// Print one run's verdict; all but a pass also get the reproduce command, and failures and
+    /// undecided runs, with `out`, their trace.
+    fn report(file: &str, r: &RunResult, out: Option<&Path>, swarm: bool) {
+        let s = &r.summary;
+        match &r.verdict {
+            Verdict::Pass => {
                 out!(
                     "ok   {} seed {}: {} ok / {} fail / {} unknown ops, {} faults, {} restarts, applied {}, digest {:016x}",
                     s.scenario,
@@ -104,31 +118,38 @@ mod cli {
                     s.applied_index,
                     s.digest
                 );
-                true
             }
-            Some(f) => {
-                out!("FAIL {} seed {}: {} violated: {}", s.scenario, s.seed, f.invariant, f.explanation);
+            Verdict::Vacuous => {
                 out!(
-                    "     reproduce: make sim-run SCENARIO={file} SEED={}{}",
+                    "VACUOUS {} seed {}: no client operation succeeded ({} fail / {} unknown), so nothing was checked (not a failure)",
+                    s.scenario,
                     s.seed,
-                    if swarm { " SWARM=1" } else { "" }
+                    s.ops_fail,
+                    s.ops_unknown
                 );
+                out!("     reproduce: {}", reproduce_command(file, s.seed, swarm));
+            }
+            Verdict::Undecided(why) => {
+                out!("UNDECIDED {} seed {}: {why} (not a violation, not a pass)", s.scenario, s.seed);
+                out!("     reproduce: {}", reproduce_command(file, s.seed, swarm));
                 if let Some(dir) = out {
-                    let path = dir.join(format!("{}-seed-{}.trace.jsonl", s.scenario, s.seed));
-                    let mut lines: Vec<String> = r.trace.iter().map(|e| trace_line(e)).collect();
-                    lines.push(format!(
-                        "{{\"violated\":{},\"explanation\":{}}}",
-                        json_string(f.invariant),
-                        json_string(&f.explanation)
-                    ));
-                    match std::fs::create_dir_all(dir)
-                        .and_then(|_| std::fs::write(&path, lines.join("\n") + "\n"))
-                    {
-                        Ok(()) => out!("     trace: {}", path.display()),
-                        Err(e) => out!("     trace not written to {}: {e}", path.display()),
-                    }
+                    write_trace(dir, r, format!("{{\"undecided\":{}}}", json_string(why)));
                 }
-                false
+            }
+            Verdict::Fail(f) => {
+                out!("FAIL {} seed {}: {} violated: {}", s.scenario, s.seed, f.invariant, f.explanation);
+                out!("     reproduce: {}", reproduce_command(file, s.seed, swarm));
+                if let Some(dir) = out {
+                    write_trace(
+                        dir,
+                        r,
+                        format!(
+                            "{{\"violated\":{},\"explanation\":{}}}",
+                            json_string(f.invariant),
+                            json_string(&f.explanation)
+                        ),
+                    );
+                }
             }
         }
     }
@@ -168,7 +189,8 @@ mod cli {
                             out!("{e}");
                         }
                     }
-                    ok &= report(file, &r, out.as_deref(), swarmed);
+                    report(file, &r, out.as_deref(), swarmed);
+                    ok &= r.failure().is_none();
                 }
                 Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
             }
@@ -231,42 +253,46 @@ mod cli {
                     None => (0, 1),
                 };
                 let started = std::time::Instant::now();
-                let (mut ran, mut failed) = (0u64, 0u64);
                 let planned = if seeds == u64::MAX { "?".to_string() } else { (seeds / shards).to_string() };
-                for seed in (start..start.saturating_add(seeds)).filter(|s| s % shards == shard) {
-                    if time.is_some_and(|t| started.elapsed() >= t) {
-                        break;
-                    }
-                    let (file, base) =
-                        &scenarios[(derive_seed(seed, "fuzz/scenario") % scenarios.len() as u64) as usize];
-                    let scenario = swarm(base, seed);
-                    let r = run(&scenario, seed);
-                    ran += 1;
-                    if r.failure.is_some() {
-                        failed += 1;
+                let seeds = (start..start.saturating_add(seeds)).filter(|s| s % shards == shard);
+                let counts = fuzz(&scenarios, seeds, time, run, |file, r, c| {
+                    if r.verdict != Verdict::Pass {
                         eprintln!();
-                        report(file, &r, out.as_deref(), true);
+                        report(file, r, out.as_deref(), true);
                     }
-                    let rate = ran as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                    let rate = c.ran as f64 / started.elapsed().as_secs_f64().max(1e-9);
                     let width = 30usize;
-                    let done = match (time, seeds) {
-                        (Some(t), _) => started.elapsed().as_secs_f64() / t.as_secs_f64().max(1e-9),
-                        (None, n) => ran as f64 / (n / shards).max(1) as f64,
+                    let done = match planned.parse::<u64>() {
+                        Ok(n) => c.ran as f64 / n.max(1) as f64,
+                        Err(_) => {
+                            started.elapsed().as_secs_f64()
+                                / time.map_or(f64::INFINITY, |t| t.as_secs_f64()).max(1e-9)
+                        }
                     };
                     let filled = ((done.min(1.0)) * width as f64) as usize;
                     eprint!(
-                        "\r[{}{}] {ran}/{planned} seeds, {rate:.2} seeds/s, {failed} failed ",
+                        "\r[{}{}] {}/{planned} seeds, {rate:.2} seeds/s, {} failed, {} undecided, {} vacuous ",
                         "#".repeat(filled),
-                        ".".repeat(width - filled)
+                        ".".repeat(width - filled),
+                        c.ran,
+                        c.failed,
+                        c.undecided,
+                        c.vacuous
                     );
-                }
+                });
                 eprintln!();
                 out!(
-                    "fuzz: {ran} seeds in {:.1} s ({:.2} seeds/s), {failed} failed",
+                    "fuzz: {} seeds in {:.1} s ({:.2} seeds/s): {} passed, {} failed ({} panicked), {} undecided, {} vacuous",
+                    counts.ran,
                     started.elapsed().as_secs_f64(),
-                    ran as f64 / started.elapsed().as_secs_f64().max(1e-9)
+                    counts.ran as f64 / started.elapsed().as_secs_f64().max(1e-9),
+                    counts.passed,
+                    counts.failed,
+                    counts.panicked,
+                    counts.undecided,
+                    counts.vacuous
                 );
-                Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+                Ok(if counts.failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
             }
             _ => Err("unknown command".into()),
         }

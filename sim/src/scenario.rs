@@ -100,6 +100,8 @@ pub struct Mix {
     pub incr: u32,
     #[serde(default)]
     pub mset: u32,
+    #[serde(default)]
+    pub append: u32,
 }
 
 /// One scheduled fault.
@@ -391,7 +393,7 @@ impl Scenario {
             );
         }
         let m = &w.mix;
-        if [m.set, m.get, m.del, m.incr, m.mset].iter().all(|&x| x == 0) {
+        if [m.set, m.get, m.del, m.incr, m.mset, m.append].iter().all(|&x| x == 0) {
             return fail("mix", "workload.mix", "at least one operation needs a weight".into());
         }
         for (i, f) in self.faults.iter().enumerate() {

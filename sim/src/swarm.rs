@@ -1,13 +1,25 @@
 //! Swarm testing (`durakv-sim fuzz`): every seed turns a base scenario into a variant of its own —
-//! cluster size, sync mode, snapshot interval, workload, which of the base faults run and when, and
-//! extra faults drawn from a pool — so a fleet of seeds covers fault mixes nobody wrote down. The
-//! variant depends only on the base file and the seed: `durakv-sim run <file> --seed N --swarm`
-//! rebuilds it bit for bit.
+//! cluster size, sync mode, snapshot interval, workload (APPEND added to a quarter of them), which
+//! of the base faults run and when, and extra faults drawn from a pool — so a fleet of seeds covers
+//! fault mixes nobody wrote down. The variant depends only on the base file and the seed:
+//! `durakv-sim run <file> --seed N --swarm` rebuilds it bit for bit.
+//!
+//! Every variant leaves the workload a window of availability ([`leave_a_window`]): dropping a base
+//! fault or shifting it in time must not turn a scenario into an outage from start to heal, where
+//! nothing is exercised and nothing checked.
 
 use rand::Rng;
 
 use crate::rng_for;
 use crate::scenario::{Action, Fault, Scenario};
+
+/// A variant never keeps a quorum down on purpose longer than this: a restart of every server
+/// follows.
+pub const MAX_QUORUM_OUTAGE_MS: u64 = 3000;
+
+/// Every variant leaves at least this much of the run (or half of it, if shorter) in one stretch
+/// with a quorum neither held down nor cut apart: enough to restart, elect a leader and serve.
+pub const MIN_WINDOW_MS: u64 = 5000;
 
 /// The variant of `base` that fuzz runs for `seed`.
 pub fn swarm(base: &Scenario, seed: u64) -> Scenario {
@@ -48,7 +60,106 @@ pub fn swarm(base: &Scenario, seed: u64) -> Scenario {
     }
     faults.sort_by_key(|f| f.at_ms);
     s.faults = faults;
+    // Their own streams, so the draws above are those of every earlier version of the swarm.
+    leave_a_window(&mut s, &mut rng_for(seed, "fuzz/swarm/availability"));
+    if rng_for(seed, "fuzz/swarm/append").random_bool(0.25) {
+        // APPEND, which no scenario file asks for: about a tenth of the operations.
+        let m = &s.workload.mix;
+        s.workload.mix.append = ((m.set + m.get + m.del + m.incr + m.mset) / 9).max(1);
+    }
     s
+}
+
+/// The stretches of a scenario during which servers are down or cut apart on purpose, as
+/// (from, to, servers): a kill or power loss holds its target down until a restart that covers it
+/// (of `all`, or of the same `node:<id>`; the end of the run if none), and a partition or clog of
+/// `all` cuts every server apart for its `for_ms`. A single target counts as one server (perhaps
+/// the same one twice, which overestimates: the model is conservative). Faults a supervisor heals
+/// by itself (failpoints, EIO, ENOSPC, torn tails and bit flips, which restart their server) are
+/// not outages here.
+fn outages(s: &Scenario, crashes_only: bool) -> Vec<(u64, u64, u64)> {
+    let (n, d) = (s.cluster.nodes, s.duration_ms);
+    let mut out = Vec::new();
+    for (i, f) in s.faults.iter().enumerate() {
+        let servers = if f.target == "all" { n } else { 1 };
+        match f.action {
+            Action::Kill | Action::PowerLoss => {
+                let covering = s.faults[i + 1..].iter().find(|r| {
+                    r.action == Action::Restart
+                        && r.at_ms > f.at_ms
+                        && (r.target == "all" || r.target == f.target)
+                });
+                out.push((f.at_ms, covering.map_or(d, |r| r.at_ms), servers));
+            }
+            Action::Partition | Action::Clog if !crashes_only && f.target == "all" => {
+                out.push((f.at_ms, f.at_ms.saturating_add(f.for_ms.unwrap_or(0)).min(d), servers));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The stretches of `[0, duration)` during which a quorum may be down or cut apart.
+fn quorum_lost(s: &Scenario, crashes_only: bool) -> Vec<(u64, u64)> {
+    let n = s.cluster.nodes;
+    let tolerated = n - (n / 2 + 1);
+    let outages = outages(s, crashes_only);
+    let mut bounds: Vec<u64> = outages.iter().flat_map(|&(a, b, _)| [a, b]).collect();
+    bounds.extend([0, s.duration_ms]);
+    bounds.sort_unstable();
+    bounds.dedup();
+    let mut lost: Vec<(u64, u64)> = Vec::new();
+    for w in bounds.windows(2) {
+        let down: u64 = outages.iter().filter(|&&(a, b, _)| a <= w[0] && w[0] < b).map(|o| o.2).sum();
+        if down > tolerated {
+            match lost.last_mut() {
+                Some(last) if last.1 == w[0] => last.1 = w[1],
+                _ => lost.push((w[0], w[1])),
+            }
+        }
+    }
+    lost
+}
+
+/// The longest stretch of the run with a quorum up and together.
+pub fn longest_window(s: &Scenario) -> u64 {
+    let mut longest = 0;
+    let mut from = 0;
+    for (a, b) in quorum_lost(s, false) {
+        longest = longest.max(a - from);
+        from = b;
+    }
+    longest.max(s.duration_ms.saturating_sub(from))
+}
+
+/// Make `s` leave the workload a window of availability: every stretch in which crashes hold a
+/// quorum down ends within [`MAX_QUORUM_OUTAGE_MS`] with a restart of every server (a variant may
+/// have dropped the base's restart, or shifted it before its crash); then, if no stretch of
+/// [`MIN_WINDOW_MS`] (or half the run) is left with a quorum up and together, the latest outages
+/// are dropped until one is.
+fn leave_a_window(s: &mut Scenario, rng: &mut impl Rng) {
+    let d = s.duration_ms;
+    while let Some(&(from, _)) =
+        quorum_lost(s, true).iter().find(|&&(a, b)| b - a > MAX_QUORUM_OUTAGE_MS && a + 1000 < d)
+    {
+        let at = (from + rng.random_range(1000..=MAX_QUORUM_OUTAGE_MS)).min(d - 1);
+        let position = s.faults.partition_point(|f| f.at_ms <= at);
+        s.faults.insert(position, Fault::new(at, Action::Restart, "all"));
+    }
+    let wanted = MIN_WINDOW_MS.min(d / 2);
+    while longest_window(s) < wanted {
+        let last_outage = s.faults.iter().rposition(|f| {
+            matches!(f.action, Action::Kill | Action::PowerLoss)
+                || (matches!(f.action, Action::Partition | Action::Clog) && f.target == "all")
+        });
+        match last_outage {
+            Some(i) => {
+                s.faults.remove(i);
+            }
+            None => break,
+        }
+    }
 }
 
 /// One fault from the pool, with what heals it (a restart) when it needs one.
@@ -134,6 +245,69 @@ mod tests {
         let distinct =
             (0..20).map(|seed| format!("{:?}", swarm(&b, seed))).collect::<std::collections::BTreeSet<_>>();
         assert!(distinct.len() > 15, "seeds give different variants");
+        let appending = (0..100).filter(|&seed| swarm(&b, seed).workload.mix.append > 0).count();
+        assert!((10..50).contains(&appending), "{appending} of 100 variants append");
+    }
+
+    fn every_base() -> Vec<Scenario> {
+        let dir = crate::repo_root().join("scenarios");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .expect("scenarios/")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        files.sort();
+        files.iter().map(|f| Scenario::load(f).unwrap_or_else(|e| panic!("{e}"))).collect()
+    }
+
+    #[test]
+    fn every_variant_leaves_a_window_of_availability() {
+        // Failure injected: the swarm's own drops and shifts of base faults (a dropped restart, a
+        // restart shifted before its crash). Invariant: no variant holds a quorum down longer than
+        // MAX_QUORUM_OUTAGE_MS (but in its last second, which the heal ends), and every variant
+        // keeps MIN_WINDOW_MS (or half the run) with a quorum up and together.
+        for base in every_base() {
+            let d = base.duration_ms;
+            for seed in 0..400 {
+                let s = swarm(&base, seed);
+                let long = quorum_lost(&s, true)
+                    .into_iter()
+                    .find(|&(a, b)| b - a > MAX_QUORUM_OUTAGE_MS && a + 1000 < d);
+                assert_eq!(
+                    long, None,
+                    "{} seed {seed}: a quorum held down too long: {:?}",
+                    base.name, s.faults
+                );
+                assert!(
+                    longest_window(&s) >= MIN_WINDOW_MS.min(d / 2),
+                    "{} seed {seed}: no window: {:?}",
+                    base.name,
+                    s.faults
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_variants_that_were_outages_from_start_to_heal_get_a_restart() {
+        // Seeds 1718 and 2006 of direct-writes-nosync-power-loss (swarm seeds 1000-2499 of an
+        // earlier fuzz) lost power on every server within the first second and dropped or
+        // outran the restart: nothing succeeded in the whole run. Now a restart of every server
+        // follows each loss of power of all within MAX_QUORUM_OUTAGE_MS.
+        let path = crate::repo_root().join("scenarios/direct-writes-nosync-power-loss.toml");
+        let base = Scenario::load(&path).expect("the scenario");
+        for seed in [1718, 2006] {
+            let s = swarm(&base, seed);
+            for f in s.faults.iter().filter(|f| f.action == Action::PowerLoss && f.target == "all") {
+                let restarted = s.faults.iter().any(|r| {
+                    r.action == Action::Restart
+                        && r.target == "all"
+                        && r.at_ms > f.at_ms
+                        && r.at_ms <= f.at_ms + MAX_QUORUM_OUTAGE_MS
+                });
+                assert!(restarted || f.at_ms + 1000 >= s.duration_ms, "seed {seed}: {:?}", s.faults);
+            }
+        }
     }
 
     #[test]

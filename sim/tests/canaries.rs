@@ -37,12 +37,12 @@ fn every_canary_is_caught_by_its_scenario() {
     let mut missed = Vec::new();
     for (canary, file, seeds) in CASES {
         let scenario = Scenario::load(&dir.join(file)).unwrap_or_else(|e| panic!("{e}"));
-        let opts = RunOptions { canaries: vec![canary.to_string()] };
+        let opts = RunOptions { canaries: vec![canary.to_string()], ..RunOptions::default() };
         let caught: Vec<String> = seeds
             .iter()
             .filter_map(|&seed| {
                 run_with(&scenario, seed, &opts)
-                    .failure
+                    .failure()
                     .map(|f| format!("seed {seed}: {}: {}", f.invariant, f.explanation))
             })
             .collect();
