@@ -20,8 +20,9 @@
 //! split into components: keys joined by the multi-key operations that touch them. A component of
 //! one key is searched. A component of several keys (see [`check_joined`]) is first searched key by
 //! key, which finds most violations cheaply; the orders found are then merged into one order of the
-//! whole, narrowed and searched again when they do not fit, and only as a last resort is the whole
-//! component searched, since searching many keys together multiplies their independent choices.
+//! whole, their disagreements settled one at a time when they do not fit, and only as a last resort
+//! is the whole component searched, since searching many keys together multiplies their independent
+//! choices.
 //!
 //! Each search is bounded: [`DEFAULT_BUDGET`] steps and [`MEMO_BYTES_MAX`] of memo. Running out is
 //! its own outcome, [`CheckResult::Undecided`], never a violation and never a pass.
@@ -221,47 +222,175 @@ pub fn check_with_budget(history: &[Operation], budget: u64) -> CheckResult {
     undecided.map_or(CheckResult::Linearizable, CheckResult::Undecided)
 }
 
-/// How many times [`check_joined`] narrows the operations before it searches the whole.
-const NARROWING_ROUNDS: usize = 8;
+/// How many conflicts between the keys' orders [`check_joined`] settles before it searches the
+/// whole.
+const REPAIRS: usize = 100;
 
 /// A component of several keys.
 ///
 /// Each key's projection is searched first: one that cannot be linearized is a violation of the
 /// whole. When every one can, the orders found usually fit together ([`merge`]): one total order
 /// that respects real time and has each of them as its projection, which is a linearization of the
-/// whole, found without searching the whole. When they do not fit, the operations are narrowed
-/// ([`narrow`]: a multi-key operation is called no earlier than what precedes it in any key's
-/// order, an undecided operation that one key's order left out is left out everywhere) and the
-/// keys searched again, a few times. Every narrowing only removes possibilities, so an order of the
-/// narrowed operations is one of the original ones. Only when that does not settle it is the
-/// component searched as a whole, which on long histories can run out of budget: the keys'
-/// independent choices multiply.
+/// whole, found without searching the whole. When they do not (each key's search placed the
+/// multi-key operations where it first could, and they disagree), the first disagreement
+/// ([`conflict`]) is settled by narrowing the operations involved one way or the other (whichever
+/// keeps their keys linearizable) and searching those keys again, up to [`REPAIRS`] times. Every
+/// repair only removes possibilities, so an order found then is an order of the original
+/// operations. Only when that does not settle it is the component searched as a whole, which on
+/// long histories can run out of budget: the keys' independent choices multiply.
 fn check_joined(keys: Vec<Vec<u8>>, ops: Vec<Operation>, budget: u64) -> CheckResult {
-    let mut narrowed = ops.clone();
-    for round in 0..NARROWING_ROUNDS {
-        let mut orders = Vec::with_capacity(keys.len());
-        for key in &keys {
+    // The orders of the keys numbered `which` (as indexes into `ops`), or why there is none: a
+    // violation, or no answer.
+    let orders_of = |ops: &[Operation], before: &BTreeSet<(usize, usize)>, which: &[usize]| {
+        let mut orders = Vec::with_capacity(which.len());
+        for &k in which {
+            let key = &keys[k];
             let (index, projected): (Vec<usize>, Vec<Operation>) =
-                narrowed.iter().enumerate().filter_map(|(i, o)| o.project(key).map(|p| (i, p))).unzip();
-            match search(&projected, std::slice::from_ref(key), budget) {
+                ops.iter().enumerate().filter_map(|(i, o)| o.project(key).map(|p| (i, p))).unzip();
+            let at: BTreeMap<usize, usize> = index.iter().enumerate().map(|(j, &i)| (i, j)).collect();
+            let before: Vec<(usize, usize)> =
+                before.iter().filter_map(|(a, b)| Some((*at.get(a)?, *at.get(b)?))).collect();
+            match search(&projected, std::slice::from_ref(key), budget, &before) {
                 Search::Linearizable(order) => orders.push(order.into_iter().map(|j| index[j]).collect()),
-                // Nothing narrowed yet: the key alone is a violation.
-                Search::NotLinearizable if round == 0 => return judge(vec![key.clone()], projected, budget),
-                Search::NotLinearizable | Search::Exhausted(_) => {}
+                Search::NotLinearizable => return Err(Some(judge(vec![key.clone()], projected, budget))),
+                Search::Exhausted(_) => return Err(None),
             }
         }
-        if orders.len() < keys.len() {
-            break;
+        Ok(orders)
+    };
+    let all: Vec<usize> = (0..keys.len()).collect();
+    let mut orders: Vec<Vec<usize>> = match orders_of(&ops, &BTreeSet::new(), &all) {
+        Ok(orders) => orders,
+        // Nothing narrowed yet: the key alone is a violation.
+        Err(Some(violation)) => return violation,
+        Err(None) => return judge(keys, ops, budget),
+    };
+    let (mut narrowed, mut before) = (ops.clone(), BTreeSet::new());
+    for _ in 0..REPAIRS {
+        if merge(&narrowed, &orders).is_ok() {
+            return CheckResult::Linearizable;
         }
-        match merge(&narrowed, &orders) {
-            Ok(()) => return CheckResult::Linearizable,
-            Err(()) => match narrow(&narrowed, &orders) {
-                Some(n) => narrowed = n,
-                None => break,
-            },
+        let Some((involved, repairs)) = conflict(&narrowed, &orders) else { break };
+        let which: Vec<usize> = (0..keys.len())
+            .filter(|&k| involved.iter().any(|&i| narrowed[i].effects.iter().any(|(key, _)| *key == keys[k])))
+            .collect();
+        let settled = repairs.into_iter().find_map(|repair| {
+            let (mut ops, mut before) = (narrowed.clone(), before.clone());
+            repair.apply(&mut ops, &mut before);
+            orders_of(&ops, &before, &which).ok().map(|o| (ops, before, o))
+        });
+        let Some((ops, b, new)) = settled else { break };
+        (narrowed, before) = (ops, b);
+        for (k, order) in which.into_iter().zip(new) {
+            orders[k] = order;
         }
     }
     judge(keys, ops, budget)
+}
+
+/// One way to settle a disagreement between the keys' orders. Each removes possibilities.
+#[derive(Debug, Clone, Copy)]
+enum Repair {
+    /// Operation `b` goes after operation `a`, on every key.
+    Before(usize, usize),
+    /// The operation is called no earlier than this.
+    CallFrom(usize, u64),
+    /// The operation takes effect by this time (an undecided one now must; what it returned stays
+    /// unknown).
+    DoneBy(usize, u64),
+    /// The undecided operation never took effect (it counts as failed, and keeps its index).
+    LeftOut(usize),
+}
+
+impl Repair {
+    fn apply(self, ops: &mut [Operation], before: &mut BTreeSet<(usize, usize)>) {
+        match self {
+            Repair::Before(a, b) => {
+                before.insert((a, b));
+            }
+            Repair::CallFrom(i, t) => ops[i].call = ops[i].call.max(t),
+            Repair::DoneBy(i, t) => {
+                let o = &mut ops[i];
+                if o.outcome == Outcome::Unknown {
+                    o.effects.retain(|(_, e)| !matches!(e, RegisterOp::Read(_)));
+                    o.outcome = Outcome::Ok;
+                    o.ret = t;
+                } else {
+                    o.ret = o.ret.min(t);
+                }
+            }
+            Repair::LeftOut(i) => ops[i].outcome = Outcome::Fail,
+        }
+    }
+}
+
+/// The first thing the keys' orders (indexes into `ops`) disagree on, as the operations involved
+/// and the repairs to try in turn: an undecided operation placed on some of its keys but not all
+/// (left out, or made to take effect); a multi-key operation that one key places after something
+/// called later than what another key places after it returned ([`window`]: moved later, or
+/// earlier); two multi-key operations in opposite orders on two keys (either order, everywhere).
+fn conflict(ops: &[Operation], orders: &[Vec<usize>]) -> Option<(Vec<usize>, Vec<Repair>)> {
+    let n = ops.len();
+    let mut placed = vec![0usize; n];
+    for &i in orders.iter().flatten() {
+        placed[i] += 1;
+    }
+    let end = ops.iter().filter(|o| o.outcome == Outcome::Ok).map(returned).max().unwrap_or(0);
+    if let Some(i) = (0..n).find(|&i| placed[i] != 0 && placed[i] != distinct_keys(&ops[i])) {
+        return Some((vec![i], vec![Repair::LeftOut(i), Repair::DoneBy(i, end.max(ops[i].call))]));
+    }
+    let (earliest, latest) = window(ops, orders);
+    if let Some(i) = (0..n).find(|&i| distinct_keys(&ops[i]) > 1 && earliest[i] > latest[i]) {
+        return Some((vec![i], vec![Repair::CallFrom(i, earliest[i]), Repair::DoneBy(i, latest[i])]));
+    }
+    let positions: Vec<BTreeMap<usize, usize>> = orders
+        .iter()
+        .map(|order| {
+            order
+                .iter()
+                .enumerate()
+                .filter(|(_, i)| distinct_keys(&ops[**i]) > 1)
+                .map(|(p, &i)| (i, p))
+                .collect()
+        })
+        .collect();
+    for x in 0..positions.len() {
+        for y in x + 1..positions.len() {
+            let mut common: Vec<(usize, usize, usize)> =
+                positions[x].iter().filter_map(|(&i, &p)| positions[y].get(&i).map(|&q| (p, q, i))).collect();
+            common.sort_unstable();
+            for (u, &(_, q1, a)) in common.iter().enumerate() {
+                if let Some(&(_, _, b)) = common[u + 1..].iter().find(|&&(_, q2, _)| q2 < q1) {
+                    return Some((vec![a, b], vec![Repair::Before(a, b), Repair::Before(b, a)]));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// For each operation, from the keys' orders: the latest call among what precedes it in any of
+/// them, and the earliest return among the acknowledged operations that follow it. A total order
+/// with every key's order in it places the operation after the one and before the other, so an
+/// operation whose first exceeds its second cannot be placed: its keys disagree.
+fn window(ops: &[Operation], orders: &[Vec<usize>]) -> (Vec<u64>, Vec<u64>) {
+    let n = ops.len();
+    let (mut earliest, mut latest) = (vec![0u64; n], vec![u64::MAX; n]);
+    for order in orders {
+        let mut calls = 0u64;
+        for &i in order {
+            earliest[i] = earliest[i].max(calls);
+            calls = calls.max(ops[i].call);
+        }
+        let mut returns = u64::MAX;
+        for &i in order.iter().rev() {
+            latest[i] = latest[i].min(returns);
+            if ops[i].outcome == Outcome::Ok {
+                returns = returns.min(returned(&ops[i]));
+            }
+        }
+    }
+    (earliest, latest)
 }
 
 /// When an operation returns, for real-time order: never, if it is undecided.
@@ -329,42 +458,6 @@ fn merge(ops: &[Operation], orders: &[Vec<usize>]) -> Result<(), ()> {
     if unplaced_returns.is_empty() { Ok(()) } else { Err(()) }
 }
 
-/// The operations with fewer possibilities, steered towards orders that fit together: an
-/// undecided operation some key's order left out is left out (it never took effect), and each
-/// multi-key operation is called no earlier than the latest call among what precedes it in any
-/// key's order, so that in every key's next order it follows what returned before that. `None`
-/// when nothing changes. (A call never passes a return: what precedes an operation in an order was
-/// called before it returned.)
-fn narrow(ops: &[Operation], orders: &[Vec<usize>]) -> Option<Vec<Operation>> {
-    let n = ops.len();
-    let mut placed = vec![0usize; n];
-    let mut earliest = vec![0u64; n];
-    for order in orders {
-        let mut calls = 0u64;
-        for &i in order {
-            placed[i] += 1;
-            earliest[i] = earliest[i].max(calls);
-            calls = calls.max(ops[i].call);
-        }
-    }
-    let mut changed = false;
-    let mut out = Vec::with_capacity(n);
-    for (i, o) in ops.iter().enumerate() {
-        let keys = distinct_keys(o);
-        if o.outcome == Outcome::Unknown && placed[i] != keys {
-            changed = true;
-            continue;
-        }
-        let mut o = o.clone();
-        if keys > 1 && earliest[i] > o.call {
-            o.call = earliest[i];
-            changed = true;
-        }
-        out.push(o);
-    }
-    changed.then_some(out)
-}
-
 /// The history's operations that may have taken effect, grouped by the keys they connect, in order
 /// of each component's smallest key.
 fn components(history: &[Operation]) -> Vec<(Vec<Vec<u8>>, Vec<Operation>)> {
@@ -407,7 +500,7 @@ fn components(history: &[Operation]) -> Vec<(Vec<Vec<u8>>, Vec<Operation>)> {
 
 /// Check one set of keys with its operations; find the culprit of a violation.
 fn judge(keys: Vec<Vec<u8>>, ops: Vec<Operation>, budget: u64) -> CheckResult {
-    match search(&ops, &keys, budget) {
+    match search(&ops, &keys, budget, &[]) {
         Search::Linearizable(_) => CheckResult::Linearizable,
         Search::Exhausted(limit) => CheckResult::Undecided(Undecided { keys, operations: ops.len(), limit }),
         Search::NotLinearizable => {
@@ -442,7 +535,7 @@ fn first_unexplained(ops: &[Operation], keys: &[Vec<u8>], budget: u64) -> Option
     // Invariant: the histories at the returns before `lo` are explained; the one at `hi` is not.
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
-        match search(&prefix(ops, by_ret[mid].ret), keys, budget) {
+        match search(&prefix(ops, by_ret[mid].ret), keys, budget, &[]) {
             Search::Linearizable(_) => lo = mid + 1,
             Search::NotLinearizable => hi = mid,
             Search::Exhausted(_) => return None,
@@ -580,8 +673,9 @@ struct Event {
     time: u64,
 }
 
-/// Wing & Gong search over the operations of `keys` (sorted), at most `budget` steps.
-fn search(all: &[Operation], keys: &[Vec<u8>], budget: u64) -> Search {
+/// Wing & Gong search over the operations of `keys` (sorted), at most `budget` steps. Each pair
+/// `(a, b)` in `before` (indexes into `all`) keeps `b` out until `a` is placed.
+fn search(all: &[Operation], keys: &[Vec<u8>], budget: u64, before: &[(usize, usize)]) -> Search {
     let unseen = unseen_writes(all, keys);
     // Operations with nothing left to check (an undecided GET, an unseen write) are dropped; each
     // keeps its index in `all`.
@@ -593,6 +687,15 @@ fn search(all: &[Operation], keys: &[Vec<u8>], budget: u64) -> Search {
         .filter(|(_, _, e)| !e.is_empty())
         .collect();
     let n = ops.len();
+    let mut needs: Vec<Vec<usize>> = vec![Vec::new(); n];
+    if !before.is_empty() {
+        let at: BTreeMap<usize, usize> = ops.iter().enumerate().map(|(j, (i, _, _))| (*i, j)).collect();
+        for (a, b) in before {
+            if let (Some(&a), Some(&b)) = (at.get(a), at.get(b)) {
+                needs[b].push(a);
+            }
+        }
+    }
     let mut events: Vec<Event> = Vec::with_capacity(2 * n);
     for (i, (_, o, _)) in ops.iter().enumerate() {
         events.push(Event { op: i, is_call: true, time: o.call });
@@ -657,7 +760,8 @@ fn search(all: &[Operation], keys: &[Vec<u8>], budget: u64) -> Search {
         };
         if e.is_call {
             let op = e.op;
-            if let Some(new_state) = step(&state, &ops[op].2) {
+            let ready = needs[op].iter().all(|&a| linearized[a / 64] & (1 << (a % 64)) != 0);
+            if ready && let Some(new_state) = step(&state, &ops[op].2) {
                 let mut lin = linearized.clone();
                 lin[op / 64] |= 1 << (op % 64);
                 if cache.insert((lin.clone(), new_state.clone())) {

@@ -1,7 +1,7 @@
 //! The checker checked. A brute-force reference tries every order of a small history; a proptest
-//! compares it with [`super::check`] on random histories of up to eight operations over three keys (SET,
-//! GET, DEL, INCR, MSET, APPEND; acknowledged, failed and undecided outcomes), correct ones and
-//! corrupted ones, and with any budget: the checker must agree with the reference, or say it
+//! compares it with [`super::check`] on random histories of up to eight operations over three keys
+//! (SET, GET, DEL, INCR, MSET, APPEND; acknowledged, failed and undecided outcomes), correct ones
+//! and corrupted ones, and with any budget: the checker must agree with the reference, or say it
 //! gave up.
 //!
 //! The reference follows the definition in the parent module's documentation and nothing of the
