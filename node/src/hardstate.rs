@@ -341,3 +341,63 @@ impl HardStateFile {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> DurableState {
+        DurableState {
+            term: 7,
+            vote: 3,
+            commit: 40,
+            acknowledged: 42,
+            acknowledged_term: 7,
+            recover_to: 42,
+            recover_term: 7,
+            repair: Some(RepairEvidence {
+                kind: RepairKind::CorruptRecord,
+                segment: 5,
+                offset: 4096,
+                bytes_dropped: 0,
+                acknowledged: 42,
+            }),
+        }
+    }
+
+    #[test]
+    fn slots_round_trip_and_the_newest_valid_one_wins() {
+        let s = state();
+        assert_eq!(decode_slot(&encode_slot(9, &s)), Ok((9, s)));
+        let mut file = encode_slot(8, &DurableState::default()).to_vec();
+        file.extend_from_slice(&encode_slot(9, &s));
+        assert_eq!(decode_file(&file), Ok((9, s)));
+        // The newer slot torn: the older one holds.
+        file[SLOT_BYTES + 20] ^= 0xFF;
+        assert_eq!(decode_file(&file), Ok((8, DurableState::default())));
+    }
+
+    #[test]
+    fn malformed_slots_and_files_are_typed_errors() {
+        let good = encode_slot(1, &state());
+        let mut bad_magic = good;
+        bad_magic[0] = b'X';
+        assert_eq!(decode_slot(&bad_magic), Err(SlotProblem::BadMagic));
+        let mut bad_crc = good;
+        bad_crc[30] ^= 1;
+        assert_eq!(decode_slot(&bad_crc), Err(SlotProblem::Checksum));
+        let mut bad_version = good;
+        bad_version[5] = 9;
+        let crc = crc32c::crc32c(&bad_version[..BODY_BYTES]);
+        bad_version[BODY_BYTES..BODY_BYTES + 4].copy_from_slice(&crc.to_be_bytes());
+        assert_eq!(decode_slot(&bad_version), Err(SlotProblem::UnknownVersion(9)));
+        let mut bad_kind = good;
+        bad_kind[REPAIR_AT] = 200;
+        let crc = crc32c::crc32c(&bad_kind[..BODY_BYTES]);
+        bad_kind[BODY_BYTES..BODY_BYTES + 4].copy_from_slice(&crc.to_be_bytes());
+        assert_eq!(decode_slot(&bad_kind), Err(SlotProblem::BadRepairKind(200)));
+        assert_eq!(decode_slot(&good[..50]), Err(SlotProblem::BadMagic));
+        assert!(decode_file(&good).is_err(), "one slot is not a whole file");
+        assert!(decode_file(&[0u8; FILE_BYTES as usize]).is_err(), "two empty slots");
+    }
+}
