@@ -551,6 +551,11 @@ impl<E: Engine> Replica<E> {
         if applied < last.saturating_add(self.snapshots.every_entries.max(1)) {
             return Ok(None);
         }
+        // A node recovering lost entries may have a state machine ahead of its log: the log cannot
+        // name the term of the applied index yet, so no snapshot until the leader has refilled it.
+        if self.recovering() || applied > self.raw.raft.raft_log.last_index() {
+            return Ok(None);
+        }
         let engine = self.kv.engine();
         ensure_applied_durable(engine, applied)?;
         let conf_state = self.raw.raft.prs().conf().to_conf_state();
