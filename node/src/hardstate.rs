@@ -105,6 +105,13 @@ pub struct RepairEvidence {
     pub acknowledged: u64,
 }
 
+impl RepairEvidence {
+    /// Evidence that names no WAL cut (segment, offset and bytes dropped zero).
+    pub fn found(kind: RepairKind, acknowledged: u64) -> RepairEvidence {
+        RepairEvidence { kind, segment: 0, offset: 0, bytes_dropped: 0, acknowledged }
+    }
+}
+
 impl std::fmt::Display for RepairEvidence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.kind)?;

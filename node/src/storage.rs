@@ -168,13 +168,12 @@ impl RaftStorage {
             };
             let mut st = *file.state();
             st.repair = Some(evidence(st.acknowledged.max(st.commit)));
-            // Whether the cut loses anything acknowledged is decided once the whole log is read; the
-            // evidence must be durable before the cut either way.
-            // Durable before the WAL cuts a byte: a crash after the cut still finds the evidence.
+            // Durable before the WAL cuts a byte, so a crash after the cut still finds it. Whether the
+            // cut lost anything acknowledged is decided once the whole log is read.
             file.store(st).map_err(|e| WalError::Evidence(Box::new(e)))
         })?;
         let in_file = wal.meta(META_HARD_STATE_IN_FILE).is_some();
-        let mut hs_file = match hs_file {
+        let hs_file = match hs_file {
             Some(f) => f,
             None if in_file => return Err(StorageLoadError::HardStateMissing { path: hs_path }),
             None => {
@@ -213,11 +212,11 @@ impl RaftStorage {
         if snapshot.metadata.index > 0 && wal.compacted_below() <= snapshot.metadata.index {
             wal.compact(snapshot.metadata.index + 1)?;
         }
-        let last = wal.last_index().unwrap_or(0).max(snapshot.metadata.index);
-        let last_term = wal.last_index().and_then(|i| wal.term(i)).unwrap_or(snapshot.metadata.term);
-        let mut durable = *hs_file.state();
+        let mut inner =
+            Inner { wal, hs_file, hard_state: HardState::default(), conf_state, conf_index, snapshot };
+        let (last, last_term) = inner.log_end();
+        let mut durable = *inner.hs_file.state();
         let must_have = durable.acknowledged.max(durable.commit);
-        let before = durable;
         if let Some(d) = &report.damaged {
             // The damage stays on disk and is found at every open; record it once.
             let seen = durable.repair.is_some_and(|r| {
@@ -225,41 +224,24 @@ impl RaftStorage {
             });
             if !seen {
                 durable.repair = Some(RepairEvidence {
-                    kind: RepairKind::CorruptRecord,
                     segment: d.seq,
                     offset: d.offset,
-                    bytes_dropped: 0,
-                    acknowledged: must_have,
+                    ..RepairEvidence::found(RepairKind::CorruptRecord, must_have)
                 });
             }
         }
-        if !holds((last, last_term), (must_have, durable.acknowledged_term)) {
-            if !holds((durable.recover_to, durable.recover_term), (must_have, durable.acknowledged_term)) {
-                durable.recover_to = durable.recover_to.max(must_have);
-                durable.recover_term = durable.recover_term.max(durable.acknowledged_term);
-                if report.repaired.is_none() && report.damaged.is_none() {
-                    durable.repair = Some(RepairEvidence {
-                        kind: RepairKind::LogBelowAcknowledged,
-                        segment: 0,
-                        offset: 0,
-                        bytes_dropped: 0,
-                        acknowledged: must_have,
-                    });
-                }
-            }
-        } else if durable.recover_to > 0
-            && holds((last, last_term), (durable.recover_to, durable.recover_term))
+        if !holds((last, last_term), (must_have, durable.acknowledged_term))
+            && !holds((durable.recover_to, durable.recover_term), (must_have, durable.acknowledged_term))
         {
-            tracing::info!(
-                index = last,
-                recover_to = durable.recover_to,
-                "the log is past the recovery mark"
-            );
-            (durable.recover_to, durable.recover_term) = (0, 0);
+            durable.recover_to = durable.recover_to.max(must_have);
+            durable.recover_term = durable.recover_term.max(durable.acknowledged_term);
+            if report.repaired.is_none() && report.damaged.is_none() {
+                durable.repair = Some(RepairEvidence::found(RepairKind::LogBelowAcknowledged, must_have));
+            }
         }
-        if durable != before {
-            hs_file.store(durable)?;
-        }
+        // Ends a recovery whose mark the log has reached (a crash after the refill, before the clear).
+        inner.store(durable)?;
+        let durable = *inner.hs_file.state();
         if durable.recover_to > 0 {
             let evidence = durable.repair.map(|r| r.kind.to_string()).unwrap_or_default();
             tracing::error!(
@@ -272,9 +254,8 @@ impl RaftStorage {
                  campaigns until the leader has sent it everything up to recover_to"
             );
         }
-        let hard_state =
+        inner.hard_state =
             HardState { term: durable.term, vote: durable.vote, commit: durable.commit.min(last) };
-        let inner = Inner { wal, hs_file, hard_state, conf_state, conf_index, snapshot };
         Ok((RaftStorage { inner: Mutex::new(inner) }, report))
     }
 
@@ -289,22 +270,18 @@ impl RaftStorage {
     pub fn persist(&self, entries: &[Entry], hard_state: Option<&HardState>) -> Result<(), StorageLoadError> {
         let mut inner = self.lock();
         let mut batch = Batch::new();
-        let truncating = entries
+        // A raft conflict: these entries replace the log from their first index on.
+        let conflict = entries
             .first()
-            .is_some_and(|first| inner.wal.last_index().is_some_and(|last| first.index <= last));
-        if let Some(first) = entries.first()
-            && truncating
-        {
-            batch.truncate_from(first.index);
+            .map(|first| first.index)
+            .filter(|&first| inner.wal.last_index().is_some_and(|last| first <= last));
+        if let Some(first) = conflict {
+            batch.truncate_from(first);
+            // Whatever prefix of this batch a crash keeps, the log still reaches `first - 1`.
+            inner.lower_acknowledged(first - 1)?;
         }
         for e in entries {
             batch.entry(e.index, e.term, e.encode_to_vec());
-        }
-        if let Some(first) = entries.first()
-            && truncating
-        {
-            // Whatever prefix of this batch a crash keeps, the log still reaches `first.index - 1`.
-            inner.lower_acknowledged(first.index - 1)?;
         }
         let new_last = entries.last().map(|e| (e.index, e.term));
         inner.wal.append(&batch)?;
@@ -414,8 +391,7 @@ impl RaftStorage {
         }
         durable.recover_to = upto;
         durable.recover_term = durable.recover_term.max(durable.acknowledged_term);
-        durable.repair =
-            Some(RepairEvidence { kind, segment: 0, offset: 0, bytes_dropped: 0, acknowledged: upto });
+        durable.repair = Some(RepairEvidence::found(kind, upto));
         inner.hs_file.store(durable)?;
         Ok(())
     }
@@ -499,17 +475,26 @@ impl Inner {
     fn lower_acknowledged(&mut self, new_last: u64) -> Result<(), HardStateError> {
         let mut durable = *self.hs_file.state();
         if new_last < durable.acknowledged {
-            let term = self.wal.term(new_last).unwrap_or(self.snapshot.metadata.term);
-            (durable.acknowledged, durable.acknowledged_term) = (new_last, term);
+            (durable.acknowledged, durable.acknowledged_term) = (new_last, self.term_at(new_last));
             self.hs_file.store(durable)?;
         }
         Ok(())
     }
 
+    /// The term of a log index this node holds: from the WAL, or the snapshot's at its base.
+    fn term_at(&self, index: u64) -> u64 {
+        self.wal.term(index).unwrap_or(self.snapshot.metadata.term)
+    }
+
+    /// The log's last index and its term.
+    fn log_end(&self) -> (u64, u64) {
+        let last = self.last_index();
+        (last, self.term_at(last))
+    }
+
     /// Make `durable` the hard-state file's content, ending recovery once the log reached its mark.
     fn store(&mut self, mut durable: DurableState) -> Result<(), HardStateError> {
-        let last = self.last_index();
-        let last_term = self.wal.term(last).unwrap_or(self.snapshot.metadata.term);
+        let (last, last_term) = self.log_end();
         if durable.recover_to > 0 && holds((last, last_term), (durable.recover_to, durable.recover_term)) {
             tracing::info!(
                 index = last,

@@ -114,6 +114,13 @@ pub enum RecoveryMode {
     Strict,
 }
 
+impl RecoveryMode {
+    /// A strict check changes nothing on disk.
+    pub fn is_read_only(self) -> bool {
+        self == RecoveryMode::Strict
+    }
+}
+
 /// WAL settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalOptions {
@@ -361,7 +368,7 @@ impl Wal {
                 opts.segment_size_bytes
             )));
         }
-        let read_only = opts.recovery == RecoveryMode::Strict;
+        let read_only = opts.recovery.is_read_only();
         if !read_only {
             // The directory's own name must be durable before segments in it are acknowledged.
             ensure_dir_durable(&*fs, dir).map_err(io_err(dir))?;
@@ -432,7 +439,7 @@ impl Wal {
         before_repair: &mut dyn FnMut(&PlannedRepair) -> Result<(), WalError>,
     ) -> Result<(), WalError> {
         let path = self.dir.join(segment_name(seq));
-        let read_only = self.opts.recovery == RecoveryMode::Strict;
+        let read_only = self.opts.recovery.is_read_only();
         let opts = if is_last && !read_only { OpenOptions::read_write() } else { OpenOptions::read_only() };
         let mut file = self.fs.open(&path, opts).map_err(io_err(&path))?;
         let len = file.len().map_err(io_err(&path))?;
@@ -471,8 +478,9 @@ impl Wal {
                 match frame.record {
                     // Past damage: these entries are lost until a truncation replaces them.
                     Record::Entry(_) => continue,
-                    // A truncation at or below the damage (or below a later compaction floor:
-                    // the one recovery appends) replaces the lost range: the log continues.
+                    // A truncation at or below the damage (or below a later compaction floor, as
+                    // the one written by the first append after a recovering open can be) replaces
+                    // the lost range: the log continues.
                     Record::Truncate { from: t } if t <= from.max(self.shape.floor) => {
                         self.skip_entries_from = None
                     }
@@ -497,7 +505,7 @@ impl Wal {
                     .map(|later| CorruptReason::FollowedByValid { problem: problem.clone(), later })
             };
             if let Some(reason) = damage {
-                if !recover || read_only {
+                if !recover {
                     return Err(corrupt(offset, reason));
                 }
                 // Acknowledged bytes are damaged: keep them in place (forensics) and cut the log
@@ -677,7 +685,7 @@ impl Wal {
         if self.poisoned {
             return Err(WalError::Poisoned);
         }
-        if self.opts.recovery == RecoveryMode::Strict {
+        if self.opts.recovery.is_read_only() {
             return Err(WalError::ReadOnly);
         }
         if let Some(from) = self.skip_entries_from.take() {
