@@ -112,10 +112,40 @@ struct Armed {
     at_op: u64,
     kind: CrashKind,
     torn: TornWrite,
-    /// Fire at the first write at or after `at_op` to a path matching this glob, instead of at
-    /// exactly `at_op`.
-    write_to: Option<String>,
+    /// Fire at the first matching operation at or after `at_op`, instead of at exactly `at_op`.
+    on: Option<OpMatch>,
+    /// Crash right after the operation completed (its effect is in the page cache, or on the media
+    /// for a sync), instead of during it.
+    after: bool,
 }
+
+/// Which operations an armed crash waits for.
+struct OpMatch {
+    /// The kind of operation (`None`: any).
+    op: Option<OpKind>,
+    /// A glob over the operation's path.
+    pattern: String,
+    /// Matching operations to let pass before the one the crash lands on.
+    skip: u64,
+}
+
+/// A coverage key for a crash that landed right after an operation of this kind.
+fn after_key(op: OpKind) -> &'static str {
+    match op {
+        OpKind::Read => "crash.after.read",
+        OpKind::Write => "crash.after.write",
+        OpKind::Sync => "crash.after.sync",
+        OpKind::SyncDir => "crash.after.sync_dir",
+        OpKind::Rename => "crash.after.rename",
+        OpKind::Remove => "crash.after.remove",
+        OpKind::SetLen => "crash.after.set_len",
+        OpKind::Create => "crash.after.create",
+    }
+}
+
+/// Called (outside the disk's lock) when the simulated process dies of a crash injected into this
+/// disk: the harness kills the process at once, so it cannot act on anything after the crash point.
+pub type HaltHook = Arc<dyn Fn() + Send + Sync>;
 
 struct State {
     opts: SimFsOptions,
@@ -127,6 +157,18 @@ struct State {
     /// Durability operations (everything but reads) run so far: the crash points.
     ops_done: u64,
     armed: Option<Armed>,
+    /// A failpoint's "after" action: crash right after the next operation, of this kind.
+    after_next: Option<CrashKind>,
+    /// The operation running now is the one a crash lands right after: (kind, operation).
+    after_this: Option<(CrashKind, OpKind)>,
+    /// An injected crash halted the process during the operation running now.
+    just_died: bool,
+    /// Other disks whose machines lose power (or processes die) together with this one, the next
+    /// time an injected crash halts it: a correlated fault.
+    companions: Vec<SimFs>,
+    on_halt: Option<HaltHook>,
+    /// The kind of the latest crash (what companions suffer too).
+    last_crash: CrashKind,
     halted: bool,
     rule_fires: Vec<u64>,
     coverage: BTreeMap<&'static str, u64>,
@@ -148,6 +190,9 @@ pub enum FailAction {
     /// The process dies right there: the disk crashes with this kind and halts like an armed crash
     /// that fired ([`SimFs::is_halted`]).
     Kill(CrashKind),
+    /// The code at the failpoint goes on; the process dies right *after* the next storage
+    /// operation (the one the failpoint guards) completes, as [`SimFs::arm_crash_after`] does.
+    KillAfter(CrashKind),
     /// The node stalls this long (a GC pause, a stuck disk, a slow network).
     Stall(Duration),
 }
@@ -188,6 +233,12 @@ impl SimFs {
                 generation: 0,
                 ops_done: 0,
                 armed: None,
+                after_next: None,
+                after_this: None,
+                just_died: false,
+                companions: Vec::new(),
+                on_halt: None,
+                last_crash: CrashKind::ProcessKill,
                 halted: false,
                 rule_fires,
                 coverage: BTreeMap::new(),
@@ -222,14 +273,99 @@ impl SimFs {
     /// operation does not complete (a write may land part way), it and every later operation fail with
     /// [`SimCrashed`] until [`SimFs::resume`].
     pub fn arm_crash(&self, at_op: u64, kind: CrashKind, torn: TornWrite) {
-        self.lock().armed = Some(Armed { at_op, kind, torn, write_to: None });
+        self.lock().armed = Some(Armed { at_op, kind, torn, on: None, after: false });
+    }
+
+    /// Crash right *after* a durability operation completes: the `nth` (1-based) operation, from
+    /// operation `after_op` on, of kind `op` (`None`: any kind) on a path matching `pattern`. The
+    /// operation's effect stands (a write is in the page cache, a sync on the media, a rename in the
+    /// directory), then the process dies (and with [`CrashKind::PowerLoss`] the machine loses power)
+    /// before it can do anything else: the operation returns [`SimCrashed`], like every later one
+    /// until [`SimFs::resume`]. This is where a crash lands between two synchronous calls, e.g. a
+    /// rename and the fsync of its directory.
+    pub fn arm_crash_after(
+        &self,
+        after_op: u64,
+        op: Option<OpKind>,
+        pattern: &str,
+        nth: u64,
+        kind: CrashKind,
+    ) {
+        let on = OpMatch { op, pattern: pattern.to_string(), skip: nth.max(1) - 1 };
+        self.lock().armed =
+            Some(Armed { at_op: after_op, kind, torn: TornWrite::Random, on: Some(on), after: true });
+    }
+
+    /// The next time an injected crash (armed, after an operation, or at a failpoint) halts this
+    /// disk's process, the same crash halts each of `others` at the same instant: a quorum that
+    /// loses power together. One-shot; replaces earlier companions.
+    pub fn crash_together_with(&self, others: Vec<SimFs>) {
+        self.lock().companions = others;
+    }
+
+    /// Run `hook` whenever an injected crash halts this disk's process (the harness kills the
+    /// simulated process there and then).
+    pub fn set_on_halt(&self, hook: HaltHook) {
+        self.lock().on_halt = Some(hook);
+    }
+
+    /// Crash now and halt, as an injected crash does: every operation fails until
+    /// [`SimFs::resume`]. A no-op when already halted.
+    pub fn halt(&self, kind: CrashKind) {
+        let hook = {
+            let mut s = self.lock();
+            if s.halted {
+                return;
+            }
+            s.crash(kind);
+            s.halted = true;
+            s.cover("crash.correlated");
+            s.on_halt.clone()
+        };
+        if let Some(hook) = hook {
+            hook();
+        }
+    }
+
+    /// End an operation: a crash armed to land right after it fires now; a process that died
+    /// during it takes its companions with it and runs the halt hook, all outside the lock.
+    fn settle<T>(&self, result: io::Result<T>) -> io::Result<T> {
+        let (result, companions, hook) = {
+            let mut s = self.lock();
+            let mut result = result;
+            if let Some((kind, op)) = s.after_this.take() {
+                s.crash(kind);
+                s.halted = true;
+                s.just_died = true;
+                s.cover("crash.after_op");
+                s.cover(after_key(op));
+                result = Err(crashed("killed right after this operation"));
+            }
+            if !std::mem::take(&mut s.just_died) {
+                return result;
+            }
+            let kind = s.last_crash;
+            (
+                result,
+                std::mem::take(&mut s.companions).into_iter().map(|c| (c, kind)).collect::<Vec<_>>(),
+                s.on_halt.clone(),
+            )
+        };
+        for (c, kind) in companions {
+            c.halt(kind);
+        }
+        if let Some(hook) = hook {
+            hook();
+        }
+        result
     }
 
     /// Crash inside the first write, from durability operation `after_op` on, to a path matching
     /// `pattern` (a glob whose `*` matches any run of characters, `/` included): an OOM-kill that lands while
     /// the process writes that file. Like [`SimFs::arm_crash`] otherwise.
     pub fn arm_crash_on_write(&self, after_op: u64, pattern: &str, kind: CrashKind, torn: TornWrite) {
-        self.lock().armed = Some(Armed { at_op: after_op, kind, torn, write_to: Some(pattern.to_string()) });
+        let on = OpMatch { op: Some(OpKind::Write), pattern: pattern.to_string(), skip: 0 };
+        self.lock().armed = Some(Armed { at_op: after_op, kind, torn, on: Some(on), after: false });
     }
 
     /// Is a crash armed that has not fired yet?
@@ -242,6 +378,10 @@ impl SimFs {
         let mut s = self.lock();
         s.halted = false;
         s.armed = None;
+        s.after_next = None;
+        s.after_this = None;
+        // A correlated crash that never fired died with the process it was waiting in.
+        s.companions.clear();
         // A stall belonged to the dead process.
         s.stall = None;
     }
@@ -464,18 +604,35 @@ impl State {
         }
         let this_op = self.ops_done;
         self.ops_done += 1;
-        let lands_here = |a: &Armed| match &a.write_to {
-            None => a.at_op == this_op,
-            Some(pattern) => {
-                this_op >= a.at_op
-                    && op == OpKind::Write
-                    && (a.torn != TornWrite::Partial || pieces >= 2)
-                    && glob_match(pattern, &path.to_string_lossy())
-            }
+        if let Some(kind) = self.after_next.take() {
+            self.after_this = Some((kind, op));
+        }
+        let lands_here = match self.armed.as_mut() {
+            None => false,
+            Some(a) => match &mut a.on {
+                None => a.at_op == this_op,
+                Some(m) => {
+                    let matches = this_op >= a.at_op
+                        && m.op.is_none_or(|k| k == op)
+                        && (a.after || a.torn != TornWrite::Partial || pieces >= 2)
+                        && glob_match(&m.pattern, &path.to_string_lossy());
+                    if matches && m.skip > 0 {
+                        m.skip -= 1;
+                        false
+                    } else {
+                        matches
+                    }
+                }
+            },
         };
-        if self.armed.as_ref().is_some_and(lands_here) {
-            self.halted = true;
-            return Ok(self.armed.take());
+        if lands_here && let Some(a) = self.armed.take() {
+            if a.after {
+                // The operation runs to completion; `SimFs::settle` crashes the process after it.
+                self.after_this = Some((a.kind, op));
+            } else {
+                self.halted = true;
+                return Ok(Some(a));
+            }
         }
         self.check_eio(op, path)?;
         Ok(None)
@@ -517,11 +674,13 @@ impl State {
 
     fn crash_armed(&mut self, armed: Armed) -> io::Error {
         self.crash(armed.kind);
+        self.just_died = true;
         crashed("killed during this operation")
     }
 
     fn crash(&mut self, kind: CrashKind) {
         self.generation += 1;
+        self.last_crash = kind;
         match kind {
             CrashKind::ProcessKill => self.cover("crash.process_kill"),
             CrashKind::PowerLoss => {
@@ -723,40 +882,8 @@ impl SimFile {
     }
 }
 
-impl FsFile for SimFile {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        if !self.readable {
-            return Err(os_err(libc::EBADF));
-        }
-        let mut g = self.fs.lock();
-        let s = self.live(&mut g)?;
-        if s.halted {
-            return Err(crashed("the process was killed; resume() restarts it"));
-        }
-        s.check_eio(OpKind::Read, &self.path)?;
-        let flip = s.fire(FaultEffect::BitFlip, OpKind::Read, &self.path);
-        let draw = if flip { Some((s.rng.next_u64(), s.rng.random_range(0..8u8))) } else { None };
-        let f = s.file_mut(self.ino, &self.path)?;
-        let len = f.data.len() as u64;
-        if offset >= len {
-            return Ok(0);
-        }
-        let n = (len - offset).min(buf.len() as u64) as usize;
-        if let Some((r, bit)) = draw {
-            // A latent sector error: the bit is wrong on the media and stays wrong.
-            let at = (offset + r % n as u64) as usize;
-            f.data[at] ^= 1 << bit;
-            if let Some(b) = f.durable.get_mut(at) {
-                *b ^= 1 << bit;
-            }
-            s.cover("fault.bit_flip.read");
-        }
-        let f = s.file_mut(self.ino, &self.path)?;
-        buf[..n].copy_from_slice(&f.data[offset as usize..offset as usize + n]);
-        Ok(n)
-    }
-
-    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+impl SimFile {
+    fn write_at_op(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
         if !self.writable {
             return Err(os_err(libc::EBADF));
         }
@@ -822,7 +949,7 @@ impl FsFile for SimFile {
         Ok(())
     }
 
-    fn sync(&mut self) -> io::Result<()> {
+    fn sync_op(&mut self) -> io::Result<()> {
         let mut g = self.fs.lock();
         let s = self.live(&mut g)?;
         let armed = match s.begin(OpKind::Sync, &self.path) {
@@ -878,7 +1005,7 @@ impl FsFile for SimFile {
         Ok(())
     }
 
-    fn set_len(&mut self, len: u64) -> io::Result<()> {
+    fn set_len_op(&mut self, len: u64) -> io::Result<()> {
         if !self.writable {
             return Err(os_err(libc::EBADF));
         }
@@ -900,6 +1027,55 @@ impl FsFile for SimFile {
         f.len_dirty = true;
         Ok(())
     }
+}
+
+impl FsFile for SimFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        if !self.readable {
+            return Err(os_err(libc::EBADF));
+        }
+        let mut g = self.fs.lock();
+        let s = self.live(&mut g)?;
+        if s.halted {
+            return Err(crashed("the process was killed; resume() restarts it"));
+        }
+        s.check_eio(OpKind::Read, &self.path)?;
+        let flip = s.fire(FaultEffect::BitFlip, OpKind::Read, &self.path);
+        let draw = if flip { Some((s.rng.next_u64(), s.rng.random_range(0..8u8))) } else { None };
+        let f = s.file_mut(self.ino, &self.path)?;
+        let len = f.data.len() as u64;
+        if offset >= len {
+            return Ok(0);
+        }
+        let n = (len - offset).min(buf.len() as u64) as usize;
+        if let Some((r, bit)) = draw {
+            // A latent sector error: the bit is wrong on the media and stays wrong.
+            let at = (offset + r % n as u64) as usize;
+            f.data[at] ^= 1 << bit;
+            if let Some(b) = f.durable.get_mut(at) {
+                *b ^= 1 << bit;
+            }
+            s.cover("fault.bit_flip.read");
+        }
+        let f = s.file_mut(self.ino, &self.path)?;
+        buf[..n].copy_from_slice(&f.data[offset as usize..offset as usize + n]);
+        Ok(n)
+    }
+
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let result = self.write_at_op(buf, offset);
+        self.fs.settle(result)
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        let result = self.sync_op();
+        self.fs.settle(result)
+    }
+
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        let result = self.set_len_op(len);
+        self.fs.settle(result)
+    }
 
     fn len(&self) -> io::Result<u64> {
         let mut g = self.fs.lock();
@@ -908,8 +1084,9 @@ impl FsFile for SimFile {
     }
 }
 
-impl Fs for SimFs {
-    fn open(&self, path: &Path, opts: OpenOptions) -> io::Result<Box<dyn FsFile>> {
+/// The operations themselves; the `Fs` methods wrap each in [`SimFs::settle`].
+impl SimFs {
+    fn open_op(&self, path: &Path, opts: OpenOptions) -> io::Result<Box<dyn FsFile>> {
         let mut s = self.lock();
         if s.halted {
             return Err(crashed("the process was killed; resume() restarts it"));
@@ -955,7 +1132,7 @@ impl Fs for SimFs {
         }))
     }
 
-    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+    fn create_dir_all_op(&self, path: &Path) -> io::Result<()> {
         let mut s = self.lock();
         let mut ino = ROOT;
         for name in State::names(path)? {
@@ -980,7 +1157,7 @@ impl Fs for SimFs {
         Ok(())
     }
 
-    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+    fn sync_dir_op(&self, path: &Path) -> io::Result<()> {
         let mut s = self.lock();
         let ino = s.resolve(path)?;
         s.dir_mut(ino)?;
@@ -992,7 +1169,7 @@ impl Fs for SimFs {
         Ok(())
     }
 
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+    fn rename_op(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut s = self.lock();
         let (src_dir, src_name) = s.resolve_parent(from)?;
         let (dst_dir, dst_name) = s.resolve_parent(to)?;
@@ -1018,7 +1195,7 @@ impl Fs for SimFs {
         Ok(())
     }
 
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
+    fn remove_file_op(&self, path: &Path) -> io::Result<()> {
         let mut s = self.lock();
         let (dir, name) = s.resolve_parent(path)?;
         let ino = *s.dir_mut(dir)?.children.get(&name).ok_or_else(|| not_found(path))?;
@@ -1030,7 +1207,7 @@ impl Fs for SimFs {
         Ok(())
     }
 
-    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+    fn remove_dir_op(&self, path: &Path) -> io::Result<()> {
         let mut s = self.lock();
         let (dir, name) = s.resolve_parent(path)?;
         let ino = *s.dir_mut(dir)?.children.get(&name).ok_or_else(|| not_found(path))?;
@@ -1042,6 +1219,38 @@ impl Fs for SimFs {
         }
         s.dir_mut(dir)?.children.remove(&name);
         Ok(())
+    }
+}
+
+impl Fs for SimFs {
+    fn open(&self, path: &Path, opts: OpenOptions) -> io::Result<Box<dyn FsFile>> {
+        let result = self.open_op(path, opts);
+        self.settle(result)
+    }
+
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        let result = self.create_dir_all_op(path);
+        self.settle(result)
+    }
+
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        let result = self.sync_dir_op(path);
+        self.settle(result)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let result = self.rename_op(from, to);
+        self.settle(result)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        let result = self.remove_file_op(path);
+        self.settle(result)
+    }
+
+    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        let result = self.remove_dir_op(path);
+        self.settle(result)
     }
 
     fn read_dir(&self, path: &Path) -> io::Result<Vec<DirEntry>> {
@@ -1085,27 +1294,37 @@ impl Fs for SimFs {
     }
 
     fn failpoint(&self, name: &'static str) -> io::Result<Option<Duration>> {
-        let mut s = self.lock();
-        if s.halted {
-            return Err(crashed("the process was killed; resume() restarts it"));
-        }
-        let Some(attached) = s.failpoints.get_mut(name) else { return Ok(None) };
-        let action = attached.action;
-        match &mut attached.left {
-            Some(0) => return Ok(None),
-            Some(n) => *n -= 1,
-            None => {}
-        }
-        *s.failpoint_fires.entry(name.to_string()).or_insert(0) += 1;
-        match action {
-            FailAction::Error => Err(durakv::failpoint::injected_error(name)),
-            FailAction::Kill(kind) => {
-                s.crash(kind);
-                s.halted = true;
-                Err(crashed("killed at a failpoint"))
+        let result = {
+            let mut s = self.lock();
+            if s.halted {
+                return Err(crashed("the process was killed; resume() restarts it"));
             }
-            FailAction::Stall(d) => Ok(Some(d)),
-        }
+            let Some(attached) = s.failpoints.get_mut(name) else { return Ok(None) };
+            let action = attached.action;
+            match &mut attached.left {
+                Some(0) => return Ok(None),
+                Some(n) => *n -= 1,
+                None => {}
+            }
+            *s.failpoint_fires.entry(name.to_string()).or_insert(0) += 1;
+            match action {
+                FailAction::Error => Err(durakv::failpoint::injected_error(name)),
+                FailAction::Kill(kind) => {
+                    s.crash(kind);
+                    s.halted = true;
+                    s.just_died = true;
+                    Err(crashed("killed at a failpoint"))
+                }
+                FailAction::KillAfter(kind) => {
+                    // The operation this failpoint guards is the next one: it completes, then the
+                    // process dies.
+                    s.after_next = Some(kind);
+                    Ok(None)
+                }
+                FailAction::Stall(d) => Ok(Some(d)),
+            }
+        };
+        self.settle(result)
     }
 
     fn canary(&self, name: &str) -> bool {

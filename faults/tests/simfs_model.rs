@@ -480,3 +480,94 @@ fn rules_and_capacity_change_while_the_disk_runs() -> io::Result<()> {
     g.write_at(b"more", 1)?;
     Ok(())
 }
+
+#[test]
+fn a_crash_after_a_rename_keeps_the_rename_but_not_the_unsynced_directory_entry() -> io::Result<()> {
+    // Failure injected: power loss right *after* a rename completes, before the caller can fsync the
+    // directory (the window between two synchronous calls that no `.await` reaches).
+    // Invariant: the rename itself ran (a process kill would see it), the operation reports the
+    // crash, every later operation fails until resume, and the power loss reverts the directory to
+    // its durable entries: the renamed file is back under its old name.
+    let fs = disk(21);
+    write_synced(&fs, "/d/a.tmp", b"body")?;
+    fs.sync_dir(&p("/d"))?;
+    fs.arm_crash_after(fs.ops_done(), Some(OpKind::Rename), "/d/*", 1, CrashKind::PowerLoss);
+    write_synced(&fs, "/d/other", b"x")?;
+    assert!(fs.is_armed(), "writes and syncs are not renames");
+    let err = fs.rename(&p("/d/a.tmp"), &p("/d/a")).expect_err("the crash lands after the rename");
+    assert!(is_crash_error(&err), "{err}");
+    assert!(fs.is_halted() && !fs.is_armed());
+    assert!(fs.sync_dir(&p("/d")).is_err(), "dead until resumed");
+    fs.resume();
+    assert!(fs.exists(&p("/d/a.tmp"))? && !fs.exists(&p("/d/a"))?, "the rename was never made durable");
+    assert_eq!(fs.coverage().get("crash.after.rename"), Some(&1));
+    Ok(())
+}
+
+#[test]
+fn a_crash_after_an_fsync_keeps_what_it_synced() -> io::Result<()> {
+    // Failure injected: power loss right after the 2nd fsync of a file, with every unsynced sector
+    // dropped. Invariant: the bytes both fsyncs covered survive; a write after the last fsync never
+    // happens (the process is dead), and the crash landed after the 2nd sync, not the 1st.
+    let fs = disk_with(
+        22,
+        SimFsOptions { power_loss: SectorOdds::new(0, 1, 0).expect("odds"), ..SimFsOptions::default() },
+    );
+    fs.create_dir_all(&p("/d"))?;
+    fs.sync_dir(&p("/"))?;
+    let mut f = fs.open(&p("/d/log"), OpenOptions::create_new())?;
+    fs.sync_dir(&p("/d"))?;
+    fs.arm_crash_after(fs.ops_done(), Some(OpKind::Sync), "*", 2, CrashKind::PowerLoss);
+    f.write_at(&[1u8; 512], 0)?;
+    f.sync()?;
+    f.write_at(&[2u8; 512], 512)?;
+    let err = f.sync().expect_err("the crash lands after the second fsync");
+    assert!(is_crash_error(&err), "{err}");
+    assert!(f.write_at(&[3u8; 512], 1024).is_err(), "a dead process writes nothing");
+    fs.resume();
+    let out = read_file(&fs, &p("/d/log"))?;
+    assert_eq!(out.len(), 1024);
+    assert!(out[..512].iter().all(|&b| b == 1) && out[512..].iter().all(|&b| b == 2));
+    Ok(())
+}
+
+#[test]
+fn a_failpoint_kill_after_lets_the_guarded_operation_complete_then_halts() -> io::Result<()> {
+    // Failure injected: `wal.sync` with a kill placed *after* the operation it guards.
+    // Invariant: the failpoint itself passes, the next operation (the fsync) completes on the media
+    // and reports the crash; a companion disk loses power at the same instant (a correlated fault)
+    // and the halt hooks of both run once.
+    use durakv_faults::FailAction;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let fs = disk_with(
+        23,
+        SimFsOptions { power_loss: SectorOdds::new(0, 1, 0).expect("odds"), ..SimFsOptions::default() },
+    );
+    let other = disk(24);
+    let halts = Arc::new(AtomicU64::new(0));
+    for d in [&fs, &other] {
+        let h = halts.clone();
+        d.set_on_halt(Arc::new(move || {
+            h.fetch_add(1, Ordering::Relaxed);
+        }));
+    }
+    write_synced(&other, "/d/unsynced-name", b"y")?;
+    fs.crash_together_with(vec![other.clone()]);
+    fs.attach_failpoint("wal.sync", FailAction::KillAfter(CrashKind::PowerLoss), Some(1));
+    write_synced(&fs, "/f", b"v1")?;
+    fs.sync_dir(&p("/"))?;
+    let mut f = fs.open(&p("/f"), OpenOptions::read_write())?;
+    f.write_at(b"v2", 0)?;
+    assert_eq!(fs.failpoint("wal.sync")?, None, "the code at the failpoint goes on");
+    let err = f.sync().expect_err("the guarded fsync completes, then the process dies");
+    assert!(is_crash_error(&err), "{err}");
+    assert!(fs.is_halted() && other.is_halted());
+    assert_eq!(halts.load(Ordering::Relaxed), 2);
+    fs.resume();
+    other.resume();
+    assert_eq!(read_file(&fs, &p("/f"))?, b"v2", "the fsync reached the media before the crash");
+    assert!(!other.exists(&p("/d/unsynced-name"))?, "the companion lost power too");
+    assert_eq!(other.coverage().get("crash.correlated"), Some(&1));
+    Ok(())
+}

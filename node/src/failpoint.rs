@@ -16,6 +16,7 @@
 //! | `snapshot.finalize` | when the last chunk of a received snapshot is in the spool, before it is sealed and moved into the snapshot directory (a pause here stalls only this receive) | the receive fails, the spool is removed, the leader sends again |
 //! | `snapshot.restore` | after a received or cold-start snapshot was streamed into the restore target and its CRC checked, before the restored state becomes visible | a failed restore: nothing becomes visible (D8), the node fail-stops and restores at its next start |
 //! | `transport.send` | before a batch of raft messages is written to a peer's connection | the batch is lost (raft retransmits) |
+//! | `transport.promise_sent` | right after a batch holding a granted vote or an accepting append response was written to a peer's connection | nothing (the promise is already out); a `kill` or `power_loss` here is the crash right after a promise |
 //!
 //! [`CANARIES`] re-introduce fixed bugs the same way, so a test can show the simulation catches them.
 
@@ -33,6 +34,7 @@ pub const NAMES: &[&str] = &[
     "snapshot.finalize",
     "snapshot.restore",
     "transport.send",
+    "transport.promise_sent",
 ];
 
 /// Pass failpoint `name` in synchronous code: an attached `error` comes back as an `io::Error`, an

@@ -27,7 +27,11 @@ fn could_leave(op: &RegisterOp, found: &Option<Vec<u8>>) -> bool {
     match op {
         RegisterOp::Write(v) => v == found,
         RegisterOp::Incr { result: Some(r), .. } => found.as_deref() == Some(r.to_string().as_bytes()),
-        RegisterOp::Incr { result: None, .. } => true,
+        // Its result unknown: it leaves an integer (which one, the linearizability check decides
+        // from the final read). A missing key or a non-integer it cannot explain.
+        RegisterOp::Incr { result: None, .. } => {
+            found.as_deref().is_some_and(|v| std::str::from_utf8(v).is_ok_and(|t| t.parse::<i64>().is_ok()))
+        }
         RegisterOp::Append { suffix, len } => found.as_ref().is_some_and(|v| {
             v.ends_with(suffix) && len.is_none_or(|l| usize::try_from(l).ok() == Some(v.len()))
         }),
@@ -82,6 +86,203 @@ pub fn check_durability(
                 acknowledged_at: last.ret,
                 found: show(&found),
             });
+        }
+    }
+    Ok(())
+}
+
+/// An append-only list key or an increment-only counter key whose history its final value (or a
+/// read) contradicts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("key {key:?}: {problem}")]
+pub struct ExactlyOnceViolation {
+    pub key: String,
+    pub problem: String,
+}
+
+/// The tokens of a list value (`a;b;c;`), or why it is not one.
+fn tokens(value: &[u8]) -> Result<Vec<&[u8]>, String> {
+    if value.is_empty() {
+        return Ok(Vec::new());
+    }
+    let Some(body) = value.strip_suffix(b";") else {
+        return Err(format!("{:?} does not end with a whole element", String::from_utf8_lossy(value)));
+    };
+    Ok(body.split(|&b| b == b';').collect())
+}
+
+/// Jepsen's list-append idea, on the keys only APPEND (of unique tokens) and GET ever touch: the
+/// final value holds every acknowledged append's token exactly once, no token of a failed append and
+/// nothing no append wrote; two appends that did not overlap in time appear in the order they ran;
+/// and every read returned a prefix of the final value that holds every append acknowledged before
+/// the read was invoked. Any duplicate is an effect applied twice, any gap a lost write.
+pub fn check_lists(
+    history: &[Operation],
+    final_state: &BTreeMap<Vec<u8>, Vec<u8>>,
+    is_list: impl Fn(&[u8]) -> bool,
+) -> Result<(), ExactlyOnceViolation> {
+    let mut appends: BTreeMap<&[u8], BTreeMap<&[u8], &Operation>> = BTreeMap::new();
+    let mut reads: BTreeMap<&[u8], Vec<(&Operation, &[u8])>> = BTreeMap::new();
+    for op in history {
+        for (key, effect) in op.effects.iter().filter(|(k, _)| is_list(k)) {
+            match effect {
+                RegisterOp::Append { suffix, .. } => {
+                    let token = suffix.strip_suffix(b";").unwrap_or(suffix);
+                    appends.entry(key).or_default().insert(token, op);
+                }
+                RegisterOp::Read(v) if op.outcome == Outcome::Ok => {
+                    reads.entry(key).or_default().push((op, v.as_deref().unwrap_or_default()));
+                }
+                _ => {}
+            }
+        }
+    }
+    let keys: std::collections::BTreeSet<&[u8]> = appends
+        .keys()
+        .chain(reads.keys())
+        .copied()
+        .chain(final_state.keys().map(Vec::as_slice).filter(|k| is_list(k)))
+        .collect();
+    let empty = BTreeMap::new();
+    for key in keys {
+        let fail = |problem: String| ExactlyOnceViolation {
+            key: String::from_utf8_lossy(key).into_owned(),
+            problem,
+        };
+        let ops = appends.get(key).unwrap_or(&empty);
+        let value = final_state.get(key).map(Vec::as_slice).unwrap_or_default();
+        let list = tokens(value).map_err(|e| fail(format!("the final value is not a list: {e}")))?;
+        let mut position: BTreeMap<&[u8], usize> = BTreeMap::new();
+        for (i, t) in list.iter().enumerate() {
+            let shown = String::from_utf8_lossy(t);
+            match ops.get(t) {
+                None => return Err(fail(format!("the final value holds {shown:?}, which no APPEND wrote"))),
+                Some(op) if op.outcome == Outcome::Fail => {
+                    return Err(fail(format!(
+                        "the final value holds {shown:?}, whose APPEND failed at {} ms",
+                        op.ret
+                    )));
+                }
+                Some(_) => {}
+            }
+            if let Some(first) = position.insert(t, i) {
+                return Err(fail(format!(
+                    "the final value holds {shown:?} twice (elements {first} and {i}): an APPEND applied twice"
+                )));
+            }
+        }
+        for (t, op) in ops {
+            if op.outcome == Outcome::Ok && !position.contains_key(t) {
+                return Err(fail(format!(
+                    "the APPEND of {:?} acknowledged at {} ms is missing from the final value ({} elements)",
+                    String::from_utf8_lossy(t),
+                    op.ret,
+                    list.len()
+                )));
+            }
+        }
+        // Real-time order: no element may come before one whose APPEND was acknowledged before its
+        // own APPEND was invoked. Walk from the end, keeping the acknowledged element that
+        // returned first among those after the current one.
+        let mut first_returned_after: Option<(&[u8], u64)> = None;
+        for a in list.iter().rev() {
+            let op_a = ops[a];
+            if let Some((b, ret_b)) = first_returned_after
+                && ret_b < op_a.call
+            {
+                return Err(fail(format!(
+                    "{:?} comes before {:?} in the final value, but its APPEND was invoked at {} ms, after the other was acknowledged at {ret_b} ms",
+                    String::from_utf8_lossy(a),
+                    String::from_utf8_lossy(b),
+                    op_a.call,
+                )));
+            }
+            if op_a.outcome == Outcome::Ok && first_returned_after.is_none_or(|(_, r)| op_a.ret < r) {
+                first_returned_after = Some((a, op_a.ret));
+            }
+        }
+        for (read, got) in reads.get(key).map(Vec::as_slice).unwrap_or_default() {
+            if !value.starts_with(got) {
+                return Err(fail(format!(
+                    "a GET at {}–{} ms by client {} returned {:?}, which is not a prefix of the final value",
+                    read.call,
+                    read.ret,
+                    read.client,
+                    String::from_utf8_lossy(got)
+                )));
+            }
+            let seen =
+                tokens(got).map_err(|e| fail(format!("a GET returned a value that is not a list: {e}")))?;
+            for (t, op) in ops {
+                if op.outcome == Outcome::Ok && op.ret < read.call && !seen.contains(t) {
+                    return Err(fail(format!(
+                        "a GET at {}–{} ms by client {} misses {:?}, whose APPEND was acknowledged at {} ms",
+                        read.call,
+                        read.ret,
+                        read.client,
+                        String::from_utf8_lossy(t),
+                        op.ret
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// On the keys only INCR (by 1) and GET ever touch: the final count lies between the number of
+/// acknowledged increments and that plus the increments whose outcome is unknown (a doubled
+/// increment overshoots, a lost one undershoots); no two increments returned the same count, and
+/// none returned more than the final count.
+pub fn check_counters(
+    history: &[Operation],
+    final_state: &BTreeMap<Vec<u8>, Vec<u8>>,
+    is_counter: impl Fn(&[u8]) -> bool,
+) -> Result<(), ExactlyOnceViolation> {
+    let mut incrs: BTreeMap<&[u8], Vec<(&Operation, Option<i64>)>> = BTreeMap::new();
+    for op in history.iter().filter(|o| o.outcome != Outcome::Fail) {
+        for (key, effect) in op.effects.iter().filter(|(k, _)| is_counter(k)) {
+            if let RegisterOp::Incr { result, .. } = effect {
+                incrs.entry(key).or_default().push((op, *result));
+            }
+        }
+    }
+    for (key, ops) in incrs {
+        let fail = |problem: String| ExactlyOnceViolation {
+            key: String::from_utf8_lossy(key).into_owned(),
+            problem,
+        };
+        let final_count = match final_state.get(key) {
+            None => 0,
+            Some(v) => std::str::from_utf8(v).ok().and_then(|t| t.parse::<i64>().ok()).ok_or_else(|| {
+                fail(format!("the final value {:?} is not a count", String::from_utf8_lossy(v)))
+            })?,
+        };
+        let acked = ops.iter().filter(|(o, _)| o.outcome == Outcome::Ok).count() as i64;
+        let unknown = ops.len() as i64 - acked;
+        if final_count < acked {
+            return Err(fail(format!(
+                "the final count is {final_count}, but {acked} increments were acknowledged: an increment was lost"
+            )));
+        }
+        if final_count > acked + unknown {
+            return Err(fail(format!(
+                "the final count is {final_count}, but only {acked} increments were acknowledged and {unknown} may have happened: an increment was applied twice"
+            )));
+        }
+        let mut seen: BTreeMap<i64, &Operation> = BTreeMap::new();
+        for (op, result) in ops.iter().filter_map(|(o, r)| r.map(|r| (*o, r))) {
+            if let Some(other) = seen.insert(result, op) {
+                return Err(fail(format!(
+                    "two increments returned {result} (clients {} and {}, at {} and {} ms)",
+                    other.client, op.client, other.ret, op.ret
+                )));
+            }
+            if result > final_count {
+                return Err(fail(format!(
+                    "an increment returned {result}, more than the final count {final_count}"
+                )));
+            }
         }
     }
     Ok(())
@@ -195,6 +396,110 @@ mod tests {
 
     fn state(v: Option<&str>) -> BTreeMap<Vec<u8>, Vec<u8>> {
         v.map(|s| (b"k".to_vec(), s.as_bytes().to_vec())).into_iter().collect()
+    }
+
+    fn append(key: &str, token: &str, call: u64, ret: u64, outcome: Outcome) -> Operation {
+        let suffix = format!("{token};").into_bytes();
+        Operation::single(1, key.as_bytes(), RegisterOp::Append { suffix, len: None }, call, ret, outcome)
+    }
+
+    fn value(key: &str, v: &str) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        [(key.as_bytes().to_vec(), v.as_bytes().to_vec())].into_iter().collect()
+    }
+
+    fn is_l(k: &[u8]) -> bool {
+        k.starts_with(b"l")
+    }
+
+    #[test]
+    fn a_list_holds_every_acknowledged_append_once_in_real_time_order() {
+        // a and b overlap (either order), c ran after both returned; d's outcome is unknown; e failed.
+        let h = [
+            append("l0", "a", 0, 5, Outcome::Ok),
+            append("l0", "b", 1, 4, Outcome::Ok),
+            append("l0", "c", 6, 7, Outcome::Ok),
+            append("l0", "d", 8, 9, Outcome::Unknown),
+            append("l0", "e", 8, 9, Outcome::Fail),
+        ];
+        for ok in ["a;b;c;", "b;a;c;", "a;b;c;d;", "b;a;c;d;"] {
+            assert_eq!(check_lists(&h, &value("l0", ok), is_l), Ok(()), "{ok}");
+        }
+        // Failure: an acknowledged append lost. Invariant: every acknowledged token is present.
+        let e = check_lists(&h, &value("l0", "a;b;"), is_l).expect_err("c is lost");
+        assert!(e.problem.contains("\"c\"") && e.problem.contains("missing"), "{e}");
+        // Failure: an append applied twice (a retried command).
+        let e = check_lists(&h, &value("l0", "a;b;a;c;"), is_l).expect_err("a twice");
+        assert!(e.problem.contains("twice"), "{e}");
+        // Failure: a failed append took effect.
+        assert!(check_lists(&h, &value("l0", "a;b;c;e;"), is_l).is_err());
+        // Failure: an element nobody appended.
+        assert!(check_lists(&h, &value("l0", "a;b;c;zz;"), is_l).is_err());
+        // Failure: d (unknown outcome, invoked after c returned) placed before c.
+        assert!(check_lists(&h, &value("l0", "a;b;d;c;"), is_l).is_err());
+        // Failure: c before a, though a returned before c was invoked.
+        let e = check_lists(&h, &value("l0", "c;a;b;"), is_l).expect_err("order");
+        assert!(e.problem.contains("comes before"), "{e}");
+        // Failure: a value that is not a list.
+        assert!(check_lists(&h, &value("l0", "a;b;c"), is_l).is_err());
+    }
+
+    #[test]
+    fn a_list_read_is_a_prefix_of_the_final_value_with_everything_acknowledged_before_it() {
+        let read = |v: &str, call, ret| {
+            Operation::single(2, b"l0", RegisterOp::Read(Some(v.as_bytes().to_vec())), call, ret, Outcome::Ok)
+        };
+        let h = vec![append("l0", "a", 0, 1, Outcome::Ok), append("l0", "b", 2, 3, Outcome::Ok)];
+        let fin = value("l0", "a;b;");
+        let mut ok = h.clone();
+        ok.push(read("a;", 2, 2));
+        assert_eq!(check_lists(&ok, &fin, is_l), Ok(()));
+        // Failure: a read that saw something the final value lost or reordered.
+        let mut bad = h.clone();
+        bad.push(read("b;", 2, 2));
+        assert!(check_lists(&bad, &fin, is_l).is_err());
+        // Failure: a stale read, missing an append acknowledged before it began.
+        let mut stale = h;
+        stale.push(read("a;", 4, 5));
+        let e = check_lists(&stale, &fin, is_l).expect_err("stale");
+        assert!(e.problem.contains("misses"), "{e}");
+    }
+
+    fn incr(result: Option<i64>, call: u64, ret: u64, outcome: Outcome) -> Operation {
+        Operation::single(1, b"c0", RegisterOp::Incr { delta: 1, result }, call, ret, outcome)
+    }
+
+    #[test]
+    fn a_counter_counts_every_acknowledged_increment_once() {
+        let h = [
+            incr(Some(1), 0, 1, Outcome::Ok),
+            incr(Some(2), 2, 3, Outcome::Ok),
+            incr(None, 4, 5, Outcome::Unknown),
+            incr(None, 4, 5, Outcome::Fail),
+        ];
+        let is_c = |k: &[u8]| k.starts_with(b"c");
+        assert_eq!(check_counters(&h, &value("c0", "2"), is_c), Ok(()));
+        assert_eq!(check_counters(&h, &value("c0", "3"), is_c), Ok(()));
+        // Failure: a lost increment (or a lost key). Invariant: count >= acknowledged.
+        assert!(check_counters(&h, &value("c0", "1"), is_c).expect_err("lost").problem.contains("lost"));
+        assert!(check_counters(&h, &BTreeMap::new(), is_c).is_err());
+        // Failure: an increment applied twice. Invariant: count <= acknowledged + unknown.
+        assert!(check_counters(&h, &value("c0", "4"), is_c).expect_err("twice").problem.contains("twice"));
+        // Failure: two increments that returned the same count.
+        let dup = [incr(Some(1), 0, 1, Outcome::Ok), incr(Some(1), 2, 3, Outcome::Ok)];
+        assert!(check_counters(&dup, &value("c0", "2"), is_c).is_err());
+    }
+
+    #[test]
+    fn an_increment_of_unknown_outcome_does_not_excuse_a_missing_key() {
+        // Failure injected: the last acknowledged write of an integer is followed only by an INCR
+        // whose outcome is unknown, and the key is gone. Invariant: an unknown INCR leaves an
+        // integer; it cannot explain a missing key.
+        let h = [
+            write(Some("5"), 0, 1, Outcome::Ok),
+            Operation::single(1, b"k", RegisterOp::Incr { delta: 1, result: None }, 2, 3, Outcome::Unknown),
+        ];
+        assert!(check_durability(&h, &state(None)).is_err());
+        assert_eq!(check_durability(&h, &state(Some("6"))), Ok(()));
     }
 
     #[test]

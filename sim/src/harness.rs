@@ -24,7 +24,10 @@ use rand_chacha::ChaCha8Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::checkers::{check_convergence, check_durability, check_file_hygiene, state_digest};
+use crate::checkers::{
+    ExactlyOnceViolation, check_convergence, check_counters, check_durability, check_file_hygiene,
+    check_lists, state_digest,
+};
 use crate::client::{Reply, decode_reply, encode_command, outcome_of};
 use crate::linearizability::{CheckResult, Operation, Outcome, RegisterOp};
 use crate::scenario::{Action, Fault, Scenario};
@@ -142,6 +145,9 @@ pub struct RunOptions {
     pub panic_at_ms: Option<u64>,
 }
 
+/// The client id of the synthetic reads of the final state that end every history.
+pub const FINAL_READ_CLIENT: u64 = u64::MAX;
+
 /// The invariant a run violates when something in it panicked.
 pub const PANIC: &str = "no_panic";
 
@@ -231,12 +237,22 @@ struct Server {
     /// A `lose_acked_tail` or WAL `bit_flip` fault damaged acknowledged records of this server's log:
     /// it must have recorded the evidence (and recovered, like every server, by the end).
     log_damaged: bool,
+    /// A `crash_loop` fault: until this time the server dies again and again, this way, each time
+    /// `next_ms` comes (drawn after each start; 0 until then).
+    crash_loop: Option<CrashLoop>,
     up: bool,
     /// When this server last started, and the earliest time the supervisor may start it again
     /// (a server that dies within `CRASH_LOOP_MS` of its start waits that long, as systemd's
     /// `RestartSec` would make it).
     started_ms: u64,
     retry_at_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct CrashLoop {
+    until_ms: u64,
+    kind: CrashKind,
+    next_ms: u64,
 }
 
 /// A server that dies this soon after starting is in a crash loop: wait this long before the next
@@ -302,6 +318,10 @@ async fn simulate(scenario: Scenario, seed: u64, run_opts: RunOptions, w: Shared
                 async move { run_server(disk, cfg, node_seed, w).await }
             })
             .build();
+        // A crash injected into the disk kills the process there and then: nothing it does after
+        // the crash point (a message sent, a reply) may leave it. The supervisor does the rest.
+        let node_id = node.id();
+        disk.set_on_halt(Arc::new(move || Handle::current().kill(node_id)));
         servers.insert(
             id,
             Server {
@@ -313,6 +333,7 @@ async fn simulate(scenario: Scenario, seed: u64, run_opts: RunOptions, w: Shared
                 corrupt_snapshot_at_start: None,
                 torn_tail_armed: false,
                 log_damaged: false,
+                crash_loop: None,
                 up: true,
                 started_ms: 0,
                 retry_at_ms: 0,
@@ -368,7 +389,9 @@ fn finish(
     digest: u64,
 ) -> RunResult {
     let mut world = world(w);
-    let count = |o: Outcome| world.history.iter().filter(|op| op.outcome == o).count() as u64;
+    let count = |o: Outcome| {
+        world.history.iter().filter(|op| op.outcome == o && op.client != FINAL_READ_CLIENT).count() as u64
+    };
     let summary = Summary {
         scenario: scenario.name.clone(),
         seed,
@@ -508,6 +531,7 @@ async fn client_loop(scenario: Scenario, seed: u64, c: u64, end_ms: u64, w: Shar
     // Value sizes come from a stream of their own, so the choice of operations, servers and keys
     // does not depend on them.
     let mut sizes = ChaCha8Rng::seed_from_u64(derive_seed(seed, &format!("client/{c}/sizes")));
+    let mut special = ChaCha8Rng::seed_from_u64(derive_seed(seed, &format!("client/{c}/special")));
     let wl = &scenario.workload;
     let per_client = (wl.rate_per_sec / wl.clients.max(1)).max(1);
     let gap = Duration::from_micros(1_000_000 / per_client);
@@ -518,6 +542,8 @@ async fn client_loop(scenario: Scenario, seed: u64, c: u64, end_ms: u64, w: Shar
         ("incr", wl.mix.incr),
         ("mset", wl.mix.mset),
         ("append", wl.mix.append),
+        ("list", wl.mix.list),
+        ("counter", wl.mix.counter),
     ];
     let total: u32 = mix.iter().map(|(_, n)| n).sum();
     let timeout = Duration::from_millis(wl.timeout_ms);
@@ -539,7 +565,26 @@ async fn client_loop(scenario: Scenario, seed: u64, c: u64, end_ms: u64, w: Shar
             .map_or("get", |(k, _)| *k);
         let server = rng.random_range(1..=scenario.cluster.nodes);
         let addr = SocketAddr::new(server_ip(server), RESP_PORT);
-        let key = format!("k{}", rng.random_range(0..wl.keys.max(1))).into_bytes();
+        // List and counter operations draw from their own stream, so adding them to a mix leaves
+        // the rest of a client's draws as they were.
+        let (kind, key) = match kind {
+            "list" | "counter" => {
+                let n = if kind == "list" { wl.lists } else { wl.counters };
+                let key = format!("{}{}", &kind[..1], special.random_range(0..n.max(1))).into_bytes();
+                let write = special.random_range(0..4) > 0;
+                (
+                    if !write {
+                        "get"
+                    } else if kind == "list" {
+                        "append"
+                    } else {
+                        "incr"
+                    },
+                    key,
+                )
+            }
+            _ => (kind, format!("k{}", rng.random_range(0..wl.keys.max(1))).into_bytes()),
+        };
         // Values are unique integers, so INCR applies to any key and every write is identifiable.
         // Some are padded with leading zeros to a large size (still integers); rarely a SET's is just
         // over the largest write a node takes, which the node must refuse.
@@ -549,6 +594,8 @@ async fn client_loop(scenario: Scenario, seed: u64, c: u64, end_ms: u64, w: Shar
         };
         let n = c * 1_000_000_000 + seq;
         let value = match size {
+            // A list key's element: a token no other operation writes, so a duplicate or a loss shows.
+            _ if special_key(&key, b'l') => list_token(c, seq),
             ValueSize::Small => n.to_string().into_bytes(),
             ValueSize::Large(len) => zero_padded(n, len),
             ValueSize::TooLarge => zero_padded(n, MAX_COMMAND_BYTES + 1),
@@ -631,6 +678,16 @@ async fn client_loop(scenario: Scenario, seed: u64, c: u64, end_ms: u64, w: Shar
     }
 }
 
+/// Is `key` one of the workload's list (`l<n>`) or counter (`c<n>`) keys?
+fn special_key(key: &[u8], prefix: u8) -> bool {
+    key.len() > 1 && key[0] == prefix && key[1..].iter().all(u8::is_ascii_digit)
+}
+
+/// The element client `c` appends to a list key with its operation `seq`: `c.seq;`.
+pub fn list_token(c: u64, seq: u64) -> Vec<u8> {
+    format!("{c}.{seq};").into_bytes()
+}
+
 /// The size of a write's value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ValueSize {
@@ -673,12 +730,80 @@ async fn resolve(target: &str, servers: &BTreeMap<u64, Server>, rng: &mut ChaCha
             f.get(rng.random_range(0..f.len().max(1))).copied().into_iter().collect()
         }
         "any" => up.get(rng.random_range(0..up.len().max(1))).copied().into_iter().collect(),
+        // A majority of all servers, the ones up first (a correlated fault hits machines, not roles).
+        "quorum" => {
+            let mut ids = shuffled(&up, rng);
+            let down: Vec<u64> = servers.keys().copied().filter(|id| !up.contains(id)).collect();
+            ids.extend(shuffled(&down, rng));
+            ids.truncate(servers.len() / 2 + 1);
+            ids.sort_unstable();
+            ids
+        }
+        "pair" => {
+            let mut ids = shuffled(&up, rng);
+            ids.truncate(2);
+            ids.sort_unstable();
+            ids
+        }
         other => other
             .strip_prefix("node:")
             .and_then(|n| n.parse().ok())
             .filter(|id| servers.contains_key(id))
             .into_iter()
             .collect(),
+    }
+}
+
+/// Servers `others` crash at the same instant as the next injected crash of `s`.
+fn crash_together(s: &Server, others: Vec<(u64, SimFs)>, w: &Shared, id: u64) {
+    if others.is_empty() {
+        return;
+    }
+    let names: Vec<u64> = others.iter().map(|(o, _)| *o).collect();
+    event(w, format!("server {id}: servers {names:?} will crash with it"));
+    s.disk.crash_together_with(others.into_iter().map(|(_, d)| d).collect());
+}
+
+/// `ids` in a seeded random order.
+fn shuffled(ids: &[u64], rng: &mut ChaCha8Rng) -> Vec<u64> {
+    let mut ids = ids.to_vec();
+    for i in (1..ids.len()).rev() {
+        ids.swap(i, rng.random_range(0..=i));
+    }
+    ids
+}
+
+/// The disks of the servers a correlated crash of `id` takes along (`with`): enough others for a
+/// majority, or all others.
+fn companions(
+    with: Option<&str>,
+    id: u64,
+    servers: &BTreeMap<u64, Server>,
+    rng: &mut ChaCha8Rng,
+) -> Vec<(u64, SimFs)> {
+    let others: Vec<u64> = servers.keys().copied().filter(|&o| o != id).collect();
+    let n = match with {
+        Some("quorum") => servers.len() / 2,
+        Some("all") => others.len(),
+        _ => 0,
+    };
+    let mut chosen = shuffled(&others, rng);
+    chosen.truncate(n);
+    chosen.sort_unstable();
+    chosen.into_iter().filter_map(|o| servers.get(&o).map(|s| (o, s.disk.clone()))).collect()
+}
+
+/// The operation kind an `after_op` names (`None`: any).
+fn op_kind(name: &str) -> Option<OpKind> {
+    match name {
+        "write" => Some(OpKind::Write),
+        "sync" => Some(OpKind::Sync),
+        "sync_dir" => Some(OpKind::SyncDir),
+        "rename" => Some(OpKind::Rename),
+        "remove" => Some(OpKind::Remove),
+        "set_len" => Some(OpKind::SetLen),
+        "create" => Some(OpKind::Create),
+        _ => None,
     }
 }
 
@@ -769,6 +894,9 @@ async fn apply_fault(
     let ids = node_ids(servers);
     let bad_scenario = |explanation: String| Failure { invariant: "scenario", explanation };
     for id in targets {
+        // Drawn only for a correlated fault, so other scenarios' streams stay as they were.
+        let others =
+            if f.with.is_some() { companions(f.with.as_deref(), id, servers, rng) } else { Vec::new() };
         let Some(s) = servers.get_mut(&id) else { continue };
         world(w).faults.push(format!("{:?}@{}:{}", f.action, f.at_ms, id));
         let heal_after = f.for_ms.map(Duration::from_millis);
@@ -779,15 +907,26 @@ async fn apply_fault(
                 if !s.up {
                     continue;
                 }
-                match &f.mid_write {
+                match (&f.mid_write, &f.after_op) {
                     // Land inside the next write to a matching file; the node dies of it.
-                    Some(pattern) => {
+                    (Some(pattern), _) => {
+                        torn_tail_preempted(s, w, id);
                         s.disk.arm_crash_on_write(s.disk.ops_done(), pattern, kind, TornWrite::Random);
                         event(w, format!("server {id}: crash armed inside the next write to {pattern}"));
                     }
-                    None => kill(&handle, s, kind, w, id),
+                    // Land right after the nth matching operation completes, before anything else.
+                    (None, Some(op)) => {
+                        torn_tail_preempted(s, w, id);
+                        let (path, nth) = (f.path.as_deref().unwrap_or("*"), f.nth.unwrap_or(1));
+                        s.disk.arm_crash_after(s.disk.ops_done(), op_kind(op), path, nth, kind);
+                        event(w, format!("server {id}: crash armed right after {op} #{nth} on {path}"));
+                    }
+                    (None, None) => kill(&handle, s, kind, w, id),
                 }
                 s.held_down = true;
+                if f.mid_write.is_some() || f.after_op.is_some() {
+                    crash_together(s, others, w, id);
+                }
             }
             Action::Restart => {
                 if !s.up {
@@ -931,6 +1070,16 @@ async fn apply_fault(
                     });
                 }
             }
+            Action::CrashLoop => {
+                let kind = if f.effect.as_deref() == Some("power_loss") {
+                    CrashKind::PowerLoss
+                } else {
+                    CrashKind::ProcessKill
+                };
+                let until_ms = now_ms() + f.for_ms.unwrap_or(0);
+                s.crash_loop = Some(CrashLoop { until_ms, kind, next_ms: 0 });
+                event(w, format!("server {id}: crash loop ({kind:?}) until {until_ms} ms"));
+            }
             Action::ApplyFailure | Action::Failpoint => {
                 let (name, effect) = match f.action {
                     Action::ApplyFailure => ("fsm.apply", "error"),
@@ -941,11 +1090,14 @@ async fn apply_fault(
                     "error" => (FailAction::Error, Some(1)),
                     "kill" => (FailAction::Kill(CrashKind::ProcessKill), Some(1)),
                     "power_loss" => (FailAction::Kill(CrashKind::PowerLoss), Some(1)),
+                    "kill_after" => (FailAction::KillAfter(CrashKind::ProcessKill), Some(1)),
+                    "power_loss_after" => (FailAction::KillAfter(CrashKind::PowerLoss), Some(1)),
                     "pause" => (FailAction::Stall(stall), Some(1)),
                     "delay" => (FailAction::Stall(stall), None),
                     other => return Err(bad_scenario(format!("failpoint effect {other:?}"))),
                 };
                 let name = name.to_string();
+                crash_together(s, others, w, id);
                 s.disk.attach_failpoint(&name, action, f.times.or(default_times));
                 event(w, format!("server {id}: failpoint {name} attached: {effect}"));
                 if let Some(after) = heal_after {
@@ -980,6 +1132,7 @@ fn check_corruption_noticed(servers: &BTreeMap<u64, Server>, w: &Shared) -> Resu
 
 /// Lift every disk fault of a server: rules, capacity, failpoints and a stall nobody served.
 fn heal_disk(disk: &SimFs) {
+    disk.crash_together_with(Vec::new());
     disk.clear_rules();
     disk.set_capacity(None);
     for name in durakv::failpoint::NAMES {
@@ -990,48 +1143,14 @@ fn heal_disk(disk: &SimFs) {
     }
 }
 
-/// Apply the schedule, supervise, then heal and check. Returns the final applied index and digest.
-async fn control(
+/// After the faults: a write commits within the liveness bound, then every server that should be up
+/// answers, and all have committed and applied the same index, and nothing moves any more.
+async fn converge(
     scenario: &Scenario,
-    seed: u64,
     servers: &mut BTreeMap<u64, Server>,
     w: &Shared,
-) -> Result<(u64, u64), Failure> {
-    let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, "faults"));
-    let mut faults = scenario.faults.clone();
-    faults.sort_by_key(|f| f.at_ms);
-    let mut next = 0;
+) -> Result<(), Failure> {
     let handle = Handle::current();
-    while now_ms() < scenario.duration_ms {
-        while next < faults.len() && faults[next].at_ms <= now_ms() {
-            apply_fault(&faults[next], servers, &mut rng, w).await?;
-            next += 1;
-        }
-        supervise(&handle, servers, w);
-        check_corruption_noticed(servers, w)?;
-        madsim::time::sleep(Duration::from_millis(50)).await;
-    }
-    // Heal: the network, every disk fault; everything that is down starts (a server whose disk
-    // was corrupted on purpose is expected to refuse, and stays down).
-    event(w, "faults over: healing".into());
-    let net = madsim::net::NetSim::current();
-    let ids = node_ids(servers);
-    for (&a, &na) in &ids {
-        net.unclog_node(na);
-        for (&b, &nb) in &ids {
-            if a != b {
-                net.unclog_link(na, nb);
-            }
-        }
-    }
-    for (id, s) in servers.iter_mut() {
-        torn_tail_preempted(s, w, *id);
-        heal_disk(&s.disk);
-        let refuses_as_expected = s.corrupted && s.refused.is_some();
-        if !s.up && !refuses_as_expected {
-            restart(&handle, s, w, *id);
-        }
-    }
     // Liveness: a write commits within the bound.
     let deadline = now_ms() + scenario.invariants.liveness_ms;
     loop {
@@ -1110,6 +1229,75 @@ async fn control(
         }
         madsim::time::sleep(Duration::from_millis(100)).await;
     }
+    Ok(())
+}
+
+/// Apply the schedule, supervise, then heal and check. Returns the final applied index and digest.
+async fn control(
+    scenario: &Scenario,
+    seed: u64,
+    servers: &mut BTreeMap<u64, Server>,
+    w: &Shared,
+) -> Result<(u64, u64), Failure> {
+    let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, "faults"));
+    let mut faults = scenario.faults.clone();
+    faults.sort_by_key(|f| f.at_ms);
+    let mut next = 0;
+    let handle = Handle::current();
+    while now_ms() < scenario.duration_ms {
+        while next < faults.len() && faults[next].at_ms <= now_ms() {
+            apply_fault(&faults[next], servers, &mut rng, w).await?;
+            next += 1;
+        }
+        crash_loops(&handle, servers, &mut rng, w);
+        supervise(&handle, servers, w);
+        check_corruption_noticed(servers, w)?;
+        madsim::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Heal: the network, every disk fault; everything that is down starts (a server whose disk
+    // was corrupted on purpose is expected to refuse, and stays down).
+    event(w, "faults over: healing".into());
+    let net = madsim::net::NetSim::current();
+    let ids = node_ids(servers);
+    for (&a, &na) in &ids {
+        net.unclog_node(na);
+        for (&b, &nb) in &ids {
+            if a != b {
+                net.unclog_link(na, nb);
+            }
+        }
+    }
+    for (id, s) in servers.iter_mut() {
+        s.crash_loop = None;
+        torn_tail_preempted(s, w, *id);
+        heal_disk(&s.disk);
+        let refuses_as_expected = s.corrupted && s.refused.is_some();
+        if !s.up && !refuses_as_expected {
+            restart(&handle, s, w, *id);
+        }
+    }
+    converge(scenario, servers, w).await?;
+    // The final power cycle (FoundationDB's restart tests): every machine loses power at once, all
+    // restart and converge again, and only then is the state read. What was acknowledged must
+    // survive the loss of every page cache, not just a process kill.
+    if scenario.invariants.skip_final_power_cycle.is_none() {
+        event(w, "final power cycle: every server loses power".into());
+        for (id, s) in servers.iter_mut() {
+            if s.up {
+                kill(&handle, s, CrashKind::PowerLoss, w, *id);
+            }
+        }
+        for (id, s) in servers.iter_mut() {
+            let refuses_as_expected = s.corrupted && s.refused.is_some();
+            if !s.up && !refuses_as_expected {
+                restart(&handle, s, w, *id);
+            }
+        }
+        converge(scenario, servers, w).await.map_err(|mut f| {
+            f.explanation = format!("after the final power cycle: {}", f.explanation);
+            f
+        })?;
+    }
     // Stop every server (a process kill keeps the page cache) and read its state machine directly.
     let mut replicas = Vec::new();
     let mut final_state = BTreeMap::new();
@@ -1160,13 +1348,44 @@ async fn control(
             explanation: format!("replicas (id, applied index, digest) differ: {:?}", d.0),
         })?;
     }
+    let read_on = replicas.first().map_or(0, |r| r.0);
     if scenario.invariants.durability {
         let history = world(w).history.clone();
-        let read_on = replicas.first().map_or(0, |r| r.0);
         check_durability(&history, &final_state).map_err(|e| Failure {
             invariant: "durability",
             explanation: format!("{e} (the final value as server {read_on}'s state machine holds it)"),
         })?;
+    }
+    if scenario.invariants.durability {
+        let history = world(w).history.clone();
+        let on = |e: ExactlyOnceViolation| {
+            format!("{e} (the final value as server {read_on}'s state machine holds it)")
+        };
+        check_lists(&history, &final_state, |k| special_key(k, b'l'))
+            .map_err(|e| Failure { invariant: "list_append", explanation: on(e) })?;
+        check_counters(&history, &final_state, |k| special_key(k, b'c'))
+            .map_err(|e| Failure { invariant: "counter", explanation: on(e) })?;
+    }
+    // The final state joins the history as one read per key, after every operation: the
+    // linearizability check must explain it too, so an operation whose outcome the client never
+    // learned is placed (or not) consistently with what survived, never excused.
+    if !replicas.is_empty() {
+        let end = now_ms();
+        let mut history = world(w);
+        let mut keys: std::collections::BTreeSet<Vec<u8>> =
+            history.history.iter().flat_map(|o| o.effects.iter().map(|(k, _)| k.clone())).collect();
+        keys.extend(final_state.keys().filter(|k| k.as_slice() != b"liveness").cloned());
+        for key in keys {
+            let value = final_state.get(&key).cloned();
+            history.history.push(Operation {
+                client: FINAL_READ_CLIENT,
+                server: read_on,
+                effects: vec![(key, RegisterOp::Read(value))],
+                call: end,
+                ret: end,
+                outcome: Outcome::Ok,
+            });
+        }
     }
     let (applied, digest) = replicas.first().map_or((0, 0), |r| (r.1, r.2));
     Ok((applied, digest))
@@ -1223,6 +1442,28 @@ fn check_recoveries(servers: &BTreeMap<u64, Server>, w: &Shared) -> Result<(), F
         }
     }
     Ok(())
+}
+
+/// Servers in a crash loop die a random 200–1500 ms after each start, until the loop ends; the
+/// supervisor restarts them (with its crash-loop backoff).
+fn crash_loops(handle: &Handle, servers: &mut BTreeMap<u64, Server>, rng: &mut ChaCha8Rng, w: &Shared) {
+    for (id, s) in servers.iter_mut() {
+        let Some(mut cl) = s.crash_loop else { continue };
+        if now_ms() >= cl.until_ms {
+            s.crash_loop = None;
+            event(w, format!("server {id}: crash loop over"));
+            continue;
+        }
+        if !s.up {
+            cl.next_ms = 0;
+        } else if cl.next_ms == 0 {
+            cl.next_ms = s.started_ms.max(now_ms().saturating_sub(50)) + rng.random_range(200..=1500);
+        } else if now_ms() >= cl.next_ms {
+            kill(handle, s, cl.kind, w, *id);
+            cl.next_ms = 0;
+        }
+        s.crash_loop = Some(cl);
+    }
 }
 
 /// Restart servers that died on their own (a fatal error, or a crash that fired inside a write or

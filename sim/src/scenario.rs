@@ -76,6 +76,16 @@ pub struct Workload {
     /// (`durakv::limits::MAX_COMMAND_BYTES`): the node must refuse it with an `ERR`. Default 20.
     #[serde(default = "default_large_values")]
     pub large_values_per_mille: u32,
+    /// Append-only list keys (default 4).
+    #[serde(default = "default_special_keys")]
+    pub lists: u64,
+    /// Increment-only counter keys (default 4).
+    #[serde(default = "default_special_keys")]
+    pub counters: u64,
+}
+
+fn default_special_keys() -> u64 {
+    4
 }
 
 fn default_timeout_ms() -> u64 {
@@ -102,6 +112,14 @@ pub struct Mix {
     pub mset: u32,
     #[serde(default)]
     pub append: u32,
+    /// On append-only list keys (`l0`, `l1`, …): APPEND a unique token (three in four) or GET. The
+    /// final value must hold every acknowledged token exactly once, in an order real time allows.
+    #[serde(default)]
+    pub list: u32,
+    /// On counter keys (`c0`, `c1`, …) that are only ever incremented: INCR (three in four) or GET. A
+    /// doubled or lost increment shows in the final count.
+    #[serde(default)]
+    pub counter: u32,
 }
 
 /// One scheduled fault.
@@ -141,6 +159,22 @@ pub struct Fault {
     /// `enospc`: bytes still free when the disk fills (default 0: the next growing write fails).
     #[serde(default)]
     pub free_bytes: Option<u64>,
+    /// For kills and power losses: land right *after* an operation of this kind completes (`any`,
+    /// `write`, `sync`, `sync_dir`, `rename`, `remove`, `set_len`, `create`), the `nth` such one on
+    /// a path matching `path` from `at_ms` on: the crash between two synchronous calls.
+    #[serde(default)]
+    pub after_op: Option<String>,
+    /// With `after_op`: a glob over the operation's path (default `*`: every path).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// With `after_op`: which matching operation (1-based, default 1).
+    #[serde(default)]
+    pub nth: Option<u64>,
+    /// For a crash that lands inside or after an operation, or at a failpoint (`kill`,
+    /// `power_loss` and their `_after` forms): `quorum` or `all` — the same crash hits enough other
+    /// servers to make a majority (or every server) at the same instant. A correlated fault.
+    #[serde(default)]
+    pub with: Option<String>,
 }
 
 impl Fault {
@@ -158,9 +192,16 @@ impl Fault {
             stall_ms: None,
             op: None,
             free_bytes: None,
+            after_op: None,
+            path: None,
+            nth: None,
+            with: None,
         }
     }
 }
+
+/// The operation kinds `after_op` names.
+pub const AFTER_OPS: &[&str] = &["any", "write", "sync", "sync_dir", "rename", "remove", "set_len", "create"];
 
 fn default_target() -> String {
     "any".into()
@@ -181,6 +222,9 @@ pub enum Action {
     Enospc,
     ApplyFailure,
     Failpoint,
+    /// The target's servers die again and again until `for_ms` ends: each is killed (or loses
+    /// power, with `effect = "power_loss"`) a random 200–1500 ms after every start.
+    CrashLoop,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -196,6 +240,10 @@ pub struct Invariants {
     pub liveness_ms: u64,
     #[serde(default = "yes")]
     pub file_hygiene: bool,
+    /// Every run ends with a power loss of every server, a restart and convergence before the final
+    /// state is read. A scenario opts out only by stating why here.
+    #[serde(default)]
+    pub skip_final_power_cycle: Option<String>,
 }
 
 fn yes() -> bool {
@@ -255,12 +303,13 @@ impl Scenario {
     fn check_fault_fields(&self, f: &Fault) -> Option<(&'static str, &'static str, String)> {
         use Action::*;
         let allowed: &[&str] = match f.action {
-            Failpoint => &["at", "effect", "times", "stall_ms", "for_ms"],
+            Failpoint => &["at", "effect", "times", "stall_ms", "for_ms", "with"],
             ApplyFailure => &["times"],
             Eio => &["at", "op", "times", "for_ms"],
             Enospc => &["free_bytes", "for_ms"],
             Partition | Clog => &["for_ms"],
-            Kill | PowerLoss => &["mid_write"],
+            Kill | PowerLoss => &["mid_write", "after_op", "path", "nth", "with"],
+            CrashLoop => &["for_ms", "effect"],
             BitFlip => &["at"],
             Restart | TornTail | LoseAckedTail => &[],
         };
@@ -273,6 +322,10 @@ impl Scenario {
             ("free_bytes", f.free_bytes.is_some()),
             ("for_ms", f.for_ms.is_some()),
             ("mid_write", f.mid_write.is_some()),
+            ("after_op", f.after_op.is_some()),
+            ("path", f.path.is_some()),
+            ("nth", f.nth.is_some()),
+            ("with", f.with.is_some()),
         ];
         if let Some((name, _)) = present.iter().find(|(name, on)| *on && !allowed.contains(name)) {
             return Some((name, name, format!("{:?} takes no {name}", f.action)));
@@ -283,7 +336,56 @@ impl Scenario {
         if f.at.as_deref() == Some("") {
             return Some(("at", "at", "must not be empty".into()));
         }
+        if let Some(with) = f.with.as_deref()
+            && !matches!(with, "quorum" | "all")
+        {
+            return Some(("with", "with", format!("{with:?} is not quorum or all")));
+        }
+        if (f.path.is_some() || f.nth.is_some()) && f.after_op.is_none() {
+            return Some(("after_op", "after_op", "path and nth belong to an after_op crash".into()));
+        }
+        if f.nth == Some(0) {
+            return Some(("nth", "nth", "is 1-based: must be positive".into()));
+        }
+        if f.path.as_deref() == Some("") {
+            return Some(("path", "path", "must not be empty".into()));
+        }
         match f.action {
+            Kill | PowerLoss => {
+                if let Some(op) = f.after_op.as_deref() {
+                    if !AFTER_OPS.contains(&op) {
+                        return Some((
+                            "after_op",
+                            "after_op",
+                            format!("{op:?} is not one of {}", AFTER_OPS.join(", ")),
+                        ));
+                    }
+                    if f.mid_write.is_some() {
+                        return Some((
+                            "after_op",
+                            "after_op",
+                            "a crash lands inside a write or after an operation, not both".into(),
+                        ));
+                    }
+                }
+                if f.with.is_some() && f.mid_write.is_none() && f.after_op.is_none() {
+                    return Some((
+                        "with",
+                        "with",
+                        "a crash now takes `target = \"quorum\"` or `\"all\"`; `with` is for one that waits for an operation".into(),
+                    ));
+                }
+            }
+            CrashLoop => {
+                if f.for_ms.is_none_or(|ms| ms == 0) {
+                    return Some(("action", "for_ms", "a crash loop needs for_ms > 0".into()));
+                }
+                if let Some(e) = f.effect.as_deref()
+                    && !matches!(e, "kill" | "power_loss")
+                {
+                    return Some(("effect", "effect", format!("{e:?} is not kill or power_loss")));
+                }
+            }
             Failpoint => {
                 let Some(at) = f.at.as_deref() else {
                     return Some(("action", "at", "a failpoint fault names its failpoint in `at`".into()));
@@ -295,8 +397,20 @@ impl Scenario {
                         format!("{at:?} is not a failpoint: {}", durakv::failpoint::NAMES.join(", ")),
                     ));
                 }
+                if f.with.is_some()
+                    && !f
+                        .effect
+                        .as_deref()
+                        .is_some_and(|e| e.starts_with("kill") || e.starts_with("power_loss"))
+                {
+                    return Some((
+                        "with",
+                        "with",
+                        "only a kill or a power loss takes other servers along".into(),
+                    ));
+                }
                 match f.effect.as_deref() {
-                    Some("error" | "kill" | "power_loss") => {
+                    Some("error" | "kill" | "power_loss" | "kill_after" | "power_loss_after") => {
                         if f.stall_ms.is_some() {
                             return Some(("stall_ms", "stall_ms", "only a pause or a delay stalls".into()));
                         }
@@ -314,7 +428,9 @@ impl Scenario {
                         return Some((
                             "effect",
                             "effect",
-                            format!("{other:?} is not error, kill, power_loss, pause or delay"),
+                            format!(
+                                "{other:?} is not error, kill, power_loss, kill_after, power_loss_after, pause or delay"
+                            ),
                         ));
                     }
                     None => return Some(("action", "effect", "a failpoint fault needs an effect".into())),
@@ -393,7 +509,14 @@ impl Scenario {
             );
         }
         let m = &w.mix;
-        if [m.set, m.get, m.del, m.incr, m.mset, m.append].iter().all(|&x| x == 0) {
+        if (m.list > 0 && w.lists == 0) || (m.counter > 0 && w.counters == 0) {
+            return fail(
+                "mix",
+                "workload.mix",
+                "list and counter operations need lists and counters > 0".into(),
+            );
+        }
+        if [m.set, m.get, m.del, m.incr, m.mset, m.append, m.list, m.counter].iter().all(|&x| x == 0) {
             return fail("mix", "workload.mix", "at least one operation needs a weight".into());
         }
         for (i, f) in self.faults.iter().enumerate() {
@@ -414,17 +537,18 @@ impl Scenario {
                     format!("{} is not before duration_ms {}", f.at_ms, self.duration_ms),
                 );
             }
-            let target_ok = matches!(f.target.as_str(), "leader" | "follower" | "any" | "all")
-                || f.target
-                    .strip_prefix("node:")
-                    .and_then(|n| n.parse::<u64>().ok())
-                    .is_some_and(|n| (1..=self.cluster.nodes).contains(&n));
+            let target_ok =
+                matches!(f.target.as_str(), "leader" | "follower" | "any" | "all" | "quorum" | "pair")
+                    || f.target
+                        .strip_prefix("node:")
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .is_some_and(|n| (1..=self.cluster.nodes).contains(&n));
             if !target_ok {
                 return fail(
                     "target",
                     &field("target"),
                     format!(
-                        "{:?} is not leader, follower, any, all or node:<1..={}>",
+                        "{:?} is not leader, follower, any, all, quorum, pair or node:<1..={}>",
                         f.target, self.cluster.nodes
                     ),
                 );
@@ -443,6 +567,13 @@ impl Scenario {
                 let (key, name, message) = e;
                 return fail(key, &field(name), message);
             }
+        }
+        if self.invariants.skip_final_power_cycle.as_deref().is_some_and(|r| r.trim().is_empty()) {
+            return fail(
+                "skip_final_power_cycle",
+                "invariants.skip_final_power_cycle",
+                "state the reason the run may end without a power loss".into(),
+            );
         }
         if self.invariants.liveness_ms == 0 {
             return fail("liveness_ms", "invariants.liveness_ms", "must be positive".into());

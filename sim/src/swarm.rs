@@ -11,7 +11,7 @@
 use rand::Rng;
 
 use crate::rng_for;
-use crate::scenario::{Action, Fault, Scenario};
+use crate::scenario::{AFTER_OPS, Action, Fault, Scenario};
 
 /// A variant never keeps a quorum down on purpose longer than this: a restart of every server
 /// follows.
@@ -54,7 +54,7 @@ pub fn swarm(base: &Scenario, seed: u64) -> Scenario {
         f.at_ms = (f.at_ms / 2 + jitter + rng.random_range(0..1000)).min(d - 1);
         faults.push(f);
     }
-    for _ in 0..rng.random_range(0..=2) {
+    for _ in 0..rng.random_range(0..=3) {
         let at = rng.random_range(d / 10..=d * 7 / 10);
         faults.extend(extra_fault(&mut rng, at, d));
     }
@@ -66,6 +66,16 @@ pub fn swarm(base: &Scenario, seed: u64) -> Scenario {
         // APPEND, which no scenario file asks for: about a tenth of the operations.
         let m = &s.workload.mix;
         s.workload.mix.append = ((m.set + m.get + m.del + m.incr + m.mset) / 9).max(1);
+    }
+    let mut special = rng_for(seed, "fuzz/swarm/special");
+    if special.random_bool(0.5) {
+        // More of the keys that expose a doubled or lost effect: list appends and counters.
+        let m = &s.workload.mix;
+        let total = m.set + m.get + m.del + m.incr + m.mset + m.append;
+        s.workload.mix.list = (total / special.random_range(3..=8)).max(1);
+        s.workload.mix.counter = (total / special.random_range(3..=8)).max(1);
+        s.workload.lists = special.random_range(1..=6);
+        s.workload.counters = special.random_range(1..=6);
     }
     s
 }
@@ -81,7 +91,12 @@ fn outages(s: &Scenario, crashes_only: bool) -> Vec<(u64, u64, u64)> {
     let (n, d) = (s.cluster.nodes, s.duration_ms);
     let mut out = Vec::new();
     for (i, f) in s.faults.iter().enumerate() {
-        let servers = if f.target == "all" { n } else { 1 };
+        let servers = match f.target.as_str() {
+            "all" => n,
+            "quorum" => n / 2 + 1,
+            "pair" => 2,
+            _ => 1,
+        };
         match f.action {
             Action::Kill | Action::PowerLoss => {
                 let covering = s.faults[i + 1..].iter().find(|r| {
@@ -92,6 +107,11 @@ fn outages(s: &Scenario, crashes_only: bool) -> Vec<(u64, u64, u64)> {
                 out.push((f.at_ms, covering.map_or(d, |r| r.at_ms), servers));
             }
             Action::Partition | Action::Clog if !crashes_only && f.target == "all" => {
+                out.push((f.at_ms, f.at_ms.saturating_add(f.for_ms.unwrap_or(0)).min(d), servers));
+            }
+            // Up and down again and again: counted as down throughout (conservative). A restart does
+            // not end it, so it is not a crash outage a restart could shorten.
+            Action::CrashLoop if !crashes_only => {
                 out.push((f.at_ms, f.at_ms.saturating_add(f.for_ms.unwrap_or(0)).min(d), servers));
             }
             _ => {}
@@ -150,7 +170,7 @@ fn leave_a_window(s: &mut Scenario, rng: &mut impl Rng) {
     let wanted = MIN_WINDOW_MS.min(d / 2);
     while longest_window(s) < wanted {
         let last_outage = s.faults.iter().rposition(|f| {
-            matches!(f.action, Action::Kill | Action::PowerLoss)
+            matches!(f.action, Action::Kill | Action::PowerLoss | Action::CrashLoop)
                 || (matches!(f.action, Action::Partition | Action::Clog) && f.target == "all")
         });
         match last_outage {
@@ -167,7 +187,66 @@ fn extra_fault(rng: &mut impl Rng, at: u64, duration: u64) -> Vec<Fault> {
     let heal_at =
         |rng: &mut dyn rand::RngCore, after: u64| (at + after + rng.random_range(0..2000)).min(duration - 1);
     let target = ["leader", "follower", "any"][rng.random_range(0..3)];
-    match rng.random_range(0..10) {
+    // The kinds of operation a crash can land right after, and the places the node writes.
+    let paths = ["*", "*/raft/*", "*/fsm/*", "*/snapshots/*", "*/spool/*"];
+    let with = |rng: &mut dyn rand::RngCore| match rng.random_range(0..10) {
+        0..2 => Some("quorum".to_string()),
+        2 => Some("all".to_string()),
+        _ => None,
+    };
+    match rng.random_range(0..15) {
+        10 => {
+            // Right after the nth operation of a kind on a path: anywhere between two synchronous
+            // calls, across the whole run (the nth spreads it over the operations after `at`).
+            let action = if rng.random_bool(0.5) { Action::Kill } else { Action::PowerLoss };
+            let mut f = Fault::new(at, action, target);
+            f.after_op = Some(AFTER_OPS[rng.random_range(0..AFTER_OPS.len())].into());
+            f.path = Some(paths[rng.random_range(0..paths.len())].into());
+            f.nth =
+                Some(if rng.random_bool(0.5) { rng.random_range(1..=10) } else { rng.random_range(1..=400) });
+            f.with = with(rng);
+            vec![f, Fault::new(heal_at(rng, 1000), Action::Restart, "all")]
+        }
+        11 => vec![
+            // A quorum, or every machine, loses power at the same instant.
+            Fault::new(at, Action::PowerLoss, ["quorum", "all"][rng.random_range(0..2)]),
+            Fault::new(heal_at(rng, 500), Action::Restart, "all"),
+        ],
+        12 => {
+            // Power fails right after a vote or an append response left: the promise must hold.
+            let mut f = Fault::new(at, Action::Failpoint, target);
+            f.at = Some("transport.promise_sent".into());
+            f.effect = Some(["power_loss", "kill"][rng.random_range(0..2)].into());
+            f.with = if rng.random_bool(0.7) {
+                Some(["quorum", "all"][rng.random_range(0..2)].into())
+            } else {
+                None
+            };
+            vec![f]
+        }
+        13 => {
+            // A failpoint's "after" position: the guarded operation completes, then the crash.
+            let mut f = Fault::new(at, Action::Failpoint, target);
+            let names = [
+                "wal.append",
+                "wal.sync",
+                "hardstate.sync",
+                "fsm.apply",
+                "snapshot.write",
+                "snapshot.restore",
+            ];
+            f.at = Some(names[rng.random_range(0..names.len())].into());
+            f.effect = Some(["kill_after", "power_loss_after"][rng.random_range(0..2)].into());
+            f.with = with(rng);
+            vec![f]
+        }
+        14 => {
+            // Two servers crash again and again.
+            let mut f = Fault::new(at, Action::CrashLoop, "pair");
+            f.for_ms = Some(rng.random_range(2000..=6000));
+            f.effect = Some(["kill", "power_loss"][rng.random_range(0..2)].into());
+            vec![f]
+        }
         0 => {
             let mut kill = Fault::new(at, Action::Kill, target);
             if rng.random_bool(0.5) {

@@ -206,10 +206,14 @@ async fn send_loop(link: Arc<LinkContext>, to: u64, addr: SocketAddr, mut rx: mp
         loop {
             let Some(first) = rx.recv().await else { return };
             buf.clear();
+            let mut promises = promises_durable_state(&first);
             push_raft_frame(&mut buf, first, link.id, to);
             while buf.len() < MAX_WRITE_BATCH_BYTES {
                 match rx.try_recv() {
-                    Ok(m) => push_raft_frame(&mut buf, m, link.id, to),
+                    Ok(m) => {
+                        promises |= promises_durable_state(&m);
+                        push_raft_frame(&mut buf, m, link.id, to);
+                    }
                     Err(_) => break,
                 }
             }
@@ -228,8 +232,22 @@ async fn send_loop(link: Arc<LinkContext>, to: u64, addr: SocketAddr, mut rx: mp
                 let _ = link.feedback.send(Feedback::Unreachable(to));
                 break;
             }
+            // The moment a promise of durable state has left: where a correlated power loss
+            // tests that the promise was kept.
+            if promises {
+                let _ = crate::failpoint::hit_async(&*link.fs, "transport.promise_sent").await;
+            }
         }
     }
+}
+
+/// Does this message promise durable state to its receiver: a granted vote (the voter's term and
+/// vote are on disk) or an accepting append response (its log holds the entries, or the snapshot,
+/// up to the index)? Pre-votes promise nothing.
+fn promises_durable_state(msg: &Message) -> bool {
+    use raft::eraftpb::MessageType;
+    !msg.reject
+        && matches!(msg.msg_type(), MessageType::MsgRequestVoteResponse | MessageType::MsgAppendResponse)
 }
 
 /// Append a raft message's frame to `buf`, unless the frame is larger than any peer accepts: sent, it
