@@ -1277,6 +1277,17 @@ async fn control(
         }
     }
     converge(scenario, servers, w).await?;
+    // What the faults made fire, before the final power cycle adds its own crashes.
+    let mut fired = Vec::new();
+    for (id, s) in servers.iter() {
+        for (name, n) in s.disk.failpoint_fires() {
+            fired.push(format!("server {id}: failpoint {name} x{n}"));
+        }
+        for (path, n) in s.disk.coverage() {
+            fired.push(format!("server {id}: {path} x{n}"));
+        }
+    }
+    world(w).fired = fired;
     // The final power cycle (FoundationDB's restart tests): every machine loses power at once, all
     // restart and converge again, and only then is the state read. What was acknowledged must
     // survive the loss of every page cache, not just a process kill.
@@ -1301,16 +1312,6 @@ async fn control(
     // Stop every server (a process kill keeps the page cache) and read its state machine directly.
     let mut replicas = Vec::new();
     let mut final_state = BTreeMap::new();
-    let mut fired = Vec::new();
-    for (id, s) in servers.iter() {
-        for (name, n) in s.disk.failpoint_fires() {
-            fired.push(format!("server {id}: failpoint {name} x{n}"));
-        }
-        for (path, n) in s.disk.coverage() {
-            fired.push(format!("server {id}: {path} x{n}"));
-        }
-    }
-    world(w).fired = fired;
     check_recoveries(servers, w)?;
     let layout = DataLayout::new(Path::new(DATA));
     for (id, s) in servers.iter_mut() {

@@ -7,6 +7,8 @@
 //! fault schedule) gets its own stream derived from the root seed and a stable label, so adding a
 //! consumer never shifts another's stream, and a run replays bit for bit from the root seed alone.
 
+#[cfg(madsim)]
+pub mod canaries;
 pub mod checkers;
 pub mod client;
 #[cfg(madsim)]

@@ -8,14 +8,17 @@
 use std::process::ExitCode;
 
 const USAGE: &str = "usage:
-  durakv-sim run <scenario.toml> [--seed N] [--swarm] [--trace] [--out DIR]
+  durakv-sim run <scenario.toml> [--seed N] [--swarm] [--trace] [--canary NAME] [--out DIR]
                               run the scenario's seeds, or one seed (--swarm: the variant fuzz ran;
-                              --trace: print the event trace)
+                              --trace: print the event trace; --canary: with that historic bug on)
   durakv-sim check-determinism <scenario.toml> --seed N [--swarm]
                               run twice, compare the event traces
   durakv-sim fuzz <scenario.toml>... [--seeds N | --time D] [--start S] [--shard I/N] [--out DIR]
                               swarm: each seed draws cluster size, sync mode, workload and fault mix
-                              (D: 90s, 10m, 1h; failing seeds and their traces go to DIR)";
+                              (D: 90s, 10m, 1h; failing seeds and their traces go to DIR)
+  durakv-sim canaries [--seeds N] [--all]
+                              the mutation score: each canary against the swarm variants of its
+                              scenario (--all: of every scenario, as fuzz rotates), up to N seeds";
 
 #[cfg(not(madsim))]
 fn main() -> ExitCode {
@@ -183,7 +186,11 @@ mod cli {
                 let mut ok = true;
                 for seed in seeds {
                     let scenario = if swarmed { swarm(&scenario, seed) } else { scenario.clone() };
-                    let r = run(&scenario, seed);
+                    let opts = durakv_sim::harness::RunOptions {
+                        canaries: flag(args, "--canary").into_iter().collect(),
+                        ..Default::default()
+                    };
+                    let r = durakv_sim::harness::run_with(&scenario, seed, &opts);
                     if args.iter().any(|a| a == "--trace") {
                         for e in &r.trace {
                             out!("{e}");
@@ -293,6 +300,65 @@ mod cli {
                     counts.vacuous
                 );
                 Ok(if counts.failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            }
+            Some("canaries") => {
+                // Every canary against the swarm variants of its own scenario (or, with `--all`,
+                // of the scenarios fuzz rotates through), up to `--seeds` seeds each.
+                let budget: u64 = flag(args, "--seeds")
+                    .unwrap_or_else(|| "100".into())
+                    .parse()
+                    .map_err(|_| "--seeds is not a number")?;
+                let dir = durakv_sim::repo_root().join("scenarios");
+                let all = args.iter().any(|a| a == "--all");
+                let mut every: Vec<(String, Scenario)> = Vec::new();
+                if all {
+                    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+                        .map_err(|e| format!("{}: {e}", dir.display()))?
+                        .filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                        .collect();
+                    files.sort();
+                    for f in files {
+                        let name =
+                            f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                        every.push((format!("scenarios/{name}"), load(&f.display().to_string())?));
+                    }
+                }
+                let mut scores = Vec::new();
+                for case in durakv_sim::canaries::CASES {
+                    let s = if all {
+                        durakv_sim::canaries::score(case.canary, "all, as fuzz rotates", 0..budget, |seed| {
+                            durakv_sim::fuzz::base_for(&every, seed).map(|(f, s)| (f.as_str(), s))
+                        })
+                    } else {
+                        let path = dir.join(case.scenario).display().to_string();
+                        let base = load(&path)?;
+                        durakv_sim::canaries::score(case.canary, case.scenario, 0..budget, |_| {
+                            Some((case.scenario, &base))
+                        })
+                    };
+                    eprintln!(
+                        "{}: {}",
+                        case.canary,
+                        if s.caught.is_some() { "caught" } else { "not caught" }
+                    );
+                    scores.push(s);
+                }
+                out!("{}", durakv_sim::canaries::table(&scores, budget));
+                for s in &scores {
+                    if let Some(inv) = s.invariant {
+                        out!("{}: {inv}: {}", s.canary, s.explanation);
+                    }
+                    if !s.failing_anyway.is_empty() {
+                        out!(
+                            "{}: seeds that fail without it too (not counted): {:?}",
+                            s.canary,
+                            s.failing_anyway
+                        );
+                    }
+                }
+                let missed = scores.iter().any(|s| s.caught.is_none());
+                Ok(if missed { ExitCode::from(1) } else { ExitCode::SUCCESS })
             }
             _ => Err("unknown command".into()),
         }

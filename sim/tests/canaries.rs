@@ -1,56 +1,84 @@
 //! Canaries: each historic bug in `durakv::failpoint::CANARIES` is switched back on in every server,
-//! and the scenario written for that failure must catch it. A platform that passes a scenario with
-//! the bug in place would be testing nothing.
+//! and the scenario written for it must catch it, by the invariant named for it, on every listed
+//! seed; each of those seeds must pass without the canary. The swarm must catch each one too
+//! (`durakv-sim canaries` prints the table). A platform that passes a scenario with the bug in place
+//! would be testing nothing.
 //!
-//! Failures injected: the scenario's own faults, with the canary's bug re-introduced. Invariant: the
-//! run fails (any invariant), and the same scenario passes without the canary (`scenarios.rs`).
+//! Failures injected: the scenario's own faults, with the canary's bug re-introduced. Invariants:
+//! the one each case names.
 #![cfg(madsim)]
 
-use durakv_sim::harness::{RunOptions, run_with};
+use durakv_sim::canaries::{CASES, score, table};
+use durakv_sim::harness::{RunOptions, Verdict, run_with};
 use durakv_sim::scenario::Scenario;
 
-/// (canary, scenario file, seeds to try: at least one must catch it, and every one that runs to the
-/// end with the bug must be caught).
-const CASES: &[(&str, &str, &[u64])] = &[
-    ("no-torn-tail-repair", "torn-wal-tail-at-restart.toml", &[31, 32]),
-    ("skip-restore-without-crc", "corrupt-snapshot-at-cold-start.toml", &[81]),
-    ("no-exdev-fallback", "follower-snapshot-across-devices.toml", &[21]),
-    ("keep-bytes-after-failed-fsync", "enospc-and-eio-on-fsync.toml", &[101, 102, 103, 104]),
-    ("local-reads", "partitions-and-kills.toml", &[51, 52]),
-    ("no-peer-recovery", "acknowledged-tail-lost-then-leader-dies.toml", &[61, 62, 63, 64]),
-];
+/// Swarm seeds within which every canary must be caught.
+const SWARM_BUDGET: u64 = 100;
+
+fn load(file: &str) -> Scenario {
+    let path = durakv_sim::repo_root().join("scenarios").join(file);
+    Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"))
+}
 
 #[test]
 fn every_canary_is_listed_once_and_has_a_case() {
     let names: Vec<&str> = durakv::failpoint::CANARIES.iter().map(|(n, _)| *n).collect();
     for (name, _) in durakv::failpoint::CANARIES {
-        assert!(CASES.iter().any(|(c, _, _)| c == name), "canary {name} has no scenario that catches it");
+        assert!(CASES.iter().any(|c| c.canary == *name), "canary {name} has no scenario that catches it");
     }
-    for (c, _, _) in CASES {
-        assert_eq!(names.iter().filter(|n| *n == c).count(), 1, "{c} is listed once in CANARIES");
+    for c in CASES {
+        assert_eq!(
+            names.iter().filter(|n| **n == c.canary).count(),
+            1,
+            "{} is listed once in CANARIES",
+            c.canary
+        );
+        assert!(!c.seeds.is_empty(), "{} lists seeds", c.canary);
     }
 }
 
 #[test]
-fn every_canary_is_caught_by_its_scenario() {
-    let dir = durakv_sim::repo_root().join("scenarios");
-    let mut missed = Vec::new();
-    for (canary, file, seeds) in CASES {
-        let scenario = Scenario::load(&dir.join(file)).unwrap_or_else(|e| panic!("{e}"));
-        let opts = RunOptions { canaries: vec![canary.to_string()], ..RunOptions::default() };
-        let caught: Vec<String> = seeds
-            .iter()
-            .filter_map(|&seed| {
-                run_with(&scenario, seed, &opts)
-                    .failure()
-                    .map(|f| format!("seed {seed}: {}: {}", f.invariant, f.explanation))
-            })
-            .collect();
-        if caught.is_empty() {
-            missed.push(format!("{canary}: {file} passed with the bug in place for seeds {seeds:?}"));
-        } else {
-            println!("{canary} caught by {file}: {}", caught[0]);
+fn every_canary_is_caught_by_its_invariant_on_every_seed_that_passes_without_it() {
+    let mut wrong = Vec::new();
+    for case in CASES {
+        let scenario = load(case.scenario);
+        let with = RunOptions { canaries: vec![case.canary.to_string()], ..RunOptions::default() };
+        for &seed in case.seeds {
+            let clean = run_with(&scenario, seed, &RunOptions::default());
+            if clean.verdict != Verdict::Pass {
+                wrong.push(format!(
+                    "{} seed {seed} does not pass without {}: {:?}",
+                    case.scenario, case.canary, clean.verdict
+                ));
+            }
+            match run_with(&scenario, seed, &with).verdict {
+                Verdict::Fail(f) if case.invariants.contains(&f.invariant) => {
+                    println!(
+                        "{} caught by {} seed {seed}: {}: {}",
+                        case.canary, case.scenario, f.invariant, f.explanation
+                    );
+                }
+                other => wrong.push(format!(
+                    "{} seed {seed} with {}: expected a violation of {:?}, got {other:?}",
+                    case.scenario, case.canary, case.invariants
+                )),
+            }
         }
     }
-    assert!(missed.is_empty(), "{}", missed.join("\n"));
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn the_swarm_catches_every_canary_within_its_budget() {
+    let scores: Vec<_> = CASES
+        .iter()
+        .map(|case| {
+            let base = load(case.scenario);
+            score(case.canary, case.scenario, 0..SWARM_BUDGET, |_| Some((case.scenario, &base)))
+        })
+        .collect();
+    let table = table(&scores, SWARM_BUDGET);
+    println!("{table}");
+    let missed: Vec<&str> = scores.iter().filter(|s| s.caught.is_none()).map(|s| s.canary).collect();
+    assert!(missed.is_empty(), "not caught within {SWARM_BUDGET} swarm seeds: {missed:?}\n{table}");
 }

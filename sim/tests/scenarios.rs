@@ -48,6 +48,20 @@ fn describe(file: &Path, r: &RunResult) -> String {
 fn injected_faults_fired(scenario: &Scenario, r: &RunResult) -> Result<(), String> {
     use durakv_sim::scenario::Action;
     for f in &scenario.faults {
+        // A crash that waits for an operation, and one that takes other servers along, must land.
+        let waits = [
+            (f.after_op.is_some(), "crash.after_op"),
+            (f.with.is_some(), "crash.correlated"),
+            (f.mid_write.is_some(), "crash.torn_write"),
+        ];
+        for (_, needle) in waits.iter().filter(|(on, _)| *on) {
+            if !r.summary.fired.iter().any(|x| x.contains(needle)) {
+                return Err(format!(
+                    "the {:?} fault at {} ms never landed (looked for {needle:?} in {:?})",
+                    f.action, f.at_ms, r.summary.fired
+                ));
+            }
+        }
         let needle = match f.action {
             Action::Failpoint => format!("failpoint {} ", f.at.as_deref().unwrap_or("")),
             Action::ApplyFailure => "failpoint fsm.apply ".to_string(),
