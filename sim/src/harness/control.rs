@@ -1,0 +1,322 @@
+//! The controller: the fault schedule, then heal, converge, the final power cycle, and the end-of-run checks.
+
+use super::*;
+
+/// A server whose snapshot body was corrupted on purpose must refuse to start (D9 verifies the file
+/// even when it skips the restore): starting means corrupt state may be served or sent to peers.
+pub(super) fn check_corruption_noticed(servers: &BTreeMap<u64, Server>, w: &Shared) -> Result<(), Failure> {
+    for (id, s) in servers {
+        let started = world(w).started.get(id).copied().unwrap_or(0);
+        if s.corrupt_snapshot_at_start.is_some_and(|before| started > before) {
+            return Err(Failure {
+                invariant: "corruption_detection",
+                explanation: format!(
+                    "server {id} started from a snapshot file whose body no longer matches its CRC, without noticing"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// After the faults: a write commits within the liveness bound, then every server that should be up
+/// answers, and all have committed and applied the same index, and nothing moves any more.
+pub(super) async fn converge(
+    scenario: &Scenario,
+    servers: &mut BTreeMap<u64, Server>,
+    w: &Shared,
+) -> Result<(), Failure> {
+    let handle = Handle::current();
+    // Liveness: a write commits within the bound.
+    let deadline = now_ms() + scenario.invariants.liveness_ms;
+    loop {
+        supervise(&handle, servers, w);
+        check_corruption_noticed(servers, w)?;
+        let up: Vec<u64> = servers.iter().filter(|(_, s)| s.up).map(|(id, _)| *id).collect();
+        if let Some(l) = find_leader(&up).await {
+            let addr = SocketAddr::new(server_ip(l), RESP_PORT);
+            if let Ok(Reply::Simple(_)) =
+                call(addr, &[b"SET", b"liveness", b"1"], Duration::from_secs(2)).await
+            {
+                break;
+            }
+        }
+        if now_ms() > deadline {
+            return Err(Failure {
+                invariant: "liveness",
+                explanation: format!(
+                    "no write committed within {} ms after the faults ended",
+                    scenario.invariants.liveness_ms
+                ),
+            });
+        }
+        madsim::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Every server restarts without an operator and applies up to the leader's commit index; only
+    // a server whose disk was corrupted on purpose may stay down (refusing is correct there).
+    let expected: Vec<u64> =
+        servers.iter().filter(|(_, s)| !(s.corrupted && s.refused.is_some())).map(|(id, _)| *id).collect();
+    // Quiet means: every expected server answers, all have committed and applied the same index,
+    // and nothing moved since the previous poll (an election's no-op entry can still commit after
+    // the workload stops; the servers are stopped only once they agree and are still).
+    let mut target = 0;
+    let mut previous = BTreeMap::new();
+    let deadline = now_ms() + scenario.invariants.liveness_ms;
+    loop {
+        supervise(&handle, servers, w);
+        check_corruption_noticed(servers, w)?;
+        let mut applied = BTreeMap::new();
+        let mut commits = Vec::new();
+        for &id in &expected {
+            if servers[&id].up
+                && let Some(i) = info(id).await
+            {
+                let commit = i.get("commit_index").and_then(|v| v.parse().ok()).unwrap_or(0);
+                target = target.max(commit);
+                commits.push(commit);
+                applied.insert(id, i.get("applied_index").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0));
+            }
+        }
+        let agreed = applied.len() == expected.len()
+            && applied.values().all(|&a| a == target)
+            && commits.iter().all(|&c| c == target);
+        if agreed && applied == previous {
+            break;
+        }
+        previous = applied.clone();
+        if now_ms() > deadline {
+            let down: Vec<String> = expected
+                .iter()
+                .filter(|id| !applied.contains_key(id))
+                .map(|id| match &servers[id].refused {
+                    Some((_, why)) => format!("server {id} refuses to start: {why}"),
+                    None => format!("server {id} does not answer"),
+                })
+                .collect();
+            return Err(Failure {
+                invariant: "liveness",
+                explanation: format!(
+                    "within {} ms after the faults ended, servers did not all catch up to commit index {target}: applied {applied:?}{}{}",
+                    scenario.invariants.liveness_ms,
+                    if down.is_empty() { "" } else { "; " },
+                    down.join("; ")
+                ),
+            });
+        }
+        madsim::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// Apply the schedule, supervise, then heal and check. Returns the final applied index and digest.
+pub(super) async fn control(
+    scenario: &Scenario,
+    seed: u64,
+    servers: &mut BTreeMap<u64, Server>,
+    w: &Shared,
+) -> Result<(u64, u64), Failure> {
+    let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, "faults"));
+    let mut faults = scenario.faults.clone();
+    faults.sort_by_key(|f| f.at_ms);
+    let mut next = 0;
+    let handle = Handle::current();
+    while now_ms() < scenario.duration_ms {
+        while next < faults.len() && faults[next].at_ms <= now_ms() {
+            apply_fault(&faults[next], servers, &mut rng, w).await?;
+            next += 1;
+        }
+        crash_loops(&handle, servers, &mut rng, w);
+        supervise(&handle, servers, w);
+        check_corruption_noticed(servers, w)?;
+        madsim::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Heal: the network, every disk fault; everything that is down starts (a server whose disk
+    // was corrupted on purpose is expected to refuse, and stays down).
+    event(w, "faults over: healing".into());
+    let net = madsim::net::NetSim::current();
+    let ids = node_ids(servers);
+    for (&a, &na) in &ids {
+        net.unclog_node(na);
+        for (&b, &nb) in &ids {
+            if a != b {
+                net.unclog_link(na, nb);
+            }
+        }
+    }
+    for (id, s) in servers.iter_mut() {
+        s.crash_loop = None;
+        torn_tail_preempted(s, w, *id);
+        heal_disk(&s.disk);
+        let refuses_as_expected = s.corrupted && s.refused.is_some();
+        if !s.up && !refuses_as_expected {
+            restart(&handle, s, w, *id);
+        }
+    }
+    converge(scenario, servers, w).await?;
+    // What the faults made fire, before the final power cycle adds its own crashes.
+    let mut fired = Vec::new();
+    for (id, s) in servers.iter() {
+        for (name, n) in s.disk.failpoint_fires() {
+            fired.push(format!("server {id}: failpoint {name} x{n}"));
+        }
+        for (path, n) in s.disk.coverage() {
+            fired.push(format!("server {id}: {path} x{n}"));
+        }
+    }
+    world(w).fired = fired;
+    // The final power cycle (FoundationDB's restart tests): every machine loses power at once, all
+    // restart and converge again, and only then is the state read. What was acknowledged must
+    // survive the loss of every page cache, not just a process kill.
+    if scenario.invariants.skip_final_power_cycle.is_none() {
+        event(w, "final power cycle: every server loses power".into());
+        for (id, s) in servers.iter_mut() {
+            if s.up {
+                kill(&handle, s, CrashKind::PowerLoss, w, *id);
+            }
+        }
+        for (id, s) in servers.iter_mut() {
+            let refuses_as_expected = s.corrupted && s.refused.is_some();
+            if !s.up && !refuses_as_expected {
+                restart(&handle, s, w, *id);
+            }
+        }
+        converge(scenario, servers, w).await.map_err(|mut f| {
+            f.explanation = format!("after the final power cycle: {}", f.explanation);
+            f
+        })?;
+    }
+    // Stop every server (a process kill keeps the page cache) and read its state machine directly.
+    let mut replicas = Vec::new();
+    let mut final_state = BTreeMap::new();
+    check_recoveries(servers, w)?;
+    let layout = DataLayout::new(Path::new(DATA));
+    for (id, s) in servers.iter_mut() {
+        if !s.up {
+            continue;
+        }
+        kill(&handle, s, CrashKind::ProcessKill, w, *id);
+        let fs: SharedFs = Arc::new(s.disk.clone());
+        if scenario.invariants.file_hygiene {
+            let (storage, _) =
+                RaftStorage::open(fs.clone(), &layout.raft, WalOptions::default()).map_err(|e| Failure {
+                    invariant: "file_hygiene",
+                    explanation: format!("server {id}: raft log: {e}"),
+                })?;
+            let pointer = storage.snapshot_pointer();
+            let token = (pointer.metadata.index > 0).then_some(pointer.token.as_slice());
+            check_file_hygiene(*id, &*fs, &layout, token, runtime_options().keep_snapshots)
+                .map_err(|e| Failure { invariant: "file_hygiene", explanation: e.to_string() })?;
+        }
+        let engine = SimEngine::open(fs, &DataLayout::new(Path::new(DATA)).fsm, SimEngineOptions::default())
+            .map_err(|e| Failure { invariant: "convergence", explanation: format!("server {id}: {e}") })?;
+        let kv = Kv::new(engine, FsmSync::Sync)
+            .map_err(|e| Failure { invariant: "convergence", explanation: format!("server {id}: {e}") })?;
+        let pairs = durakv::fsm::Engine::scan(kv.engine(), b"", None, usize::MAX)
+            .map_err(|e| Failure { invariant: "convergence", explanation: format!("server {id}: {e}") })?;
+        let digest = state_digest(pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+        replicas.push((*id, kv.applied_index(), digest));
+        if final_state.is_empty() {
+            final_state = pairs.into_iter().collect();
+        }
+    }
+    if scenario.invariants.convergence {
+        check_convergence(&replicas).map_err(|d| Failure {
+            invariant: "convergence",
+            explanation: format!("replicas (id, applied index, digest) differ: {:?}", d.0),
+        })?;
+    }
+    let read_on = replicas.first().map_or(0, |r| r.0);
+    if scenario.invariants.durability {
+        let history = world(w).history.clone();
+        check_durability(&history, &final_state).map_err(|e| Failure {
+            invariant: "durability",
+            explanation: format!("{e} (the final value as server {read_on}'s state machine holds it)"),
+        })?;
+    }
+    if scenario.invariants.durability {
+        let history = world(w).history.clone();
+        let on = |e: ExactlyOnceViolation| {
+            format!("{e} (the final value as server {read_on}'s state machine holds it)")
+        };
+        check_lists(&history, &final_state, |k| special_key(k, b'l'))
+            .map_err(|e| Failure { invariant: "list_append", explanation: on(e) })?;
+        check_counters(&history, &final_state, |k| special_key(k, b'c'))
+            .map_err(|e| Failure { invariant: "counter", explanation: on(e) })?;
+    }
+    // The final state joins the history as one read per key, after every operation: the
+    // linearizability check must explain it too, so an operation whose outcome the client never
+    // learned is placed (or not) consistently with what survived, never excused.
+    if !replicas.is_empty() {
+        let end = now_ms();
+        let mut history = world(w);
+        let mut keys: std::collections::BTreeSet<Vec<u8>> =
+            history.history.iter().flat_map(|o| o.effects.iter().map(|(k, _)| k.clone())).collect();
+        keys.extend(final_state.keys().filter(|k| k.as_slice() != b"liveness").cloned());
+        for key in keys {
+            let value = final_state.get(&key).cloned();
+            history.history.push(Operation {
+                client: FINAL_READ_CLIENT,
+                server: read_on,
+                effects: vec![(key, RegisterOp::Read(value))],
+                call: end,
+                ret: end,
+                outcome: Outcome::Ok,
+            });
+        }
+    }
+    let (applied, digest) = replicas.first().map_or((0, 0), |r| (r.1, r.2));
+    Ok((applied, digest))
+}
+
+/// Every fault that damages a log proved it had its effect, and every recovery from peers ended:
+/// a server that lost acknowledged records recorded the evidence in its hard-state file before the
+/// repair; a torn-tail kill tore (or cleanly stopped) a WAL append; and no server is still waiting
+/// for entries it lost once the cluster is quiet (a leader lacking them would be a lost write).
+pub(super) fn check_recoveries(servers: &BTreeMap<u64, Server>, w: &Shared) -> Result<(), Failure> {
+    let layout = DataLayout::new(Path::new(DATA));
+    for (id, s) in servers {
+        if s.corrupted && s.refused.is_some() {
+            continue;
+        }
+        let path = layout.raft.join(durakv::hardstate::FILE_NAME);
+        let state = durakv::io::read_file(&s.disk, &path)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| durakv::hardstate::decode_file(&bytes))
+            .map(|(_, st)| st)
+            .map_err(|e| Failure {
+                invariant: "recovery",
+                explanation: format!("server {id}: hard-state file {}: {e}", path.display()),
+            })?;
+        if s.log_damaged && state.repair.is_none() {
+            return Err(Failure {
+                invariant: "fault_effect",
+                explanation: format!(
+                    "server {id}'s acknowledged WAL records were damaged but it recorded no repair evidence"
+                ),
+            });
+        }
+        // Still armed at the end: no multi-sector append came before the run ended (no chance, not
+        // a failure). Fired without a partial tear: the fault did not do what it names.
+        let fired = s.torn_tail_armed && !s.disk.is_armed();
+        if fired && !s.disk.coverage().contains_key("crash.torn_write.partial") {
+            return Err(Failure {
+                invariant: "fault_effect",
+                explanation: format!("server {id}: the torn-tail kill never tore a WAL append"),
+            });
+        }
+        if state.recover_to > 0 {
+            return Err(Failure {
+                invariant: "recovery",
+                explanation: format!(
+                    "server {id} is still recovering entries up to index {} it lost ({}) after the cluster went quiet",
+                    state.recover_to,
+                    state.repair.map(|r| r.to_string()).unwrap_or_default()
+                ),
+            });
+        }
+        if let Some(r) = state.repair {
+            event(w, format!("server {id}: recovered from peers after: {r}"));
+        }
+    }
+    Ok(())
+}

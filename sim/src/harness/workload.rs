@@ -1,0 +1,255 @@
+//! The clients: the workload's Redis commands, recorded as operations of the history.
+
+use super::*;
+
+/// Send one command to a server and wait for its reply.
+pub(super) async fn call(addr: SocketAddr, args: &[&[u8]], timeout: Duration) -> Result<Reply, CallError> {
+    let connect = tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(addr)).await;
+    let mut stream = match connect {
+        Ok(Ok(s)) => s,
+        _ => return Err(CallError::NotSent),
+    };
+    // madsim's stream sends on flush.
+    if stream.write_all(&encode_command(args)).await.is_err() || stream.flush().await.is_err() {
+        return Err(CallError::NotSent);
+    }
+    let read = async {
+        let mut buf = Vec::new();
+        loop {
+            if let Ok(Some((reply, _))) = decode_reply(&buf) {
+                return Some(reply);
+            }
+            buf.reserve(4096);
+            match stream.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Some(reply)) => Ok(reply),
+        _ => Err(CallError::NoReply),
+    }
+}
+
+pub(super) enum CallError {
+    /// The request never left: the operation certainly did not happen.
+    NotSent,
+    /// Sent, but no reply: it may or may not have happened.
+    NoReply,
+}
+
+/// A client: operations from the scenario's mix on its key space, at its rate, until the end.
+pub(super) async fn client_loop(scenario: Scenario, seed: u64, c: u64, end_ms: u64, w: Shared) {
+    let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, &format!("client/{c}")));
+    // Value sizes come from a stream of their own, so the choice of operations, servers and keys
+    // does not depend on them.
+    let mut sizes = ChaCha8Rng::seed_from_u64(derive_seed(seed, &format!("client/{c}/sizes")));
+    let mut special = ChaCha8Rng::seed_from_u64(derive_seed(seed, &format!("client/{c}/special")));
+    let wl = &scenario.workload;
+    let per_client = (wl.rate_per_sec / wl.clients.max(1)).max(1);
+    let gap = Duration::from_micros(1_000_000 / per_client);
+    let mix = [
+        ("set", wl.mix.set),
+        ("get", wl.mix.get),
+        ("del", wl.mix.del),
+        ("incr", wl.mix.incr),
+        ("mset", wl.mix.mset),
+        ("append", wl.mix.append),
+        ("list", wl.mix.list),
+        ("counter", wl.mix.counter),
+    ];
+    let total: u32 = mix.iter().map(|(_, n)| n).sum();
+    let timeout = Duration::from_millis(wl.timeout_ms);
+    let mut seq = 0u64;
+    while now_ms() < end_ms {
+        tokio::time::sleep(gap).await;
+        seq += 1;
+        let mut pick = rng.random_range(0..total.max(1));
+        let kind = mix
+            .iter()
+            .find(|(_, n)| {
+                if pick < *n {
+                    true
+                } else {
+                    pick -= n;
+                    false
+                }
+            })
+            .map_or("get", |(k, _)| *k);
+        let server = rng.random_range(1..=scenario.cluster.nodes);
+        let addr = SocketAddr::new(server_ip(server), RESP_PORT);
+        // List and counter operations draw from their own stream, so adding them to a mix leaves
+        // the rest of a client's draws as they were.
+        let (kind, key) = match kind {
+            "list" | "counter" => {
+                let n = if kind == "list" { wl.lists } else { wl.counters };
+                let key = format!("{}{}", &kind[..1], special.random_range(0..n.max(1))).into_bytes();
+                let write = special.random_range(0..4) > 0;
+                (
+                    if !write {
+                        "get"
+                    } else if kind == "list" {
+                        "append"
+                    } else {
+                        "incr"
+                    },
+                    key,
+                )
+            }
+            _ => (kind, format!("k{}", rng.random_range(0..wl.keys.max(1))).into_bytes()),
+        };
+        // Values are unique integers, so INCR applies to any key and every write is identifiable.
+        // Some are padded with leading zeros to a large size (still integers); rarely a SET's is just
+        // over the largest write a node takes, which the node must refuse.
+        let size = match kind {
+            "set" | "mset" => draw_size(&mut sizes, wl.large_values_per_mille, kind == "set"),
+            _ => ValueSize::Small,
+        };
+        let n = c * 1_000_000_000 + seq;
+        let value = match size {
+            // A list key's element: a token no other operation writes, so a duplicate or a loss shows.
+            _ if special_key(&key, b'l') => list_token(c, seq),
+            ValueSize::Small => n.to_string().into_bytes(),
+            ValueSize::Large(len) => zero_padded(n, len),
+            ValueSize::TooLarge => zero_padded(n, MAX_COMMAND_BYTES + 1),
+        };
+        let call_t = now_ms();
+        let (effects, reply): (Vec<(Vec<u8>, RegisterOp)>, _) = match kind {
+            "set" => (
+                vec![(key.clone(), RegisterOp::Write(Some(value.clone())))],
+                call(addr, &[b"SET", &key, &value], timeout).await,
+            ),
+            "del" => {
+                (vec![(key.clone(), RegisterOp::Write(None))], call(addr, &[b"DEL", &key], timeout).await)
+            }
+            "incr" => (
+                vec![(key.clone(), RegisterOp::Incr { delta: 1, result: None })],
+                call(addr, &[b"INCR", &key], timeout).await,
+            ),
+            "mset" => {
+                let key2 = format!("k{}", rng.random_range(0..wl.keys.max(1))).into_bytes();
+                if key2 == key {
+                    continue;
+                }
+                (
+                    vec![
+                        (key.clone(), RegisterOp::Write(Some(value.clone()))),
+                        (key2.clone(), RegisterOp::Write(Some(value.clone()))),
+                    ],
+                    call(addr, &[b"MSET", &key, &value, &key2, &value], timeout).await,
+                )
+            }
+            "append" => (
+                vec![(key.clone(), RegisterOp::Append { suffix: value.clone(), len: None })],
+                call(addr, &[b"APPEND", &key, &value], timeout).await,
+            ),
+            _ => (vec![(key.clone(), RegisterOp::Read(None))], call(addr, &[b"GET", &key], timeout).await),
+        };
+        let ret = now_ms();
+        let outcome = match &reply {
+            Ok(r) => outcome_of(r),
+            Err(CallError::NotSent) => Outcome::Fail,
+            Err(CallError::NoReply) => Outcome::Unknown,
+        };
+        if size == ValueSize::TooLarge {
+            match &reply {
+                Ok(Reply::Error(e)) if e.starts_with("ERR write too large to replicate") => event(
+                    &w,
+                    format!("client {c}: a {}-byte SET to server {server} refused as too large", value.len()),
+                ),
+                // Anything else (an OK, a TIMEOUT, another error) means the write reached raft, or the
+                // node answered for another reason than its size.
+                Ok(r) => world(&w).violations.push(format!(
+                    "client {c}: a SET of a {}-byte value to server {server} at {call_t} ms was answered {r:?}, not refused as too large to replicate",
+                    value.len()
+                )),
+                // Not sent, or no reply (the server went down): nothing learned about its limits.
+                Err(_) => {}
+            }
+        }
+        let effects: Vec<(Vec<u8>, RegisterOp)> = effects
+            .into_iter()
+            .map(|(key, op)| {
+                let op = match (op, &reply) {
+                    (RegisterOp::Read(_), Ok(Reply::Bulk(v))) => RegisterOp::Read(v.clone()),
+                    (RegisterOp::Incr { delta, .. }, Ok(Reply::Integer(n))) => {
+                        RegisterOp::Incr { delta, result: Some(*n) }
+                    }
+                    (RegisterOp::Append { suffix, .. }, Ok(Reply::Integer(n))) => {
+                        RegisterOp::Append { suffix, len: Some(*n) }
+                    }
+                    (op, _) => op,
+                };
+                (key, op)
+            })
+            .collect();
+        // A read with no answer says nothing.
+        if effects.iter().all(|(_, op)| matches!(op, RegisterOp::Read(_))) && outcome != Outcome::Ok {
+            continue;
+        }
+        world(&w).history.push(Operation { client: c, server, effects, call: call_t, ret, outcome });
+    }
+}
+
+/// Is `key` one of the workload's list (`l<n>`) or counter (`c<n>`) keys?
+pub(super) fn special_key(key: &[u8], prefix: u8) -> bool {
+    key.len() > 1 && key[0] == prefix && key[1..].iter().all(u8::is_ascii_digit)
+}
+
+/// The element client `c` appends to a list key with its operation `seq`: `c.seq;`.
+pub fn list_token(c: u64, seq: u64) -> Vec<u8> {
+    format!("{c}.{seq};").into_bytes()
+}
+
+/// The size of a write's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ValueSize {
+    /// The bare integer.
+    Small,
+    /// Padded to this many bytes.
+    Large(usize),
+    /// Just over the largest write a node takes.
+    TooLarge,
+}
+
+/// `n` in decimal, with leading zeros up to `len` bytes: still an integer to INCR and to the checker.
+pub(super) fn zero_padded(n: u64, len: usize) -> Vec<u8> {
+    let digits = n.to_string();
+    let mut out = vec![b'0'; len.saturating_sub(digits.len())];
+    out.extend_from_slice(digits.as_bytes());
+    out
+}
+
+/// Draw a value size: `per_mille` of them large, and one in 64 of those too large when allowed.
+pub(super) fn draw_size(rng: &mut ChaCha8Rng, per_mille: u32, too_large_allowed: bool) -> ValueSize {
+    if rng.random_range(0..1000) >= per_mille {
+        return ValueSize::Small;
+    }
+    if too_large_allowed && rng.random_range(0..64) == 0 {
+        return ValueSize::TooLarge;
+    }
+    ValueSize::Large(rng.random_range(1 << 10..=256 << 10))
+}
+
+pub(super) async fn info(id: u64) -> Option<BTreeMap<String, String>> {
+    match call(SocketAddr::new(server_ip(id), RESP_PORT), &[b"INFO"], Duration::from_secs(1)).await {
+        Ok(Reply::Bulk(Some(text))) => Some(
+            String::from_utf8_lossy(&text)
+                .lines()
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+pub(super) async fn find_leader(up: &[u64]) -> Option<u64> {
+    for &id in up {
+        if info(id).await.is_some_and(|i| i.get("role").map(String::as_str) == Some("leader")) {
+            return Some(id);
+        }
+    }
+    None
+}
