@@ -113,6 +113,8 @@ struct World {
     started: BTreeMap<u64, u64>,
     /// Writes too large to replicate that a server did not refuse.
     violations: Vec<String>,
+    /// Raft's own promises, election safety, log matching, commit monotonic (`crate::promises`).
+    promises: crate::promises::Checker,
 }
 
 type Shared = Arc<Mutex<World>>;
@@ -287,6 +289,7 @@ async fn simulate(scenario: Scenario, seed: u64, run_opts: RunOptions, w: Shared
         for canary in &run_opts.canaries {
             disk.enable_canary(canary);
         }
+        disk.record_observations(now_ms);
         let cfg = node_config(&scenario, id);
         let (disk2, w2) = (disk.clone(), w.clone());
         // Each start of this server gets its own seed, derived from the run's.
@@ -978,6 +981,20 @@ fn check_corruption_noticed(servers: &BTreeMap<u64, Server>, w: &Shared) -> Resu
     Ok(())
 }
 
+/// Feed what each server reported since the last call to the promise checkers (`crate::promises`).
+fn check_promises(servers: &BTreeMap<u64, Server>, w: &Shared) -> Result<(), Failure> {
+    let mut world = world(w);
+    for (id, s) in servers {
+        for (at, what) in s.disk.take_observations() {
+            world
+                .promises
+                .observe(*id, at, &what, s.log_damaged)
+                .map_err(|v| Failure { invariant: v.invariant, explanation: v.explanation })?;
+        }
+    }
+    Ok(())
+}
+
 /// Lift every disk fault of a server: rules, capacity, failpoints and a stall nobody served.
 fn heal_disk(disk: &SimFs) {
     disk.clear_rules();
@@ -1009,6 +1026,7 @@ async fn control(
         }
         supervise(&handle, servers, w);
         check_corruption_noticed(servers, w)?;
+        check_promises(servers, w)?;
         madsim::time::sleep(Duration::from_millis(50)).await;
     }
     // Heal: the network, every disk fault; everything that is down starts (a server whose disk
@@ -1037,6 +1055,7 @@ async fn control(
     loop {
         supervise(&handle, servers, w);
         check_corruption_noticed(servers, w)?;
+        check_promises(servers, w)?;
         let up: Vec<u64> = servers.iter().filter(|(_, s)| s.up).map(|(id, _)| *id).collect();
         if let Some(l) = find_leader(&up).await {
             let addr = SocketAddr::new(server_ip(l), RESP_PORT);
@@ -1070,6 +1089,7 @@ async fn control(
     loop {
         supervise(&handle, servers, w);
         check_corruption_noticed(servers, w)?;
+        check_promises(servers, w)?;
         let mut applied = BTreeMap::new();
         let mut commits = Vec::new();
         for &id in &expected {
@@ -1123,6 +1143,7 @@ async fn control(
         }
     }
     world(w).fired = fired;
+    check_promises(servers, w)?;
     check_recoveries(servers, w)?;
     let layout = DataLayout::new(Path::new(DATA));
     for (id, s) in servers.iter_mut() {
