@@ -360,6 +360,14 @@ impl<E: Engine> Replica<E> {
                 msg.commit = last;
             }
         }
+        if kind == T::MsgRequestVote
+            && msg.term == self.raw.raft.term
+            && self.raw.raft.vote != msg.from
+            && crate::failpoint::canary(self.fs(), "double-vote")
+        {
+            // The canary's bug: the vote already cast in this term is forgotten.
+            self.raw.raft.vote = raft::INVALID_ID;
+        }
         if kind == T::MsgAppend
             && let Some((index, ours, theirs)) = self.conflicts_with_committed(&msg)
         {
@@ -513,7 +521,16 @@ impl<E: Engine> Replica<E> {
     /// and it covers the others: their replies are only handed out after it.
     fn apply_all(&mut self, entries: Vec<Entry>, out: &mut ReadyOutput) -> Result<(), ReplicaError> {
         let n = entries.len();
-        for (i, e) in entries.into_iter().enumerate() {
+        let stale_buffer = crate::failpoint::canary(self.fs(), "apply-stale-buffer");
+        let mut previous: Option<Vec<u8>> = None;
+        for (i, mut e) in entries.into_iter().enumerate() {
+            if stale_buffer && e.entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
+                // The canary's bug: every command after the first of a batch is the one before it.
+                let current = e.data.clone();
+                if let Some(p) = previous.replace(current) {
+                    e.data = p;
+                }
+            }
             self.apply(e, i + 1 == n, out)?;
         }
         Ok(())

@@ -240,6 +240,9 @@ impl RaftStorage {
                 durable.repair = Some(RepairEvidence::found(RepairKind::LogBelowAcknowledged, must_have));
             }
         }
+        if crate::failpoint::canary(&**inner.hs_file.fs(), "persist-clamped-commit") {
+            durable.commit = durable.commit.min(last);
+        }
         // Ends a recovery whose mark the log has reached (a crash after the refill, before the clear).
         inner.store(durable)?;
         let durable = *inner.hs_file.state();
@@ -294,6 +297,9 @@ impl RaftStorage {
         if let Some(hs) = hard_state {
             durable.term = hs.term;
             durable.vote = hs.vote;
+            if crate::failpoint::canary(&**inner.hs_file.fs(), "vote-not-persisted") {
+                durable.vote = 0;
+            }
             // While recovering, raft's commit index is the clamped one; never lower the durable one.
             durable.commit = durable.commit.max(hs.commit);
         }
