@@ -544,7 +544,7 @@ impl<E: Engine> Replica<E> {
         }
         let bad = |reason: String| ReplicaError::BadEntry { index: e.index, reason };
         if e.entry_type() != EntryType::EntryNormal {
-            crate::probe::observe(&*self.snapshots.fs, || applied(&e, &e.data));
+            crate::probe::observe(&*self.snapshots.fs, || applied(&e));
         }
         match e.entry_type() {
             EntryType::EntryNormal => {
@@ -552,7 +552,7 @@ impl<E: Engine> Replica<E> {
                 // applies this entry again after its restart (D10).
                 crate::failpoint::hit(&*self.snapshots.fs, "fsm.apply")
                     .map_err(|source| crate::fsm::FsmError::Apply { index: e.index, source })?;
-                crate::probe::observe(&*self.snapshots.fs, || applied(&e, &e.data));
+                crate::probe::observe(&*self.snapshots.fs, || applied(&e));
                 let reply = if last_of_batch {
                     self.kv.apply_raft(e.index, &e.data)?
                 } else {
@@ -633,9 +633,9 @@ impl<E: Engine> Replica<E> {
     }
 }
 
-/// The probe of an entry applied with `data`.
-fn applied(e: &Entry, data: &[u8]) -> Observation {
-    Observation::Applied { index: e.index, term: e.term, checksum: crc32c::crc32c(data) }
+/// The probe of an applied entry: the data is what the state machine was given.
+fn applied(e: &Entry) -> Observation {
+    Observation::Applied { index: e.index, term: e.term, checksum: crc32c::crc32c(&e.data) }
 }
 
 /// Route messages between in-process replicas (tests and the simulation harness build on this).
