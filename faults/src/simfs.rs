@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use durakv::io::{DeviceId, DirEntry, EntryKind, Fs, FsFile, Metadata, OpenOptions};
+use durakv::probe::Observation;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -180,6 +181,11 @@ struct State {
     stall: Option<Duration>,
     /// Canaries switched on (`durakv::failpoint::CANARIES`).
     canaries: std::collections::BTreeSet<String>,
+    /// What the node on this disk reported (`durakv::probe`), with the clock's time, oldest first.
+    observations: Vec<(u64, Observation)>,
+    /// Set once a checker wants the observations: stamps each with the simulation's time. Until then
+    /// nothing is kept (a disk in a unit test would only pile them up).
+    clock: Option<fn() -> u64>,
 }
 
 /// What a failpoint does when it fires (see `durakv::failpoint` for the names).
@@ -246,6 +252,8 @@ impl SimFs {
                 failpoint_fires: BTreeMap::new(),
                 stall: None,
                 canaries: Default::default(),
+                observations: Vec::new(),
+                clock: None,
             })),
         })
     }
@@ -415,6 +423,18 @@ impl SimFs {
     /// Switch on the canary `name`: the node code on this disk re-introduces that historic bug.
     pub fn enable_canary(&self, name: &str) {
         self.lock().canaries.insert(name.to_string());
+    }
+
+    /// Start keeping the node's observations (`durakv::probe`), each stamped with `clock` (the
+    /// simulation's time, in milliseconds).
+    pub fn record_observations(&self, clock: fn() -> u64) {
+        self.lock().clock = Some(clock);
+    }
+
+    /// Take what the node on this disk reported since the last call (`durakv::probe`), in order, each
+    /// with the time it was reported.
+    pub fn take_observations(&self) -> Vec<(u64, Observation)> {
+        std::mem::take(&mut self.lock().observations)
     }
 
     /// How often each failpoint fired.
@@ -1338,5 +1358,16 @@ impl Fs for SimFs {
 
     fn take_stall(&self) -> Option<Duration> {
         self.lock().stall.take()
+    }
+
+    fn observe(&self, what: Observation) {
+        // The clock is read outside the lock: it belongs to the simulation, not to this disk.
+        let Some(clock) = self.lock().clock else { return };
+        let at = clock();
+        let mut s = self.lock();
+        // A process whose disk crashed under it is dead: it does nothing more.
+        if !s.halted {
+            s.observations.push((at, what));
+        }
     }
 }

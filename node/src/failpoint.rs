@@ -95,6 +95,22 @@ pub const CANARIES: &[(&str, &str)] = &[
         "no-peer-recovery",
         "a node that lost entries it acknowledged rejoins at once, voting and campaigning on the shortened log (FAST'18)",
     ),
+    (
+        "vote-not-persisted",
+        "the hard state reaches the disk without the vote: a restarted node may vote twice in one term (promises)",
+    ),
+    (
+        "double-vote",
+        "a node grants a vote to a second candidate of a term it already voted in (election_safety)",
+    ),
+    (
+        "apply-stale-buffer",
+        "applying a batch of committed entries reuses the previous command's buffer (log_matching)",
+    ),
+    (
+        "persist-clamped-commit",
+        "a node recovering lost entries persists its commit index clamped to its shortened log (commit_monotonic)",
+    ),
 ];
 
 /// Is the canary `name` (one of [`CANARIES`]) switched on for this disk?

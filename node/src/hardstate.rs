@@ -343,9 +343,19 @@ impl HardStateFile {
             self.poisoned = true;
             return Err(io_err(e));
         }
+        if state.commit != self.state.commit {
+            crate::probe::observe(&*self.fs, || crate::probe::Observation::CommitPersisted {
+                commit: state.commit,
+            });
+        }
         self.seq = seq;
         self.state = state;
         Ok(())
+    }
+
+    /// The filesystem the file lives on.
+    pub(crate) fn fs(&self) -> &SharedFs {
+        &self.fs
     }
 }
 

@@ -19,6 +19,8 @@
 //!   state, snapshot pointer), and the decision to recover lost entries from peers;
 //! * [`replica`]: the raft core (RawNode, storage, state machine) and its ready loop;
 //! * [`failpoint`]: named failpoints the simulation attaches errors, kills, pauses and delays to;
+//! * [`probe`]: what a node reports to the simulation's checkers (promises sent, leadership, applied
+//!   entries, persisted commit, recovered state); nothing in a production build;
 //! * [`transport`]: the peer wire frames (handshake, raft messages, snapshot chunks);
 //! * [`runtime`]: the running node on (madsim-)tokio: the raft loop, the peer transport and the
 //!   client port wired together.
@@ -32,6 +34,7 @@ pub mod fsm;
 pub mod hardstate;
 pub mod io;
 pub mod limits;
+pub mod probe;
 pub mod replica;
 pub mod runtime;
 pub mod server;

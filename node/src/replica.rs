@@ -28,6 +28,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::fsm::{Engine, FsmError, Kv, Reply};
 use crate::hardstate::RepairKind;
 use crate::io::SharedFs;
+use crate::probe::{Observation, Promise};
 use crate::snapshot::{
     ColdStart, SnapshotError, SnapshotFile, SnapshotStore, SnapshotToken, cold_start, ensure_applied_durable,
     restore, verify, write_snapshot,
@@ -137,6 +138,8 @@ pub struct Replica<E: Engine> {
     election_drawn: (u64, StateRole, usize),
     /// Ticks spent recovering lost entries without a known leader (reported loudly now and then).
     leaderless_recovery_ticks: u64,
+    /// The last term this node reported leading ([`crate::probe`]).
+    led_term: u64,
 }
 
 impl<E: Engine> std::fmt::Debug for Replica<E> {
@@ -202,6 +205,7 @@ impl<E: Engine> Replica<E> {
             election_ticks: (cfg.election_tick, 2 * cfg.election_tick),
             election_drawn: (0, StateRole::Follower, 0),
             leaderless_recovery_ticks: 0,
+            led_term: 0,
         };
         replica.redraw_election_timeout();
         Ok(replica)
@@ -356,6 +360,14 @@ impl<E: Engine> Replica<E> {
                 msg.commit = last;
             }
         }
+        if kind == T::MsgRequestVote
+            && msg.term == self.raw.raft.term
+            && self.raw.raft.vote != msg.from
+            && crate::failpoint::canary(self.fs(), "double-vote")
+        {
+            // The canary's bug: the vote already cast in this term is forgotten.
+            self.raw.raft.vote = raft::INVALID_ID;
+        }
         if kind == T::MsgAppend
             && let Some((index, ours, theirs)) = self.conflicts_with_committed(&msg)
         {
@@ -478,14 +490,47 @@ impl<E: Engine> Replica<E> {
         out.messages.extend(light.take_messages());
         self.apply_all(light.take_committed_entries(), &mut out)?;
         self.raw.advance_apply();
+        self.observe_round(&out.messages);
         Ok(out)
+    }
+
+    /// Tell the simulation's checkers ([`crate::probe`]) what this round promised and whether this
+    /// node leads: every message that promises persisted state, however it leaves.
+    fn observe_round(&mut self, messages: &[Message]) {
+        use raft::eraftpb::MessageType as T;
+        let fs = &*self.snapshots.fs;
+        for m in messages.iter().filter(|m| !m.reject) {
+            match m.msg_type() {
+                T::MsgRequestVoteResponse => crate::probe::observe(fs, || {
+                    Observation::Promise(Promise::Vote { term: m.term, candidate: m.to })
+                }),
+                T::MsgAppendResponse => crate::probe::observe(fs, || {
+                    let log_term = raft::Storage::term(self.raw.store(), m.index).unwrap_or(0);
+                    Observation::Promise(Promise::Accept { term: m.term, index: m.index, log_term })
+                }),
+                _ => {}
+            }
+        }
+        if self.raw.raft.state == StateRole::Leader && self.led_term != self.raw.raft.term {
+            self.led_term = self.raw.raft.term;
+            crate::probe::observe(fs, || Observation::Leader { term: self.led_term });
+        }
     }
 
     /// Apply committed entries in order; only the last one's write pays for an fsync (under `sync`),
     /// and it covers the others: their replies are only handed out after it.
     fn apply_all(&mut self, entries: Vec<Entry>, out: &mut ReadyOutput) -> Result<(), ReplicaError> {
         let n = entries.len();
-        for (i, e) in entries.into_iter().enumerate() {
+        let stale_buffer = crate::failpoint::canary(self.fs(), "apply-stale-buffer");
+        let mut previous: Option<Vec<u8>> = None;
+        for (i, mut e) in entries.into_iter().enumerate() {
+            if stale_buffer && e.entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
+                // The canary's bug: every command after the first of a batch is the one before it.
+                let current = e.data.clone();
+                if let Some(p) = previous.replace(current) {
+                    e.data = p;
+                }
+            }
             self.apply(e, i + 1 == n, out)?;
         }
         Ok(())
@@ -498,12 +543,16 @@ impl<E: Engine> Replica<E> {
             return Ok(());
         }
         let bad = |reason: String| ReplicaError::BadEntry { index: e.index, reason };
+        if e.entry_type() != EntryType::EntryNormal {
+            crate::probe::observe(&*self.snapshots.fs, || applied(&e));
+        }
         match e.entry_type() {
             EntryType::EntryNormal => {
                 // An apply failure leaves the applied index where it was: the node fail-stops and
                 // applies this entry again after its restart (D10).
                 crate::failpoint::hit(&*self.snapshots.fs, "fsm.apply")
                     .map_err(|source| crate::fsm::FsmError::Apply { index: e.index, source })?;
+                crate::probe::observe(&*self.snapshots.fs, || applied(&e));
                 let reply = if last_of_batch {
                     self.kv.apply_raft(e.index, &e.data)?
                 } else {
@@ -582,6 +631,11 @@ impl<E: Engine> Replica<E> {
         let status = if delivered { raft::SnapshotStatus::Finish } else { raft::SnapshotStatus::Failure };
         self.raw.report_snapshot(to, status);
     }
+}
+
+/// The probe of an applied entry: the data is what the state machine was given.
+fn applied(e: &Entry) -> Observation {
+    Observation::Applied { index: e.index, term: e.term, checksum: crc32c::crc32c(&e.data) }
 }
 
 /// Route messages between in-process replicas (tests and the simulation harness build on this).

@@ -28,6 +28,7 @@ use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 
 use crate::hardstate::{self, DurableState, HardStateError, HardStateFile, RepairEvidence, RepairKind};
 use crate::io::SharedFs;
+use crate::probe::{Observation, Recovered};
 use crate::wal::{Batch, RecoveryMode, RecoveryReport, Wal, WalError, WalOptions};
 
 /// The hard state as the log kept it before the hard-state file existed: read once, to migrate.
@@ -239,6 +240,9 @@ impl RaftStorage {
                 durable.repair = Some(RepairEvidence::found(RepairKind::LogBelowAcknowledged, must_have));
             }
         }
+        if crate::failpoint::canary(&**inner.hs_file.fs(), "persist-clamped-commit") {
+            durable.commit = durable.commit.min(last);
+        }
         // Ends a recovery whose mark the log has reached (a crash after the refill, before the clear).
         inner.store(durable)?;
         let durable = *inner.hs_file.state();
@@ -293,6 +297,9 @@ impl RaftStorage {
         if let Some(hs) = hard_state {
             durable.term = hs.term;
             durable.vote = hs.vote;
+            if crate::failpoint::canary(&**inner.hs_file.fs(), "vote-not-persisted") {
+                durable.vote = 0;
+            }
             // While recovering, raft's commit index is the clamped one; never lower the durable one.
             durable.commit = durable.commit.max(hs.commit);
         }
@@ -379,6 +386,22 @@ impl RaftStorage {
     /// What the hard-state file holds.
     pub fn durable_state(&self) -> DurableState {
         *self.lock().hs_file.state()
+    }
+
+    /// The state this storage opened with, as the simulation's checkers see it ([`crate::probe`]).
+    pub fn recovered(&self) -> Recovered {
+        let inner = self.lock();
+        let durable = inner.hs_file.state();
+        let (last_index, last_term) = inner.log_end();
+        Recovered {
+            term: durable.term,
+            vote: durable.vote,
+            commit: durable.commit,
+            last_index,
+            last_term,
+            recover_to: durable.recover_to,
+            recover_term: durable.recover_term,
+        }
     }
 
     /// A promise turned out broken while running (a leader believed this node held entries up to
@@ -475,8 +498,10 @@ impl Inner {
     fn lower_acknowledged(&mut self, new_last: u64) -> Result<(), HardStateError> {
         let mut durable = *self.hs_file.state();
         if new_last < durable.acknowledged {
-            (durable.acknowledged, durable.acknowledged_term) = (new_last, self.term_at(new_last));
+            let term = self.term_at(new_last);
+            (durable.acknowledged, durable.acknowledged_term) = (new_last, term);
             self.hs_file.store(durable)?;
+            crate::probe::observe(&**self.hs_file.fs(), || Observation::Voided { index: new_last, term });
         }
         Ok(())
     }

@@ -579,3 +579,57 @@ fn retention_runs_when_a_replica_opens() {
     c.converge();
     check_all_have(&c, 31);
 }
+
+/// The probes the simulation's promise checkers rely on (`durakv::probe`): with no failure injected,
+/// each replica reports the leadership it won, the votes and appends it promised, every entry it
+/// applied (the same entry at each index on every replica) and its durable commit index, which only
+/// grows. A disk that was not asked to record keeps nothing.
+#[test]
+fn replicas_report_promises_leadership_applied_entries_and_durable_commit() {
+    use durakv::probe::{Observation, Promise};
+    let quiet = disk(9);
+    quiet.observe(Observation::Leader { term: 1 });
+    assert!(quiet.take_observations().is_empty(), "a disk not asked to record keeps nothing");
+    let mut c = Cluster::new(FsmSync::Sync, 1_000_000);
+    for fs in c.disks.values() {
+        fs.record_observations(|| 7);
+    }
+    c.write(1..=5);
+    c.converge();
+    let leader = c.elect();
+    let term = c.nodes[&leader].term();
+    let mut applied: BTreeMap<u64, (u64, u32)> = BTreeMap::new();
+    let mut votes = 0;
+    for (&id, fs) in &c.disks {
+        let seen = fs.take_observations();
+        assert!(seen.iter().all(|(at, _)| *at == 7), "each observation carries the clock's time");
+        let seen: Vec<Observation> = seen.into_iter().map(|(_, o)| o).collect();
+        if id == leader {
+            assert!(seen.contains(&Observation::Leader { term }), "the leader reports leading term {term}");
+        } else {
+            assert!(
+                seen.iter()
+                    .any(|o| matches!(o, Observation::Promise(Promise::Accept { index, .. }) if *index > 0)),
+                "follower {id} reports the appends it accepted"
+            );
+        }
+        let vote = Observation::Promise(Promise::Vote { term, candidate: leader });
+        votes += seen.iter().filter(|o| **o == vote).count();
+        let commits: Vec<u64> = seen
+            .iter()
+            .filter_map(|o| match o {
+                Observation::CommitPersisted { commit } => Some(*commit),
+                _ => None,
+            })
+            .collect();
+        assert!(!commits.is_empty() && commits.windows(2).all(|w| w[0] <= w[1]), "{id}: {commits:?}");
+        for o in &seen {
+            if let Observation::Applied { index, term, checksum } = *o {
+                let first = *applied.entry(index).or_insert((term, checksum));
+                assert_eq!(first, (term, checksum), "index {index}: one entry on every replica");
+            }
+        }
+    }
+    assert!(votes >= 1, "a follower reports the vote that elected the leader");
+    assert!(applied.len() >= 5, "the five writes were reported applied: {applied:?}");
+}

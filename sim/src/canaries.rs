@@ -57,8 +57,32 @@ pub const CASES: &[Case] = &[
     Case {
         canary: "no-peer-recovery",
         scenario: "acknowledged-tail-lost-then-leader-dies.toml",
-        invariants: &["liveness"],
+        invariants: &["log_matching", "liveness"],
         seeds: &[61, 65, 71, 72],
+    },
+    Case {
+        canary: "vote-not-persisted",
+        scenario: "partitions-and-kills.toml",
+        invariants: &["promises"],
+        seeds: &[51, 52],
+    },
+    Case {
+        canary: "double-vote",
+        scenario: "split-votes-under-delayed-sends.toml",
+        invariants: &["election_safety"],
+        seeds: &[121, 122],
+    },
+    Case {
+        canary: "apply-stale-buffer",
+        scenario: "partitions-and-kills.toml",
+        invariants: &["log_matching"],
+        seeds: &[51, 52],
+    },
+    Case {
+        canary: "persist-clamped-commit",
+        scenario: "acknowledged-tail-lost-on-a-follower.toml",
+        invariants: &["commit_monotonic"],
+        seeds: &[52, 54, 55],
     },
 ];
 

@@ -16,6 +16,7 @@ pub mod fuzz;
 #[cfg(madsim)]
 pub mod harness;
 pub mod linearizability;
+pub mod promises;
 pub mod scenario;
 pub mod swarm;
 

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 const USAGE: &str = "usage:
   durakv-sim run <scenario.toml> [--seed N] [--swarm] [--trace] [--canary NAME] [--out DIR]
                               run the scenario's seeds, or one seed (--swarm: the variant fuzz ran;
-                              --trace: print the event trace; --canary: with that historic bug on)
+                              --trace: print the event trace; --canary: re-introduce that historic bug)
   durakv-sim check-determinism <scenario.toml> --seed N [--swarm]
                               run twice, compare the event traces
   durakv-sim fuzz <scenario.toml>... [--seeds N | --time D] [--start S] [--shard I/N] [--out DIR]
@@ -56,7 +56,7 @@ mod cli {
     use std::process::ExitCode;
 
     use durakv_sim::fuzz::{fuzz, reproduce_command};
-    use durakv_sim::harness::{RunResult, Verdict, run};
+    use durakv_sim::harness::{RunOptions, RunResult, Verdict, run, run_with};
     use durakv_sim::scenario::Scenario;
     use durakv_sim::swarm::swarm;
 
@@ -186,11 +186,11 @@ mod cli {
                 let mut ok = true;
                 for seed in seeds {
                     let scenario = if swarmed { swarm(&scenario, seed) } else { scenario.clone() };
-                    let opts = durakv_sim::harness::RunOptions {
+                    let opts = RunOptions {
                         canaries: flag(args, "--canary").into_iter().collect(),
-                        ..Default::default()
+                        ..RunOptions::default()
                     };
-                    let r = durakv_sim::harness::run_with(&scenario, seed, &opts);
+                    let r = run_with(&scenario, seed, &opts);
                     if args.iter().any(|a| a == "--trace") {
                         for e in &r.trace {
                             out!("{e}");

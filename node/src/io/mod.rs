@@ -189,6 +189,10 @@ pub trait Fs: Send + Sync + fmt::Debug {
     fn take_stall(&self) -> Option<std::time::Duration> {
         None
     }
+
+    /// Record what the node on this disk did ([`crate::probe`]; node code calls it through
+    /// [`crate::probe::observe`]). Only a simulated disk keeps anything; the default forgets it.
+    fn observe(&self, _what: crate::probe::Observation) {}
 }
 
 /// A shared handle to a filesystem, as node components hold it.

@@ -192,6 +192,7 @@ pub fn open_replica<E: Engine>(
     let storage_err = |source| NodeError::Storage { path: layout.raft.clone(), source };
     let (storage, report) =
         RaftStorage::open(fs.clone(), &layout.raft, WalOptions::default()).map_err(storage_err)?;
+    crate::probe::observe(&*fs, || crate::probe::Observation::Recovered(storage.recovered()));
     if let Some(torn) = &report.repaired {
         tracing::warn!(
             node = cfg.id,

@@ -32,6 +32,7 @@ pub(super) async fn converge(
     loop {
         supervise(&handle, servers, w);
         check_corruption_noticed(servers, w)?;
+        check_promises(servers, w)?;
         let up: Vec<u64> = servers.iter().filter(|(_, s)| s.up).map(|(id, _)| *id).collect();
         if let Some(l) = find_leader(&up).await {
             let addr = SocketAddr::new(server_ip(l), RESP_PORT);
@@ -65,6 +66,7 @@ pub(super) async fn converge(
     loop {
         supervise(&handle, servers, w);
         check_corruption_noticed(servers, w)?;
+        check_promises(servers, w)?;
         let mut applied = BTreeMap::new();
         let mut commits = Vec::new();
         for &id in &expected {
@@ -128,6 +130,7 @@ pub(super) async fn control(
         crash_loops(&handle, servers, &mut rng, w);
         supervise(&handle, servers, w);
         check_corruption_noticed(servers, w)?;
+        check_promises(servers, w)?;
         madsim::time::sleep(Duration::from_millis(50)).await;
     }
     // Heal: the network, every disk fault; everything that is down starts (a server whose disk
@@ -188,6 +191,7 @@ pub(super) async fn control(
     // Stop every server (a process kill keeps the page cache) and read its state machine directly.
     let mut replicas = Vec::new();
     let mut final_state = BTreeMap::new();
+    check_promises(servers, w)?;
     check_recoveries(servers, w)?;
     let layout = DataLayout::new(Path::new(DATA));
     for (id, s) in servers.iter_mut() {
@@ -316,6 +320,20 @@ pub(super) fn check_recoveries(servers: &BTreeMap<u64, Server>, w: &Shared) -> R
         }
         if let Some(r) = state.repair {
             event(w, format!("server {id}: recovered from peers after: {r}"));
+        }
+    }
+    Ok(())
+}
+
+/// Feed what each server reported since the last call to the promise checkers (`crate::promises`).
+pub(super) fn check_promises(servers: &BTreeMap<u64, Server>, w: &Shared) -> Result<(), Failure> {
+    let mut world = world(w);
+    for (id, s) in servers {
+        for (at, what) in s.disk.take_observations() {
+            world
+                .promises
+                .observe(*id, at, &what, s.log_damaged)
+                .map_err(|v| Failure { invariant: v.invariant, explanation: v.explanation })?;
         }
     }
     Ok(())

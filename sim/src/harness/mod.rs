@@ -216,6 +216,7 @@ async fn simulate(scenario: Scenario, seed: u64, run_opts: RunOptions, w: Shared
         for canary in &run_opts.canaries {
             disk.enable_canary(canary);
         }
+        disk.record_observations(now_ms);
         let cfg = node_config(&scenario, id);
         let (disk2, w2) = (disk.clone(), w.clone());
         // Each start of this server gets its own seed, derived from the run's.

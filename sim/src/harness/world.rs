@@ -15,6 +15,8 @@ pub(super) struct World {
     pub(super) started: BTreeMap<u64, u64>,
     /// Writes too large to replicate that a server did not refuse.
     pub(super) violations: Vec<String>,
+    /// Raft's own promises, election safety, log matching, commit monotonic (`crate::promises`).
+    pub(super) promises: crate::promises::Checker,
 }
 
 pub(super) type Shared = Arc<Mutex<World>>;
