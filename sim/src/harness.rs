@@ -57,6 +57,16 @@ pub struct Summary {
     pub fired: Vec<String>,
     pub applied_index: u64,
     pub digest: u64,
+    /// [`crate::fingerprint::history_hash`] of the whole operation history.
+    pub history_hash: u64,
+    /// [`crate::fingerprint::image_hash`] of each server disk's durable image at the end of the run.
+    pub disk_hashes: BTreeMap<u64, u64>,
+    /// The checks (`crate::checkers::CHECKS`) that ran to completion and held, in the order they did.
+    pub checks_ran: Vec<&'static str>,
+    /// How often each failpoint fired, summed over the servers.
+    pub failpoint_fires: BTreeMap<String, u64>,
+    /// How often each fault path fired (`SimFs::coverage`), summed over the servers.
+    pub coverage: BTreeMap<String, u64>,
 }
 
 /// A violated invariant, explained.
@@ -88,6 +98,8 @@ pub struct RunResult {
     pub summary: Summary,
     pub trace: Vec<String>,
     pub verdict: Verdict,
+    /// Every client operation, as the checkers saw it (for the determinism check's report).
+    pub history: Vec<Operation>,
 }
 
 impl RunResult {
@@ -97,6 +109,15 @@ impl RunResult {
             Verdict::Fail(f) => Some(f),
             _ => None,
         }
+    }
+
+    /// Where a second run of this seed first differs from this one (its history, or which server's
+    /// durable disk image), or `None` when both agree: the determinism check.
+    pub fn divergence(&self, again: &RunResult) -> Option<String> {
+        crate::fingerprint::divergence(
+            (&self.history, &self.summary.disk_hashes),
+            (&again.history, &again.summary.disk_hashes),
+        )
     }
 }
 
@@ -113,6 +134,11 @@ struct World {
     started: BTreeMap<u64, u64>,
     /// Writes too large to replicate that a server did not refuse.
     violations: Vec<String>,
+    /// See the fields of [`Summary`] with these names.
+    checks_ran: Vec<&'static str>,
+    disk_hashes: BTreeMap<u64, u64>,
+    failpoint_fires: BTreeMap<String, u64>,
+    coverage: BTreeMap<String, u64>,
 }
 
 type Shared = Arc<Mutex<World>>;
@@ -124,6 +150,34 @@ fn world(w: &Shared) -> std::sync::MutexGuard<'_, World> {
 /// Simulated milliseconds since the run began.
 fn now_ms() -> u64 {
     madsim::time::TimeHandle::current().elapsed().as_millis() as u64
+}
+
+/// Check `check` (listed in `crate::checkers::CHECKS`) ran to completion and held: one line after
+/// each checker, so the fuzz coverage table shows which checks ever ran.
+fn ran(w: &Shared, check: &'static str) {
+    world(w).ran(check);
+}
+
+impl World {
+    fn ran(&mut self, check: &'static str) {
+        debug_assert!(crate::checkers::CHECKS.contains(&check), "check {check} is listed in CHECKS");
+        self.checks_ran.push(check);
+    }
+}
+
+/// What the disks hold and saw at the end, for the summary: each durable image's hash, and the
+/// failpoints and fault paths that fired, summed over the servers.
+fn record_disks(disks: &BTreeMap<u64, SimFs>, w: &Shared) {
+    let mut world = world(w);
+    for (id, disk) in disks {
+        world.disk_hashes.insert(*id, crate::fingerprint::image_hash(&disk.durable_image()));
+        for (name, n) in disk.failpoint_fires() {
+            *world.failpoint_fires.entry(name).or_insert(0) += n;
+        }
+        for (path, n) in disk.coverage() {
+            *world.coverage.entry(path.to_string()).or_insert(0) += n;
+        }
+    }
 }
 
 fn event(w: &Shared, text: String) {
@@ -335,6 +389,7 @@ async fn simulate(scenario: Scenario, seed: u64, run_opts: RunOptions, w: Shared
     // The controller runs on a node of its own so it can reach the servers over the network.
     let controller =
         handle.create_node().name("controller").ip(IpAddr::V4(Ipv4Addr::new(10, 0, 2, 1))).build();
+    let disks: BTreeMap<u64, SimFs> = servers.iter().map(|(id, s)| (*id, s.disk.clone())).collect();
     let (sc, w2) = (scenario.clone(), w.clone());
     let outcome = controller
         .spawn(async move {
@@ -345,6 +400,7 @@ async fn simulate(scenario: Scenario, seed: u64, run_opts: RunOptions, w: Shared
     for c in clients {
         let _ = c.await;
     }
+    record_disks(&disks, &w);
     let (failure, applied_index, digest) = match outcome {
         Ok(Ok((applied, digest))) => (None, applied, digest),
         Ok(Err(f)) => (Some(f), 0, 0),
@@ -369,7 +425,7 @@ fn finish(
 ) -> RunResult {
     let mut world = world(w);
     let count = |o: Outcome| world.history.iter().filter(|op| op.outcome == o).count() as u64;
-    let summary = Summary {
+    let mut summary = Summary {
         scenario: scenario.name.clone(),
         seed,
         ops_ok: count(Outcome::Ok),
@@ -380,11 +436,16 @@ fn finish(
         fired: world.fired.clone(),
         applied_index,
         digest,
+        history_hash: crate::fingerprint::history_hash(&world.history),
+        disk_hashes: world.disk_hashes.clone(),
+        checks_ran: Vec::new(),
+        failpoint_fires: world.failpoint_fires.clone(),
+        coverage: world.coverage.clone(),
     };
     let mut verdict = failure.map_or(Verdict::Pass, Verdict::Fail);
     if verdict == Verdict::Pass && scenario.invariants.linearizability {
         match crate::linearizability::check(&world.history) {
-            CheckResult::Linearizable => {}
+            CheckResult::Linearizable => world.ran("linearizability"),
             CheckResult::Violation(v) => {
                 let culprit = v.culprit.as_ref().map_or(String::new(), |o| {
                     format!(
@@ -420,11 +481,19 @@ fn finish(
             invariant: "limits",
             explanation: format!("{v} ({} such writes in all)", world.violations.len()),
         });
+    } else if world.violations.is_empty() {
+        world.ran("limits");
     }
+    summary.checks_ran = world.checks_ran.clone();
     if summary.ops_ok == 0 && verdict == Verdict::Pass {
         verdict = Verdict::Vacuous;
     }
-    RunResult { summary, trace: std::mem::take(&mut world.trace), verdict }
+    RunResult {
+        summary,
+        trace: std::mem::take(&mut world.trace),
+        verdict,
+        history: std::mem::take(&mut world.history),
+    }
 }
 
 /// `key "k1"`, or `keys "k1", "k2"` when multi-key operations joined them.
@@ -1057,6 +1126,7 @@ async fn control(
         }
         madsim::time::sleep(Duration::from_millis(100)).await;
     }
+    ran(w, "liveness");
     // Every server restarts without an operator and applies up to the leader's commit index; only
     // a server whose disk was corrupted on purpose may stay down (refusing is correct there).
     let expected: Vec<u64> =
@@ -1110,6 +1180,8 @@ async fn control(
         }
         madsim::time::sleep(Duration::from_millis(100)).await;
     }
+    ran(w, "catch_up");
+    ran(w, "corruption_detection");
     // Stop every server (a process kill keeps the page cache) and read its state machine directly.
     let mut replicas = Vec::new();
     let mut final_state = BTreeMap::new();
@@ -1124,6 +1196,7 @@ async fn control(
     }
     world(w).fired = fired;
     check_recoveries(servers, w)?;
+    ran(w, "recovery");
     let layout = DataLayout::new(Path::new(DATA));
     for (id, s) in servers.iter_mut() {
         if !s.up {
@@ -1154,11 +1227,15 @@ async fn control(
             final_state = pairs.into_iter().collect();
         }
     }
+    if scenario.invariants.file_hygiene {
+        ran(w, "file_hygiene");
+    }
     if scenario.invariants.convergence {
         check_convergence(&replicas).map_err(|d| Failure {
             invariant: "convergence",
             explanation: format!("replicas (id, applied index, digest) differ: {:?}", d.0),
         })?;
+        ran(w, "convergence");
     }
     if scenario.invariants.durability {
         let history = world(w).history.clone();
@@ -1167,6 +1244,7 @@ async fn control(
             invariant: "durability",
             explanation: format!("{e} (the final value as server {read_on}'s state machine holds it)"),
         })?;
+        ran(w, "durability");
     }
     let (applied, digest) = replicas.first().map_or((0, 0), |r| (r.1, r.2));
     Ok((applied, digest))

@@ -9,6 +9,8 @@
 
 pub mod checkers;
 pub mod client;
+pub mod coverage;
+pub mod fingerprint;
 #[cfg(madsim)]
 pub mod fuzz;
 #[cfg(madsim)]

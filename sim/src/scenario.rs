@@ -166,21 +166,43 @@ fn default_target() -> String {
     "any".into()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    Kill,
-    PowerLoss,
-    Restart,
-    Partition,
-    Clog,
-    TornTail,
-    LoseAckedTail,
-    BitFlip,
-    Eio,
-    Enospc,
-    ApplyFailure,
-    Failpoint,
+/// Declares [`Action`] with [`Action::ALL`] and [`Action::name`] from one list, so neither can miss a
+/// variant (the fuzz coverage table lists every action, fired or not).
+macro_rules! actions {
+    ($($variant:ident => $name:literal,)*) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum Action {
+            $($variant,)*
+        }
+
+        impl Action {
+            /// Every action, in declaration order.
+            pub const ALL: &[Action] = &[$(Action::$variant,)*];
+
+            /// The name a scenario file gives it.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Action::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+actions! {
+    Kill => "kill",
+    PowerLoss => "power_loss",
+    Restart => "restart",
+    Partition => "partition",
+    Clog => "clog",
+    TornTail => "torn_tail",
+    LoseAckedTail => "lose_acked_tail",
+    BitFlip => "bit_flip",
+    Eio => "eio",
+    Enospc => "enospc",
+    ApplyFailure => "apply_failure",
+    Failpoint => "failpoint",
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -564,6 +586,19 @@ liveness_ms = 10000
         let unknown_action = GOOD.replace("action = \"kill\"", "action = \"explode\"");
         assert!(parse(&unknown_action).expect_err("unknown action").message.contains("explode"));
         assert!(parse("not toml at all ===").is_err());
+    }
+
+    #[test]
+    fn every_action_is_named_as_scenario_files_name_it() {
+        #[derive(Deserialize)]
+        struct One {
+            action: Action,
+        }
+        for &a in Action::ALL {
+            let one: One = toml::from_str(&format!("action = {:?}", a.name()))
+                .unwrap_or_else(|e| panic!("{}: {e}", a.name()));
+            assert_eq!(one.action, a);
+        }
     }
 
     #[test]
