@@ -88,6 +88,12 @@ impl Coverage {
         self.add(&s.faults, &s.failpoint_fires, &s.coverage, &s.checks_ran);
     }
 
+    /// The counts of `name` in section `kind` (`fault`, `failpoint`, `disk`, `check`).
+    pub fn count(&self, kind: &str, name: &str) -> Count {
+        let section = SECTIONS.iter().position(|s| *s == kind);
+        section.and_then(|i| self.rows.get(&(i, name.to_string()))).copied().unwrap_or_default()
+    }
+
     /// The rows that never happened, as `section name`.
     pub fn never(&self) -> Vec<String> {
         self.rows
