@@ -169,3 +169,20 @@ fn a_swarm_variant_replays_the_same_trace() {
     assert_eq!(a.summary, b.summary);
     assert_eq!(a.verdict, Verdict::Pass);
 }
+
+#[test]
+fn the_determinism_check_names_where_two_different_runs_part() {
+    // Failure injected: the "replay" is a run of another seed, as a nondeterministic run would be.
+    // Invariant: the check does not pass it, and names the first operation at which the histories
+    // part; with the histories equal, a disk that differs is named by its server.
+    let file = scenario_files().into_iter().next().expect("a scenario file");
+    let scenario = Scenario::load(&file).unwrap_or_else(|e| panic!("{e}"));
+    let seed = scenario.seeds[0];
+    let (a, b) = (run(&scenario, seed), run(&scenario, seed + 1000));
+    let d = a.divergence(&b).expect("two seeds' runs differ");
+    assert!(d.contains("the histories differ") && d.contains("first at operation"), "{d}");
+    let mut same_history = b.clone();
+    same_history.history = a.history.clone();
+    let d = a.divergence(&same_history).expect("the disks differ");
+    assert!(d.starts_with("the durable disk images differ: server "), "{d}");
+}
