@@ -23,4 +23,6 @@ mod simfs;
 pub use options::{
     FaultEffect, FaultRule, OpKind, OptionsError, Ratio, SectorFate, SectorOdds, SimFsOptions, glob_match,
 };
-pub use simfs::{CrashKind, FailAction, HaltHook, SimCrashed, SimFs, TornWrite, is_crash_error};
+pub use simfs::{
+    COVERAGE_KEYS, CrashKind, FailAction, HaltHook, SimCrashed, SimFs, TornWrite, is_crash_error,
+};

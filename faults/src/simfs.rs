@@ -40,6 +40,39 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::options::{FaultEffect, FaultRule, OpKind, OptionsError, SectorFate, SimFsOptions, glob_match};
 
+/// Every name [`SimFs::coverage`] can report. Counting a name not listed here is a bug (a debug
+/// assertion, and a test that reads this file's counters): a coverage table built from this list
+/// must show every fault path, with 0 where it never fired.
+pub const COVERAGE_KEYS: &[&str] = &[
+    "crash.process_kill",
+    "crash.power_loss",
+    "crash.torn_write",
+    "crash.torn_write.partial",
+    "crash.after_op",
+    "crash.after.read",
+    "crash.after.write",
+    "crash.after.sync",
+    "crash.after.sync_dir",
+    "crash.after.rename",
+    "crash.after.remove",
+    "crash.after.set_len",
+    "crash.after.create",
+    "crash.correlated",
+    "power_loss.sector.keep",
+    "power_loss.sector.drop",
+    "power_loss.sector.garbage",
+    "fault.eio.read",
+    "fault.eio.write",
+    "fault.eio.sync",
+    "fault.eio.other",
+    "fault.eio.sync.lost_pages",
+    "fault.enospc",
+    "fault.exdev",
+    "fault.bit_flip.read",
+    "fault.bit_flip.write",
+    "fault.bit_flip.explicit",
+];
+
 /// How a simulated node dies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum CrashKind {
@@ -519,6 +552,7 @@ impl SimFs {
 
 impl State {
     fn cover(&mut self, what: &'static str) {
+        debug_assert!(COVERAGE_KEYS.contains(&what), "coverage key {what} is listed in COVERAGE_KEYS");
         *self.coverage.entry(what).or_insert(0) += 1;
     }
 
@@ -795,6 +829,10 @@ impl State {
             [("power_loss.sector.keep", 0), ("power_loss.sector.drop", 1), ("power_loss.sector.garbage", 2)]
         {
             if fates[n] > 0 {
+                debug_assert!(
+                    COVERAGE_KEYS.contains(&name),
+                    "coverage key {name} is listed in COVERAGE_KEYS"
+                );
                 *self.coverage.entry(name).or_insert(0) += fates[n];
             }
         }
@@ -1369,5 +1407,37 @@ impl Fs for SimFs {
         if !s.halted {
             s.observations.push((at, what));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::COVERAGE_KEYS;
+
+    /// Failure guarded against: a fault path counted under a name the coverage table does not list,
+    /// so it could never show as "never fired". Invariant: every counter name in this file's code (a
+    /// string literal `crash.…`, `fault.…` or `power_loss.…`) is in `COVERAGE_KEYS`, listed once.
+    #[test]
+    fn every_counted_fault_path_is_a_known_coverage_key() {
+        let source = include_str!("simfs.rs");
+        // The code between the list and these tests.
+        let start =
+            source.find("pub const COVERAGE_KEYS").and_then(|at| source[at..].find("];").map(|e| at + e));
+        let end = source.rfind("#[cfg(test)]");
+        let (Some(start), Some(end)) = (start, end) else { panic!("simfs.rs changed shape") };
+        let code = &source[start..end];
+        let mut found = std::collections::BTreeSet::new();
+        for (at, _) in code.match_indices('"') {
+            let rest = &code[at + 1..];
+            if !["crash.", "fault.", "power_loss."].iter().any(|p| rest.starts_with(p)) {
+                continue;
+            }
+            let name = &rest[..rest.find('"').unwrap_or(0)];
+            if !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c == '.' || c == '_') {
+                assert!(COVERAGE_KEYS.contains(&name), "{name:?} is counted but not in COVERAGE_KEYS");
+                found.insert(name);
+            }
+        }
+        assert_eq!(found.len(), COVERAGE_KEYS.len(), "COVERAGE_KEYS lists a name nothing counts, or twice");
     }
 }

@@ -5,6 +5,27 @@ use std::collections::BTreeMap;
 
 use crate::linearizability::{Operation, Outcome, RegisterOp};
 
+/// Every check a run can make, by the name the harness records when it ran to completion and held
+/// (`Summary::checks_ran`). A new check adds its name here and one `ran(w, "<name>")` where it
+/// passes; `durakv-sim fuzz` lists every name here in its coverage table, with 0 when it never ran.
+pub const CHECKS: &[&str] = &[
+    "liveness",
+    "catch_up",
+    "corruption_detection",
+    "recovery",
+    "file_hygiene",
+    "convergence",
+    "durability",
+    "linearizability",
+    "limits",
+    "list_append",
+    "counter",
+    "promises",
+    "election_safety",
+    "log_matching",
+    "commit_monotonic",
+];
+
 /// An acknowledged write that the final state does not reflect.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(

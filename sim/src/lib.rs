@@ -11,6 +11,8 @@
 pub mod canaries;
 pub mod checkers;
 pub mod client;
+pub mod coverage;
+pub mod fingerprint;
 #[cfg(madsim)]
 pub mod fuzz;
 #[cfg(madsim)]

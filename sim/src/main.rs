@@ -12,10 +12,11 @@ const USAGE: &str = "usage:
                               run the scenario's seeds, or one seed (--swarm: the variant fuzz ran;
                               --trace: print the event trace; --canary: re-introduce that historic bug)
   durakv-sim check-determinism <scenario.toml> --seed N [--swarm]
-                              run twice, compare the event traces
+                              run twice, compare the event traces, histories and disk images
   durakv-sim fuzz <scenario.toml>... [--seeds N | --time D] [--start S] [--shard I/N] [--out DIR]
                               swarm: each seed draws cluster size, sync mode, workload and fault mix
-                              (D: 90s, 10m, 1h; failing seeds and their traces go to DIR)
+                              (D: 90s, 10m, 1h; failing seeds and their traces go to DIR); ends with
+                              a coverage table of the faults, failpoints, fault paths and checks
   durakv-sim canaries [--seeds N] [--all]
                               the mutation score: each canary against the swarm variants of its
                               scenario (--all: of every scenario, as fuzz rotates), up to N seeds";
@@ -121,6 +122,7 @@ mod cli {
                     s.applied_index,
                     s.digest
                 );
+                out!("     {}", fingerprints(r));
             }
             Verdict::Vacuous => {
                 out!(
@@ -155,6 +157,13 @@ mod cli {
                 }
             }
         }
+    }
+
+    /// The run's determinism fingerprints: the history hash and each server disk's hash.
+    fn fingerprints(r: &RunResult) -> String {
+        let disks: Vec<String> =
+            r.summary.disk_hashes.iter().map(|(id, h)| format!("{id}:{h:016x}")).collect();
+        format!("history {:016x}, disks {}", r.summary.history_hash, disks.join(" "))
     }
 
     /// `90s`, `10m`, `2h`, or plain seconds.
@@ -214,7 +223,16 @@ mod cli {
                 let (a, b) = (run(&scenario, seed), run(&scenario, seed));
                 match a.trace.iter().zip(&b.trace).position(|(x, y)| x != y) {
                     None if a.trace.len() == b.trace.len() => {
-                        out!("deterministic: {} events, identical in both runs", a.trace.len());
+                        if let Some(d) = a.divergence(&b) {
+                            out!("NOT deterministic: the traces agree but {d}");
+                            return Ok(ExitCode::from(1));
+                        }
+                        out!(
+                            "deterministic: {} events, {} operations and every disk identical in both runs ({})",
+                            a.trace.len(),
+                            a.history.len(),
+                            fingerprints(&a)
+                        );
                         Ok(ExitCode::SUCCESS)
                     }
                     at => {
@@ -262,7 +280,9 @@ mod cli {
                 let started = std::time::Instant::now();
                 let planned = if seeds == u64::MAX { "?".to_string() } else { (seeds / shards).to_string() };
                 let seeds = (start..start.saturating_add(seeds)).filter(|s| s % shards == shard);
+                let mut coverage = durakv_sim::coverage::Coverage::default();
                 let counts = fuzz(&scenarios, seeds, time, run, |file, r, c| {
+                    coverage.add_run(r);
                     if r.verdict != Verdict::Pass {
                         eprintln!();
                         report(file, r, out.as_deref(), true);
@@ -299,6 +319,7 @@ mod cli {
                     counts.undecided,
                     counts.vacuous
                 );
+                out!("{}", coverage.table());
                 Ok(if counts.failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
             }
             Some("canaries") => {

@@ -60,3 +60,25 @@ fn a_run_that_exercised_nothing_is_vacuous_not_a_failure() {
     let counts = fuzz(&scenarios, [3], None, |_, seed| run(&outage, seed), |_, _, _| {});
     assert_eq!(counts, FuzzCounts { ran: 1, vacuous: 1, ..FuzzCounts::default() });
 }
+
+/// Failure guarded against: the coverage table reading a run's summary wrong (a renamed fault
+/// record, a disk counter not summed), so everything shows as never fired. Invariant: one run of a
+/// scenario that kills inside WAL appends counts its kills and restarts, the process kills its disks
+/// saw, and every check it ran; what it never did (EIO) stays a zero row.
+#[test]
+fn the_coverage_table_counts_what_a_real_run_did() {
+    let file = "scenarios/oom-kill-inside-wal-appends.toml";
+    let base = Scenario::load(&durakv_sim::repo_root().join(file)).unwrap_or_else(|e| panic!("{e}"));
+    let r = run(&base, base.seeds[0]);
+    assert_eq!(r.verdict, Verdict::Pass);
+    let mut coverage = durakv_sim::coverage::Coverage::default();
+    coverage.add_run(&r);
+    let count = |kind: &str, name: &str| coverage.count(kind, name);
+    assert_eq!(count("fault", "kill").seeds, 1, "{}", coverage.table());
+    assert!(count("fault", "restart").total >= 2, "{}", coverage.table());
+    assert_eq!(count("fault", "eio").total, 0);
+    assert!(count("disk", "crash.process_kill").total >= 2, "{}", coverage.table());
+    for check in durakv_sim::checkers::CHECKS {
+        assert_eq!(count("check", check).seeds, 1, "check {check} did not run:\n{}", coverage.table());
+    }
+}

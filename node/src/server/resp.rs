@@ -2,6 +2,9 @@
 //! (what every client library and `redis-cli` send) or inline commands (`PING\r\n`, what a person
 //! types into `nc`); replies are the five RESP2 types.
 //!
+//! The client side of the same codec ([`encode_command`], [`parse_reply`]) is here too, so the
+//! simulator's workload speaks exactly the protocol the node parses and encodes.
+//!
 //! The parser works on a byte buffer that grows as bytes arrive: it returns a whole command and how
 //! many bytes it used, `None` when more bytes are needed, or a [`RespError`] that the connection
 //! answers with `-ERR Protocol error: …` before closing (as Redis does). Every length is checked
@@ -286,6 +289,87 @@ impl Reply {
     }
 }
 
+/// A command as a client sends it: an array of bulk strings (what [`RequestParser`] reads).
+pub fn encode_command(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// How deeply arrays may nest in a reply: durakv sends at most one level, and a bound keeps a hostile
+/// `*1\r\n*1\r\n…` from recursing the stack away.
+const MAX_REPLY_DEPTH: usize = 32;
+
+/// A whole reply and the bytes it used, or `None` when more bytes are needed.
+pub type ParsedReply = Option<(Reply, usize)>;
+
+/// Parse one reply from the front of `buf` (the client side of [`Reply::encode`]). Lengths and counts
+/// are checked against `limits` before anything is allocated; a malformed reply is a [`RespError`],
+/// never a panic, whatever the bytes.
+pub fn parse_reply(buf: &[u8], limits: &Limits) -> Result<ParsedReply, RespError> {
+    reply_at(buf, 0, limits, 0)
+}
+
+fn reply_at(buf: &[u8], at: usize, limits: &Limits, depth: usize) -> Result<ParsedReply, RespError> {
+    let Some(&kind) = buf.get(at) else { return Ok(None) };
+    if !matches!(kind, b'+' | b'-' | b':' | b'$' | b'*') {
+        return Err(err(format!("unknown reply type '{}'", kind.escape_ascii())));
+    }
+    let Some(eol) = find_crlf(buf, at + 1) else {
+        // A line that never ends is refused, not buffered forever.
+        let longest = if matches!(kind, b'+' | b'-') { limits.max_inline_bytes } else { 32 };
+        if buf.len() - at > longest {
+            return Err(err("reply line too long"));
+        }
+        return Ok(None);
+    };
+    let body = &buf[at + 1..eol];
+    let next = eol + 2;
+    let text = || String::from_utf8_lossy(body).into_owned();
+    Ok(Some(match kind {
+        b'+' => (Reply::Simple(text()), next),
+        b'-' => (Reply::Error(text()), next),
+        b':' => (Reply::Integer(parse_len(body, "integer")?), next),
+        b'$' => match parse_len(body, "bulk length")? {
+            -1 => (Reply::Bulk(None), next),
+            len if len < 0 || len as u64 > limits.max_bulk_bytes as u64 => {
+                return Err(err("invalid bulk length"));
+            }
+            len => {
+                let end = next.saturating_add(len as usize);
+                if buf.len() < end.saturating_add(2) {
+                    return Ok(None);
+                }
+                if &buf[end..end + 2] != b"\r\n" {
+                    return Err(err("bulk string not terminated by CRLF"));
+                }
+                (Reply::Bulk(Some(buf[next..end].to_vec())), end + 2)
+            }
+        },
+        b'*' => match parse_len(body, "multibulk length")? {
+            -1 => (Reply::Array(None), next),
+            n if n < 0 || n > limits.max_args as i64 => return Err(err("invalid multibulk length")),
+            _ if depth >= MAX_REPLY_DEPTH => return Err(err("reply arrays nested too deeply")),
+            n => {
+                // Reserve by what arrived, not by what the header claims.
+                let mut items = Vec::with_capacity((n as usize).min((buf.len() - next) / 4 + 1));
+                let mut pos = next;
+                for _ in 0..n {
+                    let Some((item, used)) = reply_at(buf, pos, limits, depth + 1)? else { return Ok(None) };
+                    items.push(item);
+                    pos = used;
+                }
+                (Reply::Array(Some(items)), pos)
+            }
+        },
+        _ => unreachable!("the reply type was checked above"),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,5 +485,87 @@ mod tests {
         ]))
         .encode(&mut out);
         assert_eq!(out, b"*6\r\n+OK\r\n-ERR bad  thing\r\n:-3\r\n$-1\r\n$2\r\nhi\r\n*-1\r\n".to_vec());
+    }
+
+    fn reply(buf: &[u8]) -> Result<ParsedReply, RespError> {
+        parse_reply(buf, &Limits::default())
+    }
+
+    #[test]
+    fn commands_encode_as_the_parser_reads_them() {
+        let wire = encode_command(&[b"SET", b"k", b"v\r\n"]);
+        assert_eq!(wire, cmd(&[b"SET", b"k", b"v\r\n"]));
+        assert_eq!(
+            parse(&wire),
+            Ok(Some((vec![b"SET".to_vec(), b"k".to_vec(), b"v\r\n".to_vec()], wire.len())))
+        );
+    }
+
+    #[test]
+    fn replies_parse_back_from_their_wire_form_and_wait_for_partial_ones() {
+        let replies = vec![
+            Reply::ok(),
+            Reply::error("ERR no"),
+            Reply::Integer(i64::MIN),
+            Reply::Bulk(Some(b"a\r\nb".to_vec())),
+            Reply::Bulk(None),
+            Reply::Array(Some(vec![Reply::Bulk(Some(b"a".to_vec())), Reply::Array(None), Reply::Integer(7)])),
+            Reply::Array(Some(Vec::new())),
+        ];
+        let mut wire = Vec::new();
+        for r in &replies {
+            r.encode(&mut wire);
+        }
+        let mut at = 0;
+        let mut got = Vec::new();
+        while let Some((r, used)) = reply(&wire[at..]).expect("well formed") {
+            got.push(r);
+            at += used;
+        }
+        assert_eq!(got, replies);
+        assert_eq!(at, wire.len());
+        for cut in 0..wire.len() {
+            // A prefix is whole replies, then a request for more: never malformed, never wrong.
+            let mut at = 0;
+            while let Some((_, used)) = reply(&wire[at..cut]).expect("a prefix is not malformed") {
+                at += used;
+            }
+        }
+    }
+
+    /// Failure guarded against: a node (or a fault) sending bytes the client cannot parse, and the
+    /// client panicking or allocating what a header claims. Invariant: a malformed reply is a typed
+    /// protocol error, whatever the bytes.
+    #[test]
+    fn malformed_replies_are_protocol_errors_never_panics() {
+        for bad in [
+            &b"?x\r\n"[..],
+            b":12a\r\n",
+            b":+1\r\n",
+            b"$-2\r\n",
+            b"$3\r\nabcXY",
+            b"$99999999999999999999\r\n",
+            b"*-2\r\n",
+            b"*1\r\n?\r\n",
+            b"\r\n",
+        ] {
+            assert!(reply(bad).is_err(), "{:?}", bad.escape_ascii().to_string());
+        }
+        let small = Limits { max_bulk_bytes: 2, max_args: 1, ..Limits::default() };
+        assert!(parse_reply(b"$3\r\n", &small).is_err());
+        assert!(parse_reply(b"*2\r\n", &small).is_err());
+        assert!(reply(&[b'$'; 40]).is_err(), "a length line with no end is refused");
+        assert!(reply(&b"*1\r\n".repeat(MAX_REPLY_DEPTH + 1)).is_err(), "nesting is bounded");
+        assert_eq!(reply(b"*1000000\r\n:1\r\n"), Ok(None), "a huge count waits without reserving it");
+        // Every byte value in every position of a valid reply: an error or a reply, never a panic.
+        let mut wire = Vec::new();
+        Reply::Array(Some(vec![Reply::Bulk(Some(b"xy".to_vec())), Reply::Integer(-3)])).encode(&mut wire);
+        for i in 0..wire.len() {
+            for b in 0..=255u8 {
+                let mut w = wire.clone();
+                w[i] = b;
+                let _ = reply(&w);
+            }
+        }
     }
 }

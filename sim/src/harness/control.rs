@@ -53,6 +53,7 @@ pub(super) async fn converge(
         }
         madsim::time::sleep(Duration::from_millis(100)).await;
     }
+    ran(w, "liveness");
     // Every server restarts without an operator and applies up to the leader's commit index; only
     // a server whose disk was corrupted on purpose may stay down (refusing is correct there).
     let expected: Vec<u64> =
@@ -107,6 +108,7 @@ pub(super) async fn converge(
         }
         madsim::time::sleep(Duration::from_millis(100)).await;
     }
+    ran(w, "catch_up");
     Ok(())
 }
 
@@ -192,7 +194,11 @@ pub(super) async fn control(
     let mut replicas = Vec::new();
     let mut final_state = BTreeMap::new();
     check_promises(servers, w)?;
+    for check in ["promises", "election_safety", "log_matching", "commit_monotonic", "corruption_detection"] {
+        ran(w, check);
+    }
     check_recoveries(servers, w)?;
+    ran(w, "recovery");
     let layout = DataLayout::new(Path::new(DATA));
     for (id, s) in servers.iter_mut() {
         if !s.up {
@@ -219,6 +225,9 @@ pub(super) async fn control(
             .map_err(|e| Failure { invariant: "convergence", explanation: format!("server {id}: {e}") })?;
         let digest = state_digest(pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
         replicas.push((*id, kv.applied_index(), digest));
+        if scenario.invariants.file_hygiene {
+            ran(w, "file_hygiene");
+        }
         if final_state.is_empty() {
             final_state = pairs.into_iter().collect();
         }
@@ -228,6 +237,7 @@ pub(super) async fn control(
             invariant: "convergence",
             explanation: format!("replicas (id, applied index, digest) differ: {:?}", d.0),
         })?;
+        ran(w, "convergence");
     }
     let read_on = replicas.first().map_or(0, |r| r.0);
     if scenario.invariants.durability {
@@ -236,6 +246,7 @@ pub(super) async fn control(
             invariant: "durability",
             explanation: format!("{e} (the final value as server {read_on}'s state machine holds it)"),
         })?;
+        ran(w, "durability");
     }
     if scenario.invariants.durability {
         let history = world(w).history.clone();
@@ -246,6 +257,8 @@ pub(super) async fn control(
             .map_err(|e| Failure { invariant: "list_append", explanation: on(e) })?;
         check_counters(&history, &final_state, |k| special_key(k, b'c'))
             .map_err(|e| Failure { invariant: "counter", explanation: on(e) })?;
+        ran(w, "list_append");
+        ran(w, "counter");
     }
     // The final state joins the history as one read per key, after every operation: the
     // linearizability check must explain it too, so an operation whose outcome the client never

@@ -74,6 +74,16 @@ pub struct Summary {
     pub fired: Vec<String>,
     pub applied_index: u64,
     pub digest: u64,
+    /// [`crate::fingerprint::history_hash`] of the whole operation history.
+    pub history_hash: u64,
+    /// [`crate::fingerprint::image_hash`] of each server disk's durable image at the end of the run.
+    pub disk_hashes: BTreeMap<u64, u64>,
+    /// The checks (`crate::checkers::CHECKS`) that ran to completion and held, in the order they did.
+    pub checks_ran: Vec<&'static str>,
+    /// How often each failpoint fired, summed over the servers.
+    pub failpoint_fires: BTreeMap<String, u64>,
+    /// How often each fault path fired (`SimFs::coverage`), summed over the servers.
+    pub coverage: BTreeMap<String, u64>,
 }
 
 /// A violated invariant, explained.
@@ -105,6 +115,8 @@ pub struct RunResult {
     pub summary: Summary,
     pub trace: Vec<String>,
     pub verdict: Verdict,
+    /// Every client operation, as the checkers saw it (for the determinism check's report).
+    pub history: Vec<Operation>,
 }
 
 impl RunResult {
@@ -114,6 +126,15 @@ impl RunResult {
             Verdict::Fail(f) => Some(f),
             _ => None,
         }
+    }
+
+    /// Where a second run of this seed first differs from this one (its history, or which server's
+    /// durable disk image), or `None` when both agree: the determinism check.
+    pub fn divergence(&self, again: &RunResult) -> Option<String> {
+        crate::fingerprint::divergence(
+            (&self.history, &self.summary.disk_hashes),
+            (&again.history, &again.summary.disk_hashes),
+        )
     }
 }
 
@@ -270,6 +291,7 @@ async fn simulate(scenario: Scenario, seed: u64, run_opts: RunOptions, w: Shared
     // The controller runs on a node of its own so it can reach the servers over the network.
     let controller =
         handle.create_node().name("controller").ip(IpAddr::V4(Ipv4Addr::new(10, 0, 2, 1))).build();
+    let disks: BTreeMap<u64, SimFs> = servers.iter().map(|(id, s)| (*id, s.disk.clone())).collect();
     let (sc, w2) = (scenario.clone(), w.clone());
     let outcome = controller
         .spawn(async move {
@@ -280,6 +302,7 @@ async fn simulate(scenario: Scenario, seed: u64, run_opts: RunOptions, w: Shared
     for c in clients {
         let _ = c.await;
     }
+    record_disks(&disks, &w);
     let (failure, applied_index, digest) = match outcome {
         Ok(Ok((applied, digest))) => (None, applied, digest),
         Ok(Err(f)) => (Some(f), 0, 0),

@@ -18,7 +18,7 @@ pub(super) fn finish(
     let count = |o: Outcome| {
         world.history.iter().filter(|op| op.outcome == o && op.client != FINAL_READ_CLIENT).count() as u64
     };
-    let summary = Summary {
+    let mut summary = Summary {
         scenario: scenario.name.clone(),
         seed,
         ops_ok: count(Outcome::Ok),
@@ -29,11 +29,16 @@ pub(super) fn finish(
         fired: world.fired.clone(),
         applied_index,
         digest,
+        history_hash: crate::fingerprint::history_hash(&world.history),
+        disk_hashes: world.disk_hashes.clone(),
+        checks_ran: Vec::new(),
+        failpoint_fires: world.failpoint_fires.clone(),
+        coverage: world.coverage.clone(),
     };
     let mut verdict = failure.map_or(Verdict::Pass, Verdict::Fail);
     if verdict == Verdict::Pass && scenario.invariants.linearizability {
         match crate::linearizability::check(&world.history) {
-            CheckResult::Linearizable => {}
+            CheckResult::Linearizable => world.ran("linearizability"),
             CheckResult::Violation(v) => {
                 let culprit = v.culprit.as_ref().map_or(String::new(), |o| {
                     format!(
@@ -69,11 +74,19 @@ pub(super) fn finish(
             invariant: "limits",
             explanation: format!("{v} ({} such writes in all)", world.violations.len()),
         });
+    } else if world.violations.is_empty() {
+        world.ran("limits");
     }
+    summary.checks_ran = world.checks_ran.clone();
     if summary.ops_ok == 0 && verdict == Verdict::Pass {
         verdict = Verdict::Vacuous;
     }
-    RunResult { summary, trace: std::mem::take(&mut world.trace), verdict }
+    RunResult {
+        summary,
+        trace: std::mem::take(&mut world.trace),
+        verdict,
+        history: std::mem::take(&mut world.history),
+    }
 }
 
 /// `key "k1"`, or `keys "k1", "k2"` when multi-key operations joined them.

@@ -17,6 +17,11 @@ pub(super) struct World {
     pub(super) violations: Vec<String>,
     /// Raft's own promises, election safety, log matching, commit monotonic (`crate::promises`).
     pub(super) promises: crate::promises::Checker,
+    /// See the fields of [`Summary`] with these names.
+    pub(super) checks_ran: Vec<&'static str>,
+    pub(super) disk_hashes: BTreeMap<u64, u64>,
+    pub(super) failpoint_fires: BTreeMap<String, u64>,
+    pub(super) coverage: BTreeMap<String, u64>,
 }
 
 pub(super) type Shared = Arc<Mutex<World>>;
@@ -33,4 +38,32 @@ pub(super) fn now_ms() -> u64 {
 pub(super) fn event(w: &Shared, text: String) {
     let t = now_ms();
     world(w).trace.push(format!("{t:>8} {text}"));
+}
+
+/// Check `check` (listed in `crate::checkers::CHECKS`) ran to completion and held: one line after
+/// each checker, so the fuzz coverage table shows which checks ever ran.
+pub(super) fn ran(w: &Shared, check: &'static str) {
+    world(w).ran(check);
+}
+
+impl World {
+    pub(super) fn ran(&mut self, check: &'static str) {
+        debug_assert!(crate::checkers::CHECKS.contains(&check), "check {check} is listed in CHECKS");
+        self.checks_ran.push(check);
+    }
+}
+
+/// What the disks hold and saw at the end, for the summary: each durable image's hash, and the
+/// failpoints and fault paths that fired, summed over the servers.
+pub(super) fn record_disks(disks: &BTreeMap<u64, SimFs>, w: &Shared) {
+    let mut world = world(w);
+    for (id, disk) in disks {
+        world.disk_hashes.insert(*id, crate::fingerprint::image_hash(&disk.durable_image()));
+        for (name, n) in disk.failpoint_fires() {
+            *world.failpoint_fires.entry(name).or_insert(0) += n;
+        }
+        for (path, n) in disk.coverage() {
+            *world.coverage.entry(path.to_string()).or_insert(0) += n;
+        }
+    }
 }
