@@ -12,10 +12,13 @@
 //! 5. `advance`, then the light ready's commit index, messages and committed entries; `advance_apply`.
 //!
 //! Recovery from peers: while storage says this node lost entries it may have acknowledged
-//! ([`RaftStorage::recover_to`]), the replica drops vote and pre-vote requests and leadership
-//! transfers, and does not tick as a follower (so it never campaigns): with a shortened log it could
-//! otherwise help elect a leader that lacks a committed entry (FAST'18). It still takes appends and
-//! snapshots; once its log reaches the mark it is a full member again.
+//! ([`RaftStorage::recover_to`]), the replica drops leadership transfers and the vote and pre-vote
+//! requests of candidates not at least as up to date as its recovery mark, and does not tick its
+//! election timer as a follower (so it never campaigns): judged by its shortened log alone it could
+//! otherwise help elect a leader that lacks a committed entry (FAST'18). It still votes for
+//! candidates that hold everything it may have acknowledged (without them a cluster where every
+//! quorum holds a recovering node could never elect the leader it must recover from), and takes
+//! appends and snapshots; once its log reaches the mark it is a full member again.
 
 use std::collections::BTreeMap;
 
@@ -274,9 +277,13 @@ impl<E: Engine> Replica<E> {
     }
 
     /// Advance the logical clock by one tick. A recovering follower does not tick: its election
-    /// timer never fires, so it never campaigns on a log that lost entries.
+    /// timer never fires, so it never campaigns on a log that lost entries. Only the time since it
+    /// last heard from a leader advances (up to the election timeout), so the leader lease ends as
+    /// it would and a candidate's vote request is not ignored forever once that leader is gone.
     pub fn tick(&mut self) {
         if self.recovering() && self.raw.raft.state != StateRole::Leader {
+            let raft = &mut self.raw.raft;
+            raft.election_elapsed = (raft.election_elapsed + 1).min(raft.election_timeout());
             self.report_stalled_recovery();
             return;
         }
@@ -325,14 +332,22 @@ impl<E: Engine> Replica<E> {
     pub fn step(&mut self, mut msg: Message) -> Result<(), ReplicaError> {
         use raft::eraftpb::MessageType as T;
         let kind = msg.msg_type();
-        if matches!(kind, T::MsgRequestVote | T::MsgRequestPreVote | T::MsgTimeoutNow) && self.recovering() {
-            // A vote from a log that lost acknowledged entries could elect a leader lacking a
-            // committed one: grant nothing until the log is whole again. The candidate's timer
-            // retries; the other members decide without this node.
+        if matches!(kind, T::MsgRequestVote | T::MsgRequestPreVote | T::MsgTimeoutNow)
+            && self.recovering()
+            && (kind == T::MsgTimeoutNow || !self.candidate_holds_what_we_acknowledged(&msg))
+        {
+            // A vote judged against a log that lost acknowledged entries could elect a leader lacking
+            // a committed one: a candidate that is not at least as up to date as everything this
+            // node may have acknowledged gets nothing (raft-rs then also checks it against the log
+            // this node holds). Refusing every candidate instead would deadlock a cluster in which
+            // every quorum holds a recovering node (two of four lost their tails): no leader, so
+            // nobody to recover from. Leadership transfers are refused: this node never campaigns.
             tracing::debug!(
                 node = self.id(),
                 from = msg.from,
                 term = msg.term,
+                log_term = msg.log_term,
+                index = msg.index,
                 ?kind,
                 "recovering: vote not granted"
             );
@@ -387,6 +402,15 @@ impl<E: Engine> Replica<E> {
         self.raw.step(msg)?;
         self.redraw_election_timeout();
         Ok(())
+    }
+
+    /// Is a vote request's candidate log at least as up to date, in raft's (term, index) order, as the
+    /// recovery mark, which is at or past the last entry this node may have acknowledged before it
+    /// lost entries? Then voting for it is as safe as the vote raft would have cast with the log this
+    /// node had (the Raft paper's §5.4.3 argument holds for that log).
+    fn candidate_holds_what_we_acknowledged(&self, msg: &Message) -> bool {
+        let durable = self.raw.store().durable_state();
+        (msg.log_term, msg.index) >= (durable.recover_term, durable.recover_to)
     }
 
     /// The first entry of an append at or below this node's commit index whose term differs from the

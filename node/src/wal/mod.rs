@@ -334,6 +334,49 @@ pub struct Wal {
 /// Keep the encode buffer between appends if it is at most this large.
 const SCRATCH_KEEP_BYTES: usize = 16 << 20;
 
+/// At open, fsync the last segment (its kept bytes `..valid_len`), or, if that fsync fails, cut the
+/// segment back to what is proven durable and fail.
+///
+/// A failed fsync may leave pages the kernel marked clean but never wrote (fsyncgate): the next start
+/// would read them from the page cache, its own fsync would succeed without writing them, and the
+/// log would be built upon bytes a power loss turns into a hole in the middle of it (D10; found by
+/// the simulation's fuzz in the state machine's `NoSync` journal). Bytes below the last kept frame's
+/// `durable_upto` were covered by an fsync that succeeded; the rest is cut, as after a failed
+/// append, and the shorter length made durable. What is cut was never proven durable: the state
+/// machine replays unsynced batches from the raft log; an acknowledged raft entry cut here is caught
+/// by the hard-state file and recovered from peers (D5). If the cut fails too, the start fails all
+/// the same.
+fn sync_or_cut_back(
+    fs: &dyn crate::io::Fs,
+    file: &mut dyn FsFile,
+    path: &Path,
+    last_frame: Option<&Frame>,
+    valid_len: u64,
+) -> Result<(), WalError> {
+    // Everything recovery keeps in the last segment must be durable before the log is built upon.
+    let Err(failed) = file.sync() else { return Ok(()) };
+    if failpoint::canary(fs, "keep-bytes-after-failed-fsync") {
+        return Err(io_err(path)(failed));
+    }
+    let proven = last_frame.map_or(SEGMENT_HEADER_LEN as u64, |f| f.durable_upto);
+    let proven = proven.clamp(SEGMENT_HEADER_LEN as u64, valid_len);
+    // Not a retry of the failed fsync: this one only has to make the new, shorter length durable.
+    match file.set_len(proven).and_then(|()| file.sync()) {
+        Ok(()) => tracing::warn!(
+            path = %path.display(),
+            durable_len = proven,
+            dropped_bytes = valid_len - proven,
+            "fsync at open failed: cut the segment back to its proven durable length"
+        ),
+        Err(e) => tracing::error!(
+            path = %path.display(),
+            error = %e,
+            "fsync at open failed, and cutting the segment back to its proven durable length failed too"
+        ),
+    }
+    Err(io_err(path)(failed))
+}
+
 /// The file name of WAL segment `seq`.
 pub fn segment_name(seq: u64) -> String {
     format!("{seq:020}.wal")
@@ -526,9 +569,10 @@ impl Wal {
             // Evidence first: a crash after the cut must not leave a node that forgot what it cut.
             before_repair(&plan)?;
             let broken_copy = self.save_broken(&path, &buf[at..])?;
-            // Drop the torn bytes and make the shorter length durable before anything relies on it.
+            // Drop the torn bytes; the fsync below makes the shorter length durable before anything
+            // relies on it.
             file.set_len(offset).map_err(io_err(&path))?;
-            file.sync().map_err(io_err(&path))?;
+            sync_or_cut_back(&*self.fs, &mut *file, &path, last_frame.as_ref(), offset)?;
             tracing::warn!(
                 path = %path.display(),
                 offset,
@@ -543,7 +587,7 @@ impl Wal {
         } else if is_last && !read_only {
             // A killed process may have left unsynced bytes in the page cache. Make them durable
             // before building on them, so no segment but a new last one can ever be torn.
-            file.sync().map_err(io_err(&path))?;
+            sync_or_cut_back(&*self.fs, &mut *file, &path, last_frame.as_ref(), len)?;
         }
         self.segments.insert(seq, Segment { path, file, len: valid_len, synced_len: valid_len });
         Ok(())
