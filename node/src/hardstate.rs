@@ -139,7 +139,8 @@ pub struct DurableState {
     pub acknowledged: u64,
     pub acknowledged_term: u64,
     /// Non-zero while the node is recovering entries it lost: until its log reaches this index it
-    /// grants no votes, never campaigns, and fetches the missing range from the leader.
+    /// votes only for candidates at least as up to date as this mark, never campaigns, and fetches
+    /// the missing range from the leader.
     pub recover_to: u64,
     /// ... and the log's last term must reach this one (a log that only looks long enough, because it
     /// kept entries an acknowledged conflict had replaced, is not whole).

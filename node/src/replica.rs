@@ -265,7 +265,7 @@ impl<E: Engine> Replica<E> {
         &self.snapshots.store
     }
 
-    /// Is this node recovering entries it lost (no votes, no campaigns)? The `no-peer-recovery` canary
+    /// Is this node recovering entries it lost (votes only for candidates holding them, no campaigns)? The `no-peer-recovery` canary
     /// switches the guard off to show the simulation catches its absence.
     pub fn recovering(&self) -> bool {
         self.raw.store().recover_to() > 0 && !crate::failpoint::canary(self.fs(), "no-peer-recovery")

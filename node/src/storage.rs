@@ -15,8 +15,8 @@
 //!   held acknowledged records, records lost any other way — the node neither refuses to start nor
 //!   silently rejoins. Before the WAL cuts anything, the evidence (segment, offset, bytes, the index the
 //!   node may have acknowledged) goes durably into the hard-state file, with `recover_to`, the index
-//!   the log must reach again. Until it does, every start sees it, and the replica grants no votes and
-//!   never campaigns ([`RaftStorage::recover_to`]); the leader refills the log. The commit index raft
+//!   the log must reach again. Until it does, every start sees it, and the replica votes only for
+//!   candidates at least as up to date as that mark and never campaigns ([`RaftStorage::recover_to`]); the leader refills the log. The commit index raft
 //!   sees is clamped to the log; the durable one is kept.
 
 use std::path::Path;
@@ -254,8 +254,8 @@ impl RaftStorage {
                 commit = durable.commit,
                 acknowledged = durable.acknowledged,
                 evidence,
-                "this node lost log entries it may have acknowledged: it grants no votes and never \
-                 campaigns until the leader has sent it everything up to recover_to"
+                "this node lost log entries it may have acknowledged: it votes only for candidates holding \
+                 them and never campaigns until the leader has sent it everything up to recover_to"
             );
         }
         inner.hard_state =

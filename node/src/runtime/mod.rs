@@ -210,7 +210,7 @@ pub fn open_replica<E: Engine>(
             node = cfg.id,
             recover_to = durable.recover_to,
             evidence,
-            "recovering lost log entries from the leader: no votes and no campaigns until the log reaches recover_to"
+            "recovering lost log entries from the leader: votes only for candidates holding them, no campaigns, until the log reaches recover_to"
         );
     }
     let voters: Vec<u64> = cfg.peers.keys().copied().collect();
