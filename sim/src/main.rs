@@ -332,7 +332,7 @@ mod cli {
                     };
                     let filled = ((done.min(1.0)) * width as f64) as usize;
                     eprint!(
-                        "{}[{}{}] {}/{planned} seeds, {rate:.2} seeds/s, {} failed, {} undecided, {} vacuous {}",
+                        "{}[{}{}] {}/{planned} seeds, {rate:.2} seeds/s, {} failed, {} undecided, {} vacuous{}",
                         if terminal { "\r" } else { "" },
                         "#".repeat(filled),
                         ".".repeat(width - filled),
@@ -340,7 +340,8 @@ mod cli {
                         c.failed,
                         c.undecided,
                         c.vacuous,
-                        if terminal { "" } else { "\n" }
+                        // The trailing blank wipes a longer previous line's last character.
+                        if terminal { " " } else { "\n" }
                     );
                 });
                 if terminal {
