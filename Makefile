@@ -8,7 +8,7 @@ PROFILE ?= fast
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps test fmt-check lint unit sim sim-run fuzz run build bench bench-wal bench-fsm bench-snapshot bench-storage clean help
+.PHONY: all deps test fmt-check lint unit sim sim-run fuzz run build bench bench-wal bench-fsm bench-snapshot bench-storage bench-sim clean help
 
 all: test
 
@@ -75,6 +75,12 @@ bench-storage: deps
 
 bench-fsm: deps
 	$(CARGO) bench --profile $(PROFILE) -p durakv-benches --bench fsm
+
+# Simulator speed (docs/benchmarks.md, "Simulation speed"): simulated seconds per wall second on the
+# standard scenario, and swarm seeds per second over every scenario from a fixed seed range.
+BENCH_SEEDS ?= 40
+bench-sim: deps
+	$(MADSIM_ENV) $(CARGO) run -q -p durakv-sim --profile $(PROFILE) -- bench --seeds $(BENCH_SEEDS)
 
 bench-snapshot: deps
 	$(CARGO) bench --profile $(PROFILE) -p durakv-benches --bench snapshot

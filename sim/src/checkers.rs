@@ -222,7 +222,75 @@ pub fn check_lists(
                 first_returned_after = Some((a, op_a.ret));
             }
         }
-        for (read, got) in reads.get(key).map(Vec::as_slice).unwrap_or_default() {
+        // An APPEND's reply is the length after it: its token must end exactly there.
+        let mut end = 0usize;
+        let mut ends: BTreeMap<&[u8], usize> = BTreeMap::new();
+        for t in &list {
+            end += t.len() + 1;
+            ends.insert(t, end);
+        }
+        for (t, op) in ops {
+            let Some(RegisterOp::Append { len: Some(len), .. }) =
+                op.effects.iter().find(|(k, _)| k.as_slice() == key).map(|(_, e)| e)
+            else {
+                continue;
+            };
+            if let Some(&at) = ends.get(t)
+                && usize::try_from(*len).ok() != Some(at)
+            {
+                return Err(fail(format!(
+                    "the APPEND of {:?} returned length {len}, but its element ends at byte {at} of the final value",
+                    String::from_utf8_lossy(t)
+                )));
+            }
+        }
+        let key_reads = reads.get(key).map(Vec::as_slice).unwrap_or_default();
+        for (read, got) in key_reads {
+            // A read that saw an element whose APPEND began only after the read returned.
+            for t in tokens(got).unwrap_or_default() {
+                if let Some(op) = ops.get(t)
+                    && op.call > read.ret
+                {
+                    return Err(fail(format!(
+                        "a GET at {}–{} ms by client {} saw {:?}, whose APPEND was invoked later, at {} ms",
+                        read.call,
+                        read.ret,
+                        read.client,
+                        String::from_utf8_lossy(t),
+                        op.call
+                    )));
+                }
+            }
+        }
+        // Reads in real-time order see the list grow: one that returned before another began saw no
+        // more than it.
+        let mut by_call: Vec<&(&Operation, &[u8])> = key_reads.iter().collect();
+        by_call.sort_by_key(|(r, _)| r.call);
+        let mut by_ret: Vec<&(&Operation, &[u8])> = key_reads.iter().collect();
+        by_ret.sort_by_key(|(r, _)| r.ret);
+        let mut longest_done: Option<&(&Operation, &[u8])> = None;
+        let mut i = 0;
+        for later in &by_call {
+            while i < by_ret.len() && by_ret[i].0.ret < later.0.call {
+                if longest_done.is_none_or(|l| by_ret[i].1.len() > l.1.len()) {
+                    longest_done = Some(by_ret[i]);
+                }
+                i += 1;
+            }
+            if let Some(earlier) = longest_done
+                && earlier.1.len() > later.1.len()
+            {
+                return Err(fail(format!(
+                    "a GET at {}–{} ms saw {} bytes, after a GET that returned at {} ms had seen {}: the list shrank",
+                    later.0.call,
+                    later.0.ret,
+                    later.1.len(),
+                    earlier.0.ret,
+                    earlier.1.len()
+                )));
+            }
+        }
+        for (read, got) in key_reads {
             if !value.starts_with(got) {
                 return Err(fail(format!(
                     "a GET at {}–{} ms by client {} returned {:?}, which is not a prefix of the final value",
@@ -483,6 +551,46 @@ mod tests {
         stale.push(read("a;", 4, 5));
         let e = check_lists(&stale, &fin, is_l).expect_err("stale");
         assert!(e.problem.contains("misses"), "{e}");
+    }
+
+    #[test]
+    fn a_list_read_never_sees_the_future_or_shrinks_and_an_append_ends_where_it_said() {
+        let read = |v: &str, call, ret| {
+            Operation::single(2, b"l0", RegisterOp::Read(Some(v.as_bytes().to_vec())), call, ret, Outcome::Ok)
+        };
+        let fin = value("l0", "a;b;");
+        let h = vec![append("l0", "a", 0, 1, Outcome::Ok), append("l0", "b", 5, 6, Outcome::Ok)];
+        // Failure: a read returned at 3 ms saw b, whose APPEND was invoked at 5 ms.
+        let mut future = h.clone();
+        future.push(read("a;b;", 2, 3));
+        assert!(check_lists(&future, &fin, is_l).expect_err("future").problem.contains("invoked later"));
+        // Failure: a read that began after another returned saw less.
+        let mut shrink = h.clone();
+        shrink.push(read("a;b;", 7, 8));
+        shrink.push(read("a;", 9, 10));
+        let e = check_lists(&shrink, &fin, is_l).expect_err("shrank");
+        assert!(e.problem.contains("shrank") || e.problem.contains("misses"), "{e}");
+        // Failure: an APPEND that said the list was 4 bytes long after it, where its element ends at 2.
+        let said = Operation::single(
+            1,
+            b"l0",
+            RegisterOp::Append { suffix: b"a;".to_vec(), len: Some(4) },
+            0,
+            1,
+            Outcome::Ok,
+        );
+        let wrong = vec![said, append("l0", "b", 5, 6, Outcome::Ok)];
+        assert!(check_lists(&wrong, &fin, is_l).expect_err("length").problem.contains("returned length"));
+        // The same with the true lengths passes.
+        let right = Operation::single(
+            1,
+            b"l0",
+            RegisterOp::Append { suffix: b"a;".to_vec(), len: Some(2) },
+            0,
+            1,
+            Outcome::Ok,
+        );
+        assert_eq!(check_lists(&[right, append("l0", "b", 5, 6, Outcome::Ok)], &fin, is_l), Ok(()));
     }
 
     fn incr(result: Option<i64>, call: u64, ret: u64, outcome: Outcome) -> Operation {

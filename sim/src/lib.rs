@@ -8,6 +8,8 @@
 //! consumer never shifts another's stream, and a run replays bit for bit from the root seed alone.
 
 #[cfg(madsim)]
+pub mod bench;
+#[cfg(madsim)]
 pub mod canaries;
 pub mod checkers;
 pub mod client;

@@ -17,6 +17,9 @@ const USAGE: &str = "usage:
                               swarm: each seed draws cluster size, sync mode, workload and fault mix
                               (D: 90s, 10m, 1h; failing seeds and their traces go to DIR); ends with
                               a coverage table of the faults, failpoints, fault paths and checks
+  durakv-sim bench [--seeds N] [--start S]
+                              simulated seconds per wall second on the standard scenario, and swarm
+                              seeds per second over every scenario (seeds S..S+N, default 0..40)
   durakv-sim canaries [--seeds N] [--all]
                               the mutation score: each canary against the swarm variants of its
                               scenario (--all: of every scenario, as fuzz rotates), up to N seeds";
@@ -180,6 +183,47 @@ mod cli {
         Ok(std::time::Duration::from_secs(secs))
     }
 
+    /// `durakv-sim bench`: see [`durakv_sim::bench`].
+    fn bench(args: &[String]) -> Result<ExitCode, String> {
+        use durakv_sim::bench::{all_scenarios, time};
+        let number = |name: &str, default: u64| -> Result<u64, String> {
+            flag(args, name).map_or(Ok(default), |n| n.parse().map_err(|_| format!("{name} is not a number")))
+        };
+        let (seeds, start) = (number("--seeds", 40)?, number("--start", 0)?);
+        let file = "scenarios/oom-kill-inside-wal-appends.toml";
+        let standard = load(&durakv_sim::repo_root().join(file).display().to_string())?;
+        let all = all_scenarios()?;
+        let per_cpu = |x: Option<f64>| x.map_or("n/a".to_string(), |x| format!("{x:.1}"));
+        let std_runs = standard.seeds.iter().map(|&seed| (standard.clone(), seed));
+        let a = time(std_runs);
+        let (wall, cpu) = a.speedup();
+        out!(
+            "standard  {file} seeds {:?}: {:.1} simulated s in {:.2} s wall: {wall:.0} simulated s per wall s, {} per CPU s (fingerprint {:016x})",
+            standard.seeds,
+            a.simulated.as_secs_f64(),
+            a.wall.as_secs_f64(),
+            per_cpu(cpu),
+            a.fingerprint
+        );
+        let swarm_runs = (start..start.saturating_add(seeds)).filter_map(|seed| {
+            durakv_sim::fuzz::base_for(&all, seed).map(|(_, base)| (swarm(base, seed), seed))
+        });
+        let b = time(swarm_runs);
+        let (wall, cpu) = b.rate();
+        out!(
+            "swarm     {} scenarios, seeds {start}..{}: {} seeds ({} passed) in {:.2} s wall: {wall:.2} seeds per wall s, {} per CPU s = {} per core-hour (fingerprint {:016x})",
+            all.len(),
+            start.saturating_add(seeds),
+            b.runs,
+            b.passed,
+            b.wall.as_secs_f64(),
+            per_cpu(cpu),
+            cpu.map_or("n/a".to_string(), |c| format!("{:.0}", c * 3600.0)),
+            b.fingerprint
+        );
+        Ok(ExitCode::SUCCESS)
+    }
+
     pub fn main(args: &[String]) -> Result<ExitCode, String> {
         let out = flag(args, "--out").map(PathBuf::from).or_else(|| Some(PathBuf::from("sim-failures")));
         match args.first().map(String::as_str) {
@@ -281,12 +325,22 @@ mod cli {
                 let planned = if seeds == u64::MAX { "?".to_string() } else { (seeds / shards).to_string() };
                 let seeds = (start..start.saturating_add(seeds)).filter(|s| s % shards == shard);
                 let mut coverage = durakv_sim::coverage::Coverage::default();
+                // On a terminal the progress line redraws in place; in a log (CI, `| tee`) it is a
+                // line of its own every few seconds, not one `\r`-joined line per seed.
+                let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+                let mut last_line = started;
                 let counts = fuzz(&scenarios, seeds, time, run, |file, r, c| {
                     coverage.add_run(r);
                     if r.verdict != Verdict::Pass {
-                        eprintln!();
+                        if terminal {
+                            eprintln!();
+                        }
                         report(file, r, out.as_deref(), true);
                     }
+                    if !terminal && last_line.elapsed() < std::time::Duration::from_secs(5) {
+                        return;
+                    }
+                    last_line = std::time::Instant::now();
                     let rate = c.ran as f64 / started.elapsed().as_secs_f64().max(1e-9);
                     let width = 30usize;
                     let done = match planned.parse::<u64>() {
@@ -298,16 +352,21 @@ mod cli {
                     };
                     let filled = ((done.min(1.0)) * width as f64) as usize;
                     eprint!(
-                        "\r[{}{}] {}/{planned} seeds, {rate:.2} seeds/s, {} failed, {} undecided, {} vacuous ",
+                        "{}[{}{}] {}/{planned} seeds, {rate:.2} seeds/s, {} failed, {} undecided, {} vacuous{}",
+                        if terminal { "\r" } else { "" },
                         "#".repeat(filled),
                         ".".repeat(width - filled),
                         c.ran,
                         c.failed,
                         c.undecided,
-                        c.vacuous
+                        c.vacuous,
+                        // The trailing blank wipes a longer previous line's last character.
+                        if terminal { " " } else { "\n" }
                     );
                 });
-                eprintln!();
+                if terminal {
+                    eprintln!();
+                }
                 out!(
                     "fuzz: {} seeds in {:.1} s ({:.2} seeds/s): {} passed, {} failed ({} panicked), {} undecided, {} vacuous",
                     counts.ran,
@@ -322,6 +381,7 @@ mod cli {
                 out!("{}", coverage.table());
                 Ok(if counts.failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
             }
+            Some("bench") => bench(args),
             Some("canaries") => {
                 // Every canary against the swarm variants of its own scenario (or, with `--all`,
                 // of the scenarios fuzz rotates through), up to `--seeds` seeds each.

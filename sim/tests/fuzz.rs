@@ -30,7 +30,7 @@ fn a_panicking_seed_is_a_recorded_failure_and_fuzzing_goes_on() {
     assert_eq!(failure.invariant, PANIC);
     assert!(
         failure.explanation.contains("injected by RunOptions::panic_at_ms at 2000 ms")
-            && failure.explanation.contains("sim/src/harness/mod.rs:"),
+            && failure.explanation.contains("sim/src/harness/"),
         "the message and where it panicked: {}",
         failure.explanation
     );

@@ -95,7 +95,24 @@ impl WriteBatch {
 
     /// The journal encoding.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::new();
+        // Sized up front: a batch can carry values of hundreds of KiB, and growing by doubling
+        // copied them several times per write.
+        let framed = |b: &[u8]| 4 + b.len();
+        let len = 4
+            + self
+                .ops
+                .iter()
+                .map(|op| match op {
+                    Op::Put { key, value } => 1 + framed(key) + framed(value),
+                    Op::Delete { key } => 1 + framed(key),
+                    Op::DeleteRange { start, end } => {
+                        1 + framed(start) + 1 + end.as_deref().map_or(0, framed)
+                    }
+                })
+                .sum::<usize>()
+            + 4
+            + self.metas.iter().map(|(_, v)| 1 + framed(v)).sum::<usize>();
+        let mut out = Vec::with_capacity(len);
         let put = |out: &mut Vec<u8>, b: &[u8]| {
             out.extend_from_slice(&(b.len() as u32).to_be_bytes());
             out.extend_from_slice(b);
@@ -130,6 +147,7 @@ impl WriteBatch {
             out.push(key.id());
             put(&mut out, value);
         }
+        debug_assert_eq!(out.len(), len, "the encoding's size is computed up front");
         out
     }
 

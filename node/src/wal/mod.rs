@@ -40,7 +40,7 @@ use std::path::{Path, PathBuf};
 pub use format::{
     Entry, FRAME_HEADER_LEN, Frame, FrameProblem, HeaderProblem, MAX_PAYLOAD_BYTES, Record,
     SEGMENT_HEADER_LEN, SegmentScan, decode_frame, decode_frame_at, decode_segment_header, encode_frame,
-    encode_segment_header, frame_len, later_durable_after, scan_segment, single_bit_rot,
+    encode_segment_header, frame_len, later_durable_after, scan_segment, scan_segment_index, single_bit_rot,
 };
 
 use crate::codec::be_u32;
@@ -494,7 +494,8 @@ impl Wal {
         let corrupt = |offset: u64, reason| WalError::Corrupt { path: path.clone(), offset, reason };
         let recover = self.opts.recovery == RecoveryMode::RecoverFromPeers
             && !failpoint::canary(&*self.fs, "no-torn-tail-repair");
-        let header = scan_segment(&buf).map_err(CorruptReason::Header).and_then(|scan| {
+        // Opening indexes entries (offset and term); their data is read back on demand.
+        let header = scan_segment_index(&buf).map_err(CorruptReason::Header).and_then(|scan| {
             if scan.seq == seq {
                 Ok(scan)
             } else {

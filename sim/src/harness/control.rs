@@ -248,7 +248,7 @@ pub(super) async fn control(
         })?;
         ran(w, "durability");
     }
-    if scenario.invariants.durability {
+    if scenario.invariants.durability || scenario.invariants.linearizability {
         let history = world(w).history.clone();
         let on = |e: ExactlyOnceViolation| {
             format!("{e} (the final value as server {read_on}'s state machine holds it)")

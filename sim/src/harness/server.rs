@@ -192,8 +192,11 @@ pub(super) fn crash_loops(
 pub(super) fn supervise(handle: &Handle, servers: &mut BTreeMap<u64, Server>, w: &Shared) {
     for (id, s) in servers.iter_mut() {
         if s.up && s.disk.is_halted() {
-            // The crash fired inside a write or at a failpoint: the process is dead.
+            // The crash fired inside a write, after an operation, at a failpoint, or came with
+            // another server's correlated crash: the process is dead. A torn-tail kill still armed
+            // then never had its chance.
             handle.kill(s.handle.id());
+            torn_tail_preempted(s, w, *id);
             s.disk.resume();
             s.up = false;
             event(w, format!("server {id} died inside a write or at a failpoint"));

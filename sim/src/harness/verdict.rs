@@ -37,7 +37,16 @@ pub(super) fn finish(
     };
     let mut verdict = failure.map_or(Verdict::Pass, Verdict::Fail);
     if verdict == Verdict::Pass && scenario.invariants.linearizability {
-        match crate::linearizability::check(&world.history) {
+        // List keys are left to `check_lists` (element order against real time, every APPEND's
+        // reply, every read's prefix, timing and growth), which never runs out of budget; the
+        // general search can, on a long list with undecided APPENDs (found by fuzz).
+        let history: Vec<Operation> = world
+            .history
+            .iter()
+            .filter(|o| !o.effects.iter().all(|(k, _)| special_key(k, b'l')))
+            .cloned()
+            .collect();
+        match crate::linearizability::check(&history) {
             CheckResult::Linearizable => world.ran("linearizability"),
             CheckResult::Violation(v) => {
                 let culprit = v.culprit.as_ref().map_or(String::new(), |o| {
