@@ -501,9 +501,17 @@ impl Scenario {
             }
             Eio => {
                 if let Some(op) = f.op.as_deref()
-                    && !matches!(op, "sync" | "write" | "read")
+                    && !matches!(
+                        op,
+                        "sync" | "write" | "read" | "sync_dir" | "rename" | "remove" | "set_len" | "create"
+                    )
                 {
-                    return Some(("op", format!("{op:?} is not sync, write or read")));
+                    return Some((
+                        "op",
+                        format!(
+                            "{op:?} is not sync, write, read, sync_dir, rename, remove, set_len or create"
+                        ),
+                    ));
                 }
             }
             _ => {}

@@ -203,7 +203,8 @@ fn extra_fault(rng: &mut impl Rng, at: u64, duration: u64) -> Vec<Fault> {
         |rng: &mut dyn rand::RngCore, after: u64| (at + after + rng.random_range(0..2000)).min(duration - 1);
     let target = ["leader", "follower", "any"][rng.random_range(0..3)];
     // The kinds of operation a crash can land right after, and the places the node writes.
-    let paths = ["*", "*/raft/*", "*/fsm/*", "*/snapshots/*", "*/spool/*"];
+    // A directory's own operations (its fsync) match too: `*/raft*` covers `/node/raft`.
+    let paths = ["*", "*/raft*", "*/fsm*", "*/snapshots*", "*/spool*"];
     let with = |rng: &mut dyn rand::RngCore| match rng.random_range(0..10) {
         0..2 => Some("quorum".to_string()),
         2 => Some("all".to_string()),
@@ -215,10 +216,16 @@ fn extra_fault(rng: &mut impl Rng, at: u64, duration: u64) -> Vec<Fault> {
             // calls, across the whole run (the nth spreads it over the operations after `at`).
             let action = if rng.random_bool(0.5) { Action::Kill } else { Action::PowerLoss };
             let mut f = Fault::new(at, action, target);
-            f.after_op = Some(AFTER_OPS[rng.random_range(0..AFTER_OPS.len())].into());
+            let op = AFTER_OPS[rng.random_range(0..AFTER_OPS.len())];
+            f.after_op = Some(op.into());
             f.path = Some(paths[rng.random_range(0..paths.len())].into());
-            f.nth =
-                Some(if rng.random_bool(0.5) { rng.random_range(1..=10) } else { rng.random_range(1..=400) });
+            // Writes and syncs come by the hundred, the other kinds by the handful.
+            let common = matches!(op, "any" | "write" | "sync");
+            f.nth = Some(match (common, rng.random_bool(0.5)) {
+                (true, true) => rng.random_range(1..=10),
+                (true, false) => rng.random_range(1..=400),
+                (false, _) => rng.random_range(1..=3),
+            });
             f.with = with(rng);
             vec![f, Fault::new(heal_at(rng, 1000), Action::Restart, "all")]
         }
@@ -309,8 +316,15 @@ fn extra_fault(rng: &mut impl Rng, at: u64, duration: u64) -> Vec<Fault> {
             vec![f]
         }
         8 => {
+            // EIO once: mostly a WAL fsync, else any kind of operation on any of the node's files.
             let mut f = Fault::new(at, Action::Eio, target);
-            f.at = Some("*/raft/*.wal".into());
+            if rng.random_bool(0.5) {
+                f.at = Some("*/raft/*.wal".into());
+            } else {
+                let ops = ["sync", "write", "read", "sync_dir", "rename", "create", "remove", "set_len"];
+                f.op = Some(ops[rng.random_range(0..ops.len())].into());
+                f.at = Some(paths[rng.random_range(0..paths.len())].into());
+            }
             f.times = Some(1);
             vec![f]
         }

@@ -258,9 +258,9 @@ pub(super) async fn apply_fault(
             }
             Action::Eio => {
                 let op = match f.op.as_deref() {
-                    Some("write") => OpKind::Write,
                     Some("read") => OpKind::Read,
-                    _ => OpKind::Sync,
+                    Some(other) => op_kind(other).unwrap_or(OpKind::Sync),
+                    None => OpKind::Sync,
                 };
                 let pattern = f.at.clone().unwrap_or_else(|| "*".into());
                 let mut rule = FaultRule::always(FaultEffect::Eio, &[op])
