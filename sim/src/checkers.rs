@@ -245,23 +245,6 @@ pub fn check_lists(
             }
         }
         let key_reads = reads.get(key).map(Vec::as_slice).unwrap_or_default();
-        for (read, got) in key_reads {
-            // A read that saw an element whose APPEND began only after the read returned.
-            for t in tokens(got).unwrap_or_default() {
-                if let Some(op) = ops.get(t)
-                    && op.call > read.ret
-                {
-                    return Err(fail(format!(
-                        "a GET at {}–{} ms by client {} saw {:?}, whose APPEND was invoked later, at {} ms",
-                        read.call,
-                        read.ret,
-                        read.client,
-                        String::from_utf8_lossy(t),
-                        op.call
-                    )));
-                }
-            }
-        }
         // Reads in real-time order see the list grow: one that returned before another began saw no
         // more than it.
         let mut by_call: Vec<&(&Operation, &[u8])> = key_reads.iter().collect();
@@ -302,6 +285,21 @@ pub fn check_lists(
             }
             let seen =
                 tokens(got).map_err(|e| fail(format!("a GET returned a value that is not a list: {e}")))?;
+            // A read that saw an element whose APPEND began only after the read returned.
+            for t in &seen {
+                if let Some(op) = ops.get(t)
+                    && op.call > read.ret
+                {
+                    return Err(fail(format!(
+                        "a GET at {}–{} ms by client {} saw {:?}, whose APPEND was invoked later, at {} ms",
+                        read.call,
+                        read.ret,
+                        read.client,
+                        String::from_utf8_lossy(t),
+                        op.call
+                    )));
+                }
+            }
             for (t, op) in ops {
                 if op.outcome == Outcome::Ok && op.ret < read.call && !seen.contains(t) {
                     return Err(fail(format!(
