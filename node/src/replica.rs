@@ -56,6 +56,10 @@ pub enum ReplicaError {
     Snapshot(#[from] SnapshotError),
     #[error("replica config: {0}")]
     Config(#[from] crate::config::ConfigError),
+    /// Reading entries from the raft log failed under raft-rs (which panics on it): the node stops,
+    /// as after a failed write (D10), and reads the log again at its next start.
+    #[error("reading the raft log failed: {0}; the node stops")]
+    LogRead(String),
 }
 
 /// Where a replica keeps its snapshots, and how often it takes one.
@@ -141,6 +145,9 @@ pub struct Replica<E: Engine> {
     election_drawn: (u64, StateRole, usize),
     /// Ticks spent recovering lost entries without a known leader (reported loudly now and then).
     leaderless_recovery_ticks: u64,
+    /// A read of the raft log failed under raft-rs: the replica is stopped for good (its raft state
+    /// is not trusted after the panic it contained); every call returns this.
+    stopped: Option<String>,
     /// The last term this node reported leading ([`crate::probe`]).
     led_term: u64,
 }
@@ -208,6 +215,7 @@ impl<E: Engine> Replica<E> {
             election_ticks: (cfg.election_tick, 2 * cfg.election_tick),
             election_drawn: (0, StateRole::Follower, 0),
             leaderless_recovery_ticks: 0,
+            stopped: None,
             led_term: 0,
         };
         replica.redraw_election_timeout();
@@ -328,8 +336,38 @@ impl<E: Engine> Replica<E> {
         Ok(())
     }
 
+    /// Run `f`, which calls into raft-rs, containing the panic raft-rs raises when the storage could
+    /// not read the log (it treats every storage error but "compacted" and "temporarily unavailable"
+    /// as fatal): that becomes [`ReplicaError::LogRead`], a fail-stop like a failed write (D10),
+    /// instead of a panic that takes the process down uncontrolled (found by the simulation: EIO on
+    /// a WAL read). Any other panic is a bug and goes on unwinding. After a contained panic the
+    /// raft state is not used again.
+    fn contained<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, ReplicaError>,
+    ) -> Result<T, ReplicaError> {
+        if let Some(reason) = &self.stopped {
+            return Err(ReplicaError::LogRead(reason.clone()));
+        }
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self))) {
+            Ok(result) => result,
+            Err(panic) => match self.raw.store().take_read_failure() {
+                Some(reason) => {
+                    tracing::error!(node = self.id(), error = %reason, "reading the raft log failed: stopping");
+                    self.stopped = Some(reason.clone());
+                    Err(ReplicaError::LogRead(reason))
+                }
+                None => std::panic::resume_unwind(panic),
+            },
+        }
+    }
+
     /// Feed a message from a peer.
-    pub fn step(&mut self, mut msg: Message) -> Result<(), ReplicaError> {
+    pub fn step(&mut self, msg: Message) -> Result<(), ReplicaError> {
+        self.contained(|r| r.step_raft(msg))
+    }
+
+    fn step_raft(&mut self, mut msg: Message) -> Result<(), ReplicaError> {
         use raft::eraftpb::MessageType as T;
         let kind = msg.msg_type();
         if matches!(kind, T::MsgRequestVote | T::MsgRequestPreVote | T::MsgTimeoutNow)
@@ -457,11 +495,15 @@ impl<E: Engine> Replica<E> {
 
     /// Propose an encoded command; its reply comes back in a later [`ReadyOutput`] under `request_id`.
     pub fn propose(&mut self, request_id: u64, command: Vec<u8>) -> Result<(), ReplicaError> {
-        Ok(self.raw.propose(request_id.to_be_bytes().to_vec(), command)?)
+        self.contained(|r| Ok(r.raw.propose(request_id.to_be_bytes().to_vec(), command)?))
     }
 
     /// Handle everything raft has ready, in the canonical order (module docs).
     pub fn handle_ready(&mut self) -> Result<ReadyOutput, ReplicaError> {
+        self.contained(Self::handle_raft_ready)
+    }
+
+    fn handle_raft_ready(&mut self) -> Result<ReadyOutput, ReplicaError> {
         let mut out = ReadyOutput::default();
         if !self.raw.has_ready() {
             return Ok(out);

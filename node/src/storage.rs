@@ -84,6 +84,10 @@ struct Inner {
     /// below it is already in `conf_state` and must not be applied to raft again on replay.
     conf_index: u64,
     snapshot: SnapshotPointer,
+    /// A read of the log failed (an I/O error, a record that no longer decodes) while raft-rs asked
+    /// for entries. raft-rs treats such an error as fatal and panics; the replica contains that
+    /// panic and fail-stops with this reason instead (D10).
+    read_failure: Option<String>,
 }
 
 /// Conf state as a meta value: the index it reflects (u64), then the encoded `ConfState`.
@@ -213,8 +217,15 @@ impl RaftStorage {
         if snapshot.metadata.index > 0 && wal.compacted_below() <= snapshot.metadata.index {
             wal.compact(snapshot.metadata.index + 1)?;
         }
-        let mut inner =
-            Inner { wal, hs_file, hard_state: HardState::default(), conf_state, conf_index, snapshot };
+        let mut inner = Inner {
+            wal,
+            hs_file,
+            hard_state: HardState::default(),
+            conf_state,
+            conf_index,
+            snapshot,
+            read_failure: None,
+        };
         let (last, last_term) = inner.log_end();
         let mut durable = *inner.hs_file.state();
         let must_have = durable.acknowledged.max(durable.commit);
@@ -388,6 +399,11 @@ impl RaftStorage {
         *self.lock().hs_file.state()
     }
 
+    /// The read failure raft-rs met in [`Storage::entries`], if any, taken (see `Inner::read_failure`).
+    pub fn take_read_failure(&self) -> Option<String> {
+        self.lock().read_failure.take()
+    }
+
     /// The state this storage opened with, as the simulation's checkers see it ([`crate::probe`]).
     pub fn recovered(&self) -> Recovered {
         let inner = self.lock();
@@ -553,7 +569,7 @@ impl Storage for RaftStorage {
         max_size: impl Into<Option<u64>>,
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        let inner = self.lock();
+        let mut inner = self.lock();
         if low < inner.first_index() {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
@@ -564,8 +580,17 @@ impl Storage for RaftStorage {
         let mut out = Vec::new();
         let mut size = 0u64;
         for index in low..high {
-            let stored = inner.wal.entry(index).map_err(store_err)?;
-            let e = Entry::decode(&stored.data[..]).map_err(store_err)?;
+            let read = inner.wal.entry(index).map_err(|e| e.to_string()).and_then(|stored| {
+                Entry::decode(&stored.data[..]).map_err(|e| format!("entry {index}: {e}"))
+            });
+            let e = match read {
+                Ok(e) => e,
+                Err(reason) => {
+                    // Remembered for the replica, which stops the node on it (raft-rs will panic).
+                    inner.read_failure = Some(reason.clone());
+                    return Err(store_err(std::io::Error::other(reason)));
+                }
+            };
             size += u64::from(prost::Message::encoded_len(&e) as u32);
             // At least one entry, then stop before passing the limit (raft's `limit_size`).
             if !out.is_empty() && max_size.is_some_and(|m| size > m) {

@@ -13,11 +13,11 @@ use std::sync::Arc;
 
 use durakv::fsm::{Command, FsmSync, Kv, Reply, SetCondition, SimEngine, SimEngineOptions};
 use durakv::io::{Fs, SharedFs, read_file};
-use durakv::replica::{Replica, ReplicaConfig, SnapshotSettings, route};
+use durakv::replica::{Replica, ReplicaConfig, ReplicaError, SnapshotSettings, route};
 use durakv::snapshot::{DEFAULT_SPOOL_CAP_BYTES, SnapshotStore, SnapshotToken, StreamInfo};
 use durakv::storage::RaftStorage;
 use durakv::wal::WalOptions;
-use durakv_faults::{CrashKind, SimFs};
+use durakv_faults::{CrashKind, FaultEffect, FaultRule, OpKind, SimFs};
 use raft::eraftpb::{Message, MessageType};
 
 const VOTERS: [u64; 3] = [1, 2, 3];
@@ -95,17 +95,34 @@ impl Cluster {
 
     /// One round: deliver every queued message, handle every ready, route the output.
     fn round(&mut self) {
+        let mut stopped = Vec::new();
         for (id, node) in self.nodes.iter_mut() {
             for m in self.inboxes.remove(id).unwrap_or_default() {
-                node.step(m).expect("step");
+                match node.step(m) {
+                    Ok(()) => {}
+                    // A failed read of the log is a fail-stop (D10): down until restarted.
+                    Err(ReplicaError::LogRead(_)) => {
+                        stopped.push(*id);
+                        break;
+                    }
+                    Err(e) => panic!("replica {id} failed to step: {e}"),
+                }
             }
+        }
+        for id in stopped {
+            self.nodes.remove(&id);
+            self.down.push(id);
         }
         let ids: Vec<u64> = self.nodes.keys().copied().collect();
         for id in ids {
             let node = self.nodes.get_mut(&id).expect("node");
             let out = match node.handle_ready().and_then(|out| node.maybe_snapshot().map(|_| out)) {
                 Ok(out) => out,
-                Err(e) if self.disks[&id].is_halted() || e.to_string().contains("injected at failpoint") => {
+                Err(e)
+                    if self.disks[&id].is_halted()
+                        || e.to_string().contains("injected at failpoint")
+                        || matches!(e, ReplicaError::LogRead(_)) =>
+                {
                     // An injected failure is a fail-stop (D10): the replica is down until restarted.
                     // The armed crash fired inside this replica's ready: it is down until restarted.
                     let _ = e;
@@ -632,4 +649,33 @@ fn replicas_report_promises_leadership_applied_entries_and_durable_commit() {
     }
     assert!(votes >= 1, "a follower reports the vote that elected the leader");
     assert!(applied.len() >= 5, "the five writes were reported applied: {applied:?}");
+}
+
+#[test]
+fn a_failed_read_of_the_leaders_log_stops_it_cleanly_and_nothing_is_lost() {
+    // Failure injected: EIO on the leader's next read of its raft WAL, when it must read entries
+    // back from the log to bring a lagging follower up to date (found by the simulation's swarm:
+    // raft-rs panics on any storage error but "compacted"). Invariants: the leader stops with the
+    // typed `LogRead` error, never a panic; restarted, it reads its log again, and every acknowledged
+    // write is on every replica.
+    let mut c = Cluster::new(FsmSync::Sync, 1_000_000);
+    c.write(1..=5);
+    c.converge();
+    let follower = c.a_follower();
+    c.crash(follower, CrashKind::ProcessKill);
+    c.write(6..=30);
+    let leader = c.elect();
+    let rule = FaultRule::always(FaultEffect::Eio, &[OpKind::Read])
+        .on_path("*/raft/*.wal")
+        .expect("a valid glob")
+        .max_fires(1);
+    c.disks[&leader].add_rule(rule).expect("a valid rule");
+    c.restart(follower);
+    c.run_until(|c| c.down.contains(&leader), "the leader reads its log for the follower, and stops");
+    assert_eq!(c.disks[&leader].coverage().get("fault.eio.read"), Some(&1), "the read failed");
+    c.down.retain(|&id| id != leader);
+    c.restart(leader);
+    c.write(31..=35);
+    c.converge();
+    check_all_have(&c, 35);
 }
