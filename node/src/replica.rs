@@ -296,7 +296,12 @@ impl<E: Engine> Replica<E> {
             return;
         }
         self.leaderless_recovery_ticks = 0;
-        self.raw.tick();
+        // An election reads the entries between applied and committed (pending conf changes): a
+        // failed read stops the replica, and its next step or ready returns the error.
+        let _ = self.contained(|r| {
+            r.raw.tick();
+            Ok(())
+        });
         self.redraw_election_timeout();
     }
 
@@ -331,7 +336,7 @@ impl<E: Engine> Replica<E> {
             );
             return Ok(());
         }
-        self.raw.campaign()?;
+        self.contained(|r| Ok(r.raw.campaign()?))?;
         self.redraw_election_timeout();
         Ok(())
     }
