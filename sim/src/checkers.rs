@@ -274,12 +274,10 @@ pub fn check_lists(
             }
         }
         for (read, got) in key_reads {
+            let get = format!("a GET at {}–{} ms by client {}", read.call, read.ret, read.client);
             if !value.starts_with(got) {
                 return Err(fail(format!(
-                    "a GET at {}–{} ms by client {} returned {:?}, which is not a prefix of the final value",
-                    read.call,
-                    read.ret,
-                    read.client,
+                    "{get} returned {:?}, which is not a prefix of the final value",
                     String::from_utf8_lossy(got)
                 )));
             }
@@ -291,22 +289,19 @@ pub fn check_lists(
                     && op.call > read.ret
                 {
                     return Err(fail(format!(
-                        "a GET at {}–{} ms by client {} saw {:?}, whose APPEND was invoked later, at {} ms",
-                        read.call,
-                        read.ret,
-                        read.client,
+                        "{get} saw {:?}, whose APPEND was invoked later, at {} ms",
                         String::from_utf8_lossy(t),
                         op.call
                     )));
                 }
             }
+            // The read is a prefix of the final value (checked above), so it holds exactly the
+            // elements placed before its length.
             for (t, op) in ops {
-                if op.outcome == Outcome::Ok && op.ret < read.call && !seen.contains(t) {
+                let in_read = position.get(t).is_some_and(|&i| i < seen.len());
+                if op.outcome == Outcome::Ok && op.ret < read.call && !in_read {
                     return Err(fail(format!(
-                        "a GET at {}–{} ms by client {} misses {:?}, whose APPEND was acknowledged at {} ms",
-                        read.call,
-                        read.ret,
-                        read.client,
+                        "{get} misses {:?}, whose APPEND was acknowledged at {} ms",
                         String::from_utf8_lossy(t),
                         op.ret
                     )));

@@ -240,23 +240,19 @@ pub(super) async fn control(
         ran(w, "convergence");
     }
     let read_on = replicas.first().map_or(0, |r| r.0);
+    // A copy: the checkers below run while `ran` takes the world's lock.
+    let history = world(w).history.clone();
+    let on = |e: String| format!("{e} (the final value as server {read_on}'s state machine holds it)");
     if scenario.invariants.durability {
-        let history = world(w).history.clone();
-        check_durability(&history, &final_state).map_err(|e| Failure {
-            invariant: "durability",
-            explanation: format!("{e} (the final value as server {read_on}'s state machine holds it)"),
-        })?;
+        check_durability(&history, &final_state)
+            .map_err(|e| Failure { invariant: "durability", explanation: on(e.to_string()) })?;
         ran(w, "durability");
     }
     if scenario.invariants.durability || scenario.invariants.linearizability {
-        let history = world(w).history.clone();
-        let on = |e: ExactlyOnceViolation| {
-            format!("{e} (the final value as server {read_on}'s state machine holds it)")
-        };
         check_lists(&history, &final_state, |k| special_key(k, b'l'))
-            .map_err(|e| Failure { invariant: "list_append", explanation: on(e) })?;
+            .map_err(|e| Failure { invariant: "list_append", explanation: on(e.to_string()) })?;
         check_counters(&history, &final_state, |k| special_key(k, b'c'))
-            .map_err(|e| Failure { invariant: "counter", explanation: on(e) })?;
+            .map_err(|e| Failure { invariant: "counter", explanation: on(e.to_string()) })?;
         ran(w, "list_append");
         ran(w, "counter");
     }

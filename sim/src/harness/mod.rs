@@ -25,8 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::checkers::{
-    ExactlyOnceViolation, check_convergence, check_counters, check_durability, check_file_hygiene,
-    check_lists, state_digest,
+    check_convergence, check_counters, check_durability, check_file_hygiene, check_lists, state_digest,
 };
 use crate::client::{Reply, decode_reply, encode_command, outcome_of};
 use crate::linearizability::{CheckResult, Operation, Outcome, RegisterOp};
