@@ -108,6 +108,14 @@ pub const CANARIES: &[(&str, &str)] = &[
         "applying a batch of committed entries reuses the previous command's buffer (log_matching)",
     ),
     (
+        "truncate-on-any-crc-mismatch",
+        "WAL recovery takes any bad record in the last segment for a torn tail and cuts the log there, valid acknowledged records after it included (fault_effect)",
+    ),
+    (
+        "snapshot-file-unsynced",
+        "a snapshot file is renamed into place without its fsync, and the log compacted below it: after a power loss neither the entries nor the state they built are durable (D2, D6)",
+    ),
+    (
         "persist-clamped-commit",
         "a node recovering lost entries persists its commit index clamped to its shortened log (commit_monotonic)",
     ),

@@ -38,6 +38,20 @@ pub struct Recovered {
     /// Non-zero: the node recovers lost entries from its peers up to this index (and term).
     pub recover_to: u64,
     pub recover_term: u64,
+    /// What opening the WAL found at this start (not the sticky evidence of an earlier one).
+    pub wal: WalFinding,
+}
+
+/// What the WAL's open found in its segments at one start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WalFinding {
+    /// Every record read back whole.
+    #[default]
+    Clean,
+    /// A torn tail (bytes never acknowledged) was cut off the last segment.
+    TornTailRepaired,
+    /// Acknowledged records are corrupt; the log was cut there and the bytes left in place.
+    Corrupt,
 }
 
 /// Something a node did, in the order it did it.

@@ -173,6 +173,7 @@ impl<E: Engine> Replica<E> {
         crate::limits::check_append_batch_bytes(cfg.max_size_per_msg)?;
         // Cold start from the snapshot the log is based on (D9): skipped when the state machine is
         // already at or past it, after the file is verified; restored otherwise.
+        adopt_newer_snapshot_after_damage(&storage, &snapshots)?;
         let pointer = storage.snapshot_pointer();
         if pointer.metadata.index > 0 {
             let token = SnapshotToken::decode(&pointer.token)?;
@@ -702,6 +703,60 @@ impl<E: Engine> Replica<E> {
         let status = if delivered { raft::SnapshotStatus::Finish } else { raft::SnapshotStatus::Failure };
         self.raw.report_snapshot(to, status);
     }
+}
+
+/// A damaged raft log can lose the record of the newest snapshot pointer with the entries after
+/// the damage, leaving an older pointer whose file retention has since removed (retention keeps the
+/// newest files and the base, and the base had moved on). The node is recovering from its peers
+/// anyway; the newest snapshot file that verifies holds committed state (this node wrote it from
+/// what it applied, or verified it from a leader), so it becomes the log's base, as if a leader had
+/// sent it. Only when the log was damaged: a missing base file in an intact log is refused as ever.
+fn adopt_newer_snapshot_after_damage(
+    storage: &RaftStorage,
+    snapshots: &SnapshotSettings,
+) -> Result<(), ReplicaError> {
+    let pointer = storage.snapshot_pointer();
+    if storage.recover_to() == 0 || pointer.metadata.index == 0 {
+        return Ok(());
+    }
+    let token = SnapshotToken::decode(&pointer.token)?;
+    let fs = &*snapshots.fs;
+    let missing = |path: &std::path::Path| {
+        fs.exists(path).map(|e| !e).map_err(|source| SnapshotError::Io { path: path.to_path_buf(), source })
+    };
+    if !missing(&snapshots.store.path(token.index))? {
+        return Ok(());
+    }
+    for (index, path) in snapshots.store.list()?.into_iter().rev() {
+        if index <= token.index {
+            break;
+        }
+        let Some(found) = footer_token(fs, &path, index) else { continue };
+        let Ok(file) = verify(fs, &path, &found) else { continue };
+        let conf_state = raft::eraftpb::ConfState::decode(file.header.conf_state.as_slice())
+            .map_err(|e| SnapshotError::BadHeader(format!("{}: conf state: {e}", path.display())))?;
+        let metadata =
+            raft::eraftpb::SnapshotMetadata { conf_state: Some(conf_state), index, term: file.header.term };
+        tracing::warn!(
+            missing = token.index,
+            index,
+            path = %path.display(),
+            "the damaged raft log names a snapshot retention already removed; adopting the newest verified one"
+        );
+        storage.apply_snapshot(SnapshotPointer { metadata, token: found.encode().to_vec() })?;
+        return Ok(());
+    }
+    Ok(())
+}
+
+/// The token of the snapshot file at `path` as its footer states it (verified by the caller).
+fn footer_token(fs: &dyn crate::io::Fs, path: &std::path::Path, index: u64) -> Option<SnapshotToken> {
+    let file = fs.open(path, crate::io::OpenOptions::read_only()).ok()?;
+    let len = file.len().ok()?;
+    let at = len.checked_sub(crate::snapshot::FOOTER_LEN as u64)?;
+    let mut crc = [0u8; 4];
+    file.read_exact_at(&mut crc, at).ok()?;
+    Some(SnapshotToken { index, crc: u32::from_be_bytes(crc) })
 }
 
 /// The probe of an applied entry: the data is what the state machine was given.

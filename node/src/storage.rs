@@ -417,6 +417,7 @@ impl RaftStorage {
             last_term,
             recover_to: durable.recover_to,
             recover_term: durable.recover_term,
+            wal: crate::probe::WalFinding::Clean,
         }
     }
 

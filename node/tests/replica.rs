@@ -679,3 +679,31 @@ fn a_failed_read_of_the_leaders_log_stops_it_cleanly_and_nothing_is_lost() {
     c.converge();
     check_all_have(&c, 35);
 }
+
+#[test]
+fn a_damaged_log_that_names_a_snapshot_retention_removed_adopts_the_newest_file() {
+    // Failure: a bit rots in a follower's last WAL segment, before the records that moved its
+    // snapshot pointer on; the cut log names an older snapshot whose file retention has removed
+    // since (found by the swarm: the server refused to start, "snapshot … not found", forever).
+    // Invariants: the follower starts by itself, takes the newest snapshot file that verifies as its
+    // log's base, recovers the rest from the leader, and nothing acknowledged is lost.
+    let mut c = Cluster::new(FsmSync::Sync, 5);
+    c.write(1..=60);
+    c.converge();
+    let follower = c.a_follower();
+    let base_before = c.nodes[&follower].storage().snapshot_pointer().metadata.index;
+    c.crash(follower, CrashKind::PowerLoss);
+    let fs = c.disks[&follower].clone();
+    let last = segments(&fs).into_iter().last().expect("a segment");
+    let len = read_file(&fs, &last).expect("segment bytes").len() as u64;
+    fs.flip_bit(&last, len / 3, 2).expect("flip");
+    c.write(61..=70);
+    c.restart(follower);
+    let node = &c.nodes[&follower];
+    let base_after = node.storage().snapshot_pointer().metadata.index;
+    assert!(base_after > 0 && base_after <= base_before, "base {base_after} (was {base_before})");
+    c.write(71..=80);
+    c.converge();
+    assert!(!c.nodes[&follower].recovering(), "the leader refilled the log past the damage");
+    check_all_have(&c, 80);
+}

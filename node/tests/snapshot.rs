@@ -363,7 +363,7 @@ fn finalize_across_devices_with_a_failing_copy_leaves_only_the_spool() {
 fn concurrent_receives_of_one_index_where_one_fails() -> Result<(), SnapshotError> {
     let (info, body, file) = sent(500, 7);
     let fs = disk(SimFsOptions::default());
-    let store = store(&fs, 3);
+    let store = store(&fs, 1);
     let a = store.begin_receive(7);
     let b = store.begin_receive(7);
     let mut sa = store.spool(&a, info, DEFAULT_SPOOL_CAP_BYTES)?;
@@ -374,17 +374,17 @@ fn concurrent_receives_of_one_index_where_one_fails() -> Result<(), SnapshotErro
     }
     sa.finalize()?;
     sb.finalize()?;
-    // B's apply failed: its cleanup must not remove the file A still needs.
-    assert!(!store.remove_failed(b)?, "the file is kept while A holds it");
-    assert!(store.gc()?.is_empty());
+    // B gives up (its apply failed), and a newer snapshot is taken: retention keeps one file, but
+    // never the one A still holds.
+    drop(b);
+    write(&fs, &filled(&fs, "/src", 10, 9));
+    assert!(store.gc()?.is_empty(), "the held index is kept past the retention");
     let dst = engine(&fs, "/dst");
     restore(&fs, &dst, &store.path(7), &file.token())?;
     assert_eq!(dst.applied_index()?, Some(7));
+    // Once A is done with it, retention removes it.
     drop(a);
-    // A lone failed receive does remove its file.
-    let c = store.begin_receive(7);
-    assert!(store.remove_failed(c)?);
-    assert!(store.list()?.is_empty());
+    assert_eq!(store.gc()?, vec![store.path(7)]);
     Ok(())
 }
 

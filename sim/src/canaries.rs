@@ -79,6 +79,18 @@ pub const CASES: &[Case] = &[
         seeds: &[51, 52],
     },
     Case {
+        canary: "truncate-on-any-crc-mismatch",
+        scenario: "bit-flip-in-acknowledged-record.toml",
+        invariants: &["fault_effect"],
+        seeds: &[41],
+    },
+    Case {
+        canary: "snapshot-file-unsynced",
+        scenario: "power-loss-all-nosync.toml",
+        invariants: &["liveness"],
+        seeds: &[11, 12],
+    },
+    Case {
         canary: "persist-clamped-commit",
         scenario: "acknowledged-tail-lost-on-a-follower.toml",
         invariants: &["commit_monotonic"],

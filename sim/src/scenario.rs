@@ -240,6 +240,10 @@ actions! {
     TornTail => "torn_tail",
     LoseAckedTail => "lose_acked_tail",
     BitFlip => "bit_flip",
+    // Bit rot the disk delivers while the node runs: the `times` next matching reads or writes
+    // (`op`, default write) of the raft WAL flip one bit of the bytes they touch, on the media and
+    // in the cache alike. The server must notice (a CRC) and recover the damaged entries from peers.
+    BitRot => "bit_rot",
     Eio => "eio",
     Enospc => "enospc",
     ApplyFailure => "apply_failure",
@@ -384,6 +388,7 @@ impl Scenario {
             Kill | PowerLoss => &["mid_write", "after_op", "path", "nth", "with"],
             CrashLoop => &["for_ms", "effect"],
             BitFlip => &["at"],
+            BitRot => &["at", "op", "times"],
             Restart | TornTail | LoseAckedTail => &[],
         };
         let present = [
@@ -497,6 +502,18 @@ impl Scenario {
                     && !matches!(at, "wal" | "snapshot")
                 {
                     return Some(("at", format!("{at:?} is not wal or snapshot")));
+                }
+            }
+            BitRot => {
+                if let Some(at) = f.at.as_deref()
+                    && at != "wal"
+                {
+                    return Some(("at", format!("{at:?} is not wal (bit rot is scripted on the raft WAL)")));
+                }
+                if let Some(op) = f.op.as_deref()
+                    && !matches!(op, "read" | "write")
+                {
+                    return Some(("op", format!("{op:?} is not read or write")));
                 }
             }
             Eio => {

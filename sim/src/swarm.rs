@@ -315,6 +315,13 @@ fn extra_fault(rng: &mut impl Rng, at: u64, duration: u64) -> Vec<Fault> {
             f.effect = Some(["error", "kill", "power_loss"][rng.random_range(0..3)].into());
             vec![f]
         }
+        8 if rng.random_bool(0.25) => {
+            // Bit rot on the raft WAL, on a write or on a read, once or twice.
+            let mut f = Fault::new(at, Action::BitRot, target);
+            f.op = Some(["write", "read"][rng.random_range(0..2)].into());
+            f.times = Some(rng.random_range(1..=2));
+            vec![f]
+        }
         8 => {
             // EIO once: mostly a WAL fsync, else any kind of operation on any of the node's files.
             let mut f = Fault::new(at, Action::Eio, target);

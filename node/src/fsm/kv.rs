@@ -2,8 +2,10 @@
 //!
 //! * [`Kv::apply_raft`] applies the committed entry at `index` in the configured [`FsmSync`] mode,
 //!   with the applied index in the same atomic batch as the data.
-//! * [`Kv::apply_direct`] is for every write that has no raft log behind it (bootstrap, admin, tests):
-//!   it always syncs, whatever the mode (D3).
+//! * There is no other way to write a command: a write with no raft log behind it has nothing to
+//!   replay it after a power loss, so it could not honour the mode (D3). The state machine's one
+//!   write outside raft apply is a snapshot install ([`crate::snapshot::restore`]), which is always
+//!   durable when it returns and is ordered after the snapshot's pointer.
 //! * A *command* error (INCR of a value that is not an integer, a malformed payload) is a
 //!   deterministic reply: the entry is applied as a no-op and the index advances on every replica
 //!   alike. An *engine* error (I/O, corruption) is fatal: the applied index does not advance, the entry
@@ -274,13 +276,6 @@ impl<E: Engine> Kv<E> {
         // On error the applied index stays where it was: the entry is neither skipped nor half done.
         self.engine.write(&batch, mode)?;
         self.applied = index;
-        Ok(reply)
-    }
-
-    /// Apply a command that has no raft log behind it. Always synced (D3).
-    pub fn apply_direct(&mut self, cmd: &Command) -> Result<Reply, FsmError> {
-        let (batch, reply) = self.plan(cmd)?;
-        self.engine.write(&batch, WriteMode::Sync)?;
         Ok(reply)
     }
 

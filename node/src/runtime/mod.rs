@@ -192,7 +192,14 @@ pub fn open_replica<E: Engine>(
     let storage_err = |source| NodeError::Storage { path: layout.raft.clone(), source };
     let (storage, report) =
         RaftStorage::open(fs.clone(), &layout.raft, WalOptions::default()).map_err(storage_err)?;
-    crate::probe::observe(&*fs, || crate::probe::Observation::Recovered(storage.recovered()));
+    crate::probe::observe(&*fs, || {
+        let wal = match (&report.damaged, &report.repaired) {
+            (Some(_), _) => crate::probe::WalFinding::Corrupt,
+            (None, Some(_)) => crate::probe::WalFinding::TornTailRepaired,
+            (None, None) => crate::probe::WalFinding::Clean,
+        };
+        crate::probe::Observation::Recovered(crate::probe::Recovered { wal, ..storage.recovered() })
+    });
     if let Some(torn) = &report.repaired {
         tracing::warn!(
             node = cfg.id,

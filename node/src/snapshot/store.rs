@@ -27,8 +27,8 @@ pub struct SnapshotStore {
     next_spool: Arc<AtomicU64>,
 }
 
-/// Holds a snapshot index while a receive (and the apply after it) is under way, so neither
-/// retention nor another receive's failure cleanup removes the file it needs.
+/// Holds a snapshot index while a receive (and the apply after it) is under way, or while a file is
+/// sent, so retention never removes the file it needs.
 #[derive(Debug)]
 pub struct ReceiveGuard {
     index: u64,
@@ -151,33 +151,6 @@ impl SnapshotStore {
         }
         let nonce = self.next_spool.fetch_add(1, Ordering::Relaxed);
         Spool::create(self.fs.clone(), &self.spool_dir, &self.dir, info, cap_bytes, nonce)
-    }
-
-    /// After the apply of a received snapshot failed: remove its file, unless another receive of the
-    /// same index still holds it. Returns whether the file was removed.
-    pub fn remove_failed(&self, guard: ReceiveGuard) -> Result<bool, SnapshotError> {
-        let held = lock(&self.held);
-        if held.by_index.get(&guard.index).copied().unwrap_or(0) > 1 {
-            tracing::info!(
-                index = guard.index,
-                "kept a snapshot whose apply failed: another receive holds it"
-            );
-            return Ok(false);
-        }
-        let path = self.path(guard.index);
-        let removed = match self.fs.remove_file(&path) {
-            Ok(()) => true,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-            Err(e) => return Err(io_err(&path)(e)),
-        };
-        drop(held);
-        drop(guard);
-        if removed {
-            // Make the removal durable so a power loss cannot bring back a snapshot whose apply
-            // failed; if it did come back, its CRC still guards it and gc would remove it.
-            self.fs.sync_dir(&self.dir).map_err(io_err(&self.dir))?;
-        }
-        Ok(removed)
     }
 
     /// Keep the newest `keep` snapshots; remove the rest, except any index a receive holds.

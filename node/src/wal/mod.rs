@@ -540,6 +540,8 @@ impl Wal {
             let at = offset as usize;
             let damage = if !is_last || read_only || failpoint::canary(&*self.fs, "no-torn-tail-repair") {
                 Some(CorruptReason::Frame(problem.clone()))
+            } else if failpoint::canary(&*self.fs, "truncate-on-any-crc-mismatch") {
+                None
             } else if let Some(bit_offset) =
                 single_bit_rot(&buf, at, self.opts.sector_size_bytes, last_frame.as_ref())
             {

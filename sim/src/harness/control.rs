@@ -335,13 +335,27 @@ pub(super) fn check_recoveries(servers: &BTreeMap<u64, Server>, w: &Shared) -> R
 }
 
 /// Feed what each server reported since the last call to the promise checkers (`crate::promises`).
-pub(super) fn check_promises(servers: &BTreeMap<u64, Server>, w: &Shared) -> Result<(), Failure> {
+pub(super) fn check_promises(servers: &mut BTreeMap<u64, Server>, w: &Shared) -> Result<(), Failure> {
     let mut world = world(w);
-    for (id, s) in servers {
+    for (id, s) in servers.iter_mut() {
         for (at, what) in s.disk.take_observations() {
+            // Observations are timed; one made before the flip (a start the poll has not seen yet)
+            // says nothing about it.
+            if let durakv::probe::Observation::Recovered(r) = &what
+                && let Some((flipped_at, flip)) = s.wal_flip_unseen.take_if(|(t, _)| at >= *t)
+                && r.wal != durakv::probe::WalFinding::Corrupt
+            {
+                return Err(Failure {
+                    invariant: "fault_effect",
+                    explanation: format!(
+                        "server {id}: {flip} at {flipped_at} ms (an acknowledged record), but its restart at {at} ms found {:?}: a lone flipped bit is corruption, never a torn tail to cut away",
+                        r.wal
+                    ),
+                });
+            }
             world
                 .promises
-                .observe(*id, at, &what, s.log_damaged)
+                .observe(*id, at, &what, s.log_damaged || s.wal_rot)
                 .map_err(|v| Failure { invariant: v.invariant, explanation: v.explanation })?;
         }
     }

@@ -212,6 +212,8 @@ pub(super) async fn apply_fault(
                         } else {
                             // A damaged acknowledged WAL record: the server recovers it from peers.
                             s.log_damaged = true;
+                            s.wal_flip_unseen =
+                                Some((now_ms(), format!("a bit flipped at {offset} of {}", file.display())));
                         }
                         event(w, format!("server {id}: bit flipped at {offset} of {}", file.display()));
                     }
@@ -278,6 +280,24 @@ pub(super) async fn apply_fault(
                         event(&w2, format!("server {id}: EIO healed"));
                     });
                 }
+            }
+            Action::BitRot => {
+                let op = if f.op.as_deref() == Some("read") { OpKind::Read } else { OpKind::Write };
+                let pattern = "*/raft/*.wal";
+                // One matching operation in eight, so the flip lands somewhere in the run's traffic
+                // rather than on the very next write.
+                let odds =
+                    durakv_faults::Ratio::new(1, 8).map_err(|e| bad_scenario(format!("bit_rot: {e}")))?;
+                let rule = FaultRule::always(FaultEffect::BitFlip, &[op])
+                    .on_path(pattern)
+                    .map_err(|e| bad_scenario(format!("bit_rot: {e}")))?
+                    .with_probability(odds)
+                    .max_fires(f.times.unwrap_or(1));
+                s.disk.add_rule(rule).map_err(|e| bad_scenario(format!("bit_rot: {e}")))?;
+                // Acknowledged entries may be damaged: while the server recovers them from its
+                // peers, its log may be behind what it promised.
+                s.wal_rot = true;
+                event(w, format!("server {id}: bit rot on {op:?} of {pattern}"));
             }
             Action::Enospc => {
                 let capacity = s.disk.used_bytes() + f.free_bytes.unwrap_or(0);

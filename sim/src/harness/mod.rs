@@ -267,6 +267,8 @@ async fn simulate(scenario: Scenario, seed: u64, run_opts: RunOptions, w: Shared
                 corrupt_snapshot_at_start: None,
                 torn_tail_armed: false,
                 log_damaged: false,
+                wal_flip_unseen: None,
+                wal_rot: false,
                 crash_loop: None,
                 up: true,
                 started_ms: 0,

@@ -21,6 +21,16 @@ pub(super) struct Server {
     /// A `lose_acked_tail` or WAL `bit_flip` fault damaged acknowledged records of this server's log:
     /// it must have recorded the evidence (and recovered, like every server, by the end).
     pub(super) log_damaged: bool,
+    /// A WAL `bit_flip` fault flipped a bit in an acknowledged record (what and where): the next
+    /// start must find it as corruption, not cut it away as a torn tail (a lone flipped bit cannot be
+    /// a torn write, and valid acknowledged records may follow it).
+    /// A `bit_rot` fault may have damaged acknowledged records of its raft WAL (where and whether
+    /// depends on the traffic): like `log_damaged` it excuses a log behind its promises while the
+    /// server recovers them, but no evidence is required (the flip may land in bytes nobody reads
+    /// again, or in a tail a conflict replaces).
+    pub(super) wal_rot: bool,
+    /// (When, in simulated ms, and what.)
+    pub(super) wal_flip_unseen: Option<(u64, String)>,
     /// A `crash_loop` fault: until this time the server dies again and again, this way, each time
     /// `next_ms` comes (drawn after each start; 0 until then).
     pub(super) crash_loop: Option<CrashLoop>,
