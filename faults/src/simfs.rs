@@ -291,6 +291,32 @@ impl Pages {
     }
 }
 
+/// One file's bytes at one moment ([`SimFs::durable_files`]): shares the disk's chunks, so it costs
+/// no copy, and later writes to the disk do not change it.
+#[derive(Debug, Clone)]
+pub struct FileImage(Pages);
+
+impl FileImage {
+    /// The file's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.0.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The file's bytes, in order, as consecutive pieces.
+    pub fn pieces(&self) -> impl Iterator<Item = &[u8]> {
+        self.0.chunks.iter().map(|c| c.as_slice())
+    }
+
+    /// The file's bytes as one `Vec`.
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.0.to_vec()
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 struct FileData {
     data: Pages,
@@ -719,6 +745,13 @@ impl SimFs {
     pub fn durable_image(&self) -> BTreeMap<PathBuf, Vec<u8>> {
         self.lock().image(true)
     }
+
+    /// [`SimFs::durable_image`] without copying the bytes: each file as its chunks, shared with the
+    /// disk (hashing every disk at the end of a run copied megabytes for nothing).
+    pub fn durable_files(&self) -> BTreeMap<PathBuf, FileImage> {
+        let s = self.lock();
+        s.walk(true).into_iter().map(|(path, f)| (path, FileImage(f.durable.clone()))).collect()
+    }
 }
 
 impl State {
@@ -1016,6 +1049,15 @@ impl State {
     }
 
     fn image(&self, durable: bool) -> BTreeMap<PathBuf, Vec<u8>> {
+        self.walk(durable)
+            .into_iter()
+            .map(|(path, f)| (path, if durable { f.durable.to_vec() } else { f.data.to_vec() }))
+            .collect()
+    }
+
+    /// Every file reachable from the root through the durable (or the current) directory entries,
+    /// by path.
+    fn walk(&self, durable: bool) -> BTreeMap<PathBuf, &FileData> {
         let mut out = BTreeMap::new();
         let mut stack = vec![(ROOT, PathBuf::from("/"))];
         while let Some((ino, path)) = stack.pop() {
@@ -1027,7 +1069,7 @@ impl State {
                     }
                 }
                 Some(Inode::File(f)) => {
-                    out.insert(path, if durable { f.durable.to_vec() } else { f.data.to_vec() });
+                    out.insert(path, f);
                 }
                 None => {}
             }
