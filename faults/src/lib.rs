@@ -24,5 +24,5 @@ pub use options::{
     FaultEffect, FaultRule, OpKind, OptionsError, Ratio, SectorFate, SectorOdds, SimFsOptions, glob_match,
 };
 pub use simfs::{
-    COVERAGE_KEYS, CrashKind, FailAction, HaltHook, SimCrashed, SimFs, TornWrite, is_crash_error,
+    COVERAGE_KEYS, CrashKind, FailAction, FileImage, HaltHook, SimCrashed, SimFs, TornWrite, is_crash_error,
 };

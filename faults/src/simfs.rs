@@ -119,10 +119,208 @@ fn not_found(path: &Path) -> io::Error {
 
 const ROOT: u64 = 0;
 
+/// How many bytes one chunk of a file image holds.
+const CHUNK: usize = 64 << 10;
+
+/// A file image (the page cache's or the media's) as a list of shared, copy-on-write chunks of
+/// [`CHUNK`] bytes instead of one `Vec`.
+///
+/// One `Vec` per image cost the simulator a good part of its time: appends to a log of several MiB
+/// regrew (and so copied) the whole file, every power loss cloned each file's media image into its
+/// cache, and a sync zero-filled the media image before copying over it. With chunks an append never
+/// moves what is already written, a power loss shares the media's chunks with the cache (a chunk is
+/// copied only if a later write changes it), and a sync of a whole chunk shares it the other way.
+///
+/// Invariant: `chunks.len()` is `len` divided by [`CHUNK`], rounded up; every chunk holds exactly
+/// [`CHUNK`] bytes except the last, which holds the rest (1 to [`CHUNK`]). No chunk is empty.
+#[derive(Debug, Clone, Default)]
+struct Pages {
+    chunks: Vec<Arc<Vec<u8>>>,
+    len: usize,
+}
+
+impl Pages {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Room for `extra` more bytes at the end of `chunk`: doubling (a small file stays small), but
+    /// never past [`CHUNK`], so a chunk is reallocated at most a few times.
+    fn reserve(chunk: &mut Vec<u8>, extra: usize) {
+        let need = chunk.len() + extra;
+        if need > chunk.capacity() {
+            let target = need.max(chunk.capacity() * 2).min(CHUNK).max(need);
+            chunk.reserve_exact(target - chunk.len());
+        }
+    }
+
+    /// Append `bytes` at the end (`self.len`).
+    fn append(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            match self.chunks.last_mut() {
+                Some(last) if last.len() < CHUNK => {
+                    let last = Arc::make_mut(last);
+                    let n = bytes.len().min(CHUNK - last.len());
+                    Self::reserve(last, n);
+                    last.extend_from_slice(&bytes[..n]);
+                    self.len += n;
+                    bytes = &bytes[n..];
+                }
+                _ => {
+                    let n = bytes.len().min(CHUNK);
+                    // A file's first chunk starts small (most files are); later ones are whole.
+                    let mut chunk = Vec::with_capacity(if self.chunks.is_empty() { n } else { CHUNK });
+                    chunk.extend_from_slice(&bytes[..n]);
+                    self.chunks.push(Arc::new(chunk));
+                    self.len += n;
+                    bytes = &bytes[n..];
+                }
+            }
+        }
+    }
+
+    /// Grow with zeros or cut to `new_len` bytes.
+    fn resize(&mut self, new_len: usize) {
+        if new_len < self.len {
+            let keep = new_len.div_ceil(CHUNK);
+            self.chunks.truncate(keep);
+            if let Some(last) = self.chunks.last_mut() {
+                let rest = new_len - (keep - 1) * CHUNK;
+                if last.len() > rest {
+                    Arc::make_mut(last).truncate(rest);
+                }
+            }
+            self.len = new_len;
+            return;
+        }
+        while self.len < new_len {
+            match self.chunks.last_mut() {
+                Some(last) if last.len() < CHUNK => {
+                    let last = Arc::make_mut(last);
+                    let n = (new_len - self.len).min(CHUNK - last.len());
+                    Self::reserve(last, n);
+                    last.resize(last.len() + n, 0);
+                    self.len += n;
+                }
+                _ => {
+                    let n = (new_len - self.len).min(CHUNK);
+                    self.chunks.push(Arc::new(vec![0; n]));
+                    self.len += n;
+                }
+            }
+        }
+    }
+
+    /// Write `bytes` at `at`, growing the file with zeros up to `at` if it is shorter.
+    fn write(&mut self, at: usize, bytes: &[u8]) {
+        if at > self.len {
+            self.resize(at);
+        }
+        let inside = (at + bytes.len()).min(self.len).saturating_sub(at);
+        let mut pos = at;
+        let mut rest = &bytes[..inside];
+        while !rest.is_empty() {
+            let (i, off) = (pos / CHUNK, pos % CHUNK);
+            let chunk = Arc::make_mut(&mut self.chunks[i]);
+            let n = rest.len().min(chunk.len() - off);
+            chunk[off..off + n].copy_from_slice(&rest[..n]);
+            pos += n;
+            rest = &rest[n..];
+        }
+        self.append(&bytes[inside..]);
+    }
+
+    /// Copy `[at, at + buf.len())` (which must be inside the file) into `buf`.
+    fn read(&self, at: usize, buf: &mut [u8]) {
+        let mut pos = at;
+        let mut done = 0;
+        while done < buf.len() {
+            let (i, off) = (pos / CHUNK, pos % CHUNK);
+            let chunk = &self.chunks[i];
+            let n = (buf.len() - done).min(chunk.len() - off);
+            buf[done..done + n].copy_from_slice(&chunk[off..off + n]);
+            pos += n;
+            done += n;
+        }
+    }
+
+    /// Write `src`'s bytes `[a, b)` (inside `src`) at the same offsets here, growing with zeros up
+    /// to `a` as [`Pages::write`] does. A whole chunk of `src` that lands where this image's chunk
+    /// of the same index is (or would be appended next) is shared instead of copied.
+    fn copy_from(&mut self, src: &Pages, a: usize, b: usize) {
+        let mut pos = a;
+        while pos < b {
+            let (i, off) = (pos / CHUNK, pos % CHUNK);
+            let chunk = &src.chunks[i];
+            let n = (b - pos).min(chunk.len() - off);
+            if off == 0 && n == CHUNK && self.len >= i * CHUNK {
+                if i < self.chunks.len() {
+                    self.chunks[i] = Arc::clone(chunk);
+                    self.len = self.len.max((i + 1) * CHUNK);
+                } else {
+                    // `self.len >= i * CHUNK` and no chunk `i`: the file ends exactly at its start.
+                    self.chunks.push(Arc::clone(chunk));
+                    self.len += CHUNK;
+                }
+            } else {
+                self.write(pos, &chunk[off..off + n]);
+            }
+            pos += n;
+        }
+    }
+
+    /// Flip bits of the byte at `at`; false if `at` is past the end.
+    fn flip(&mut self, at: usize, mask: u8) -> bool {
+        if at >= self.len {
+            return false;
+        }
+        Arc::make_mut(&mut self.chunks[at / CHUNK])[at % CHUNK] ^= mask;
+        true
+    }
+
+    fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len);
+        for chunk in &self.chunks {
+            out.extend_from_slice(chunk);
+        }
+        out
+    }
+}
+
+/// One file's bytes at one moment ([`SimFs::durable_files`]): shares the disk's chunks, so it costs
+/// no copy, and later writes to the disk do not change it.
+#[derive(Debug, Clone)]
+pub struct FileImage(Pages);
+
+impl FileImage {
+    /// The file's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.0.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The file's bytes, in order, as consecutive pieces.
+    pub fn pieces(&self) -> impl Iterator<Item = &[u8]> {
+        self.0.chunks.iter().map(|c| c.as_slice())
+    }
+
+    /// The file's bytes as one `Vec`.
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.0.to_vec()
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 struct FileData {
-    data: Vec<u8>,
-    durable: Vec<u8>,
+    data: Pages,
+    durable: Pages,
     /// Byte ranges written since the last sync: start -> end, disjoint and coalesced.
     dirty: BTreeMap<u64, u64>,
     /// The length changed (set_len) since the last sync.
@@ -509,9 +707,8 @@ impl SimFs {
         let mask = 1u8 << (bit % 8);
         let mut flipped = false;
         for image in [&mut f.data, &mut f.durable] {
-            if let Some(b) = usize::try_from(offset).ok().and_then(|o| image.get_mut(o)) {
-                *b ^= mask;
-                flipped = true;
+            if let Ok(o) = usize::try_from(offset) {
+                flipped |= image.flip(o, mask);
             }
         }
         if !flipped {
@@ -547,6 +744,13 @@ impl SimFs {
     /// the durable directory entries.
     pub fn durable_image(&self) -> BTreeMap<PathBuf, Vec<u8>> {
         self.lock().image(true)
+    }
+
+    /// [`SimFs::durable_image`] without copying the bytes: each file as its chunks, shared with the
+    /// disk (hashing every disk at the end of a run copied megabytes for nothing).
+    pub fn durable_files(&self) -> BTreeMap<PathBuf, FileImage> {
+        let s = self.lock();
+        s.walk(true).into_iter().map(|(path, f)| (path, FileImage(f.durable.clone()))).collect()
     }
 }
 
@@ -802,14 +1006,14 @@ impl State {
                         SectorFate::Keep => {
                             let b = b.min(cached_len);
                             if a < b {
-                                put(&mut f.durable, a, &f.data[a as usize..b as usize]);
+                                f.durable.copy_from(&f.data, a as usize, b as usize);
                                 surviving_end = surviving_end.max(b);
                             }
                         }
                         SectorFate::Garbage => {
                             let mut junk = vec![0u8; (b - a) as usize];
                             self.rng.fill_bytes(&mut junk);
-                            put(&mut f.durable, a, &junk);
+                            f.durable.write(a as usize, &junk);
                             surviving_end = surviving_end.max(b);
                         }
                     }
@@ -824,10 +1028,10 @@ impl State {
             } else {
                 surviving_end
             };
-            f.durable.resize(new_len as usize, 0);
-            // What a process reads after the loss is what the media holds (`clone_from` reuses the
-            // cache's allocation).
-            f.data.clone_from(&f.durable);
+            f.durable.resize(new_len as usize);
+            // What a process reads after the loss is what the media holds: the cache shares the
+            // media's chunks (a later write copies the one it changes).
+            f.data = f.durable.clone();
             f.dirty.clear();
             f.len_dirty = false;
         }
@@ -845,6 +1049,15 @@ impl State {
     }
 
     fn image(&self, durable: bool) -> BTreeMap<PathBuf, Vec<u8>> {
+        self.walk(durable)
+            .into_iter()
+            .map(|(path, f)| (path, if durable { f.durable.to_vec() } else { f.data.to_vec() }))
+            .collect()
+    }
+
+    /// Every file reachable from the root through the durable (or the current) directory entries,
+    /// by path.
+    fn walk(&self, durable: bool) -> BTreeMap<PathBuf, &FileData> {
         let mut out = BTreeMap::new();
         let mut stack = vec![(ROOT, PathBuf::from("/"))];
         while let Some((ino, path)) = stack.pop() {
@@ -856,7 +1069,7 @@ impl State {
                     }
                 }
                 Some(Inode::File(f)) => {
-                    out.insert(path, if durable { f.durable.clone() } else { f.data.clone() });
+                    out.insert(path, f);
                 }
                 None => {}
             }
@@ -885,21 +1098,6 @@ impl State {
         }
         Ok(())
     }
-}
-
-/// Write `bytes` into `image` at `at`, growing it with zeros as needed.
-fn put(image: &mut Vec<u8>, at: u64, bytes: &[u8]) {
-    let at = at as usize;
-    let end = at + bytes.len();
-    if at >= image.len() {
-        // An append (the common case: logs): copy once, without zero-filling what is overwritten.
-        image.resize(at, 0);
-        image.extend_from_slice(bytes);
-        return;
-    }
-    let inside = end.min(image.len());
-    image[at..inside].copy_from_slice(&bytes[..inside - at]);
-    image.extend_from_slice(&bytes[inside - at..]);
 }
 
 /// Record `[start, end)` as unsynced, merging with neighbours.
@@ -1003,14 +1201,14 @@ impl SimFile {
             if offset > f.data.len() as u64 {
                 mark_dirty(&mut f.dirty, f.data.len() as u64, offset);
             }
-            put(&mut f.data, offset, landed);
+            f.data.write(offset as usize, landed);
             mark_dirty(&mut f.dirty, offset, landed_end);
         }
         if let Some((r, bit)) = draw
             && !buf.is_empty()
         {
             let at = (offset + r % buf.len() as u64) as usize;
-            f.data[at] ^= 1 << bit;
+            f.data.flip(at, 1 << bit);
             s.cover("fault.bit_flip.write");
         }
         if let Some(a) = armed {
@@ -1046,8 +1244,7 @@ impl SimFile {
                 let f = s.file_mut(self.ino, &self.path)?;
                 for ((a, b), keep) in pieces.into_iter().zip(kept) {
                     if keep {
-                        let bytes = f.data[a as usize..b as usize].to_vec();
-                        put(&mut f.durable, a, &bytes);
+                        f.durable.copy_from(&f.data, a as usize, b as usize);
                     }
                 }
                 f.dirty.clear();
@@ -1061,15 +1258,20 @@ impl SimFile {
             return Err(s.crash_armed(a));
         }
         let f = s.file_mut(self.ino, &self.path)?;
+        // The media takes the cache's length and its unsynced bytes. Cutting first and zero-filling
+        // last gives the same bytes as resizing first, without zero-filling what is then copied over.
         let len = f.data.len();
-        f.durable.resize(len, 0);
+        if f.durable.len() > len {
+            f.durable.resize(len);
+        }
         for (&a, &b) in &f.dirty {
             let b = (b as usize).min(len);
             let a = a as usize;
             if a < b {
-                f.durable[a..b].copy_from_slice(&f.data[a..b]);
+                f.durable.copy_from(&f.data, a, b);
             }
         }
+        f.durable.resize(len);
         f.dirty.clear();
         f.len_dirty = false;
         Ok(())
@@ -1087,7 +1289,7 @@ impl SimFile {
         let old = s.file_mut(self.ino, &self.path)?.data.len() as u64;
         s.check_space(old, len)?;
         let f = s.file_mut(self.ino, &self.path)?;
-        f.data.resize(len as usize, 0);
+        f.data.resize(len as usize);
         if len > old {
             mark_dirty(&mut f.dirty, old, len);
         } else {
@@ -1121,14 +1323,12 @@ impl FsFile for SimFile {
         if let Some((r, bit)) = draw {
             // A latent sector error: the bit is wrong on the media and stays wrong.
             let at = (offset + r % n as u64) as usize;
-            f.data[at] ^= 1 << bit;
-            if let Some(b) = f.durable.get_mut(at) {
-                *b ^= 1 << bit;
-            }
+            f.data.flip(at, 1 << bit);
+            f.durable.flip(at, 1 << bit);
             s.cover("fault.bit_flip.read");
         }
         let f = s.file_mut(self.ino, &self.path)?;
-        buf[..n].copy_from_slice(&f.data[offset as usize..offset as usize + n]);
+        f.data.read(offset as usize, &mut buf[..n]);
         Ok(n)
     }
 
@@ -1173,7 +1373,7 @@ impl SimFs {
                     }
                     let f = s.file_mut(ino, path)?;
                     if !f.data.is_empty() {
-                        f.data.clear();
+                        f.data.resize(0);
                         clip_dirty(&mut f.dirty, 0);
                         f.len_dirty = true;
                     }
@@ -1424,7 +1624,91 @@ impl Fs for SimFs {
 
 #[cfg(test)]
 mod tests {
-    use super::COVERAGE_KEYS;
+    use super::{CHUNK, COVERAGE_KEYS, Pages};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// Failure guarded against: the chunked file image disagreeing with the one-`Vec` image it
+    /// replaced (a write across a chunk boundary landing in the wrong chunk, a shared chunk changed
+    /// through the other image, a cut that leaves stale bytes). Invariant: after any sequence of
+    /// writes, resizes, copies between two images, clones and bit flips, each image holds exactly
+    /// the bytes of a plain `Vec` given the same operations, and the chunk invariant holds.
+    #[test]
+    fn pages_behave_like_one_vec() {
+        fn put(v: &mut Vec<u8>, at: usize, bytes: &[u8]) {
+            if v.len() < at + bytes.len() {
+                v.resize(at + bytes.len(), 0);
+            }
+            v[at..at + bytes.len()].copy_from_slice(bytes);
+        }
+        fn check(p: &Pages, v: &[u8]) {
+            assert_eq!(p.len(), v.len());
+            assert_eq!(p.chunks.len(), v.len().div_ceil(CHUNK));
+            for (i, c) in p.chunks.iter().enumerate() {
+                assert_eq!(c.len(), (v.len() - i * CHUNK).min(CHUNK), "chunk {i}");
+            }
+            assert_eq!(p.to_vec(), v);
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        for _ in 0..40 {
+            let (mut a, mut b) = (Pages::default(), Pages::default());
+            let (mut va, mut vb) = (Vec::new(), Vec::new());
+            for step in 0..60u32 {
+                // Offsets and lengths near chunk boundaries as often as anywhere.
+                let pick = |rng: &mut ChaCha8Rng, max: usize| match rng.random_range(0..3) {
+                    0 => rng.random_range(0..=max),
+                    1 => (rng.random_range(0..=max / CHUNK) * CHUNK).min(max),
+                    _ => (rng.random_range(0..=max / CHUNK) * CHUNK + rng.random_range(0..3)).min(max),
+                };
+                match rng.random_range(0..8) {
+                    0..=2 => {
+                        let at = pick(&mut rng, va.len() + CHUNK);
+                        let len = pick(&mut rng, 3 * CHUNK);
+                        let bytes: Vec<u8> = (0..len).map(|i| (i as u32 ^ step) as u8 | 1).collect();
+                        a.write(at, &bytes);
+                        put(&mut va, at, &bytes);
+                    }
+                    3 => {
+                        let len = pick(&mut rng, va.len() + 2 * CHUNK);
+                        a.resize(len);
+                        va.resize(len, 0);
+                    }
+                    4 if !va.is_empty() => {
+                        // Sync-like: a range of `a` into `b`.
+                        let x = pick(&mut rng, va.len());
+                        let y = pick(&mut rng, va.len());
+                        // Callers copy only non-empty ranges (an empty one would not grow `b`).
+                        let (x, y) = (x.min(y), x.max(y) + usize::from(x == y && y < va.len()));
+                        if x == y {
+                            continue;
+                        }
+                        b.copy_from(&a, x, y);
+                        put(&mut vb, x, &va[x..y]);
+                    }
+                    5 => {
+                        // Power-loss-like: `a` becomes a copy of `b`, sharing its chunks.
+                        a = b.clone();
+                        va = vb.clone();
+                    }
+                    6 if !va.is_empty() => {
+                        let at = rng.random_range(0..va.len());
+                        assert!(a.flip(at, 4));
+                        va[at] ^= 4;
+                        let mut buf = vec![0; rng.random_range(0..=va.len() - at)];
+                        a.read(at, &mut buf);
+                        assert_eq!(buf, va[at..at + buf.len()]);
+                    }
+                    _ => {
+                        let len = pick(&mut rng, vb.len() + CHUNK);
+                        b.resize(len);
+                        vb.resize(len, 0);
+                    }
+                }
+                check(&a, &va);
+                check(&b, &vb);
+            }
+        }
+    }
 
     /// Failure guarded against: a fault path counted under a name the coverage table does not list,
     /// so it could never show as "never fired". Invariant: every counter name in this file's code (a

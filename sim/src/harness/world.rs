@@ -58,7 +58,7 @@ impl World {
 pub(super) fn record_disks(disks: &BTreeMap<u64, SimFs>, w: &Shared) {
     let mut world = world(w);
     for (id, disk) in disks {
-        world.disk_hashes.insert(*id, crate::fingerprint::image_hash(&disk.durable_image()));
+        world.disk_hashes.insert(*id, crate::fingerprint::durable_hash(&disk.durable_files()));
         for (name, n) in disk.failpoint_fires() {
             *world.failpoint_fires.entry(name).or_insert(0) += n;
         }
