@@ -42,6 +42,7 @@ fn init_logging(json: bool) {
 }
 
 fn main() -> ExitCode {
+    durakv::replica::quiet_contained_panics();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().is_some_and(|a| a.starts_with("--"))
         && !matches!(args[0].as_str(), "--help" | "--version")

@@ -355,7 +355,9 @@ impl<E: Engine> Replica<E> {
         if let Some(reason) = &self.stopped {
             return Err(ReplicaError::LogRead(reason.clone()));
         }
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self))) {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self)));
+        note_contained_read_failure(false);
+        match outcome {
             Ok(result) => result,
             Err(panic) => match self.raw.store().take_read_failure() {
                 Some(reason) => {
@@ -703,6 +705,40 @@ impl<E: Engine> Replica<E> {
         let status = if delivered { raft::SnapshotStatus::Finish } else { raft::SnapshotStatus::Failure };
         self.raw.report_snapshot(to, status);
     }
+}
+
+thread_local! {
+    /// Set between a failed read of the raft log (which raft-rs answers with a panic) and the end of
+    /// the `contained` call that turns that panic into a fail-stop.
+    static CONTAINED_READ_FAILURE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Mark (or clear) that the panic about to unwind on this thread is raft-rs's answer to a failed
+/// read of the raft log, which the replica contains.
+pub(crate) fn note_contained_read_failure(pending: bool) {
+    let _ = CONTAINED_READ_FAILURE.try_with(|c| c.set(pending));
+}
+
+/// Is the panic unwinding on this thread raft-rs's answer to a failed read of the raft log, which
+/// the replica turns into [`ReplicaError::LogRead`]? Such a panic is a logged fail-stop, not a bug.
+pub fn panic_is_a_contained_read_failure() -> bool {
+    CONTAINED_READ_FAILURE.try_with(std::cell::Cell::get).unwrap_or(false)
+}
+
+/// Chain a panic hook (once per process) that leaves the panics of [`panic_is_a_contained_read_failure`]
+/// unprinted: the fail-stop is logged with its reason, and the default hook would add a message and,
+/// with `RUST_BACKTRACE` set, a symbolized backtrace to every failed read of the log. Every other
+/// panic is printed as before.
+pub fn quiet_contained_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !panic_is_a_contained_read_failure() {
+                previous(info);
+            }
+        }));
+    });
 }
 
 /// A damaged raft log can lose the record of the newest snapshot pointer with the entries after

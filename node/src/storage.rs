@@ -589,6 +589,8 @@ impl Storage for RaftStorage {
                 Err(reason) => {
                     // Remembered for the replica, which stops the node on it (raft-rs will panic).
                     inner.read_failure = Some(reason.clone());
+                    // raft-rs panics on this error right away; the replica contains that panic.
+                    crate::replica::note_contained_read_failure(true);
                     return Err(store_err(std::io::Error::other(reason)));
                 }
             };
