@@ -3,6 +3,7 @@
 #   clang + libclang-dev  bindgen (librocksdb-sys) parses RocksDB's C header with libclang
 #   protobuf-compiler     protoc, for raft-rs's prost codec
 #   redis-tools           redis-cli and redis-benchmark: `make run` tells you to connect with them
+#   chromium              headless, renders `durakv-sim explain`'s timeline in sim/tests/explain.rs
 #   rustfmt, clippy       part of `make test`
 set -euo pipefail
 
@@ -14,6 +15,7 @@ command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
 command -v make >/dev/null 2>&1 || need+=(make)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 
 if ((${#need[@]})); then
     echo "install-deps: installing Debian packages: ${need[*]}"

@@ -14,6 +14,8 @@ pub mod canaries;
 pub mod checkers;
 pub mod client;
 pub mod coverage;
+#[cfg(madsim)]
+pub mod explain;
 pub mod fingerprint;
 #[cfg(madsim)]
 pub mod fuzz;
@@ -22,6 +24,8 @@ pub mod harness;
 pub mod linearizability;
 pub mod promises;
 pub mod scenario;
+#[cfg(madsim)]
+pub mod shrink;
 pub mod swarm;
 
 use durakv_faults::{OptionsError, SimFs, SimFsOptions};

@@ -22,7 +22,15 @@ const USAGE: &str = "usage:
                               seeds per second over every scenario (seeds S..S+N, default 0..40)
   durakv-sim canaries [--seeds N] [--all]
                               the mutation score: each canary against the swarm variants of its
-                              scenario (--all: of every scenario, as fuzz rotates), up to N seeds";
+                              scenario (--all: of every scenario, as fuzz rotates), up to N seeds
+  durakv-sim explain <scenario.toml> --seed N [--swarm] [--canary NAME] [--write FILE]
+                              run one seed and write a self-contained HTML timeline of it (servers,
+                              roles, faults, client operations, the violation) to FILE (default
+                              sim-failures/<scenario>-seed-N.html); fuzz writes one for every failure
+  durakv-sim shrink <scenario.toml> --seed N [--swarm] [--canary NAME] [--runs R] [--write FILE]
+                              delta-debug a failing seed's scenario down to a smaller one that fails
+                              the same invariant (at most R runs, default 300); prints the before/after
+                              table and writes the shrunk scenario file (default sim-failures/…)";
 
 #[cfg(not(madsim))]
 fn main() -> ExitCode {
@@ -208,6 +216,28 @@ mod cli {
         Ok(std::time::Duration::from_secs(secs))
     }
 
+    /// Run `scenario` with `seed` keeping the nodes' logs, and write its timeline to `target`.
+    fn explain(
+        file: &str,
+        scenario: &Scenario,
+        seed: u64,
+        swarmed: bool,
+        canaries: Vec<String>,
+        target: &Path,
+    ) -> Result<RunResult, String> {
+        let opts = RunOptions { canaries: canaries.clone(), capture_logs: true, ..RunOptions::default() };
+        let r = run_with(scenario, seed, &opts);
+        let canary = canaries.first().map(|c| format!(" --canary {c}")).unwrap_or_default();
+        let replay =
+            format!("durakv-sim run {file} --seed {seed}{}{canary}", if swarmed { " --swarm" } else { "" });
+        if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        std::fs::write(target, durakv_sim::explain::html(scenario, seed, &r, &replay))
+            .map_err(|e| format!("{}: {e}", target.display()))?;
+        Ok(r)
+    }
+
     /// `durakv-sim bench`: see [`durakv_sim::bench`].
     fn bench(args: &[String]) -> Result<ExitCode, String> {
         use durakv_sim::bench::{all_scenarios, time};
@@ -361,6 +391,18 @@ mod cli {
                             eprintln!();
                         }
                         report(file, r, out.as_deref(), true);
+                        // A failure also gets its timeline (one more run of the seed, keeping logs).
+                        if let (Verdict::Fail(_), Some(dir), Some((_, base))) =
+                            (&r.verdict, out.as_deref(), scenarios.iter().find(|(f, _)| f == file))
+                        {
+                            let seed = r.summary.seed;
+                            let variant = swarm(base, seed);
+                            let target = dir.join(format!("{}-seed-{seed}.html", variant.name));
+                            match explain(file, &variant, seed, true, Vec::new(), &target) {
+                                Ok(_) => out!("     timeline: {}", target.display()),
+                                Err(e) => out!("     timeline not written: {e}"),
+                            }
+                        }
                     }
                     if !terminal && last_line.elapsed() < std::time::Duration::from_secs(5) {
                         return;
@@ -407,6 +449,81 @@ mod cli {
                 Ok(if counts.failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
             }
             Some("bench") => bench(args),
+            Some("explain") => {
+                let file = args.get(1).ok_or("explain needs a scenario file")?;
+                let base = load(file)?;
+                let seed: u64 = flag(args, "--seed")
+                    .ok_or("explain needs --seed")?
+                    .parse()
+                    .map_err(|_| "--seed is not a number")?;
+                let swarmed = args.iter().any(|a| a == "--swarm");
+                let scenario = if swarmed { swarm(&base, seed) } else { base };
+                let canaries: Vec<String> = flag(args, "--canary").into_iter().collect();
+                let target = flag(args, "--write").map(PathBuf::from).unwrap_or_else(|| {
+                    out.clone()
+                        .unwrap_or_else(|| PathBuf::from("sim-failures"))
+                        .join(format!("{}-seed-{seed}.html", scenario.name))
+                });
+                let r = explain(file, &scenario, seed, swarmed, canaries, &target)?;
+                report(file, &r, None, swarmed);
+                out!("timeline: {}", target.display());
+                Ok(ExitCode::SUCCESS)
+            }
+            Some("shrink") => {
+                let file = args.get(1).ok_or("shrink needs a scenario file")?;
+                let base = load(file)?;
+                let seed: u64 = flag(args, "--seed")
+                    .ok_or("shrink needs --seed")?
+                    .parse()
+                    .map_err(|_| "--seed is not a number")?;
+                let swarmed = args.iter().any(|a| a == "--swarm");
+                let scenario = if swarmed { swarm(&base, seed) } else { base };
+                let runs: u64 = flag(args, "--runs")
+                    .unwrap_or_else(|| "300".into())
+                    .parse()
+                    .map_err(|_| "--runs is not a number")?;
+                let opts = RunOptions {
+                    canaries: flag(args, "--canary").into_iter().collect(),
+                    ..RunOptions::default()
+                };
+                let shrunk =
+                    durakv_sim::shrink::shrink(&scenario, seed, &opts, runs, |line| eprintln!("{line}"))
+                        .map_err(|e| e.to_string())?;
+                let origin = format!(
+                    "{file}{}{}",
+                    if swarmed { " (--swarm)" } else { "" },
+                    opts.canaries.first().map(|c| format!(" with canary {c}")).unwrap_or_default()
+                );
+                let target = match flag(args, "--write") {
+                    Some(path) => PathBuf::from(path),
+                    None => {
+                        let dir = out.clone().unwrap_or_else(|| PathBuf::from("sim-failures"));
+                        dir.join(format!("{}-seed-{seed}-shrunk.toml", scenario.name))
+                    }
+                };
+                if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                }
+                let mut shrunk_file = shrunk.scenario.clone();
+                shrunk_file.name = format!("{}-shrunk", scenario.name);
+                shrunk_file.description =
+                    format!("Shrunk from {} seed {seed}: fails {}.", scenario.name, shrunk.invariant);
+                let shrunk = durakv_sim::shrink::Shrunk { scenario: shrunk_file, ..shrunk };
+                std::fs::write(&target, durakv_sim::shrink::scenario_file(&shrunk, &origin))
+                    .map_err(|e| format!("{}: {e}", target.display()))?;
+                out!(
+                    "shrunk {} seed {seed} in {} runs ({:.1} s): still fails {}: {}",
+                    scenario.name,
+                    shrunk.runs,
+                    shrunk.elapsed.as_secs_f64(),
+                    shrunk.invariant,
+                    shrunk.explanation
+                );
+                out!("{}", durakv_sim::shrink::table(&shrunk));
+                let canary = opts.canaries.first().map(|c| format!(" --canary {c}")).unwrap_or_default();
+                out!("wrote {}; replay: durakv-sim run {}{canary}", target.display(), target.display());
+                Ok(ExitCode::SUCCESS)
+            }
             Some("canaries") => {
                 // Every canary against the swarm variants of its own scenario (or, with `--all`,
                 // of the scenarios fuzz rotates through), up to `--seeds` seeds each.

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A scenario that does not parse or does not make sense.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -16,7 +16,7 @@ pub struct ScenarioError {
     pub message: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
     pub name: String,
@@ -34,7 +34,7 @@ pub struct Scenario {
     pub invariants: Invariants,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
     /// 3 to 5 servers.
@@ -55,13 +55,13 @@ fn default_snapshot_every() -> u64 {
 }
 
 /// A directory that is its own device (renames into or out of it fail with EXDEV).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Mount {
     pub path: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Workload {
     pub clients: u64,
@@ -97,7 +97,7 @@ fn default_large_values() -> u32 {
 }
 
 /// Relative weights of the client operations.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Mix {
     #[serde(default)]
@@ -123,7 +123,7 @@ pub struct Mix {
 }
 
 /// One scheduled fault.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Fault {
     /// Simulated time at which it fires.
@@ -134,46 +134,58 @@ pub struct Fault {
     pub target: String,
     /// For kills and power losses: land inside a write to a path matching this glob.
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mid_write: Option<String>,
     /// For partitions and clogs: how long until it heals.
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub for_ms: Option<u64>,
     /// `failpoint`: the failpoint's name (`durakv::failpoint::NAMES`); `eio`: a glob over the paths
     /// that fail (default every path); `bit_flip`: `wal` (default: the last WAL segment) or
     /// `snapshot` (the newest snapshot file's body).
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub at: Option<String>,
     /// `failpoint`: what it does when hit: `error`, `kill`, `power_loss`, `pause` or `delay`.
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub effect: Option<String>,
     /// `failpoint`, `apply_failure`, `eio`: how many hits fire (default: one for a failpoint, an
     /// apply failure and a pause; every hit for a delay and for EIO until `for_ms` heals it).
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub times: Option<u64>,
     /// `failpoint` with `pause` or `delay`: how long each stall lasts.
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stall_ms: Option<u64>,
     /// `eio`: which operation fails: `sync` (default), `write` or `read`.
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub op: Option<String>,
     /// `enospc`: bytes still free when the disk fills (default 0: the next growing write fails).
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub free_bytes: Option<u64>,
     /// For kills and power losses: land right *after* an operation of this kind completes (`any`,
     /// `write`, `sync`, `sync_dir`, `rename`, `remove`, `set_len`, `create`), the `nth` such one on
     /// a path matching `path` from `at_ms` on: the crash between two synchronous calls.
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub after_op: Option<String>,
     /// With `after_op`: a glob over the operation's path (default `*`: every path).
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// With `after_op`: which matching operation (1-based, default 1).
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub nth: Option<u64>,
     /// For a crash that lands inside or after an operation, or at a failpoint (`kill`,
     /// `power_loss` and their `_after` forms): `quorum` or `all` — the same crash hits enough other
     /// servers to make a majority (or every server) at the same instant. A correlated fault.
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub with: Option<String>,
 }
 
@@ -211,7 +223,7 @@ fn default_target() -> String {
 /// variant (the fuzz coverage table lists every action, fired or not).
 macro_rules! actions {
     ($($variant:ident => $name:literal,)*) => {
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
         #[serde(rename_all = "snake_case")]
         pub enum Action {
             $($variant,)*
@@ -253,7 +265,7 @@ actions! {
     CrashLoop => "crash_loop",
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Invariants {
     #[serde(default = "yes")]
@@ -269,6 +281,7 @@ pub struct Invariants {
     /// Every run ends with a power loss of every server, a restart and convergence before the final
     /// state is read. A scenario opts out only by stating why here.
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub skip_final_power_cycle: Option<String>,
 }
 
@@ -364,6 +377,12 @@ impl Scenario {
         Ok(scenario)
     }
 
+    /// The scenario as a scenario file: what [`Scenario::parse`] reads back to the same scenario
+    /// (every field written out, defaults included).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a scenario is plain data: strings, integers, tables and arrays")
+    }
+
     /// Read and parse a scenario file.
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
         let source = std::fs::read_to_string(path).map_err(|e| ScenarioError {
@@ -389,7 +408,8 @@ impl Scenario {
             CrashLoop => &["for_ms", "effect"],
             BitFlip => &["at"],
             BitRot => &["at", "op", "times"],
-            Restart | TornTail | LoseAckedTail => &[],
+            TornTail => &["after_op", "path", "nth", "effect"],
+            Restart | LoseAckedTail => &[],
         };
         let present = [
             ("at", f.at.is_some()),
@@ -445,6 +465,25 @@ impl Scenario {
                     return Some(("with",
                         "a crash now takes `target = \"quorum\"` or `\"all\"`; `with` is for one that waits for an operation".into(),
                     ));
+                }
+            }
+            TornTail => {
+                if let Some(op) = f.after_op.as_deref()
+                    && !AFTER_OPS.contains(&op)
+                {
+                    return Some(("after_op", format!("{op:?} is not one of {}", AFTER_OPS.join(", "))));
+                }
+                match f.effect.as_deref() {
+                    Some(_) if f.after_op.is_none() => {
+                        return Some((
+                            "effect",
+                            "a torn tail's effect is the kind of its after_op crash".into(),
+                        ));
+                    }
+                    Some(e) if !matches!(e, "kill" | "power_loss") => {
+                        return Some(("effect", format!("{e:?} is not kill or power_loss")));
+                    }
+                    _ => {}
                 }
             }
             CrashLoop => {

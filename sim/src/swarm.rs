@@ -227,6 +227,14 @@ fn extra_fault(rng: &mut impl Rng, at: u64, duration: u64) -> Vec<Fault> {
                 (false, _) => rng.random_range(1..=3),
             });
             f.with = with(rng);
+            if op == "set_len" {
+                // The node truncates a file only when start-up repairs a torn WAL tail: tear one, and
+                // crash the start that repairs it right after its truncation.
+                let mut tear = Fault::new(at, Action::TornTail, target);
+                tear.after_op = Some(op.into());
+                tear.effect = Some(if action == Action::PowerLoss { "power_loss" } else { "kill" }.into());
+                return vec![tear, Fault::new(heal_at(rng, 1000), Action::Restart, "all")];
+            }
             vec![f, Fault::new(heal_at(rng, 1000), Action::Restart, "all")]
         }
         11 => vec![

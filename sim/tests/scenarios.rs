@@ -51,10 +51,13 @@ fn injected_faults_fired(scenario: &Scenario, r: &RunResult) -> Result<(), Strin
     use durakv_sim::scenario::Action;
     for f in &scenario.faults {
         // A crash that waits for an operation, and one that takes other servers along, must land.
+        let after_kind =
+            f.after_op.as_deref().filter(|op| *op != "any").map(|op| format!("crash.after.{op}"));
         let waits = [
             (f.after_op.is_some(), "crash.after_op"),
             (f.with.is_some(), "crash.correlated"),
             (f.mid_write.is_some(), "crash.torn_write"),
+            (after_kind.is_some(), after_kind.as_deref().unwrap_or_default()),
         ];
         for (_, needle) in waits.iter().filter(|(on, _)| *on) {
             if !r.summary.fired.iter().any(|x| x.contains(needle)) {

@@ -353,6 +353,9 @@ pub(super) fn check_promises(servers: &mut BTreeMap<u64, Server>, w: &Shared) ->
                     ),
                 });
             }
+            if let durakv::probe::Observation::Leader { term } = &what {
+                world.leaders.push((at, *id, *term));
+            }
             world
                 .promises
                 .observe(*id, at, &what, s.log_damaged || s.wal_rot)

@@ -167,6 +167,15 @@ pub(super) async fn apply_fault(
                     );
                     s.torn_tail_armed = true;
                     event(w, format!("server {id}: OOM-kill armed inside the next raft WAL append"));
+                    if let Some(op) = f.after_op.as_deref() {
+                        let kind = if f.effect.as_deref() == Some("power_loss") {
+                            CrashKind::PowerLoss
+                        } else {
+                            CrashKind::ProcessKill
+                        };
+                        let path = f.path.clone().unwrap_or_else(|| "*/raft*".into());
+                        s.crash_in_repair = Some((op_kind(op), path, f.nth.unwrap_or(1), kind));
+                    }
                 }
             }
             Action::LoseAckedTail => {

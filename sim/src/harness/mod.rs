@@ -116,6 +116,10 @@ pub struct RunResult {
     pub verdict: Verdict,
     /// Every client operation, as the checkers saw it (for the determinism check's report).
     pub history: Vec<Operation>,
+    /// (simulated ms, server, term): when each server reported being leader of a term.
+    pub leaders: Vec<(u64, u64, u64)>,
+    /// The nodes' own log lines (simulated ms, line), with [`RunOptions::capture_logs`].
+    pub logs: Vec<(u64, String)>,
 }
 
 impl RunResult {
@@ -146,6 +150,9 @@ pub struct RunOptions {
     /// A test hook: a task on server 1 panics this many simulated milliseconds into the run, as
     /// node code with a bug would (if server 1 is still up then).
     pub panic_at_ms: Option<u64>,
+    /// Keep the nodes' own log lines (info and above) with their simulated time in
+    /// [`RunResult::logs`] (for `explain`). Off for fuzzing: formatting them costs time.
+    pub capture_logs: bool,
 }
 
 /// The client id of the synthetic reads of the final state that end every history.
@@ -207,10 +214,20 @@ pub fn run_with(scenario: &Scenario, seed: u64, opts: &RunOptions) -> RunResult 
     let _ = LAST_PANIC.try_with(|p| p.borrow_mut().take());
     let w: Shared = Arc::new(Mutex::new(World::default()));
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let mut rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
-        rt.set_time_limit(Duration::from_millis(scenario.duration_ms) + Duration::from_secs(600));
+        let sink = world(&w).logs.clone();
+        let capture = opts.capture_logs.then(|| log_capture(sink));
         let (scenario, opts, w) = (scenario.clone(), opts.clone(), w.clone());
-        rt.block_on(async move { simulate(scenario, seed, opts, w).await })
+        let go = move || {
+            // Made under the subscriber below, so the spans madsim makes for its nodes are its own.
+            let mut rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
+            rt.set_time_limit(Duration::from_millis(scenario.duration_ms) + Duration::from_secs(600));
+            rt.block_on(async move { simulate(scenario, seed, opts, w).await })
+        };
+        // madsim runs every task on this thread, so a thread-default subscriber sees every node.
+        match capture {
+            Some(subscriber) => tracing::subscriber::with_default(subscriber, go),
+            None => go(),
+        }
     }));
     outcome.unwrap_or_else(|payload| {
         let what = LAST_PANIC
@@ -221,6 +238,39 @@ pub fn run_with(scenario: &Scenario, seed: u64, opts: &RunOptions) -> RunResult 
         let failure = Failure { invariant: PANIC, explanation: format!("the simulation {what}") };
         finish(scenario, seed, &w, Some(failure), 0, 0)
     })
+}
+
+/// A subscriber writing the nodes' log lines (info and above), each prefixed with the simulated
+/// millisecond, into `sink`.
+fn log_capture(sink: Arc<Mutex<Vec<u8>>>) -> impl tracing::Subscriber + Send + Sync {
+    struct SimTime;
+    impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+        fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+            // Outside the runtime (while it is built or dropped) there is no simulated clock.
+            let t = madsim::time::TimeHandle::try_current().map_or(0, |t| t.elapsed().as_millis() as u64);
+            write!(w, "{t}")
+        }
+    }
+    #[derive(Clone)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let sink = Sink(sink);
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_timer(SimTime)
+        .with_ansi(false)
+        .with_target(false)
+        .with_level(true)
+        .with_writer(move || sink.clone())
+        .finish()
 }
 
 async fn simulate(scenario: Scenario, seed: u64, run_opts: RunOptions, w: Shared) -> RunResult {
@@ -268,6 +318,7 @@ async fn simulate(scenario: Scenario, seed: u64, run_opts: RunOptions, w: Shared
                 corrupted: false,
                 corrupt_snapshot_at_start: None,
                 torn_tail_armed: false,
+                crash_in_repair: None,
                 log_damaged: false,
                 wal_flip_unseen: None,
                 wal_rot: false,

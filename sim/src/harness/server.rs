@@ -18,6 +18,9 @@ pub(super) struct Server {
     pub(super) corrupt_snapshot_at_start: Option<u64>,
     /// A `torn_tail` fault armed an OOM-kill inside this server's next WAL append.
     pub(super) torn_tail_armed: bool,
+    /// A `torn_tail` with `after_op`: once the tear fired, the start that repairs it crashes right
+    /// after its nth such operation on the path (the repair's truncation, say) in this way.
+    pub(super) crash_in_repair: Option<(Option<OpKind>, String, u64, CrashKind)>,
     /// A `lose_acked_tail` or WAL `bit_flip` fault damaged acknowledged records of this server's log:
     /// it must have recorded the evidence (and recovered, like every server, by the end).
     pub(super) log_damaged: bool,
@@ -134,7 +137,17 @@ pub(super) fn torn_tail_preempted(s: &mut Server, w: &Shared, id: u64) {
 
 pub(super) fn restart(handle: &Handle, s: &mut Server, w: &Shared, id: u64) {
     torn_tail_preempted(s, w, id);
+    let tore = s.torn_tail_armed && !s.disk.is_armed();
     s.disk.resume();
+    // An arm lives for one process; this one is for the start after the tear, which repairs it.
+    if tore && let Some((op, path, nth, kind)) = s.crash_in_repair.take() {
+        s.disk.arm_crash_after(s.disk.ops_done(), op, &path, nth, kind);
+        let op = op.map_or("any operation".to_string(), |o| format!("{o:?}"));
+        event(
+            w,
+            format!("server {id}: crash armed right after {op} #{nth} on {path} of the repairing start"),
+        );
+    }
     handle.restart(s.handle.id());
     s.up = true;
     s.held_down = false;

@@ -90,11 +90,20 @@ pub(super) fn finish(
     if summary.ops_ok == 0 && verdict == Verdict::Pass {
         verdict = Verdict::Vacuous;
     }
+    let logs = std::mem::take(&mut *world.logs.lock().unwrap_or_else(|p| p.into_inner()));
     RunResult {
         summary,
         trace: std::mem::take(&mut world.trace),
         verdict,
         history: std::mem::take(&mut world.history),
+        leaders: std::mem::take(&mut world.leaders),
+        logs: String::from_utf8_lossy(&logs)
+            .lines()
+            .filter_map(|l| {
+                let (t, rest) = l.trim_start().split_once(' ')?;
+                Some((t.parse().ok()?, rest.to_string()))
+            })
+            .collect(),
     }
 }
 

@@ -22,6 +22,10 @@ pub(super) struct World {
     pub(super) disk_hashes: BTreeMap<u64, u64>,
     pub(super) failpoint_fires: BTreeMap<String, u64>,
     pub(super) coverage: BTreeMap<String, u64>,
+    /// (time, server, term): a server reported being leader of a term (for `explain`'s lanes).
+    pub(super) leaders: Vec<(u64, u64, u64)>,
+    /// The nodes' own log lines with their simulated time, when [`RunOptions::capture_logs`] is set.
+    pub(super) logs: Arc<Mutex<Vec<u8>>>,
 }
 
 pub(super) type Shared = Arc<Mutex<World>>;
