@@ -235,6 +235,19 @@ impl Pages {
     }
 
     /// Copy `[at, at + buf.len())` (which must be inside the file) into `buf`.
+    /// Append `n` bytes from `at` to `out` (no zero-filled buffer first).
+    fn extend_into(&self, at: usize, n: usize, out: &mut Vec<u8>) {
+        out.reserve(n);
+        let (mut pos, end) = (at, at + n);
+        while pos < end {
+            let (i, off) = (pos / CHUNK, pos % CHUNK);
+            let chunk = &self.chunks[i];
+            let take = (end - pos).min(chunk.len() - off);
+            out.extend_from_slice(&chunk[off..off + take]);
+            pos += take;
+        }
+    }
+
     fn read(&self, at: usize, buf: &mut [u8]) {
         let mut pos = at;
         let mut done = 0;
@@ -1301,8 +1314,10 @@ impl SimFile {
     }
 }
 
-impl FsFile for SimFile {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+impl SimFile {
+    /// One read of up to `max` bytes from `offset`: the checks, fault draws and coverage a read
+    /// makes, then `copy(pages, offset, n)` for the `n` bytes there are. Returns `n`.
+    fn read_op(&self, offset: u64, max: usize, copy: impl FnOnce(&Pages, usize, usize)) -> io::Result<usize> {
         if !self.readable {
             return Err(os_err(libc::EBADF));
         }
@@ -1319,7 +1334,7 @@ impl FsFile for SimFile {
         if offset >= len {
             return Ok(0);
         }
-        let n = (len - offset).min(buf.len() as u64) as usize;
+        let n = (len - offset).min(max as u64) as usize;
         if let Some((r, bit)) = draw {
             // A latent sector error: the bit is wrong on the media and stays wrong.
             let at = (offset + r % n as u64) as usize;
@@ -1328,8 +1343,29 @@ impl FsFile for SimFile {
             s.cover("fault.bit_flip.read");
         }
         let f = s.file_mut(self.ino, &self.path)?;
-        f.data.read(offset as usize, &mut buf[..n]);
+        copy(&f.data, offset as usize, n);
         Ok(n)
+    }
+}
+
+impl FsFile for SimFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.read_op(offset, buf.len(), |pages, at, n| pages.read(at, &mut buf[..n]))
+    }
+
+    fn read_exact_vec_at(&self, len: usize, offset: u64) -> io::Result<Vec<u8>> {
+        let whole =
+            self.len().ok().and_then(|l| l.checked_sub(offset)).is_some_and(|left| left >= len as u64);
+        if !whole || len == 0 {
+            // Short (or empty): the default's read calls, exactly, for the same draws and errors.
+            let mut buf = vec![0u8; len];
+            self.read_exact_at(&mut buf, offset)?;
+            return Ok(buf);
+        }
+        // One read, as `read_exact_at` makes when the bytes are there, into a buffer never zeroed.
+        let mut out = Vec::new();
+        self.read_op(offset, len, |pages, at, n| pages.extend_into(at, n, &mut out))?;
+        Ok(out)
     }
 
     fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {

@@ -119,6 +119,14 @@ pub trait FsFile: Send + Sync + fmt::Debug {
         Ok(offset)
     }
 
+    /// `len` bytes from `offset` in a new buffer, or fail with `UnexpectedEof` (as
+    /// [`FsFile::read_exact_at`] into a zeroed buffer; a file may skip the zeroing).
+    fn read_exact_vec_at(&self, len: usize, offset: u64) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        self.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    }
+
     /// Fill `buf` exactly from `offset`, or fail with `UnexpectedEof`.
     fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
         while !buf.is_empty() {

@@ -489,8 +489,7 @@ impl Wal {
         let size = usize::try_from(len).map_err(|_| {
             WalError::InvalidArgument(format!("segment {} is larger than memory", path.display()))
         })?;
-        let mut buf = vec![0u8; size];
-        file.read_exact_at(&mut buf, 0).map_err(io_err(&path))?;
+        let buf = file.read_exact_vec_at(size, 0).map_err(io_err(&path))?;
         let corrupt = |offset: u64, reason| WalError::Corrupt { path: path.clone(), offset, reason };
         let recover = self.opts.recovery == RecoveryMode::RecoverFromPeers
             && !failpoint::canary(&*self.fs, "no-torn-tail-repair");
@@ -944,8 +943,10 @@ impl Wal {
             return Err(corrupt(CorruptReason::Frame(FrameProblem::HeaderChecksum)));
         }
         let payload_len = be_u32(&header, 0).min(MAX_PAYLOAD_BYTES);
-        let mut frame = vec![0u8; FRAME_HEADER_LEN + payload_len as usize];
-        seg.file.read_exact_at(&mut frame, loc.offset).map_err(io_err(&seg.path))?;
+        let frame = seg
+            .file
+            .read_exact_vec_at(FRAME_HEADER_LEN + payload_len as usize, loc.offset)
+            .map_err(io_err(&seg.path))?;
         match decode_frame_at(&frame, 0, loc.offset) {
             Ok(Frame { record: Record::Entry(e), .. }) if e.index == index => Ok(e),
             Ok(Frame { record: Record::Entry(e), .. }) => {
