@@ -4,6 +4,7 @@
 #   protobuf-compiler     protoc, for raft-rs's prost codec
 #   redis-tools           redis-cli and redis-benchmark: `make run` tells you to connect with them
 #   chromium              headless, renders `durakv-sim explain`'s timeline in sim/tests/explain.rs
+#   redis-py 8 (pip)      a current client library with its default settings, in node/tests/node_inputs.rs
 #   rustfmt, clippy       part of `make test`
 set -euo pipefail
 
@@ -26,6 +27,13 @@ if ((${#need[@]})); then
     fi
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+# redis-py 8 (opens with HELLO 3 by default): node/tests/node_inputs.rs connects with it as a user would.
+if command -v python3 >/dev/null 2>&1 \
+    && ! python3 -c 'import redis, sys; sys.exit(0 if int(redis.__version__.split(".")[0]) >= 8 else 1)' 2>/dev/null; then
+    echo "install-deps: installing redis-py 8 (pip)"
+    python3 -m pip install -q 'redis>=8,<9'
 fi
 
 for component in rustfmt clippy; do

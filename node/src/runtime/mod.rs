@@ -285,6 +285,16 @@ pub async fn serve<E: Engine + Send + 'static>(
         limits: Limits { max_bulk_bytes: cfg.max_bulk_bytes, ..Limits::default() },
         request_timeout: opts.request_timeout,
         peers: cfg.peers.clone(),
+        clients: std::sync::Mutex::new(BTreeMap::new()),
+        next_client_id: std::sync::atomic::AtomicU64::new(0),
+        total_connections: std::sync::atomic::AtomicU64::new(0),
+        total_commands: std::sync::atomic::AtomicU64::new(0),
+        started: tokio::time::Instant::now(),
+        resp_port: cfg.resp_addr.port(),
+        fsm_sync: match cfg.fsm_sync {
+            crate::fsm::FsmSync::Sync => "sync",
+            crate::fsm::FsmSync::NoSync => "nosync",
+        },
     });
     tokio::spawn(accept_clients(client_listener, clients, shutdown.clone()));
     tracing::info!(

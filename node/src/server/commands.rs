@@ -17,15 +17,32 @@ pub enum Request {
     Auth {
         password: Vec<u8>,
     },
+    /// HELLO [protover [AUTH username password] [SETNAME clientname]]: the handshake current client
+    /// libraries open with (RESP3 with `HELLO 3`).
+    Hello {
+        protocol: Option<u8>,
+        auth: Option<Vec<u8>>,
+        name: Option<Vec<u8>>,
+    },
     ClientSetName(Vec<u8>),
     ClientGetName,
-    /// CLIENT SETINFO (client libraries announce themselves): accepted and not kept.
-    ClientSetInfo,
+    /// CLIENT SETINFO LIB-NAME|LIB-VER value (client libraries announce themselves).
+    ClientSetInfo {
+        attr: LibAttr,
+        value: Vec<u8>,
+    },
+    ClientId,
+    ClientInfo,
+    /// CLIENT LIST [ID id …]
+    ClientList(Option<Vec<u64>>),
+    ClientHelp,
+    /// CLIENT NO-EVICT / NO-TOUCH on|off: nothing to change here (no eviction, no LRU).
+    ClientNoop,
     /// CONFIG GET name…: the few Redis parameters clients probe, answered read-only.
     ConfigGet(Vec<Vec<u8>>),
-    /// COMMAND [COUNT | DOCS …]: enough for redis-cli's start-up probe.
-    CommandInfo,
-    Info,
+    Command(CommandQuery),
+    /// INFO [section …] (lower-cased; empty: the default sections).
+    Info(Vec<String>),
     DbSize,
     Get(Vec<u8>),
     MGet(Vec<Vec<u8>>),
@@ -33,6 +50,195 @@ pub enum Request {
     StrLen(Vec<u8>),
     /// A write, proposed through raft.
     Write(Command),
+}
+
+/// What `CLIENT SETINFO` sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LibAttr {
+    Name,
+    Version,
+}
+
+/// The forms of `COMMAND`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandQuery {
+    /// COMMAND: every command's details.
+    All,
+    Count,
+    List,
+    /// COMMAND INFO [name …] (none: every command).
+    Info(Vec<Vec<u8>>),
+    /// COMMAND DOCS [name …] (none: every command).
+    Docs(Vec<Vec<u8>>),
+}
+
+/// One command durakv serves, as `COMMAND` describes it (Redis's own arity, flags, key positions,
+/// group and summary).
+#[derive(Debug, Clone, Copy)]
+pub struct CommandSpec {
+    pub name: &'static str,
+    /// Positive: exactly that many arguments, the name included; negative: at least that many.
+    pub arity: i64,
+    pub flags: &'static [&'static str],
+    pub first_key: i64,
+    pub last_key: i64,
+    pub step: i64,
+    pub group: &'static str,
+    pub summary: &'static str,
+}
+
+const fn spec(
+    name: &'static str,
+    arity: i64,
+    flags: &'static [&'static str],
+    keys: (i64, i64, i64),
+    group: &'static str,
+    summary: &'static str,
+) -> CommandSpec {
+    CommandSpec { name, arity, flags, first_key: keys.0, last_key: keys.1, step: keys.2, group, summary }
+}
+
+const WRITE: &[&str] = &["write", "denyoom"];
+const WRITE_FAST: &[&str] = &["write", "denyoom", "fast"];
+const READ_FAST: &[&str] = &["readonly", "fast"];
+const CONN: &[&str] = &["noscript", "loading", "stale", "fast"];
+const NOKEYS: (i64, i64, i64) = (0, 0, 0);
+
+/// Every command durakv serves, sorted by name.
+pub const COMMANDS: &[CommandSpec] = &[
+    spec(
+        "append",
+        3,
+        WRITE_FAST,
+        (1, 1, 1),
+        "string",
+        "Appends a string to the value of a key. Creates the key if it doesn't exist.",
+    ),
+    spec(
+        "auth",
+        -2,
+        &["noscript", "loading", "stale", "fast", "no_auth"],
+        NOKEYS,
+        "connection",
+        "Authenticates the connection.",
+    ),
+    spec(
+        "client",
+        -2,
+        &["noscript", "loading", "stale"],
+        NOKEYS,
+        "connection",
+        "A container for client connection commands.",
+    ),
+    spec(
+        "command",
+        -1,
+        &["loading", "stale"],
+        NOKEYS,
+        "server",
+        "Returns detailed information about all commands.",
+    ),
+    spec(
+        "config",
+        -2,
+        &["admin", "noscript", "loading", "stale"],
+        NOKEYS,
+        "server",
+        "A container for server configuration commands (durakv: GET only).",
+    ),
+    spec("dbsize", 1, &["readonly", "fast"], NOKEYS, "server", "Returns the number of keys in the database."),
+    spec(
+        "decr",
+        2,
+        WRITE_FAST,
+        (1, 1, 1),
+        "string",
+        "Decrements the integer value of a key by one. Uses 0 as initial value if the key doesn't exist.",
+    ),
+    spec(
+        "decrby",
+        3,
+        WRITE_FAST,
+        (1, 1, 1),
+        "string",
+        "Decrements a number from the integer value of a key. Uses 0 as initial value if the key doesn't exist.",
+    ),
+    spec("del", -2, &["write"], (1, -1, 1), "generic", "Deletes one or more keys."),
+    spec("echo", 2, &["fast"], NOKEYS, "connection", "Returns the given string."),
+    spec("exists", -2, READ_FAST, (1, -1, 1), "generic", "Determines whether one or more keys exist."),
+    spec("get", 2, READ_FAST, (1, 1, 1), "string", "Returns the string value of a key."),
+    spec(
+        "hello",
+        -1,
+        &["noscript", "loading", "stale", "fast", "no_auth"],
+        NOKEYS,
+        "connection",
+        "Handshakes with the Redis server.",
+    ),
+    spec(
+        "incr",
+        2,
+        WRITE_FAST,
+        (1, 1, 1),
+        "string",
+        "Increments the integer value of a key by one. Uses 0 as initial value if the key doesn't exist.",
+    ),
+    spec(
+        "incrby",
+        3,
+        WRITE_FAST,
+        (1, 1, 1),
+        "string",
+        "Increments the integer value of a key by a number. Uses 0 as initial value if the key doesn't exist.",
+    ),
+    spec(
+        "info",
+        -1,
+        &["loading", "stale"],
+        NOKEYS,
+        "server",
+        "Returns information and statistics about the server.",
+    ),
+    spec(
+        "mget",
+        -2,
+        READ_FAST,
+        (1, -1, 1),
+        "string",
+        "Atomically returns the string values of one or more keys.",
+    ),
+    spec(
+        "mset",
+        -3,
+        WRITE,
+        (1, -1, 2),
+        "string",
+        "Atomically creates or modifies the string values of one or more keys.",
+    ),
+    spec("ping", -1, &["fast"], NOKEYS, "connection", "Returns the server's liveliness response."),
+    spec(
+        "quit",
+        -1,
+        &["noscript", "loading", "stale", "fast", "no_auth"],
+        NOKEYS,
+        "connection",
+        "Closes the connection.",
+    ),
+    spec("select", 2, CONN, NOKEYS, "connection", "Changes the selected database (durakv: only 0)."),
+    spec(
+        "set",
+        -3,
+        WRITE,
+        (1, 1, 1),
+        "string",
+        "Sets the string value of a key, ignoring its type. The key is created if it doesn't exist.",
+    ),
+    spec("strlen", 2, READ_FAST, (1, 1, 1), "string", "Returns the length of a string value."),
+];
+
+/// The spec of command `name` (any case).
+pub fn command_spec(name: &[u8]) -> Option<&'static CommandSpec> {
+    COMMANDS.iter().find(|c| name.eq_ignore_ascii_case(c.name.as_bytes()))
 }
 
 /// The error reply for a request that cannot run.
@@ -50,8 +256,39 @@ fn not_integer() -> Refusal {
     Reply::Error("ERR value is not an integer or out of range".into())
 }
 
+/// A 64-bit integer as Redis reads one (`string2ll`): an optional `-`, then digits with no leading
+/// zero (`0` alone is fine); no `+`, no spaces, no `-0`, nothing that overflows.
+pub fn redis_i64(arg: &[u8]) -> Option<i64> {
+    let digits = arg.strip_prefix(b"-").unwrap_or(arg);
+    let well_formed = !digits.is_empty()
+        && digits.len() <= 20
+        && digits.iter().all(u8::is_ascii_digit)
+        && (digits[0] != b'0' || digits.len() == 1)
+        && arg != b"-0";
+    if !well_formed {
+        return None;
+    }
+    std::str::from_utf8(arg).ok()?.parse::<i64>().ok()
+}
+
 fn parse_i64(arg: &[u8]) -> Result<i64, Refusal> {
-    std::str::from_utf8(arg).ok().and_then(|s| s.parse::<i64>().ok()).ok_or_else(not_integer)
+    redis_i64(arg).ok_or_else(not_integer)
+}
+
+/// Redis's unknown-command error: the name as sent, and the arguments each quoted, up to 128
+/// characters in all.
+fn unknown_command(name: &[u8], args: &[Vec<u8>]) -> Refusal {
+    let mut shown = String::new();
+    for a in args {
+        if shown.len() >= 128 {
+            break;
+        }
+        let a = String::from_utf8_lossy(a);
+        let room = 128 - shown.len();
+        shown.push_str(&format!("'{}' ", a.chars().take(room).collect::<String>()));
+    }
+    let name: String = String::from_utf8_lossy(name).chars().take(128).collect();
+    Reply::Error(format!("ERR unknown command '{name}', with args beginning with: {shown}"))
 }
 
 /// The parameters `CONFIG GET` answers, as durakv really is: no RDB saves, no AOF (its log is raft's
@@ -70,10 +307,14 @@ pub fn config_get(names: &[Vec<u8>]) -> Vec<(&'static str, &'static str)> {
 
 /// Parse one request. `args[0]` is the command name (any case).
 pub fn parse_request(args: Vec<Vec<u8>>) -> Result<Request, Refusal> {
-    let Some(name) = args.first() else {
+    let Some(raw_name) = args.first().cloned() else {
         return Err(Reply::Error("ERR empty command".into()));
     };
-    let name = String::from_utf8_lossy(name).to_ascii_uppercase();
+    let name = String::from_utf8_lossy(&raw_name).to_ascii_uppercase();
+    let unknown = |args: &[Vec<u8>]| unknown_command(&raw_name, args.get(1..).unwrap_or_default());
+    if command_spec(&raw_name).is_none() && name != "QUIT" {
+        return Err(unknown(&args));
+    }
     let mut rest = args.into_iter().skip(1);
     let n = rest.len();
     let arity = |ok: bool| if ok { Ok(()) } else { Err(wrong_arity(&name)) };
@@ -107,19 +348,138 @@ pub fn parse_request(args: Vec<Vec<u8>>) -> Result<Request, Refusal> {
             }
             Request::Auth { password }
         }
+        "HELLO" => {
+            let mut protocol = None;
+            let (mut auth, mut name) = (None, None);
+            if let Some(v) = rest.next() {
+                let v = redis_i64(&v).ok_or_else(|| {
+                    Reply::Error("ERR Protocol version is not an integer or out of range".into())
+                })?;
+                if !(2..=3).contains(&v) {
+                    return Err(Reply::Error("NOPROTO unsupported protocol version".into()));
+                }
+                protocol = Some(v as u8);
+            }
+            let opts: Vec<Vec<u8>> = rest.collect();
+            let mut i = 0;
+            while i < opts.len() {
+                let opt = String::from_utf8_lossy(&opts[i]).to_ascii_uppercase();
+                match opt.as_str() {
+                    "AUTH" if i + 2 < opts.len() => {
+                        if opts[i + 1].as_slice() != b"default" {
+                            return Err(Reply::Error(
+                                "WRONGPASS invalid username-password pair or user is disabled.".into(),
+                            ));
+                        }
+                        auth = Some(opts[i + 2].clone());
+                        i += 3;
+                    }
+                    "SETNAME" if i + 1 < opts.len() => {
+                        name = Some(opts[i + 1].clone());
+                        i += 2;
+                    }
+                    _ => {
+                        return Err(Reply::Error(format!(
+                            "ERR Syntax error in HELLO option '{}'",
+                            String::from_utf8_lossy(&opts[i])
+                        )));
+                    }
+                }
+            }
+            Request::Hello { protocol, auth, name }
+        }
         "CLIENT" => {
             let sub = rest.next().map(|s| String::from_utf8_lossy(&s).to_ascii_uppercase());
             match (sub.as_deref(), n) {
                 (Some("SETNAME"), 2) => Request::ClientSetName(rest.next().unwrap_or_default()),
                 (Some("GETNAME"), 1) => Request::ClientGetName,
-                (Some("SETINFO"), 3) => Request::ClientSetInfo,
-                (Some("SETNAME" | "GETNAME" | "SETINFO"), _) => return Err(wrong_arity("client")),
-                _ => {
-                    return Err(Reply::Error("ERR unknown subcommand for 'client'. Try CLIENT HELP.".into()));
+                (Some("SETINFO"), 3) => {
+                    let attr = rest.next().unwrap_or_default();
+                    let attr = match String::from_utf8_lossy(&attr).to_ascii_uppercase().as_str() {
+                        "LIB-NAME" => LibAttr::Name,
+                        "LIB-VER" => LibAttr::Version,
+                        _ => {
+                            return Err(Reply::Error(format!(
+                                "ERR Unrecognized option '{}'",
+                                String::from_utf8_lossy(&attr)
+                            )));
+                        }
+                    };
+                    Request::ClientSetInfo { attr, value: rest.next().unwrap_or_default() }
                 }
+                (Some("ID"), 1) => Request::ClientId,
+                (Some("INFO"), 1) => Request::ClientInfo,
+                (Some("LIST"), 1) => Request::ClientList(None),
+                (Some("LIST"), _) => {
+                    let opts: Vec<Vec<u8>> = rest.collect();
+                    match opts.split_first() {
+                        Some((kw, ids)) if kw.eq_ignore_ascii_case(b"ID") && !ids.is_empty() => {
+                            let ids = ids.iter().map(|i| redis_i64(i).filter(|i| *i > 0).map(|i| i as u64));
+                            let ids: Option<Vec<u64>> = ids.collect();
+                            Request::ClientList(Some(
+                                ids.ok_or_else(|| Reply::Error("ERR Invalid client ID".into()))?,
+                            ))
+                        }
+                        Some((kw, [t])) if kw.eq_ignore_ascii_case(b"TYPE") => {
+                            if t.eq_ignore_ascii_case(b"normal") {
+                                Request::ClientList(None)
+                            } else if [&b"master"[..], b"replica", b"pubsub"]
+                                .iter()
+                                .any(|k| t.eq_ignore_ascii_case(k))
+                            {
+                                Request::ClientList(Some(Vec::new()))
+                            } else {
+                                return Err(Reply::Error(format!(
+                                    "ERR Unknown client type '{}'",
+                                    String::from_utf8_lossy(t)
+                                )));
+                            }
+                        }
+                        _ => return Err(syntax()),
+                    }
+                }
+                (Some("HELP"), 1) => Request::ClientHelp,
+                (Some("NO-EVICT" | "NO-TOUCH"), 2) => {
+                    let v = rest.next().unwrap_or_default();
+                    if !(v.eq_ignore_ascii_case(b"on") || v.eq_ignore_ascii_case(b"off")) {
+                        return Err(syntax());
+                    }
+                    Request::ClientNoop
+                }
+                (
+                    Some(
+                        sub @ ("SETNAME" | "GETNAME" | "SETINFO" | "ID" | "INFO" | "HELP" | "NO-EVICT"
+                        | "NO-TOUCH"),
+                    ),
+                    _,
+                ) => {
+                    return Err(wrong_arity(&format!("client|{}", sub.to_ascii_lowercase())));
+                }
+                (Some(other), _) => {
+                    return Err(Reply::Error(format!(
+                        "ERR unknown subcommand '{}'. Try CLIENT HELP.",
+                        other.to_ascii_lowercase()
+                    )));
+                }
+                (None, _) => return Err(wrong_arity("client")),
             }
         }
-        "COMMAND" => Request::CommandInfo,
+        "COMMAND" => {
+            let sub = rest.next().map(|s| String::from_utf8_lossy(&s).to_ascii_uppercase());
+            Request::Command(match sub.as_deref() {
+                None => CommandQuery::All,
+                Some("COUNT") => CommandQuery::Count,
+                Some("LIST") => CommandQuery::List,
+                Some("INFO") => CommandQuery::Info(rest.collect()),
+                Some("DOCS") => CommandQuery::Docs(rest.collect()),
+                Some(other) => {
+                    return Err(Reply::Error(format!(
+                        "ERR unknown subcommand '{}'. Try COMMAND HELP.",
+                        other.to_ascii_lowercase()
+                    )));
+                }
+            })
+        }
         "CONFIG" => {
             let sub = rest.next().map(|s| String::from_utf8_lossy(&s).to_ascii_uppercase());
             match sub.as_deref() {
@@ -132,7 +492,7 @@ pub fn parse_request(args: Vec<Vec<u8>>) -> Result<Request, Refusal> {
                 }
             }
         }
-        "INFO" => Request::Info,
+        "INFO" => Request::Info(rest.map(|s| String::from_utf8_lossy(&s).to_ascii_lowercase()).collect()),
         "DBSIZE" => {
             arity(n == 0)?;
             Request::DbSize
@@ -159,9 +519,10 @@ pub fn parse_request(args: Vec<Vec<u8>>) -> Result<Request, Refusal> {
             let value = rest.next().unwrap_or_default();
             let mut condition = SetCondition::Always;
             for opt in rest {
+                // As Redis: a flag given twice is fine, NX with XX is not.
                 match String::from_utf8_lossy(&opt).to_ascii_uppercase().as_str() {
-                    "NX" if condition == SetCondition::Always => condition = SetCondition::IfAbsent,
-                    "XX" if condition == SetCondition::Always => condition = SetCondition::IfPresent,
+                    "NX" if condition != SetCondition::IfPresent => condition = SetCondition::IfAbsent,
+                    "XX" if condition != SetCondition::IfAbsent => condition = SetCondition::IfPresent,
                     "EX" | "PX" | "EXAT" | "PXAT" | "KEEPTTL" | "GET" => {
                         return Err(Reply::Error(
                             "ERR expiry and SET ... GET are not supported: expiry is not yet replicated deterministically"
@@ -192,7 +553,11 @@ pub fn parse_request(args: Vec<Vec<u8>>) -> Result<Request, Refusal> {
             arity(n == 2)?;
             let key = rest.next().unwrap_or_default();
             let by = parse_i64(&rest.next().unwrap_or_default())?;
-            let delta = if name == "INCRBY" { by } else { by.checked_neg().ok_or_else(not_integer)? };
+            let delta = if name == "INCRBY" {
+                by
+            } else {
+                by.checked_neg().ok_or_else(|| Reply::Error("ERR decrement would overflow".into()))?
+            };
             Request::Write(Command::incr_by(key, delta))
         }
         "APPEND" => {
@@ -200,11 +565,10 @@ pub fn parse_request(args: Vec<Vec<u8>>) -> Result<Request, Refusal> {
             let key = rest.next().unwrap_or_default();
             Request::Write(Command::append(key, rest.next().unwrap_or_default()))
         }
-        other => {
-            return Err(Reply::Error(format!(
-                "ERR unknown command '{}', with args beginning with: ",
-                other.to_ascii_lowercase()
-            )));
+        _ => {
+            let mut all = vec![raw_name.clone()];
+            all.extend(rest);
+            return Err(unknown(&all));
         }
     };
     Ok(req)
@@ -234,7 +598,10 @@ mod tests {
         assert!(config_get(&[b"maxclients".to_vec()]).is_empty());
         assert!(err_text(req(&["config", "set", "save", ""])).contains("only CONFIG GET"));
         assert!(err_text(req(&["config", "get"])).contains("wrong number of arguments"));
-        assert_eq!(req(&["client", "setinfo", "lib-name", "redis-rs"]), Ok(Request::ClientSetInfo));
+        assert_eq!(
+            req(&["client", "setinfo", "lib-name", "redis-rs"]),
+            Ok(Request::ClientSetInfo { attr: LibAttr::Name, value: b"redis-rs".to_vec() })
+        );
     }
 
     #[test]
@@ -247,7 +614,9 @@ mod tests {
         assert_eq!(req(&["client", "setname", "me"]), Ok(Request::ClientSetName(b"me".to_vec())));
         assert_eq!(req(&["auth", "pw"]), Ok(Request::Auth { password: b"pw".to_vec() }));
         assert_eq!(req(&["auth", "default", "pw"]), Ok(Request::Auth { password: b"pw".to_vec() }));
-        assert_eq!(req(&["command", "docs"]), Ok(Request::CommandInfo));
+        assert_eq!(req(&["command", "docs"]), Ok(Request::Command(CommandQuery::Docs(Vec::new()))));
+        assert_eq!(req(&["COMMAND"]), Ok(Request::Command(CommandQuery::All)));
+        assert_eq!(req(&["info", "Server", "raft"]), Ok(Request::Info(vec!["server".into(), "raft".into()])));
     }
 
     #[test]
@@ -277,9 +646,21 @@ mod tests {
         assert_eq!(err_text(req(&["mset", "a"])), "ERR wrong number of arguments for 'mset' command");
         assert_eq!(err_text(req(&["set", "k", "v", "nx", "xx"])), "ERR syntax error");
         assert_eq!(err_text(req(&["incrby", "n", "x"])), "ERR value is not an integer or out of range");
+        assert_eq!(err_text(req(&["decrby", "n", &i64::MIN.to_string()])), "ERR decrement would overflow");
         assert_eq!(
-            err_text(req(&["decrby", "n", &i64::MIN.to_string()])),
-            "ERR value is not an integer or out of range"
+            err_text(req(&["FlushAll", "async", "now"])),
+            "ERR unknown command 'FlushAll', with args beginning with: 'async' 'now' "
+        );
+        for bad in ["007", "+5", "-0", " 5", "", "5 ", "99999999999999999999"] {
+            assert_eq!(
+                err_text(req(&["incrby", "n", bad])),
+                "ERR value is not an integer or out of range",
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            req(&["set", "k", "v", "nx", "NX"]),
+            Ok(Request::Write(Command::set("k", "v", SetCondition::IfAbsent)))
         );
         assert_eq!(err_text(req(&["select", "1"])), "ERR DB index is out of range");
         assert!(err_text(req(&["flushall"])).starts_with("ERR unknown command 'flushall'"));
@@ -287,5 +668,52 @@ mod tests {
         assert!(err_text(req(&["auth", "admin", "pw"])).starts_with("WRONGPASS"));
         assert!(err_text(req(&["client", "kill"])).contains("unknown subcommand"));
         assert_eq!(err_text(parse_request(Vec::new())), "ERR empty command");
+    }
+
+    /// Failure guarded against: a current client library failing its handshake (redis-py 8 opens
+    /// with `HELLO 3`, and announces itself with `CLIENT SETINFO`). Invariant: HELLO takes Redis's
+    /// forms and refuses the rest with Redis's errors.
+    #[test]
+    fn hello_and_client_subcommands_take_redis_forms() {
+        assert_eq!(req(&["hello"]), Ok(Request::Hello { protocol: None, auth: None, name: None }));
+        assert_eq!(
+            req(&["HELLO", "3", "auth", "default", "pw", "setname", "me"]),
+            Ok(Request::Hello { protocol: Some(3), auth: Some(b"pw".to_vec()), name: Some(b"me".to_vec()) })
+        );
+        assert_eq!(err_text(req(&["hello", "4"])), "NOPROTO unsupported protocol version");
+        assert_eq!(err_text(req(&["hello", "x"])), "ERR Protocol version is not an integer or out of range");
+        assert_eq!(
+            err_text(req(&["hello", "3", "auth", "default"])),
+            "ERR Syntax error in HELLO option 'auth'"
+        );
+        assert!(err_text(req(&["hello", "3", "auth", "admin", "pw"])).starts_with("WRONGPASS"));
+        assert_eq!(req(&["client", "id"]), Ok(Request::ClientId));
+        assert_eq!(req(&["client", "list", "id", "3", "4"]), Ok(Request::ClientList(Some(vec![3, 4]))));
+        assert_eq!(req(&["client", "no-evict", "on"]), Ok(Request::ClientNoop));
+        assert_eq!(err_text(req(&["client", "setinfo", "lib-x", "v"])), "ERR Unrecognized option 'lib-x'");
+        assert_eq!(
+            err_text(req(&["client", "id", "x"])),
+            "ERR wrong number of arguments for 'client|id' command"
+        );
+        assert_eq!(err_text(req(&["command", "nope"])), "ERR unknown subcommand 'nope'. Try COMMAND HELP.");
+    }
+
+    #[test]
+    fn every_served_command_is_described_and_sorted() {
+        let names: Vec<&str> = COMMANDS.iter().map(|c| c.name).collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        assert_eq!(names, sorted);
+        for c in COMMANDS {
+            assert!(c.arity != 0 && !c.summary.is_empty(), "{}", c.name);
+            // Every described command parses (it is not refused as unknown).
+            let args: Vec<Vec<u8>> = vec![c.name.as_bytes().to_vec()];
+            if let Err(Reply::Error(e)) = parse_request(args) {
+                assert!(!e.contains("unknown command"), "{}: {e}", c.name);
+            }
+        }
+        assert!(command_spec(b"GeT").is_some());
+        assert_eq!(redis_i64(b"-9223372036854775808"), Some(i64::MIN));
+        assert_eq!(redis_i64(b"0"), Some(0));
     }
 }

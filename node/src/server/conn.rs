@@ -11,7 +11,9 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::commands::{Request, config_get, parse_request};
+use super::commands::{
+    COMMANDS, CommandQuery, CommandSpec, LibAttr, Request, command_spec, config_get, parse_request,
+};
 use super::resp::{Limits, Reply, RequestParser};
 use crate::config::Peer;
 use crate::fsm::{self, Command, Engine, Kv};
@@ -28,6 +30,67 @@ pub(crate) struct ClientContext<E: Engine> {
     pub limits: Limits,
     pub request_timeout: Duration,
     pub peers: BTreeMap<u64, Peer>,
+    /// Every open client connection (CLIENT LIST, INFO's connected_clients).
+    pub clients: std::sync::Mutex<BTreeMap<u64, ClientEntry>>,
+    pub next_client_id: std::sync::atomic::AtomicU64,
+    pub total_connections: std::sync::atomic::AtomicU64,
+    pub total_commands: std::sync::atomic::AtomicU64,
+    pub started: tokio::time::Instant,
+    pub resp_port: u16,
+    pub fsm_sync: &'static str,
+}
+
+/// What CLIENT INFO and CLIENT LIST say about one connection.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ClientEntry {
+    pub addr: String,
+    pub laddr: String,
+    pub name: Vec<u8>,
+    pub lib_name: Vec<u8>,
+    pub lib_ver: Vec<u8>,
+    pub protocol: u8,
+    pub last_command: String,
+    pub connected_ms: u64,
+    pub last_active_ms: u64,
+}
+
+impl<E: Engine> ClientContext<E> {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn clients(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, ClientEntry>> {
+        // The registry is plain data; a panic elsewhere leaves it usable.
+        self.clients.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn client_line(&self, id: u64, c: &ClientEntry) -> String {
+        let now = self.now_ms();
+        format!(
+            "id={id} addr={} laddr={} fd=-1 name={} age={} idle={} flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 cmd={} user=default redir=-1 resp={} lib-name={} lib-ver={}",
+            c.addr,
+            c.laddr,
+            String::from_utf8_lossy(&c.name),
+            now.saturating_sub(c.connected_ms) / 1000,
+            now.saturating_sub(c.last_active_ms) / 1000,
+            if c.last_command.is_empty() { "NULL" } else { &c.last_command },
+            c.protocol,
+            String::from_utf8_lossy(&c.lib_name),
+            String::from_utf8_lossy(&c.lib_ver),
+        )
+    }
+}
+
+/// Removes a connection from the registry when its task ends, however it ends.
+struct Registered<'a, E: Engine> {
+    ctx: &'a ClientContext<E>,
+    id: u64,
+}
+
+impl<E: Engine> Drop for Registered<'_, E> {
+    fn drop(&mut self) {
+        self.ctx.clients().remove(&self.id);
+    }
 }
 
 /// Accept client connections until shutdown.
@@ -50,8 +113,11 @@ pub(crate) async fn accept_clients<E: Engine + Send + 'static>(
 
 #[derive(Default)]
 struct Session {
+    id: u64,
     authenticated: bool,
     name: Option<Vec<u8>>,
+    /// 2 until `HELLO 3`.
+    protocol: u8,
 }
 
 async fn serve_client<E: Engine + Send + 'static>(
@@ -60,7 +126,21 @@ async fn serve_client<E: Engine + Send + 'static>(
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let mut parser = RequestParser::new(ctx.limits);
-    let mut session = Session { authenticated: ctx.requirepass.is_none(), name: None };
+    use std::sync::atomic::Ordering::Relaxed;
+    let id = ctx.next_client_id.fetch_add(1, Relaxed) + 1;
+    ctx.total_connections.fetch_add(1, Relaxed);
+    let now = ctx.now_ms();
+    let entry = ClientEntry {
+        addr: stream.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
+        laddr: stream.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        protocol: 2,
+        connected_ms: now,
+        last_active_ms: now,
+        ..ClientEntry::default()
+    };
+    ctx.clients().insert(id, entry);
+    let _registered = Registered { ctx, id };
+    let mut session = Session { id, authenticated: ctx.requirepass.is_none(), name: None, protocol: 2 };
     let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
     let mut out: Vec<u8> = Vec::with_capacity(16 << 10);
     loop {
@@ -69,8 +149,18 @@ async fn serve_client<E: Engine + Send + 'static>(
             match parser.parse(&buf) {
                 Ok(Some((args, used))) => {
                     buf.drain(..used);
+                    // An empty request (`*0`, `*-1`, a blank inline line) gets no reply, as in Redis:
+                    // answering it would shift every later reply by one.
+                    if args.is_empty() {
+                        continue;
+                    }
+                    ctx.total_commands.fetch_add(1, Relaxed);
+                    if let Some(c) = ctx.clients().get_mut(&id) {
+                        c.last_command = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
+                        c.last_active_ms = ctx.now_ms();
+                    }
                     let (reply, quit) = execute(ctx, &mut session, args).await;
-                    reply.encode(&mut out);
+                    reply.encode_for(&mut out, session.protocol);
                     if quit {
                         write_flushed(&mut stream, &out).await?;
                         return Ok(());
@@ -106,7 +196,8 @@ async fn execute<E: Engine + Send + 'static>(
         Ok(req) => req,
         Err(refusal) => return (refusal, false),
     };
-    if !session.authenticated && !matches!(req, Request::Auth { .. } | Request::Quit) {
+    if !session.authenticated && !matches!(req, Request::Auth { .. } | Request::Quit | Request::Hello { .. })
+    {
         return (Reply::Error("NOAUTH Authentication required.".into()), false);
     }
     let reply = match req {
@@ -114,38 +205,93 @@ async fn execute<E: Engine + Send + 'static>(
         Request::Ping(Some(msg)) | Request::Echo(msg) => Reply::Bulk(Some(msg)),
         Request::Quit => return (Reply::ok(), true),
         Request::Select => Reply::ok(),
-        Request::Auth { password } => match &ctx.requirepass {
-            None => Reply::Error(
-                "ERR AUTH <password> called without any password configured for the default user. \
-                 Are you sure your configuration is correct?"
-                    .into(),
-            ),
-            // Compared in full every time, so the reply time says nothing about a prefix.
-            Some(expected) if constant_time_eq(expected, &password) => {
+        Request::Auth { password } => match check_password(ctx, &password) {
+            Ok(()) => {
                 session.authenticated = true;
                 Reply::ok()
             }
-            Some(_) => Reply::Error("WRONGPASS invalid username-password pair or user is disabled.".into()),
+            Err(refusal) => refusal,
         },
-        Request::ClientSetName(name) => {
-            if name.iter().any(|b| !b.is_ascii_graphic()) {
-                Reply::Error("ERR Client names cannot contain spaces, newlines or special characters.".into())
+        Request::Hello { protocol, auth, name } => {
+            if let Some(password) = auth {
+                match check_password(ctx, &password) {
+                    Ok(()) => session.authenticated = true,
+                    Err(refusal) => return (refusal, false),
+                }
+            }
+            if !session.authenticated {
+                return (
+                    Reply::Error(
+                        "NOAUTH HELLO must be called with the client already authenticated, otherwise the \
+                         HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and \
+                         select the RESP protocol version at the same time"
+                            .into(),
+                    ),
+                    false,
+                );
+            }
+            if let Some(name) = name
+                && let Err(refusal) = set_name(ctx, session, name)
+            {
+                return (refusal, false);
+            }
+            if let Some(p) = protocol {
+                session.protocol = p;
+                if let Some(c) = ctx.clients().get_mut(&session.id) {
+                    c.protocol = p;
+                }
+            }
+            hello_reply(ctx, session)
+        }
+        Request::ClientSetName(name) => match set_name(ctx, session, name) {
+            Ok(()) => Reply::ok(),
+            Err(refusal) => refusal,
+        },
+        Request::ClientGetName => Reply::Bulk(session.name.clone()),
+        Request::ClientSetInfo { attr, value } => {
+            if value.iter().any(|b| !b.is_ascii_graphic()) {
+                let what = if attr == LibAttr::Name { "lib-name" } else { "lib-ver" };
+                Reply::Error(format!("ERR {what} cannot contain spaces, newlines or special characters."))
             } else {
-                session.name = (!name.is_empty()).then_some(name);
+                if let Some(c) = ctx.clients().get_mut(&session.id) {
+                    match attr {
+                        LibAttr::Name => c.lib_name = value,
+                        LibAttr::Version => c.lib_ver = value,
+                    }
+                }
                 Reply::ok()
             }
         }
-        Request::ClientGetName => Reply::Bulk(session.name.clone()),
-        Request::ClientSetInfo => Reply::ok(),
-        // redis-cli probes COMMAND at start-up and carries on without details.
-        Request::CommandInfo => Reply::Array(Some(Vec::new())),
-        Request::ConfigGet(names) => Reply::Array(Some(
+        Request::ClientId => Reply::Integer(session.id as i64),
+        Request::ClientInfo => {
+            let line =
+                ctx.clients().get(&session.id).map(|c| ctx.client_line(session.id, c)).unwrap_or_default();
+            Reply::Bulk(Some(format!("{line}\n").into_bytes()))
+        }
+        Request::ClientList(ids) => {
+            let clients = ctx.clients();
+            let mut text = String::new();
+            for (id, c) in clients.iter() {
+                if ids.as_ref().is_none_or(|ids| ids.contains(id)) {
+                    text.push_str(&ctx.client_line(*id, c));
+                    text.push('\n');
+                }
+            }
+            Reply::Bulk(Some(text.into_bytes()))
+        }
+        Request::ClientHelp => {
+            Reply::Array(Some(CLIENT_HELP.iter().map(|l| Reply::Simple((*l).to_string())).collect()))
+        }
+        Request::ClientNoop => Reply::ok(),
+        Request::Command(q) => command_reply(q),
+        // A map: RESP3 clients get `%`, RESP2 clients the flat array Redis sends them.
+        Request::ConfigGet(names) => Reply::Map(
             config_get(&names)
                 .into_iter()
-                .flat_map(|(k, v)| [Reply::Bulk(Some(k.into())), Reply::Bulk(Some(v.into()))])
+                .map(|(k, v)| (Reply::Bulk(Some(k.into())), Reply::Bulk(Some(v.into()))))
                 .collect(),
-        )),
-        Request::Info => Reply::Bulk(Some(info(ctx).into_bytes())),
+        ),
+        Request::Info(sections) => Reply::Bulk(Some(info(ctx, &sections).into_bytes())),
         Request::Write(cmd) => propose(ctx, cmd).await,
         Request::Get(key) => read(ctx, Box::new(move |kv| bulk(kv.get(&key)))).await,
         Request::StrLen(key) => {
@@ -193,6 +339,130 @@ async fn execute<E: Engine + Send + 'static>(
         Request::DbSize => read(ctx, Box::new(|kv| count_keys(kv))).await,
     };
     (reply, false)
+}
+
+/// AUTH's check, shared with HELLO … AUTH.
+fn check_password<E: Engine>(ctx: &ClientContext<E>, password: &[u8]) -> Result<(), Reply> {
+    match &ctx.requirepass {
+        None => Err(Reply::Error(
+            "ERR AUTH <password> called without any password configured for the default user. \
+             Are you sure your configuration is correct?"
+                .into(),
+        )),
+        // Compared in full every time, so the reply time says nothing about a prefix.
+        Some(expected) if constant_time_eq(expected, password) => Ok(()),
+        Some(_) => Err(Reply::Error("WRONGPASS invalid username-password pair or user is disabled.".into())),
+    }
+}
+
+fn set_name<E: Engine>(ctx: &ClientContext<E>, session: &mut Session, name: Vec<u8>) -> Result<(), Reply> {
+    if name.iter().any(|b| !b.is_ascii_graphic()) {
+        return Err(Reply::Error(
+            "ERR Client names cannot contain spaces, newlines or special characters.".into(),
+        ));
+    }
+    if let Some(c) = ctx.clients().get_mut(&session.id) {
+        c.name = name.clone();
+    }
+    session.name = (!name.is_empty()).then_some(name);
+    Ok(())
+}
+
+/// The Redis version whose client API durakv follows (what HELLO and INFO report as `version`).
+pub const REDIS_COMPAT_VERSION: &str = "7.2.0";
+
+fn hello_reply<E: Engine>(ctx: &ClientContext<E>, session: &Session) -> Reply {
+    let text = |s: &str| Reply::Bulk(Some(s.as_bytes().to_vec()));
+    Reply::Map(vec![
+        (text("server"), text("redis")),
+        (text("version"), text(REDIS_COMPAT_VERSION)),
+        (text("proto"), Reply::Integer(i64::from(session.protocol))),
+        (text("id"), Reply::Integer(session.id as i64)),
+        (text("mode"), text("standalone")),
+        // Every node takes writes (a follower forwards them through raft): each is a primary to a client.
+        (text("role"), text("master")),
+        (text("modules"), Reply::Array(Some(Vec::new()))),
+        (text("durakv_version"), text(env!("CARGO_PKG_VERSION"))),
+        (text("durakv_node_id"), Reply::Integer(ctx.node_id as i64)),
+    ])
+}
+
+const CLIENT_HELP: &[&str] = &[
+    "CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    "GETNAME",
+    "    Return the name of the current connection.",
+    "ID",
+    "    Return the ID of the current connection.",
+    "INFO",
+    "    Return information about the current client connection.",
+    "LIST [TYPE normal|master|replica|pubsub] [ID <id> [<id> ...]]",
+    "    Return information about client connections.",
+    "SETINFO <option> <value>",
+    "    Set client meta attr. Options are:",
+    "    * LIB-NAME: the client lib name.",
+    "    * LIB-VER: the client lib version.",
+    "SETNAME <name>",
+    "    Assign the name <name> to the current connection.",
+    "NO-EVICT (ON|OFF)",
+    "    Accepted; durakv never evicts.",
+    "NO-TOUCH (ON|OFF)",
+    "    Accepted; durakv keeps no access times.",
+    "HELP",
+    "    Print this help.",
+];
+
+/// One command's `COMMAND INFO` entry, in Redis 7's ten-field form.
+fn command_entry(c: &CommandSpec) -> Reply {
+    let text = |s: &str| Reply::Simple(s.to_string());
+    Reply::Array(Some(vec![
+        Reply::Bulk(Some(c.name.as_bytes().to_vec())),
+        Reply::Integer(c.arity),
+        Reply::Array(Some(c.flags.iter().map(|f| text(f)).collect())),
+        Reply::Integer(c.first_key),
+        Reply::Integer(c.last_key),
+        Reply::Integer(c.step),
+        Reply::Array(Some(vec![text(&format!("@{}", c.group))])),
+        Reply::Array(Some(Vec::new())),
+        Reply::Array(Some(Vec::new())),
+        Reply::Array(Some(Vec::new())),
+    ]))
+}
+
+fn command_docs(c: &CommandSpec) -> Reply {
+    let text = |s: &str| Reply::Bulk(Some(s.as_bytes().to_vec()));
+    Reply::Map(vec![
+        (text("summary"), text(c.summary)),
+        (text("since"), text("1.0.0")),
+        (text("group"), text(c.group)),
+    ])
+}
+
+fn command_reply(q: CommandQuery) -> Reply {
+    let pick = |names: &[Vec<u8>]| -> Vec<Option<&'static CommandSpec>> {
+        if names.is_empty() {
+            COMMANDS.iter().map(Some).collect()
+        } else {
+            names.iter().map(|n| command_spec(n)).collect()
+        }
+    };
+    match q {
+        CommandQuery::All => Reply::Array(Some(COMMANDS.iter().map(command_entry).collect())),
+        CommandQuery::Count => Reply::Integer(COMMANDS.len() as i64),
+        CommandQuery::List => Reply::Array(Some(
+            COMMANDS.iter().map(|c| Reply::Bulk(Some(c.name.as_bytes().to_vec()))).collect(),
+        )),
+        CommandQuery::Info(names) => Reply::Array(Some(
+            pick(&names).into_iter().map(|c| c.map_or(Reply::Array(None), command_entry)).collect(),
+        )),
+        // Unknown names are left out, as Redis does.
+        CommandQuery::Docs(names) => Reply::Map(
+            pick(&names)
+                .into_iter()
+                .flatten()
+                .map(|c| (Reply::Bulk(Some(c.name.as_bytes().to_vec())), command_docs(c)))
+                .collect(),
+        ),
+    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -307,42 +577,126 @@ fn stopping() -> Reply {
     Reply::Error("ERR the node is shutting down".into())
 }
 
-/// INFO in Redis's `field:value` form.
-fn info<E: Engine>(ctx: &ClientContext<E>) -> String {
+/// The resident set size in bytes, where the platform says (Linux: `/proc/self/statm`). Not a
+/// durability-relevant read, so not through `Fs`.
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .map_or(0, |pages| pages * 4096)
+}
+
+fn human_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.2}G", n as f64 / f64::from(1u32 << 30)),
+        n if n >= 1 << 20 => format!("{:.2}M", n as f64 / f64::from(1u32 << 20)),
+        n if n >= 1 << 10 => format!("{:.2}K", n as f64 / 1024.0),
+        n => format!("{n}B"),
+    }
+}
+
+/// INFO in Redis's `field:value` form, with Redis's section names (and durakv's own `raft`), for
+/// the sections asked (none, `default`, `all`, `everything`: every one).
+fn info<E: Engine>(ctx: &ClientContext<E>, asked: &[String]) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
     let s = ctx.status.borrow().clone();
     let leader_resp = ctx.peers.get(&s.leader_id).map(|p| p.resp_addr.to_string()).unwrap_or_default();
+    let everything =
+        asked.is_empty() || asked.iter().any(|a| matches!(a.as_str(), "default" | "all" | "everything"));
+    let uptime = ctx.started.elapsed().as_secs();
+    let used = resident_bytes();
+    let sections: Vec<(&str, Vec<(&str, String)>)> = vec![
+        (
+            "Server",
+            vec![
+                ("redis_version", REDIS_COMPAT_VERSION.to_string()),
+                ("durakv_version", env!("CARGO_PKG_VERSION").to_string()),
+                ("redis_mode", "standalone".to_string()),
+                ("os", format!("{} {}", std::env::consts::OS, std::env::consts::ARCH)),
+                ("arch_bits", (usize::BITS).to_string()),
+                ("process_id", std::process::id().to_string()),
+                ("run_id", format!("{:016x}{:024x}", ctx.cluster_id, ctx.node_id)),
+                ("tcp_port", ctx.resp_port.to_string()),
+                ("uptime_in_seconds", uptime.to_string()),
+                ("uptime_in_days", (uptime / 86_400).to_string()),
+                ("node_id", ctx.node_id.to_string()),
+                ("cluster_id", ctx.cluster_id.to_string()),
+            ],
+        ),
+        (
+            "Clients",
+            vec![
+                ("connected_clients", ctx.clients().len().to_string()),
+                ("blocked_clients", "0".to_string()),
+            ],
+        ),
+        (
+            "Memory",
+            vec![
+                ("used_memory", used.to_string()),
+                ("used_memory_human", human_bytes(used)),
+                ("used_memory_rss", used.to_string()),
+                ("maxmemory", "0".to_string()),
+                ("maxmemory_policy", "noeviction".to_string()),
+            ],
+        ),
+        (
+            "Persistence",
+            vec![
+                ("loading", "0".to_string()),
+                ("async_loading", "0".to_string()),
+                ("rdb_bgsave_in_progress", "0".to_string()),
+                ("aof_enabled", "0".to_string()),
+                ("aof_rewrite_in_progress", "0".to_string()),
+                ("durakv_fsm_sync", ctx.fsm_sync.to_string()),
+                ("durakv_snapshot_index", s.snapshot_index.to_string()),
+            ],
+        ),
+        (
+            "Stats",
+            vec![
+                ("total_connections_received", ctx.total_connections.load(Relaxed).to_string()),
+                ("total_commands_processed", ctx.total_commands.load(Relaxed).to_string()),
+            ],
+        ),
+        (
+            "Replication",
+            vec![
+                // Every node takes writes; raft, not Redis replication, keeps the copies (see Raft).
+                ("role", "master".to_string()),
+                ("connected_slaves", "0".to_string()),
+            ],
+        ),
+        (
+            "Raft",
+            vec![
+                ("role", s.role.to_string()),
+                ("term", s.term.to_string()),
+                ("leader_id", s.leader_id.to_string()),
+                ("leader_resp_addr", leader_resp),
+                ("commit_index", s.commit_index.to_string()),
+                ("applied_index", s.applied_index.to_string()),
+                ("snapshot_index", s.snapshot_index.to_string()),
+                ("snapshots_installed", s.snapshots_installed.to_string()),
+                ("recovering", u8::from(s.recover_to > 0).to_string()),
+                ("recover_to", s.recover_to.to_string()),
+                ("members", ctx.peers.keys().map(u64::to_string).collect::<Vec<_>>().join(",")),
+            ],
+        ),
+    ];
     let mut text = String::new();
-    let mut section = |name: &str, fields: &[(&str, String)]| {
+    for (name, fields) in sections {
+        if !everything && !asked.iter().any(|a| a.eq_ignore_ascii_case(name)) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str("\r\n");
+        }
         text.push_str(&format!("# {name}\r\n"));
         for (k, v) in fields {
             text.push_str(&format!("{k}:{v}\r\n"));
         }
-        text.push_str("\r\n");
-    };
-    section(
-        "Server",
-        &[
-            ("durakv_version", env!("CARGO_PKG_VERSION").to_string()),
-            ("node_id", ctx.node_id.to_string()),
-            ("cluster_id", ctx.cluster_id.to_string()),
-        ],
-    );
-    section(
-        "Raft",
-        &[
-            ("role", s.role.to_string()),
-            ("term", s.term.to_string()),
-            ("leader_id", s.leader_id.to_string()),
-            ("leader_resp_addr", leader_resp),
-            ("commit_index", s.commit_index.to_string()),
-            ("applied_index", s.applied_index.to_string()),
-            ("snapshot_index", s.snapshot_index.to_string()),
-            ("snapshots_installed", s.snapshots_installed.to_string()),
-            ("recovering", u8::from(s.recover_to > 0).to_string()),
-            ("recover_to", s.recover_to.to_string()),
-            ("members", ctx.peers.keys().map(u64::to_string).collect::<Vec<_>>().join(",")),
-        ],
-    );
+    }
     text
 }
 

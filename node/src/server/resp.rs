@@ -236,7 +236,8 @@ fn split_inline(line: &[u8]) -> Result<Vec<Vec<u8>>, RespError> {
     Ok(args)
 }
 
-/// A RESP2 reply.
+/// A reply. The RESP3-only kinds ([`Reply::Map`], [`Reply::Null`]) are written in their RESP2 form
+/// to a connection that did not ask for protocol 3 (`HELLO 3`), as Redis does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
     /// `+OK`
@@ -249,6 +250,10 @@ pub enum Reply {
     Bulk(Option<Vec<u8>>),
     /// `*2\r\n…` or the null array `*-1`
     Array(Option<Vec<Reply>>),
+    /// RESP3 `%2\r\n…`: key-value pairs (RESP2: a flat array of keys and values).
+    Map(Vec<(Reply, Reply)>),
+    /// RESP3 `_\r\n` (RESP2: the null bulk `$-1`).
+    Null,
 }
 
 impl Reply {
@@ -260,9 +265,15 @@ impl Reply {
         Reply::Error(text.to_string())
     }
 
-    /// Append the wire form to `out`. Simple strings and errors lose any CR or LF (they cannot carry
-    /// them on the wire).
+    /// Append the RESP2 wire form to `out` ([`Reply::encode_for`] with protocol 2).
     pub fn encode(&self, out: &mut Vec<u8>) {
+        self.encode_for(out, 2);
+    }
+
+    /// Append the wire form for a connection speaking `protocol` (2 or 3) to `out`. Simple strings
+    /// and errors lose any CR or LF (they cannot carry them on the wire).
+    pub fn encode_for(&self, out: &mut Vec<u8>, protocol: u8) {
+        let resp3 = protocol >= 3;
         let line = |out: &mut Vec<u8>, prefix: u8, text: &str| {
             out.push(prefix);
             out.extend(text.bytes().map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }));
@@ -272,7 +283,8 @@ impl Reply {
             Reply::Simple(s) => line(out, b'+', s),
             Reply::Error(e) => line(out, b'-', e),
             Reply::Integer(n) => line(out, b':', &n.to_string()),
-            Reply::Bulk(None) => out.extend_from_slice(b"$-1\r\n"),
+            Reply::Bulk(None) | Reply::Array(None) | Reply::Null if resp3 => out.extend_from_slice(b"_\r\n"),
+            Reply::Bulk(None) | Reply::Null => out.extend_from_slice(b"$-1\r\n"),
             Reply::Bulk(Some(b)) => {
                 line(out, b'$', &b.len().to_string());
                 out.extend_from_slice(b);
@@ -282,7 +294,18 @@ impl Reply {
             Reply::Array(Some(items)) => {
                 line(out, b'*', &items.len().to_string());
                 for item in items {
-                    item.encode(out);
+                    item.encode_for(out, protocol);
+                }
+            }
+            Reply::Map(pairs) => {
+                if resp3 {
+                    line(out, b'%', &pairs.len().to_string());
+                } else {
+                    line(out, b'*', &(2 * pairs.len()).to_string());
+                }
+                for (k, v) in pairs {
+                    k.encode_for(out, protocol);
+                    v.encode_for(out, protocol);
                 }
             }
         }
@@ -316,7 +339,7 @@ pub fn parse_reply(buf: &[u8], limits: &Limits) -> Result<ParsedReply, RespError
 
 fn reply_at(buf: &[u8], at: usize, limits: &Limits, depth: usize) -> Result<ParsedReply, RespError> {
     let Some(&kind) = buf.get(at) else { return Ok(None) };
-    if !matches!(kind, b'+' | b'-' | b':' | b'$' | b'*') {
+    if !matches!(kind, b'+' | b'-' | b':' | b'$' | b'*' | b'%' | b'_') {
         return Err(err(format!("unknown reply type '{}'", kind.escape_ascii())));
     }
     let Some(eol) = find_crlf(buf, at + 1) else {
@@ -364,6 +387,23 @@ fn reply_at(buf: &[u8], at: usize, limits: &Limits, depth: usize) -> Result<Pars
                     pos = used;
                 }
                 (Reply::Array(Some(items)), pos)
+            }
+        },
+        b'_' if body.is_empty() => (Reply::Null, next),
+        b'_' => return Err(err("a RESP3 null carries no data")),
+        b'%' => match parse_len(body, "map length")? {
+            n if n < 0 || n > limits.max_args as i64 => return Err(err("invalid map length")),
+            _ if depth >= MAX_REPLY_DEPTH => return Err(err("reply arrays nested too deeply")),
+            n => {
+                let mut pairs = Vec::with_capacity((n as usize).min((buf.len() - next) / 8 + 1));
+                let mut pos = next;
+                for _ in 0..n {
+                    let Some((k, used)) = reply_at(buf, pos, limits, depth + 1)? else { return Ok(None) };
+                    let Some((v, used)) = reply_at(buf, used, limits, depth + 1)? else { return Ok(None) };
+                    pairs.push((k, v));
+                    pos = used;
+                }
+                (Reply::Map(pairs), pos)
             }
         },
         _ => unreachable!("the reply type was checked above"),
@@ -536,6 +576,32 @@ mod tests {
     /// Failure guarded against: a node (or a fault) sending bytes the client cannot parse, and the
     /// client panicking or allocating what a header claims. Invariant: a malformed reply is a typed
     /// protocol error, whatever the bytes.
+    /// Failure guarded against: a RESP2 client handed RESP3-only types (which it cannot parse), or a
+    /// RESP3 client handed RESP2 nulls where it expects `_`. Invariant: maps and nulls take each
+    /// protocol's form, and parse back.
+    #[test]
+    fn resp3_types_take_each_protocols_form() {
+        let map = Reply::Map(vec![
+            (Reply::Bulk(Some(b"proto".to_vec())), Reply::Integer(3)),
+            (Reply::Simple("k".into()), Reply::Null),
+        ]);
+        let mut v2 = Vec::new();
+        map.encode_for(&mut v2, 2);
+        assert_eq!(v2, b"*4\r\n$5\r\nproto\r\n:3\r\n+k\r\n$-1\r\n");
+        let mut v3 = Vec::new();
+        map.encode_for(&mut v3, 3);
+        assert_eq!(v3, b"%2\r\n$5\r\nproto\r\n:3\r\n+k\r\n_\r\n");
+        assert_eq!(reply(&v3), Ok(Some((map, v3.len()))));
+        for null in [Reply::Bulk(None), Reply::Array(None), Reply::Null] {
+            let mut out = Vec::new();
+            null.encode_for(&mut out, 3);
+            assert_eq!(out, b"_\r\n", "{null:?}");
+        }
+        assert!(reply(b"_x\r\n").is_err());
+        assert!(reply(b"%-1\r\n").is_err());
+        assert_eq!(reply(b"%1\r\n+a\r\n"), Ok(None));
+    }
+
     #[test]
     fn malformed_replies_are_protocol_errors_never_panics() {
         for bad in [
