@@ -210,6 +210,26 @@ fn current_client_libraries_connect_with_their_defaults() {
     }
 }
 
+/// Failure guarded against: pipelined commands answered out of order, or a pipelined read that
+/// misses a write sent before it on the same connection (or sees one sent after it). Invariants:
+/// 300 pipelined INCRs answer 1..=300 in order; in `SET a 1, GET a, SET a 2, GET a, INCR n, GET n`
+/// sent in one write, every GET sees exactly the writes before it.
+#[test]
+fn pipelined_commands_answer_in_order_and_reads_see_the_writes_before_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = One::start(dir.path(), &[]);
+    let mut wire = Vec::new();
+    for _ in 0..300 {
+        wire.extend_from_slice(b"*2\r\n$4\r\nINCR\r\n$3\r\nctr\r\n");
+    }
+    let got = exchange_until(node.resp, &wire, ":300\r\n");
+    let want: String = (1..=300).map(|i| format!(":{i}\r\n")).collect();
+    assert_eq!(got, want);
+    let mixed = b"*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n1\r\n*2\r\n$3\r\nGET\r\n$1\r\na\r\n*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n2\r\n*2\r\n$3\r\nGET\r\n$1\r\na\r\n*2\r\n$4\r\nINCR\r\n$1\r\nn\r\n*2\r\n$3\r\nGET\r\n$1\r\nn\r\n";
+    let got = exchange_until(node.resp, mixed, ":1\r\n$1\r\n1\r\n");
+    assert_eq!(got, "+OK\r\n$1\r\n1\r\n+OK\r\n$1\r\n2\r\n:1\r\n$1\r\n1\r\n");
+}
+
 #[test]
 fn requirepass_refuses_unauthenticated_clients_and_wrong_passwords() {
     let dir = tempfile::tempdir().expect("temp dir");

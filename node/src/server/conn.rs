@@ -143,8 +143,14 @@ async fn serve_client<E: Engine + Send + 'static>(
     let mut session = Session { id, authenticated: ctx.requirepass.is_none(), name: None, protocol: 2 };
     let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
     let mut out: Vec<u8> = Vec::with_capacity(16 << 10);
+    // Pipelining: every whole request in the buffer is dispatched before any reply is awaited, so
+    // the raft loop sees a connection's writes together (one WAL fsync for all of them) and its
+    // reads share ReadIndex rounds; the replies still go back in request order. A connection
+    // command (AUTH, HELLO, CLIENT …) takes effect at its place in the order.
+    let mut queue: std::collections::VecDeque<(Pending, u8)> = std::collections::VecDeque::new();
     loop {
-        // Answer every whole request in the buffer (pipelining), in order.
+        let mut quit = false;
+        let mut protocol_error = None;
         loop {
             match parser.parse(&buf) {
                 Ok(Some((args, used))) => {
@@ -159,25 +165,55 @@ async fn serve_client<E: Engine + Send + 'static>(
                         c.last_command = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
                         c.last_active_ms = ctx.now_ms();
                     }
-                    let (reply, quit) = execute(ctx, &mut session, args).await;
-                    reply.encode_for(&mut out, session.protocol);
-                    if quit {
-                        write_flushed(&mut stream, &out).await?;
-                        return Ok(());
+                    // Per-connection order, as in Redis: a read must see the writes sent before it
+                    // and none sent after it, so a read waits for this connection's pending writes
+                    // (and a write for its pending reads) before it is dispatched. Runs of writes,
+                    // and runs of reads, still go out together.
+                    let writes = command_spec(&args[0]).and_then(|c| {
+                        if c.flags.contains(&"write") {
+                            Some(true)
+                        } else {
+                            c.flags.contains(&"readonly").then_some(false)
+                        }
+                    });
+                    let clash = |p: &Pending| match (writes, p) {
+                        (Some(true), Pending::Read(_)) | (Some(false), Pending::Write(_)) => true,
+                        _ => false,
+                    };
+                    if queue.iter().any(|(p, _)| clash(p)) {
+                        while let Some((pending, protocol)) = queue.pop_front() {
+                            finish(ctx, pending).await.encode_for(&mut out, protocol);
+                        }
+                    }
+                    let (pending, closes) = dispatch(ctx, &mut session, args).await;
+                    queue.push_back((pending, session.protocol));
+                    if closes {
+                        quit = true;
+                        break;
                     }
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    // As Redis: the protocol error is the last reply, then the connection closes.
-                    Reply::Error(format!("ERR {e}")).encode(&mut out);
-                    write_flushed(&mut stream, &out).await?;
-                    return Ok(());
+                    protocol_error = Some(e);
+                    break;
                 }
             }
+        }
+        while let Some((pending, protocol)) = queue.pop_front() {
+            finish(ctx, pending).await.encode_for(&mut out, protocol);
+        }
+        if let Some(e) = protocol_error {
+            // As Redis: the protocol error is the last reply, then the connection closes.
+            Reply::Error(format!("ERR {e}")).encode(&mut out);
+            write_flushed(&mut stream, &out).await?;
+            return Ok(());
         }
         if !out.is_empty() {
             write_flushed(&mut stream, &out).await?;
             out.clear();
+        }
+        if quit {
+            return Ok(());
         }
         buf.reserve(16 << 10);
         if stream.read_buf(&mut buf).await? == 0 {
@@ -186,24 +222,74 @@ async fn serve_client<E: Engine + Send + 'static>(
     }
 }
 
-/// Run one request; the reply, and whether the connection should close after it.
+/// A dispatched request: its reply, or what will bring it.
+enum Pending {
+    Ready(Reply),
+    /// A write in the raft loop's hands.
+    Write(oneshot::Receiver<Result<fsm::Reply, Refusal>>),
+    /// A read waiting for its ReadIndex round.
+    Read(oneshot::Receiver<Reply>),
+}
+
+/// Wait for a dispatched request's reply (each waits up to the request timeout from here).
+async fn finish<E: Engine>(ctx: &ClientContext<E>, pending: Pending) -> Reply {
+    match pending {
+        Pending::Ready(reply) => reply,
+        Pending::Write(rx) => {
+            let waited = match tokio::time::timeout(ctx.request_timeout, rx).await {
+                Ok(Ok(answer)) => Waited::Answered(answer),
+                Ok(Err(_)) => Waited::Abandoned,
+                Err(_) => Waited::TimedOut,
+            };
+            write_reply(waited, ctx.request_timeout)
+        }
+        Pending::Read(rx) => match tokio::time::timeout(ctx.request_timeout, rx).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => stopping(),
+            Err(_) => Reply::Error(format!(
+                "TIMEOUT no quorum confirmed the read within {:?} (is a majority of the cluster up?)",
+                ctx.request_timeout
+            )),
+        },
+    }
+}
+
+/// Start one request: its reply (or what will bring it), and whether the connection closes after it.
+async fn dispatch<E: Engine + Send + 'static>(
+    ctx: &ClientContext<E>,
+    session: &mut Session,
+    args: Vec<Vec<u8>>,
+) -> (Pending, bool) {
+    let (reply, quit) = match execute(ctx, session, args).await {
+        Executed::Now(reply, quit) => (reply, quit),
+        Executed::Later(pending) => return (pending, false),
+    };
+    (Pending::Ready(reply), quit)
+}
+
+enum Executed {
+    /// Answered on the spot (and whether the connection closes after it).
+    Now(Reply, bool),
+    Later(Pending),
+}
+
 async fn execute<E: Engine + Send + 'static>(
     ctx: &ClientContext<E>,
     session: &mut Session,
     args: Vec<Vec<u8>>,
-) -> (Reply, bool) {
+) -> Executed {
     let req = match parse_request(args) {
         Ok(req) => req,
-        Err(refusal) => return (refusal, false),
+        Err(refusal) => return Executed::Now(refusal, false),
     };
     if !session.authenticated && !matches!(req, Request::Auth { .. } | Request::Quit | Request::Hello { .. })
     {
-        return (Reply::Error("NOAUTH Authentication required.".into()), false);
+        return Executed::Now(Reply::Error("NOAUTH Authentication required.".into()), false);
     }
     let reply = match req {
         Request::Ping(None) => Reply::Simple("PONG".into()),
         Request::Ping(Some(msg)) | Request::Echo(msg) => Reply::Bulk(Some(msg)),
-        Request::Quit => return (Reply::ok(), true),
+        Request::Quit => return Executed::Now(Reply::ok(), true),
         Request::Select => Reply::ok(),
         Request::Auth { password } => match check_password(ctx, &password) {
             Ok(()) => {
@@ -216,11 +302,11 @@ async fn execute<E: Engine + Send + 'static>(
             if let Some(password) = auth {
                 match check_password(ctx, &password) {
                     Ok(()) => session.authenticated = true,
-                    Err(refusal) => return (refusal, false),
+                    Err(refusal) => return Executed::Now(refusal, false),
                 }
             }
             if !session.authenticated {
-                return (
+                return Executed::Now(
                     Reply::Error(
                         "NOAUTH HELLO must be called with the client already authenticated, otherwise the \
                          HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and \
@@ -233,7 +319,7 @@ async fn execute<E: Engine + Send + 'static>(
             if let Some(name) = name
                 && let Err(refusal) = set_name(ctx, session, name)
             {
-                return (refusal, false);
+                return Executed::Now(refusal, false);
             }
             if let Some(p) = protocol {
                 session.protocol = p;
@@ -292,53 +378,59 @@ async fn execute<E: Engine + Send + 'static>(
                 .collect(),
         ),
         Request::Info(sections) => Reply::Bulk(Some(info(ctx, &sections).into_bytes())),
-        Request::Write(cmd) => propose(ctx, cmd).await,
-        Request::Get(key) => read(ctx, Box::new(move |kv| bulk(kv.get(&key)))).await,
+        Request::Write(cmd) => return Executed::Later(propose(ctx, cmd).await),
+        Request::Get(key) => return Executed::Later(read(ctx, Box::new(move |kv| bulk(kv.get(&key)))).await),
         Request::StrLen(key) => {
-            read(
-                ctx,
-                Box::new(move |kv| match kv.get(&key) {
-                    Ok(v) => Reply::Integer(v.map_or(0, |v| v.len() as i64)),
-                    Err(e) => read_failed(e),
-                }),
-            )
-            .await
+            return Executed::Later(
+                read(
+                    ctx,
+                    Box::new(move |kv| match kv.get(&key) {
+                        Ok(v) => Reply::Integer(v.map_or(0, |v| v.len() as i64)),
+                        Err(e) => read_failed(e),
+                    }),
+                )
+                .await,
+            );
         }
         Request::MGet(keys) => {
-            read(
-                ctx,
-                Box::new(move |kv| {
-                    let mut values = Vec::with_capacity(keys.len());
-                    for key in &keys {
-                        match kv.get(key) {
-                            Ok(v) => values.push(Reply::Bulk(v)),
-                            Err(e) => return read_failed(e),
+            return Executed::Later(
+                read(
+                    ctx,
+                    Box::new(move |kv| {
+                        let mut values = Vec::with_capacity(keys.len());
+                        for key in &keys {
+                            match kv.get(key) {
+                                Ok(v) => values.push(Reply::Bulk(v)),
+                                Err(e) => return read_failed(e),
+                            }
                         }
-                    }
-                    Reply::Array(Some(values))
-                }),
-            )
-            .await
+                        Reply::Array(Some(values))
+                    }),
+                )
+                .await,
+            );
         }
         Request::Exists(keys) => {
-            read(
-                ctx,
-                Box::new(move |kv| {
-                    let mut n = 0;
-                    for key in &keys {
-                        match kv.get(key) {
-                            Ok(v) => n += i64::from(v.is_some()),
-                            Err(e) => return read_failed(e),
+            return Executed::Later(
+                read(
+                    ctx,
+                    Box::new(move |kv| {
+                        let mut n = 0;
+                        for key in &keys {
+                            match kv.get(key) {
+                                Ok(v) => n += i64::from(v.is_some()),
+                                Err(e) => return read_failed(e),
+                            }
                         }
-                    }
-                    Reply::Integer(n)
-                }),
-            )
-            .await
+                        Reply::Integer(n)
+                    }),
+                )
+                .await,
+            );
         }
-        Request::DbSize => read(ctx, Box::new(|kv| count_keys(kv))).await,
+        Request::DbSize => return Executed::Later(read(ctx, Box::new(|kv| count_keys(kv))).await),
     };
-    (reply, false)
+    Executed::Now(reply, false)
 }
 
 /// AUTH's check, shared with HELLO … AUTH.
@@ -503,24 +595,20 @@ fn count_keys<E: Engine>(kv: &Kv<E>) -> Reply {
     }
 }
 
-async fn propose<E: Engine>(ctx: &ClientContext<E>, cmd: Command) -> Reply {
+/// Hand a write to the raft loop; its reply comes through the returned [`Pending`].
+async fn propose<E: Engine>(ctx: &ClientContext<E>, cmd: Command) -> Pending {
     let command = cmd.to_bytes();
     // Refused here, before raft: an entry larger than a peer frame can carry would be retransmitted
     // and refused forever, and no write after it would ever commit (crate::limits).
     if command.len() > MAX_COMMAND_BYTES {
-        return Reply::Error(Refusal::TooLarge { bytes: command.len() }.to_string());
+        return Pending::Ready(Reply::Error(Refusal::TooLarge { bytes: command.len() }.to_string()));
     }
     let (tx, rx) = oneshot::channel();
     if ctx.inputs.send(Input::Propose { command, reply: tx }).await.is_err() {
         // The raft loop is gone and the write never entered its queue.
-        return Reply::Error(Refusal::NotProposed.to_string());
+        return Pending::Ready(Reply::Error(Refusal::NotProposed.to_string()));
     }
-    let waited = match tokio::time::timeout(ctx.request_timeout, rx).await {
-        Ok(Ok(answer)) => Waited::Answered(answer),
-        Ok(Err(_)) => Waited::Abandoned,
-        Err(_) => Waited::TimedOut,
-    };
-    write_reply(waited, ctx.request_timeout)
+    Pending::Write(rx)
 }
 
 /// How the wait for a write's outcome ended.
@@ -556,19 +644,13 @@ fn write_reply(waited: Waited, timeout: Duration) -> Reply {
     }
 }
 
-async fn read<E: Engine>(ctx: &ClientContext<E>, read: ReadFn<E>) -> Reply {
+/// Hand a read to the raft loop (it runs once a ReadIndex round confirms the leader).
+async fn read<E: Engine>(ctx: &ClientContext<E>, read: ReadFn<E>) -> Pending {
     let (tx, rx) = oneshot::channel();
     if ctx.inputs.send(Input::Read { read, reply: tx }).await.is_err() {
-        return stopping();
+        return Pending::Ready(stopping());
     }
-    match tokio::time::timeout(ctx.request_timeout, rx).await {
-        Ok(Ok(reply)) => reply,
-        Ok(Err(_)) => stopping(),
-        Err(_) => Reply::Error(format!(
-            "TIMEOUT no quorum confirmed the read within {:?} (is a majority of the cluster up?)",
-            ctx.request_timeout
-        )),
-    }
+    Pending::Read(rx)
 }
 
 /// A read the node could not serve because it is stopping (a read changes nothing, so failing it is
