@@ -176,9 +176,11 @@ async fn serve_client<E: Engine + Send + 'static>(
                             c.flags.contains(&"readonly").then_some(false)
                         }
                     });
-                    let clash = |p: &Pending| match (writes, p) {
-                        (Some(true), Pending::Read(_)) | (Some(false), Pending::Write(_)) => true,
-                        _ => false,
+                    let clash = |p: &Pending| {
+                        matches!(
+                            (writes, p),
+                            (Some(true), Pending::Read(_)) | (Some(false), Pending::Write(_))
+                        )
                     };
                     if queue.iter().any(|(p, _)| clash(p)) {
                         while let Some((pending, protocol)) = queue.pop_front() {
