@@ -228,6 +228,8 @@ pub fn html(scenario: &Scenario, seed: u64, r: &RunResult, replay: &str) -> Stri
             LANE - 6.0,
             y + 18.0
         );
+        // Down periods: from a death to the next start (or the end of the run).
+        let mut periods = Vec::new();
         let mut down_since: Option<u64> = None;
         for &(t, text) in &events {
             if server_of(text) != Some(id) {
@@ -235,26 +237,18 @@ pub fn html(scenario: &Scenario, seed: u64, r: &RunResult, replay: &str) -> Stri
             }
             match kind_of(text) {
                 Kind::Down if down_since.is_none() => down_since = Some(t),
-                Kind::Up => {
-                    if let Some(d) = down_since.take() {
-                        let _ = write!(
-                            svg,
-                            r##"<rect class="down" x="{:.1}" y="{y:.1}" width="{:.1}" height="{:.1}" fill="#d0d0d0"><title>server {id} down {d}–{t} ms</title></rect>"##,
-                            x(d),
-                            (x(t) - x(d)).max(1.0),
-                            LANE - 6.0
-                        );
-                    }
-                }
+                Kind::Up => periods.extend(down_since.take().map(|d| (d, Some(t)))),
                 _ => {}
             }
         }
-        if let Some(d) = down_since {
+        periods.extend(down_since.map(|d| (d, None)));
+        for (d, up) in periods {
+            let until = up.map_or(format!("from {d} ms"), |t| format!("{d}–{t} ms"));
             let _ = write!(
                 svg,
-                r##"<rect class="down" x="{:.1}" y="{y:.1}" width="{:.1}" height="{:.1}" fill="#d0d0d0"><title>server {id} down from {d} ms</title></rect>"##,
+                r##"<rect class="down" x="{:.1}" y="{y:.1}" width="{:.1}" height="{:.1}" fill="#d0d0d0"><title>server {id} down {until}</title></rect>"##,
                 x(d),
-                (x(end) - x(d)).max(1.0),
+                (x(up.unwrap_or(end)) - x(d)).max(1.0),
                 LANE - 6.0
             );
         }

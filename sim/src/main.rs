@@ -216,6 +216,22 @@ mod cli {
         Ok(std::time::Duration::from_secs(secs))
     }
 
+    /// `<cmd> <scenario.toml> --seed N [--swarm]`: the file, the scenario the seed runs (the swarm
+    /// variant with `--swarm`), the seed, and whether it was swarmed.
+    fn seeded_scenario<'a>(
+        args: &'a [String],
+        cmd: &str,
+    ) -> Result<(&'a String, Scenario, u64, bool), String> {
+        let file = args.get(1).ok_or(format!("{cmd} needs a scenario file"))?;
+        let base = load(file)?;
+        let seed: u64 = flag(args, "--seed")
+            .ok_or(format!("{cmd} needs --seed"))?
+            .parse()
+            .map_err(|_| "--seed is not a number")?;
+        let swarmed = args.iter().any(|a| a == "--swarm");
+        Ok((file, if swarmed { swarm(&base, seed) } else { base }, seed, swarmed))
+    }
+
     /// Run `scenario` with `seed` keeping the nodes' logs, and write its timeline to `target`.
     fn explain(
         file: &str,
@@ -450,14 +466,7 @@ mod cli {
             }
             Some("bench") => bench(args),
             Some("explain") => {
-                let file = args.get(1).ok_or("explain needs a scenario file")?;
-                let base = load(file)?;
-                let seed: u64 = flag(args, "--seed")
-                    .ok_or("explain needs --seed")?
-                    .parse()
-                    .map_err(|_| "--seed is not a number")?;
-                let swarmed = args.iter().any(|a| a == "--swarm");
-                let scenario = if swarmed { swarm(&base, seed) } else { base };
+                let (file, scenario, seed, swarmed) = seeded_scenario(args, "explain")?;
                 let canaries: Vec<String> = flag(args, "--canary").into_iter().collect();
                 let target = flag(args, "--write").map(PathBuf::from).unwrap_or_else(|| {
                     out.clone()
@@ -470,14 +479,7 @@ mod cli {
                 Ok(ExitCode::SUCCESS)
             }
             Some("shrink") => {
-                let file = args.get(1).ok_or("shrink needs a scenario file")?;
-                let base = load(file)?;
-                let seed: u64 = flag(args, "--seed")
-                    .ok_or("shrink needs --seed")?
-                    .parse()
-                    .map_err(|_| "--seed is not a number")?;
-                let swarmed = args.iter().any(|a| a == "--swarm");
-                let scenario = if swarmed { swarm(&base, seed) } else { base };
+                let (file, scenario, seed, swarmed) = seeded_scenario(args, "shrink")?;
                 let runs: u64 = flag(args, "--runs")
                     .unwrap_or_else(|| "300".into())
                     .parse()
