@@ -864,6 +864,30 @@ liveness_ms = 10000
             ("validation", third("at_ms = 3000", "at_ms = 99000"), "99000", "faults[2].at_ms"),
             ("validation", THREE.replace("\"/node/b\"", "\"node/b\""), "\"node/b\"", "mounts[1].path"),
             ("validation", THREE.replace("clients = 2", "clients = 0"), "clients = 0", "workload.clients"),
+            (
+                "validation",
+                third("action = \"bit_flip\"\nat = \"snapshot\"", "action = \"bit_rot\"\nop = \"sync\""),
+                "op = \"sync\"",
+                "faults[2].op",
+            ),
+            (
+                "validation",
+                third(
+                    "action = \"bit_flip\"\nat = \"snapshot\"",
+                    "action = \"torn_tail\"\neffect = \"kill\"",
+                ),
+                "effect = \"kill\"",
+                "faults[2].effect",
+            ),
+            (
+                "validation",
+                third(
+                    "action = \"bit_flip\"\nat = \"snapshot\"",
+                    "action = \"torn_tail\"\nafter_op = \"truncate\"",
+                ),
+                "after_op = \"truncate\"",
+                "faults[2].after_op",
+            ),
         ];
         for (kind, text, marker, field) in cases {
             let e = parse(&text).expect_err(kind);
