@@ -255,6 +255,15 @@ fn kv_commands(h: &mut dyn Harness) -> Result<(), FsmError> {
     assert_eq!(kv.get(b"n")?, Some(b"-2".to_vec()));
     assert_eq!(kv.get(b"x")?, None);
     assert_eq!(kv.get(b"y")?, Some(b"2".to_vec()));
+    // FLUSHALL: every data key in one batch; the applied index (a meta value) moves with it.
+    let applied = kv.applied_index();
+    assert_eq!(kv.apply_raft(applied + 1, &Command::flush_all().to_bytes())?, Reply::Ok);
+    assert!(kv.engine().scan(b"", None, 10)?.is_empty(), "no data key is left");
+    assert_eq!(kv.engine().applied_index()?, Some(applied + 1), "the metas survive a flush");
+    assert_eq!(
+        kv.apply_raft(applied + 2, &Command::set("k", "again", SetCondition::IfAbsent).to_bytes())?,
+        Reply::Ok
+    );
     Ok(())
 }
 

@@ -230,6 +230,61 @@ fn pipelined_commands_answer_in_order_and_reads_see_the_writes_before_them() {
     assert_eq!(got, "+OK\r\n$1\r\n1\r\n+OK\r\n$1\r\n2\r\n:1\r\n$1\r\n1\r\n");
 }
 
+/// Failure guarded against: keyspace commands that miss keys, repeat them, or disagree with Redis
+/// (a SCAN that loses a key present for the whole iteration; FLUSHALL that leaves keys behind).
+/// Invariants: KEYS and a full SCAN (COUNT 2, MATCH) return exactly the matching keys; TYPE,
+/// GETRANGE and SETNX answer as Redis; FLUSHALL (one raft entry) empties the database.
+#[test]
+fn keyspace_commands_answer_as_redis() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = One::start(dir.path(), &[]);
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}/", node.resp)).expect("url");
+    let mut con = client.get_connection_with_timeout(Duration::from_secs(5)).expect("connection");
+    for i in 0..25 {
+        redis::cmd("SET").arg(format!("user:{i}")).arg(format!("v{i}")).query::<()>(&mut con).expect("SET");
+    }
+    redis::cmd("SET").arg("other").arg("Hello World").query::<()>(&mut con).expect("SET");
+    let mut keys: Vec<String> = redis::cmd("KEYS").arg("user:*").query(&mut con).expect("KEYS");
+    keys.sort();
+    let mut want: Vec<String> = (0..25).map(|i| format!("user:{i}")).collect();
+    want.sort();
+    assert_eq!(keys, want);
+    let mut scanned = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg("user:*")
+            .arg("COUNT")
+            .arg(2)
+            .query(&mut con)
+            .expect("SCAN");
+        // A key written during the iteration must not disturb it.
+        redis::cmd("SET").arg(format!("late:{next}")).arg("x").query::<()>(&mut con).expect("SET");
+        scanned.extend(page);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    scanned.sort();
+    assert_eq!(scanned, want, "every key present for the whole SCAN, once");
+    let t: String = redis::cmd("TYPE").arg("other").query(&mut con).expect("TYPE");
+    let none: String = redis::cmd("TYPE").arg("absent").query(&mut con).expect("TYPE");
+    assert_eq!((t.as_str(), none.as_str()), ("string", "none"));
+    let sub: String = redis::cmd("GETRANGE").arg("other").arg(-5).arg(-1).query(&mut con).expect("GETRANGE");
+    assert_eq!(sub, "World");
+    let first: i64 = redis::cmd("SETNX").arg("nx").arg("1").query(&mut con).expect("SETNX");
+    let second: i64 = redis::cmd("SETNX").arg("nx").arg("2").query(&mut con).expect("SETNX");
+    assert_eq!((first, second), (1, 0));
+    redis::cmd("FLUSHALL").query::<()>(&mut con).expect("FLUSHALL");
+    let n: i64 = redis::cmd("DBSIZE").query(&mut con).expect("DBSIZE");
+    assert_eq!(n, 0);
+    let bad = node.exchange(b"*2\r\n$4\r\nSCAN\r\n$2\r\n77\r\n");
+    assert_eq!(bad, "-ERR invalid cursor\r\n");
+}
+
 #[test]
 fn requirepass_refuses_unauthenticated_clients_and_wrong_passwords() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -64,7 +64,7 @@ pub enum SetCondition {
 /// A client command as stored in a raft entry.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Command {
-    #[prost(oneof = "command::Kind", tags = "1, 2, 3, 4, 5")]
+    #[prost(oneof = "command::Kind", tags = "1, 2, 3, 4, 5, 6")]
     pub kind: Option<command::Kind>,
 }
 
@@ -82,7 +82,13 @@ pub mod command {
         MSet(MSet),
         #[prost(message, tag = "5")]
         Append(Append),
+        #[prost(message, tag = "6")]
+        FlushAll(FlushAll),
     }
+
+    /// FLUSHALL / FLUSHDB: every key, in one atomic batch.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct FlushAll {}
 
     /// SET key value [NX|XX].
     #[derive(Clone, PartialEq, prost::Message)]
@@ -160,6 +166,10 @@ impl Command {
         Command {
             kind: Some(command::Kind::Append(command::Append { key: key.into(), value: value.into() })),
         }
+    }
+
+    pub fn flush_all() -> Self {
+        Command { kind: Some(command::Kind::FlushAll(command::FlushAll {})) }
     }
 
     /// The raft entry payload.
@@ -337,6 +347,11 @@ impl<E: Engine> Kv<E> {
                 for kv in &mset.pairs {
                     batch.put(kv.key.clone(), kv.value.clone());
                 }
+                Reply::Ok
+            }
+            Some(Kind::FlushAll(_)) => {
+                // Every data key; the applied index and the other metas live in their own namespace.
+                batch.delete_range(Vec::new(), None);
                 Reply::Ok
             }
             Some(Kind::Append(app)) => {

@@ -44,6 +44,20 @@ pub enum Request {
     /// INFO [section …] (lower-cased; empty: the default sections).
     Info(Vec<String>),
     DbSize,
+    /// KEYS pattern
+    Keys(Vec<u8>),
+    /// SCAN cursor [MATCH pattern] [COUNT n] [TYPE type]
+    Scan {
+        cursor: u64,
+        pattern: Option<Vec<u8>>,
+        count: usize,
+        kind: Option<Vec<u8>>,
+    },
+    Type(Vec<u8>),
+    /// GETRANGE key start end (and SUBSTR)
+    GetRange(Vec<u8>, i64, i64),
+    /// SETNX key value: SET … NX answered 1 or 0.
+    SetNx(Command),
     Get(Vec<u8>),
     MGet(Vec<Vec<u8>>),
     Exists(Vec<Vec<u8>>),
@@ -166,7 +180,24 @@ pub const COMMANDS: &[CommandSpec] = &[
     spec("del", -2, &["write"], (1, -1, 1), "generic", "Deletes one or more keys."),
     spec("echo", 2, &["fast"], NOKEYS, "connection", "Returns the given string."),
     spec("exists", -2, READ_FAST, (1, -1, 1), "generic", "Determines whether one or more keys exist."),
+    spec(
+        "flushall",
+        -1,
+        &["write"],
+        NOKEYS,
+        "server",
+        "Removes all keys from all databases (durakv: one database, one raft entry).",
+    ),
+    spec("flushdb", -1, &["write"], NOKEYS, "server", "Remove all keys from the current database."),
     spec("get", 2, READ_FAST, (1, 1, 1), "string", "Returns the string value of a key."),
+    spec(
+        "getrange",
+        4,
+        &["readonly"],
+        (1, 1, 1),
+        "string",
+        "Returns a substring of the string stored at a key.",
+    ),
     spec(
         "hello",
         -1,
@@ -199,6 +230,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         "server",
         "Returns information and statistics about the server.",
     ),
+    spec("keys", 2, &["readonly"], NOKEYS, "generic", "Returns all key names that match a pattern."),
     spec(
         "mget",
         -2,
@@ -224,6 +256,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         "connection",
         "Closes the connection.",
     ),
+    spec("scan", -2, &["readonly"], NOKEYS, "generic", "Iterates over the key names in the database."),
     spec("select", 2, CONN, NOKEYS, "connection", "Changes the selected database (durakv: only 0)."),
     spec(
         "set",
@@ -233,8 +266,91 @@ pub const COMMANDS: &[CommandSpec] = &[
         "string",
         "Sets the string value of a key, ignoring its type. The key is created if it doesn't exist.",
     ),
+    spec(
+        "setnx",
+        3,
+        WRITE_FAST,
+        (1, 1, 1),
+        "string",
+        "Set the string value of a key only when the key doesn't exist.",
+    ),
     spec("strlen", 2, READ_FAST, (1, 1, 1), "string", "Returns the length of a string value."),
+    spec("substr", 4, &["readonly"], (1, 1, 1), "string", "Returns a substring from a string value."),
+    spec("type", 2, READ_FAST, (1, 1, 1), "generic", "Determines the type of value stored at a key."),
 ];
+
+/// Does `text` match the glob `pattern`, as Redis's `stringmatchlen` (KEYS, SCAN MATCH): `*` any
+/// run, `?` one byte, `[abc]`, `[^abc]`, `[a-z]` classes, `\` escaping the next byte. Backtracks to
+/// the last `*` only, so a pattern of many stars stays linear in practice.
+pub fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        let step = match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, t));
+                p += 1;
+                continue;
+            }
+            Some(b'?') => Some(p + 1),
+            Some(b'[') => class_match(pattern, p, text[t]),
+            Some(b'\\') if p + 1 < pattern.len() => (pattern[p + 1] == text[t]).then_some(p + 2),
+            Some(&c) => (c == text[t]).then_some(p + 1),
+            None => None,
+        };
+        match (step, star) {
+            (Some(next), _) => {
+                p = next;
+                t += 1;
+            }
+            (None, Some((sp, st))) => {
+                // Let the last star take one more byte and try again from after it.
+                star = Some((sp, st + 1));
+                p = sp + 1;
+                t = st + 1;
+            }
+            (None, None) => return false,
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// Match byte `c` against the class starting at `pattern[open] == '['`; where the class ends (the
+/// index after `]`) when it matches.
+fn class_match(pattern: &[u8], open: usize, c: u8) -> Option<usize> {
+    let mut i = open + 1;
+    let negate = pattern.get(i) == Some(&b'^');
+    if negate {
+        i += 1;
+    }
+    let mut hit = false;
+    while i < pattern.len() && pattern[i] != b']' {
+        if pattern[i] == b'\\' && i + 1 < pattern.len() {
+            hit |= pattern[i + 1] == c;
+            i += 2;
+        } else if i + 2 < pattern.len() && pattern[i + 1] == b'-' && pattern[i + 2] != b']' {
+            let (lo, hi) = (pattern[i].min(pattern[i + 2]), pattern[i].max(pattern[i + 2]));
+            hit |= (lo..=hi).contains(&c);
+            i += 3;
+        } else {
+            hit |= pattern[i] == c;
+            i += 1;
+        }
+    }
+    // An unterminated class ends at the end of the pattern, as in Redis.
+    (hit != negate).then_some((i + 1).min(pattern.len()))
+}
+
+/// GETRANGE's byte range of a `len`-byte value for `start..=end` (negative: from the end), as Redis.
+pub fn byte_range(len: usize, start: i64, end: i64) -> std::ops::Range<usize> {
+    let len = len as i64;
+    let fix = |i: i64| if i < 0 { (len + i).max(0) } else { i };
+    let (start, end) = (fix(start), fix(end).min(len - 1));
+    if len == 0 || start > end || start >= len {
+        return 0..0;
+    }
+    start as usize..end as usize + 1
+}
 
 /// The spec of command `name` (any case).
 pub fn command_spec(name: &[u8]) -> Option<&'static CommandSpec> {
@@ -501,6 +617,60 @@ pub fn parse_request(args: Vec<Vec<u8>>) -> Result<Request, Refusal> {
             arity(n == 1)?;
             Request::Get(rest.next().unwrap_or_default())
         }
+        "KEYS" => {
+            arity(n == 1)?;
+            Request::Keys(rest.next().unwrap_or_default())
+        }
+        "SCAN" => {
+            arity(n >= 1)?;
+            let cursor = rest.next().unwrap_or_default();
+            let cursor = std::str::from_utf8(&cursor)
+                .ok()
+                .and_then(|c| c.parse::<u64>().ok())
+                .ok_or_else(|| Reply::Error("ERR invalid cursor".into()))?;
+            let (mut pattern, mut count, mut kind) = (None, 10usize, None);
+            let opts: Vec<Vec<u8>> = rest.collect();
+            let mut i = 0;
+            while i < opts.len() {
+                let value = opts.get(i + 1).ok_or_else(syntax)?;
+                match String::from_utf8_lossy(&opts[i]).to_ascii_uppercase().as_str() {
+                    "MATCH" => pattern = Some(value.clone()),
+                    "COUNT" => {
+                        count =
+                            usize::try_from(parse_i64(value)?).ok().filter(|c| *c >= 1).ok_or_else(syntax)?;
+                    }
+                    "TYPE" => kind = Some(value.clone()),
+                    _ => return Err(syntax()),
+                }
+                i += 2;
+            }
+            Request::Scan { cursor, pattern, count, kind }
+        }
+        "TYPE" => {
+            arity(n == 1)?;
+            Request::Type(rest.next().unwrap_or_default())
+        }
+        "GETRANGE" | "SUBSTR" => {
+            arity(n == 3)?;
+            let key = rest.next().unwrap_or_default();
+            let start = parse_i64(&rest.next().unwrap_or_default())?;
+            let end = parse_i64(&rest.next().unwrap_or_default())?;
+            Request::GetRange(key, start, end)
+        }
+        "SETNX" => {
+            arity(n == 2)?;
+            let key = rest.next().unwrap_or_default();
+            Request::SetNx(Command::set(key, rest.next().unwrap_or_default(), SetCondition::IfAbsent))
+        }
+        "FLUSHALL" | "FLUSHDB" => {
+            arity(n <= 1)?;
+            if let Some(mode) = rest.next()
+                && !(mode.eq_ignore_ascii_case(b"ASYNC") || mode.eq_ignore_ascii_case(b"SYNC"))
+            {
+                return Err(syntax());
+            }
+            Request::Write(Command::flush_all())
+        }
         "STRLEN" => {
             arity(n == 1)?;
             Request::StrLen(rest.next().unwrap_or_default())
@@ -648,8 +818,8 @@ mod tests {
         assert_eq!(err_text(req(&["incrby", "n", "x"])), "ERR value is not an integer or out of range");
         assert_eq!(err_text(req(&["decrby", "n", &i64::MIN.to_string()])), "ERR decrement would overflow");
         assert_eq!(
-            err_text(req(&["FlushAll", "async", "now"])),
-            "ERR unknown command 'FlushAll', with args beginning with: 'async' 'now' "
+            err_text(req(&["ExpireAt", "k", "now"])),
+            "ERR unknown command 'ExpireAt', with args beginning with: 'k' 'now' "
         );
         for bad in ["007", "+5", "-0", " 5", "", "5 ", "99999999999999999999"] {
             assert_eq!(
@@ -663,7 +833,7 @@ mod tests {
             Ok(Request::Write(Command::set("k", "v", SetCondition::IfAbsent)))
         );
         assert_eq!(err_text(req(&["select", "1"])), "ERR DB index is out of range");
-        assert!(err_text(req(&["flushall"])).starts_with("ERR unknown command 'flushall'"));
+        assert!(err_text(req(&["expire", "k", "1"])).starts_with("ERR unknown command 'expire'"));
         assert!(err_text(req(&["set", "k", "v", "ex", "10"])).contains("not supported"));
         assert!(err_text(req(&["auth", "admin", "pw"])).starts_with("WRONGPASS"));
         assert!(err_text(req(&["client", "kill"])).contains("unknown subcommand"));
@@ -696,6 +866,52 @@ mod tests {
             "ERR wrong number of arguments for 'client|id' command"
         );
         assert_eq!(err_text(req(&["command", "nope"])), "ERR unknown subcommand 'nope'. Try COMMAND HELP.");
+    }
+
+    /// Failure guarded against: KEYS or SCAN MATCH selecting other keys than Redis would, GETRANGE
+    /// other bytes. Invariant: Redis's glob forms (stars, `?`, classes with ranges and negation,
+    /// escapes) and its range arithmetic (negative indices, clamping, empty ranges).
+    #[test]
+    fn glob_patterns_and_ranges_follow_redis() {
+        let m = |p: &str, t: &str| glob_match(p.as_bytes(), t.as_bytes());
+        assert!(m("*", "") && m("*", "anything") && m("h?llo", "hello") && !m("h?llo", "hllo"));
+        assert!(m("h*llo", "heeeello") && m("h*llo", "hllo") && !m("h*llo", "hello!"));
+        assert!(m("h[ae]llo", "hallo") && !m("h[ae]llo", "hillo"));
+        assert!(m("h[^e]llo", "hallo") && !m("h[^e]llo", "hello"));
+        assert!(m("h[a-c]llo", "hbllo") && !m("h[a-c]llo", "hdllo"));
+        assert!(m("key\\*", "key*") && !m("key\\*", "keyx"));
+        assert!(m("*a*b*c*", "xxaxxbxxcxx") && !m("*a*b*c*", "xxaxxcxxbxx") && m("a**", "a"));
+        assert!(!m("abc", "ab") && !m("ab", "abc") && !m("", "a") && m("", ""));
+        assert_eq!(byte_range(5, 0, -1), 0..5);
+        assert_eq!(byte_range(5, -3, -2), 2..4);
+        assert_eq!(byte_range(5, 3, 100), 3..5);
+        assert_eq!(byte_range(5, 4, 2), 0..0);
+        assert_eq!(byte_range(0, 0, -1), 0..0);
+        assert_eq!(byte_range(5, -100, 0), 0..1);
+    }
+
+    #[test]
+    fn keyspace_commands_parse_as_redis() {
+        assert_eq!(req(&["keys", "a*"]), Ok(Request::Keys(b"a*".to_vec())));
+        assert_eq!(
+            req(&["scan", "0", "match", "k*", "count", "100", "type", "string"]),
+            Ok(Request::Scan {
+                cursor: 0,
+                pattern: Some(b"k*".to_vec()),
+                count: 100,
+                kind: Some(b"string".to_vec())
+            })
+        );
+        assert_eq!(err_text(req(&["scan", "x"])), "ERR invalid cursor");
+        assert_eq!(err_text(req(&["scan", "0", "count", "0"])), "ERR syntax error");
+        assert_eq!(err_text(req(&["scan", "0", "match"])), "ERR syntax error");
+        assert_eq!(req(&["getrange", "k", "0", "-1"]), Ok(Request::GetRange(b"k".to_vec(), 0, -1)));
+        assert_eq!(req(&["flushall", "async"]), Ok(Request::Write(Command::flush_all())));
+        assert_eq!(err_text(req(&["flushdb", "later"])), "ERR syntax error");
+        assert_eq!(
+            req(&["setnx", "k", "v"]),
+            Ok(Request::SetNx(Command::set("k", "v", SetCondition::IfAbsent)))
+        );
     }
 
     #[test]

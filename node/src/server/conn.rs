@@ -12,7 +12,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::commands::{
-    COMMANDS, CommandQuery, CommandSpec, LibAttr, Request, command_spec, config_get, parse_request,
+    COMMANDS, CommandQuery, CommandSpec, LibAttr, Request, byte_range, command_spec, config_get, glob_match,
+    parse_request,
 };
 use super::resp::{Limits, Reply, RequestParser};
 use crate::config::Peer;
@@ -118,6 +119,10 @@ struct Session {
     name: Option<Vec<u8>>,
     /// 2 until `HELLO 3`.
     protocol: u8,
+    /// SCAN cursors: each names the key the next page starts at (keys are visited in order, so a
+    /// key present for a whole iteration is returned once, whatever is written meanwhile).
+    scan_cursors: BTreeMap<u64, Vec<u8>>,
+    next_cursor: u64,
 }
 
 async fn serve_client<E: Engine + Send + 'static>(
@@ -140,7 +145,8 @@ async fn serve_client<E: Engine + Send + 'static>(
     };
     ctx.clients().insert(id, entry);
     let _registered = Registered { ctx, id };
-    let mut session = Session { id, authenticated: ctx.requirepass.is_none(), name: None, protocol: 2 };
+    let mut session =
+        Session { id, authenticated: ctx.requirepass.is_none(), protocol: 2, ..Session::default() };
     let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
     let mut out: Vec<u8> = Vec::with_capacity(16 << 10);
     // Pipelining: every whole request in the buffer is dispatched before any reply is awaited, so
@@ -179,12 +185,13 @@ async fn serve_client<E: Engine + Send + 'static>(
                     let clash = |p: &Pending| {
                         matches!(
                             (writes, p),
-                            (Some(true), Pending::Read(_)) | (Some(false), Pending::Write(_))
+                            (Some(true), Pending::Read(_) | Pending::Scan(_))
+                                | (Some(false), Pending::Write(..))
                         )
                     };
                     if queue.iter().any(|(p, _)| clash(p)) {
                         while let Some((pending, protocol)) = queue.pop_front() {
-                            finish(ctx, pending).await.encode_for(&mut out, protocol);
+                            finish(ctx, &mut session, pending).await.encode_for(&mut out, protocol);
                         }
                     }
                     let (pending, closes) = dispatch(ctx, &mut session, args).await;
@@ -202,7 +209,7 @@ async fn serve_client<E: Engine + Send + 'static>(
             }
         }
         while let Some((pending, protocol)) = queue.pop_front() {
-            finish(ctx, pending).await.encode_for(&mut out, protocol);
+            finish(ctx, &mut session, pending).await.encode_for(&mut out, protocol);
         }
         if let Some(e) = protocol_error {
             // As Redis: the protocol error is the last reply, then the connection closes.
@@ -227,23 +234,58 @@ async fn serve_client<E: Engine + Send + 'static>(
 /// A dispatched request: its reply, or what will bring it.
 enum Pending {
     Ready(Reply),
-    /// A write in the raft loop's hands.
-    Write(oneshot::Receiver<Result<fsm::Reply, Refusal>>),
+    /// A write in the raft loop's hands, and how its reply is shaped.
+    Write(oneshot::Receiver<Result<fsm::Reply, Refusal>>, Shape),
     /// A read waiting for its ReadIndex round.
     Read(oneshot::Receiver<Reply>),
+    /// A SCAN page: `[next start key (empty: done), [keys]]`, turned into a cursor at the reply.
+    Scan(oneshot::Receiver<Reply>),
 }
 
+/// How a write's state-machine reply becomes the client's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Plain,
+    /// SETNX: 1 when written, 0 when the key existed.
+    SetNx,
+}
+
+/// SCAN cursors a connection holds at most (the oldest is forgotten first).
+const MAX_SCAN_CURSORS: usize = 1024;
+
 /// Wait for a dispatched request's reply (each waits up to the request timeout from here).
-async fn finish<E: Engine>(ctx: &ClientContext<E>, pending: Pending) -> Reply {
+async fn finish<E: Engine>(ctx: &ClientContext<E>, session: &mut Session, pending: Pending) -> Reply {
     match pending {
         Pending::Ready(reply) => reply,
-        Pending::Write(rx) => {
+        Pending::Write(rx, shape) => {
             let waited = match tokio::time::timeout(ctx.request_timeout, rx).await {
                 Ok(Ok(answer)) => Waited::Answered(answer),
                 Ok(Err(_)) => Waited::Abandoned,
                 Err(_) => Waited::TimedOut,
             };
-            write_reply(waited, ctx.request_timeout)
+            match (shape, write_reply(waited, ctx.request_timeout)) {
+                (Shape::SetNx, Reply::Simple(_)) => Reply::Integer(1),
+                (Shape::SetNx, Reply::Bulk(None)) => Reply::Integer(0),
+                (_, reply) => reply,
+            }
+        }
+        Pending::Scan(rx) => {
+            let page = Box::pin(finish(ctx, session, Pending::Read(rx))).await;
+            let Reply::Array(Some(mut parts)) = page else { return page };
+            let (Some(keys), Some(Reply::Bulk(Some(next)))) = (parts.pop(), parts.pop()) else {
+                return Reply::Error("ERR internal: a malformed SCAN page".into());
+            };
+            let cursor = if next.is_empty() {
+                0
+            } else {
+                session.next_cursor += 1;
+                session.scan_cursors.insert(session.next_cursor, next);
+                while session.scan_cursors.len() > MAX_SCAN_CURSORS {
+                    session.scan_cursors.pop_first();
+                }
+                session.next_cursor
+            };
+            Reply::Array(Some(vec![Reply::Bulk(Some(cursor.to_string().into_bytes())), keys]))
         }
         Pending::Read(rx) => match tokio::time::timeout(ctx.request_timeout, rx).await {
             Ok(Ok(reply)) => reply,
@@ -431,6 +473,82 @@ async fn execute<E: Engine + Send + 'static>(
             );
         }
         Request::DbSize => return Executed::Later(read(ctx, Box::new(|kv| count_keys(kv))).await),
+        Request::SetNx(cmd) => {
+            return Executed::Later(match propose(ctx, cmd).await {
+                Pending::Write(rx, _) => Pending::Write(rx, Shape::SetNx),
+                other => other,
+            });
+        }
+        Request::Type(key) => {
+            return Executed::Later(
+                read(
+                    ctx,
+                    Box::new(move |kv| match kv.get(&key) {
+                        Ok(v) => Reply::Simple(if v.is_some() { "string" } else { "none" }.into()),
+                        Err(e) => read_failed(e),
+                    }),
+                )
+                .await,
+            );
+        }
+        Request::GetRange(key, start, end) => {
+            return Executed::Later(
+                read(
+                    ctx,
+                    Box::new(move |kv| match kv.get(&key) {
+                        Ok(v) => {
+                            let v = v.unwrap_or_default();
+                            Reply::Bulk(Some(v[byte_range(v.len(), start, end)].to_vec()))
+                        }
+                        Err(e) => read_failed(e),
+                    }),
+                )
+                .await,
+            );
+        }
+        Request::Keys(pattern) => {
+            return Executed::Later(
+                read(
+                    ctx,
+                    Box::new(move |kv| match scan_keys(kv, &[], usize::MAX, Some(&pattern)) {
+                        Ok((keys, _)) => {
+                            Reply::Array(Some(keys.into_iter().map(|k| Reply::Bulk(Some(k))).collect()))
+                        }
+                        Err(e) => read_failed(e),
+                    }),
+                )
+                .await,
+            );
+        }
+        Request::Scan { cursor, pattern, count, kind } => {
+            let start = match cursor {
+                0 => Vec::new(),
+                c => match session.scan_cursors.remove(&c) {
+                    Some(start) => start,
+                    None => return Executed::Now(Reply::Error("ERR invalid cursor".into()), false),
+                },
+            };
+            // Only strings exist: TYPE string matches every key, any other type none.
+            let only_strings = kind.as_ref().is_none_or(|k| k.eq_ignore_ascii_case(b"string"));
+            let pending = read(
+                ctx,
+                Box::new(move |kv| match scan_keys(kv, &start, count, pattern.as_deref()) {
+                    Ok((keys, next)) => {
+                        let keys = if only_strings { keys } else { Vec::new() };
+                        Reply::Array(Some(vec![
+                            Reply::Bulk(Some(next.unwrap_or_default())),
+                            Reply::Array(Some(keys.into_iter().map(|k| Reply::Bulk(Some(k))).collect())),
+                        ]))
+                    }
+                    Err(e) => read_failed(e),
+                }),
+            )
+            .await;
+            return Executed::Later(match pending {
+                Pending::Read(rx) => Pending::Scan(rx),
+                other => other,
+            });
+        }
     };
     Executed::Now(reply, false)
 }
@@ -576,6 +694,41 @@ fn bulk(v: Result<Option<Vec<u8>>, fsm::FsmError>) -> Reply {
     v.map_or_else(read_failed, Reply::Bulk)
 }
 
+/// The keys a SCAN page found, and the key the next page starts at (`None`: the keyspace is done).
+type ScanPage = (Vec<Vec<u8>>, Option<Vec<u8>>);
+
+/// Examine up to `budget` keys from `start` (inclusive) in key order, keeping those that match
+/// `pattern`.
+fn scan_keys<E: Engine>(
+    kv: &Kv<E>,
+    start: &[u8],
+    budget: usize,
+    pattern: Option<&[u8]>,
+) -> Result<ScanPage, fsm::FsmError> {
+    const PAGE: usize = 4096;
+    let mut found = Vec::new();
+    let mut from = start.to_vec();
+    let mut left = budget;
+    loop {
+        let page = kv.engine().scan(&from, None, PAGE.min(left))?;
+        let full = page.len() == PAGE.min(left);
+        left -= page.len();
+        let last = page.last().map(|(k, _)| k.clone());
+        found.extend(page.into_iter().map(|(k, _)| k).filter(|k| pattern.is_none_or(|p| glob_match(p, k))));
+        match last {
+            Some(mut last) if full => {
+                // The smallest key after `last`.
+                last.push(0);
+                if left == 0 {
+                    return Ok((found, Some(last)));
+                }
+                from = last;
+            }
+            _ => return Ok((found, None)),
+        }
+    }
+}
+
 fn count_keys<E: Engine>(kv: &Kv<E>) -> Reply {
     const PAGE: usize = 4096;
     let mut n = 0i64;
@@ -610,7 +763,7 @@ async fn propose<E: Engine>(ctx: &ClientContext<E>, cmd: Command) -> Pending {
         // The raft loop is gone and the write never entered its queue.
         return Pending::Ready(Reply::Error(Refusal::NotProposed.to_string()));
     }
-    Pending::Write(rx)
+    Pending::Write(rx, Shape::Plain)
 }
 
 /// How the wait for a write's outcome ended.
