@@ -815,7 +815,14 @@ fn stopping() -> Reply {
 }
 
 /// The resident set size in bytes, where the platform says (Linux: `/proc/self/statm`). Not a
-/// durability-relevant read, so not through `Fs`.
+/// durability-relevant read, so not through `Fs`. Under simulation it is 0: a real process's memory
+/// would make INFO's length, and so a seed's run, depend on the machine.
+#[cfg(madsim)]
+fn resident_bytes() -> u64 {
+    0
+}
+
+#[cfg(not(madsim))]
 fn resident_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
@@ -851,7 +858,8 @@ fn info<E: Engine>(ctx: &ClientContext<E>, asked: &[String]) -> String {
                 ("redis_mode", "standalone".to_string()),
                 ("os", format!("{} {}", std::env::consts::OS, std::env::consts::ARCH)),
                 ("arch_bits", (usize::BITS).to_string()),
-                ("process_id", std::process::id().to_string()),
+                // Under simulation every node shares one real process, whose id differs per run.
+                ("process_id", if cfg!(madsim) { 0 } else { std::process::id() }.to_string()),
                 ("run_id", format!("{:016x}{:024x}", ctx.cluster_id, ctx.node_id)),
                 ("tcp_port", ctx.resp_port.to_string()),
                 ("uptime_in_seconds", uptime.to_string()),
