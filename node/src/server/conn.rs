@@ -194,7 +194,7 @@ async fn serve_client<E: Engine + Send + 'static>(
                             finish(ctx, &mut session, pending).await.encode_for(&mut out, protocol);
                         }
                     }
-                    let (pending, closes) = dispatch(ctx, &mut session, args).await;
+                    let (pending, closes) = execute(ctx, &mut session, args).await;
                     queue.push_back((pending, session.protocol));
                     if closes {
                         quit = true;
@@ -299,41 +299,23 @@ async fn finish<E: Engine>(ctx: &ClientContext<E>, session: &mut Session, pendin
 }
 
 /// Start one request: its reply (or what will bring it), and whether the connection closes after it.
-async fn dispatch<E: Engine + Send + 'static>(
-    ctx: &ClientContext<E>,
-    session: &mut Session,
-    args: Vec<Vec<u8>>,
-) -> (Pending, bool) {
-    let (reply, quit) = match execute(ctx, session, args).await {
-        Executed::Now(reply, quit) => (reply, quit),
-        Executed::Later(pending) => return (pending, false),
-    };
-    (Pending::Ready(reply), quit)
-}
-
-enum Executed {
-    /// Answered on the spot (and whether the connection closes after it).
-    Now(Reply, bool),
-    Later(Pending),
-}
-
 async fn execute<E: Engine + Send + 'static>(
     ctx: &ClientContext<E>,
     session: &mut Session,
     args: Vec<Vec<u8>>,
-) -> Executed {
+) -> (Pending, bool) {
     let req = match parse_request(args) {
         Ok(req) => req,
-        Err(refusal) => return Executed::Now(refusal, false),
+        Err(refusal) => return (Pending::Ready(refusal), false),
     };
     if !session.authenticated && !matches!(req, Request::Auth { .. } | Request::Quit | Request::Hello { .. })
     {
-        return Executed::Now(Reply::Error("NOAUTH Authentication required.".into()), false);
+        return (Pending::Ready(Reply::Error("NOAUTH Authentication required.".into())), false);
     }
     let reply = match req {
         Request::Ping(None) => Reply::Simple("PONG".into()),
         Request::Ping(Some(msg)) | Request::Echo(msg) => Reply::Bulk(Some(msg)),
-        Request::Quit => return Executed::Now(Reply::ok(), true),
+        Request::Quit => return (Pending::Ready(Reply::ok()), true),
         Request::Select => Reply::ok(),
         Request::Auth { password } => match check_password(ctx, &password) {
             Ok(()) => {
@@ -346,24 +328,24 @@ async fn execute<E: Engine + Send + 'static>(
             if let Some(password) = auth {
                 match check_password(ctx, &password) {
                     Ok(()) => session.authenticated = true,
-                    Err(refusal) => return Executed::Now(refusal, false),
+                    Err(refusal) => return (Pending::Ready(refusal), false),
                 }
             }
             if !session.authenticated {
-                return Executed::Now(
-                    Reply::Error(
+                return (
+                    Pending::Ready(Reply::Error(
                         "NOAUTH HELLO must be called with the client already authenticated, otherwise the \
                          HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and \
                          select the RESP protocol version at the same time"
                             .into(),
-                    ),
+                    )),
                     false,
                 );
             }
             if let Some(name) = name
                 && let Err(refusal) = set_name(ctx, session, name)
             {
-                return Executed::Now(refusal, false);
+                return (Pending::Ready(refusal), false);
             }
             if let Some(p) = protocol {
                 session.protocol = p;
@@ -422,22 +404,13 @@ async fn execute<E: Engine + Send + 'static>(
                 .collect(),
         ),
         Request::Info(sections) => Reply::Bulk(Some(info(ctx, &sections).into_bytes())),
-        Request::Write(cmd) => return Executed::Later(propose(ctx, cmd).await),
-        Request::Get(key) => return Executed::Later(read(ctx, Box::new(move |kv| bulk(kv.get(&key)))).await),
+        Request::Write(cmd) => return (propose(ctx, cmd).await, false),
+        Request::Get(key) => return (read_value(ctx, key, Reply::Bulk).await, false),
         Request::StrLen(key) => {
-            return Executed::Later(
-                read(
-                    ctx,
-                    Box::new(move |kv| match kv.get(&key) {
-                        Ok(v) => Reply::Integer(v.map_or(0, |v| v.len() as i64)),
-                        Err(e) => read_failed(e),
-                    }),
-                )
-                .await,
-            );
+            return (read_value(ctx, key, |v| Reply::Integer(v.map_or(0, |v| v.len() as i64))).await, false);
         }
         Request::MGet(keys) => {
-            return Executed::Later(
+            return (
                 read(
                     ctx,
                     Box::new(move |kv| {
@@ -452,10 +425,11 @@ async fn execute<E: Engine + Send + 'static>(
                     }),
                 )
                 .await,
+                false,
             );
         }
         Request::Exists(keys) => {
-            return Executed::Later(
+            return (
                 read(
                     ctx,
                     Box::new(move |kv| {
@@ -470,44 +444,32 @@ async fn execute<E: Engine + Send + 'static>(
                     }),
                 )
                 .await,
+                false,
             );
         }
-        Request::DbSize => return Executed::Later(read(ctx, Box::new(|kv| count_keys(kv))).await),
+        Request::DbSize => return (read(ctx, Box::new(|kv| count_keys(kv))).await, false),
         Request::SetNx(cmd) => {
-            return Executed::Later(match propose(ctx, cmd).await {
-                Pending::Write(rx, _) => Pending::Write(rx, Shape::SetNx),
-                other => other,
-            });
+            return (
+                match propose(ctx, cmd).await {
+                    Pending::Write(rx, _) => Pending::Write(rx, Shape::SetNx),
+                    other => other,
+                },
+                false,
+            );
         }
         Request::Type(key) => {
-            return Executed::Later(
-                read(
-                    ctx,
-                    Box::new(move |kv| match kv.get(&key) {
-                        Ok(v) => Reply::Simple(if v.is_some() { "string" } else { "none" }.into()),
-                        Err(e) => read_failed(e),
-                    }),
-                )
-                .await,
-            );
+            let kind = |v: Option<Vec<u8>>| Reply::Simple(if v.is_some() { "string" } else { "none" }.into());
+            return (read_value(ctx, key, kind).await, false);
         }
         Request::GetRange(key, start, end) => {
-            return Executed::Later(
-                read(
-                    ctx,
-                    Box::new(move |kv| match kv.get(&key) {
-                        Ok(v) => {
-                            let v = v.unwrap_or_default();
-                            Reply::Bulk(Some(v[byte_range(v.len(), start, end)].to_vec()))
-                        }
-                        Err(e) => read_failed(e),
-                    }),
-                )
-                .await,
-            );
+            let range = move |v: Option<Vec<u8>>| {
+                let v = v.unwrap_or_default();
+                Reply::Bulk(Some(v[byte_range(v.len(), start, end)].to_vec()))
+            };
+            return (read_value(ctx, key, range).await, false);
         }
         Request::Keys(pattern) => {
-            return Executed::Later(
+            return (
                 read(
                     ctx,
                     Box::new(move |kv| match scan_keys(kv, &[], usize::MAX, Some(&pattern)) {
@@ -518,6 +480,7 @@ async fn execute<E: Engine + Send + 'static>(
                     }),
                 )
                 .await,
+                false,
             );
         }
         Request::Scan { cursor, pattern, count, kind } => {
@@ -525,7 +488,7 @@ async fn execute<E: Engine + Send + 'static>(
                 0 => Vec::new(),
                 c => match session.scan_cursors.remove(&c) {
                     Some(start) => start,
-                    None => return Executed::Now(Reply::Error("ERR invalid cursor".into()), false),
+                    None => return (Pending::Ready(Reply::Error("ERR invalid cursor".into())), false),
                 },
             };
             // Only strings exist: TYPE string matches every key, any other type none.
@@ -544,13 +507,16 @@ async fn execute<E: Engine + Send + 'static>(
                 }),
             )
             .await;
-            return Executed::Later(match pending {
-                Pending::Read(rx) => Pending::Scan(rx),
-                other => other,
-            });
+            return (
+                match pending {
+                    Pending::Read(rx) => Pending::Scan(rx),
+                    other => other,
+                },
+                false,
+            );
         }
     };
-    Executed::Now(reply, false)
+    (Pending::Ready(reply), false)
 }
 
 /// AUTH's check, shared with HELLO … AUTH.
@@ -690,10 +656,6 @@ fn read_failed(e: fsm::FsmError) -> Reply {
     Reply::Error(format!("ERR read failed: {e}"))
 }
 
-fn bulk(v: Result<Option<Vec<u8>>, fsm::FsmError>) -> Reply {
-    v.map_or_else(read_failed, Reply::Bulk)
-}
-
 /// The keys a SCAN page found, and the key the next page starts at (`None`: the keyspace is done).
 type ScanPage = (Vec<Vec<u8>>, Option<Vec<u8>>);
 
@@ -806,6 +768,15 @@ async fn read<E: Engine>(ctx: &ClientContext<E>, read: ReadFn<E>) -> Pending {
         return Pending::Ready(stopping());
     }
     Pending::Read(rx)
+}
+
+/// A read of one key's value, answered by `answer` (a failed read is an error reply).
+async fn read_value<E: Engine>(
+    ctx: &ClientContext<E>,
+    key: Vec<u8>,
+    answer: impl FnOnce(Option<Vec<u8>>) -> Reply + Send + 'static,
+) -> Pending {
+    read(ctx, Box::new(move |kv| kv.get(&key).map_or_else(read_failed, answer))).await
 }
 
 /// A read the node could not serve because it is stopping (a read changes nothing, so failing it is
