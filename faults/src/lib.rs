@@ -17,6 +17,8 @@
 //! Every fault path that fires is counted in [`SimFs::coverage`], so a test can show that the fault it
 //! names actually happened. All settings live in [`SimFsOptions`]; all randomness comes from the seed.
 
+#[cfg(feature = "fuse")]
+pub mod fuse;
 mod options;
 mod simfs;
 

@@ -130,6 +130,11 @@ pub enum FaultEffect {
     /// The operation succeeds but one random bit of the bytes it touched flips on the media and in
     /// the cache alike (silent corruption, latent sector error). Applies to reads and writes.
     BitFlip,
+    /// The operation fails with `ENOSPC` although the disk is not full by its capacity (a quota, a
+    /// thin-provisioned volume, delayed allocation failing at write-back). A failed write writes
+    /// nothing; a failed sync loses dirty sectors as `EIO` does (Linux reports both as a write-back
+    /// error).
+    Enospc,
 }
 
 /// One injected fault: which operations on which paths, how often, from when, how many times.

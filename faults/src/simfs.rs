@@ -371,6 +371,8 @@ struct OpMatch {
     pattern: String,
     /// Matching operations to let pass before the one the crash lands on.
     skip: u64,
+    /// Operations on paths matching this glob never count (and the crash never lands on them).
+    exclude: Option<String>,
 }
 
 /// A coverage key for a crash that landed right after an operation of this kind.
@@ -430,6 +432,8 @@ struct State {
     /// Set once a checker wants the observations: stamps each with the simulation's time. Until then
     /// nothing is kept (a disk in a unit test would only pile them up).
     clock: Option<fn() -> u64>,
+    /// Print every durability operation to stderr (debugging a crash exploration).
+    trace: bool,
 }
 
 /// What a failpoint does when it fires (see `durakv::failpoint` for the names).
@@ -498,6 +502,7 @@ impl SimFs {
                 canaries: Default::default(),
                 observations: Vec::new(),
                 clock: None,
+                trace: false,
             })),
         })
     }
@@ -543,7 +548,7 @@ impl SimFs {
         nth: u64,
         kind: CrashKind,
     ) {
-        let on = OpMatch { op, pattern: pattern.to_string(), skip: nth.max(1) - 1 };
+        let on = OpMatch { op, pattern: pattern.to_string(), skip: nth.max(1) - 1, exclude: None };
         self.lock().armed =
             Some(Armed { at_op: after_op, kind, torn: TornWrite::Random, on: Some(on), after: true });
     }
@@ -553,6 +558,23 @@ impl SimFs {
     /// loses power together. One-shot; replaces earlier companions.
     pub fn crash_together_with(&self, others: Vec<SimFs>) {
         self.lock().companions = others;
+    }
+
+    /// A crash from outside (an operator's power cut of a mounted disk, see `crate::fuse`): the
+    /// crash happens now and every operation fails until [`SimFs::resume`], like an armed crash that
+    /// fired, but without companions or the halt hook (whoever cuts the power stops the processes).
+    /// A no-op when already halted.
+    pub fn cut(&self, kind: CrashKind) {
+        let mut s = self.lock();
+        if !s.halted {
+            s.crash(kind);
+            s.halted = true;
+        }
+    }
+
+    /// The capacity this disk was given (`None`: unlimited).
+    pub fn capacity(&self) -> Option<u64> {
+        self.lock().opts.capacity_bytes
     }
 
     /// Run `hook` whenever an injected crash halts this disk's process (the harness kills the
@@ -616,8 +638,24 @@ impl SimFs {
     /// `pattern` (a glob whose `*` matches any run of characters, `/` included): an OOM-kill that lands while
     /// the process writes that file. Like [`SimFs::arm_crash`] otherwise.
     pub fn arm_crash_on_write(&self, after_op: u64, pattern: &str, kind: CrashKind, torn: TornWrite) {
-        let on = OpMatch { op: Some(OpKind::Write), pattern: pattern.to_string(), skip: 0 };
+        let on = OpMatch { op: Some(OpKind::Write), pattern: pattern.to_string(), skip: 0, exclude: None };
         self.lock().armed = Some(Armed { at_op: after_op, kind, torn, on: Some(on), after: false });
+    }
+
+    /// Crash during the `nth` (0-based) durability operation from now on whose path does not match
+    /// `exclude` (a glob): like [`SimFs::arm_crash`], but counting only the operations that matter.
+    /// A crash exploration of a program whose diagnostics log (RocksDB's `LOG`) writes a line per
+    /// event would otherwise spend most of its crash points inside that log.
+    pub fn arm_crash_skipping(&self, nth: u64, exclude: &str, kind: CrashKind, torn: TornWrite) {
+        let mut s = self.lock();
+        let on = OpMatch { op: None, pattern: "*".into(), skip: nth, exclude: Some(exclude.to_string()) };
+        let at_op = s.ops_done;
+        s.armed = Some(Armed { at_op, kind, torn, on: Some(on), after: false });
+    }
+
+    /// Print every durability operation (number, kind, path) to stderr from now on.
+    pub fn set_trace(&self, on: bool) {
+        self.lock().trace = on;
     }
 
     /// Is a crash armed that has not fired yet?
@@ -875,6 +913,9 @@ impl State {
         }
         let this_op = self.ops_done;
         self.ops_done += 1;
+        if self.trace {
+            eprintln!("simfs op {this_op}: {op:?} {}", path.display());
+        }
         if let Some(kind) = self.after_next.take() {
             self.after_this = Some((kind, op));
         }
@@ -886,7 +927,8 @@ impl State {
                     let matches = this_op >= a.at_op
                         && m.op.is_none_or(|k| k == op)
                         && (a.after || a.torn != TornWrite::Partial || pieces >= 2)
-                        && glob_match(&m.pattern, &path.to_string_lossy());
+                        && glob_match(&m.pattern, &path.to_string_lossy())
+                        && m.exclude.as_deref().is_none_or(|x| !glob_match(x, &path.to_string_lossy()));
                     if matches && m.skip > 0 {
                         m.skip -= 1;
                         false
@@ -918,6 +960,10 @@ impl State {
                 _ => "fault.eio.other",
             });
             return Err(os_err(libc::EIO));
+        }
+        if self.fire(FaultEffect::Enospc, op, path) {
+            self.cover("fault.enospc");
+            return Err(os_err(libc::ENOSPC));
         }
         Ok(())
     }
@@ -957,12 +1003,32 @@ impl State {
         self.generation += 1;
         self.last_crash = kind;
         match kind {
-            CrashKind::ProcessKill => self.cover("crash.process_kill"),
+            CrashKind::ProcessKill => {
+                self.cover("crash.process_kill");
+                self.drop_unreachable();
+            }
             CrashKind::PowerLoss => {
                 self.cover("crash.power_loss");
                 self.power_loss();
             }
         }
+    }
+
+    /// Free files no directory names, in the cache or on the media: their last handle died with the
+    /// process (a long-lived mounted disk would otherwise keep every deleted file's bytes). A file
+    /// whose removal is not durable yet stays, since a power loss brings its entry back.
+    fn drop_unreachable(&mut self) {
+        let mut reachable = std::collections::BTreeSet::new();
+        let mut stack = vec![ROOT];
+        while let Some(ino) = stack.pop() {
+            if !reachable.insert(ino) {
+                continue;
+            }
+            if let Some(Inode::Dir(d)) = self.inodes.get(&ino) {
+                stack.extend(d.children.values().chain(d.durable_children.values()).copied());
+            }
+        }
+        self.inodes.retain(|ino, _| reachable.contains(ino));
     }
 
     fn power_loss(&mut self) {
@@ -1235,7 +1301,7 @@ impl SimFile {
         let s = self.live(&mut g)?;
         let armed = match s.begin(OpKind::Sync, &self.path) {
             Ok(a) => a,
-            Err(e) if e.raw_os_error() == Some(libc::EIO) => {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EIO | libc::ENOSPC)) => {
                 // fsyncgate: each dirty sector independently reached the media or was forgotten
                 // (marked clean but never written back).
                 let sector = s.sector();

@@ -127,7 +127,13 @@ impl RocksEngine {
                 let _ = std::fs::remove_dir_all(root.join(&entry.name));
             }
         }
-        let db = DB::open(&options(), root.join(&live)).map_err(rocks)?;
+        // RocksDB fsyncs the files and the directory of a database, never the directory that names
+        // it: a power loss after the first synced write could take `db-0` itself away, and
+        // `create_if_missing` would then open an empty database in its place (found by
+        // rocks_powerloss.rs). Its name is made durable here, before anything in it is acknowledged.
+        let live_dir = root.join(&live);
+        crate::io::ensure_dir_durable(&fs, &live_dir).map_err(io(&live_dir))?;
+        let db = DB::open(&options(), &live_dir).map_err(rocks)?;
         Ok(RocksEngine {
             db: RwLock::new(LiveDb::new(db)),
             root: root.to_path_buf(),
