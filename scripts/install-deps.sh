@@ -4,6 +4,9 @@
 #   protobuf-compiler     protoc, for raft-rs's prost codec
 #   redis-tools           redis-cli and redis-benchmark: `make run` tells you to connect with them
 #   chromium              headless, renders `durakv-sim explain`'s timeline in sim/tests/explain.rs
+#   fuse3                 fusermount3 and the FUSE tools: the mounted simulated disk (durakv-disk) under
+#                         RocksDB and the real binary (faults/tests/fuse_mount.rs, rocks_powerloss.rs,
+#                         make powercut); /dev/fuse itself comes from the kernel (modprobe fuse)
 #   redis-py 8 (pip)      a current client library with its default settings, in node/tests/node_inputs.rs
 #   rustfmt, clippy       part of `make test`
 set -euo pipefail
@@ -17,6 +20,7 @@ command -v g++ >/dev/null 2>&1 || need+=(g++)
 command -v make >/dev/null 2>&1 || need+=(make)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
 
 if ((${#need[@]})); then
     echo "install-deps: installing Debian packages: ${need[*]}"
