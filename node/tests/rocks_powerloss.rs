@@ -283,3 +283,63 @@ fn a_synced_write_to_a_new_engine_survives_power_loss() {
     assert_eq!(e.applied_index().expect("applied index"), Some(1), "the synced write was lost");
     assert_eq!(e.get(b"b1").expect("get"), Some(value(1)));
 }
+
+/// Failure injected: `EIO` on one fsync of RocksDB's WAL (fsyncgate: the failed sync forgets some of
+/// its dirty sectors while the page cache still shows them), then a process kill, more synced writes,
+/// and a power loss that drops every unsynced sector. Invariants (D10 on RocksDB): the failed write
+/// is an error and the engine refuses every later write (fail-stop, never skipping the entry); after
+/// the restart the applied index equals the data and is the failed entry or the one before (the raft
+/// log re-delivers it); what was synced after the restart survives the power loss with no hole below
+/// it.
+#[test]
+fn a_failed_wal_fsync_stops_rocksdb_and_leaves_no_hole_after_power_loss() {
+    if !fuse_or_skip("a_failed_wal_fsync_stops_rocksdb_and_leaves_no_hole_after_power_loss") {
+        return;
+    }
+    let mut m = mount(11, SectorOdds::new(0, 1, 0).expect("odds"));
+    let root = m.disk.dir().join("fsm");
+    let e = RocksEngine::open(&root).expect("open");
+    for i in 1..=3 {
+        e.write(&batch(i), WriteMode::Sync).expect("write before the fault");
+    }
+    let rule =
+        durakv_faults::FaultRule::always(durakv_faults::FaultEffect::Eio, &[durakv_faults::OpKind::Sync])
+            .on_path("*.log")
+            .expect("glob")
+            .after_ops(m.disk.disk().ops_done())
+            .max_fires(1);
+    m.disk.disk().add_rule(rule).expect("rule");
+    let mut failed_at = None;
+    for i in 4..=20 {
+        // NoSync writes reach the page cache; the Sync one after them fails its fsync.
+        let mode = if i % 3 == 0 { WriteMode::Sync } else { WriteMode::NoSync };
+        if e.write(&batch(i), mode).is_err() {
+            failed_at = Some(i);
+            break;
+        }
+    }
+    let failed_at = failed_at.expect("the injected EIO reached the engine");
+    assert!(
+        e.write(&batch(failed_at + 1), WriteMode::Sync).is_err(),
+        "RocksDB took a write after a failed fsync"
+    );
+    drop(e);
+    assert_eq!(m.disk.disk().coverage().get("fault.eio.sync.lost_pages"), Some(&1));
+    m.disk.disk().cut(CrashKind::ProcessKill);
+    m.disk.restart().expect("remount");
+    let steps: Vec<Step> = (1..=40).map(|i| Step::Write(i, WriteMode::Sync)).collect();
+    let e = RocksEngine::open(&root).expect("restart after the failed fsync");
+    let n = e.applied_index().expect("applied index").unwrap_or(0);
+    assert!(n == failed_at || n == failed_at - 1, "applied {n} after a failure at {failed_at}");
+    assert_eq!(state_of(&e), expected(&steps, n), "the data does not match applied index {n}");
+    for i in n + 1..=n + 5 {
+        e.write(&batch(i), WriteMode::Sync).expect("write after the restart");
+    }
+    drop(e);
+    m.disk.disk().cut(CrashKind::PowerLoss);
+    m.disk.restart().expect("remount");
+    let e = RocksEngine::open(&root).expect("recovery after the power loss");
+    let after = e.applied_index().expect("applied index").unwrap_or(0);
+    assert_eq!(after, n + 5, "a synced write after the restart was lost (applied {after})");
+    assert_eq!(state_of(&e), expected(&steps, after), "a hole below applied index {after}");
+}
