@@ -285,6 +285,43 @@ fn keyspace_commands_answer_as_redis() {
     assert_eq!(bad, "-ERR invalid cursor\r\n");
 }
 
+/// The string and keyspace writes added for Redis's own test units (GETSET, SET … GET, GETDEL,
+/// RENAME/RENAMENX, COPY, MSETNX, SETRANGE, INCRBYFLOAT) answer as Redis 7.2 does, through raft.
+#[test]
+fn string_writes_answer_as_redis() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = One::start(dir.path(), &[]);
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}/", node.resp)).expect("url");
+    let mut con = client.get_connection_with_timeout(Duration::from_secs(5)).expect("connection");
+    let old: Option<String> = redis::cmd("GETSET").arg("k").arg("1").query(&mut con).expect("GETSET");
+    assert_eq!(old, None);
+    let old: Option<String> =
+        redis::cmd("SET").arg("k").arg("2").arg("NX").arg("GET").query(&mut con).expect("SET GET");
+    assert_eq!(old.as_deref(), Some("1"));
+    let gone: Option<String> = redis::cmd("GETDEL").arg("k").query(&mut con).expect("GETDEL");
+    assert_eq!(gone.as_deref(), Some("1"));
+    let err = redis::cmd("RENAME").arg("k").arg("j").query::<()>(&mut con).expect_err("RENAME of nothing");
+    assert!(err.to_string().contains("no such key"), "{err}");
+    redis::cmd("MSET").arg("a").arg("x").arg("b").arg("y").query::<()>(&mut con).expect("MSET");
+    let nx: i64 = redis::cmd("RENAMENX").arg("a").arg("b").query(&mut con).expect("RENAMENX");
+    assert_eq!(nx, 0);
+    redis::cmd("RENAME").arg("a").arg("c").query::<()>(&mut con).expect("RENAME");
+    let copied: i64 = redis::cmd("COPY").arg("c").arg("b").arg("REPLACE").query(&mut con).expect("COPY");
+    let b: String = redis::cmd("GET").arg("b").query(&mut con).expect("GET");
+    assert_eq!((copied, b.as_str()), (1, "x"));
+    let all: i64 = redis::cmd("MSETNX").arg("m1").arg("1").arg("b").arg("2").query(&mut con).expect("MSETNX");
+    let m1: Option<String> = redis::cmd("GET").arg("m1").query(&mut con).expect("GET");
+    assert_eq!((all, m1), (0, None));
+    let len: i64 = redis::cmd("SETRANGE").arg("r").arg(6).arg("World").query(&mut con).expect("SETRANGE");
+    let r: Vec<u8> = redis::cmd("GET").arg("r").query(&mut con).expect("GET");
+    assert_eq!((len, r), (11, b"\0\0\0\0\0\0World".to_vec()));
+    let f: String = redis::cmd("INCRBYFLOAT").arg("f").arg("10.50").query(&mut con).expect("INCRBYFLOAT");
+    let g: String = redis::cmd("INCRBYFLOAT").arg("f").arg("0.1").query(&mut con).expect("INCRBYFLOAT");
+    assert_eq!((f.as_str(), g.as_str()), ("10.5", "10.6"));
+    let bad = node.exchange(b"*3\r\n$11\r\nINCRBYFLOAT\r\n$1\r\nf\r\n$3\r\nabc\r\n");
+    assert_eq!(bad, "-ERR value is not a valid float\r\n");
+}
+
 #[test]
 fn requirepass_refuses_unauthenticated_clients_and_wrong_passwords() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -64,7 +64,7 @@ pub enum SetCondition {
 /// A client command as stored in a raft entry.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Command {
-    #[prost(oneof = "command::Kind", tags = "1, 2, 3, 4, 5, 6")]
+    #[prost(oneof = "command::Kind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12")]
     pub kind: Option<command::Kind>,
 }
 
@@ -84,6 +84,68 @@ pub mod command {
         Append(Append),
         #[prost(message, tag = "6")]
         FlushAll(FlushAll),
+        #[prost(message, tag = "7")]
+        GetDel(GetDel),
+        #[prost(message, tag = "8")]
+        Rename(Rename),
+        #[prost(message, tag = "9")]
+        Copy(Copy),
+        #[prost(message, tag = "10")]
+        MSetNx(MSet),
+        #[prost(message, tag = "11")]
+        SetRange(SetRange),
+        #[prost(message, tag = "12")]
+        IncrByFloat(IncrByFloat),
+    }
+
+    /// GETDEL key: the value, and the key deleted.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct GetDel {
+        #[prost(bytes = "vec", tag = "1")]
+        pub key: Vec<u8>,
+    }
+
+    /// RENAME / RENAMENX from to.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Rename {
+        #[prost(bytes = "vec", tag = "1")]
+        pub from: Vec<u8>,
+        #[prost(bytes = "vec", tag = "2")]
+        pub to: Vec<u8>,
+        /// RENAMENX: only when `to` does not exist (answered 1 or 0).
+        #[prost(bool, tag = "3")]
+        pub if_absent: bool,
+    }
+
+    /// COPY from to [REPLACE].
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Copy {
+        #[prost(bytes = "vec", tag = "1")]
+        pub from: Vec<u8>,
+        #[prost(bytes = "vec", tag = "2")]
+        pub to: Vec<u8>,
+        #[prost(bool, tag = "3")]
+        pub replace: bool,
+    }
+
+    /// SETRANGE key offset value.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct SetRange {
+        #[prost(bytes = "vec", tag = "1")]
+        pub key: Vec<u8>,
+        #[prost(uint64, tag = "2")]
+        pub offset: u64,
+        #[prost(bytes = "vec", tag = "3")]
+        pub value: Vec<u8>,
+    }
+
+    /// INCRBYFLOAT key increment. IEEE 754 double arithmetic gives the same bits on every replica.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct IncrByFloat {
+        #[prost(bytes = "vec", tag = "1")]
+        pub key: Vec<u8>,
+        #[prost(double, tag = "2")]
+        pub increment: f64,
     }
 
     /// FLUSHALL / FLUSHDB: every key, in one atomic batch.
@@ -99,6 +161,9 @@ pub mod command {
         pub value: Vec<u8>,
         #[prost(enumeration = "super::SetCondition", tag = "3")]
         pub condition: i32,
+        /// SET … GET (and GETSET): answer the previous value.
+        #[prost(bool, tag = "4")]
+        pub get: bool,
     }
 
     /// DEL key [key …], one atomic batch.
@@ -145,8 +210,46 @@ pub mod command {
 
 impl Command {
     pub fn set(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>, condition: SetCondition) -> Self {
-        let set = command::Set { key: key.into(), value: value.into(), condition: condition as i32 };
+        let set =
+            command::Set { key: key.into(), value: value.into(), condition: condition as i32, get: false };
         Command { kind: Some(command::Kind::Set(set)) }
+    }
+
+    /// SET … GET / GETSET: like [`Command::set`], answering the previous value.
+    pub fn set_get(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>, condition: SetCondition) -> Self {
+        let set =
+            command::Set { key: key.into(), value: value.into(), condition: condition as i32, get: true };
+        Command { kind: Some(command::Kind::Set(set)) }
+    }
+
+    pub fn get_del(key: impl Into<Vec<u8>>) -> Self {
+        Command { kind: Some(command::Kind::GetDel(command::GetDel { key: key.into() })) }
+    }
+
+    pub fn rename(from: impl Into<Vec<u8>>, to: impl Into<Vec<u8>>, if_absent: bool) -> Self {
+        let rename = command::Rename { from: from.into(), to: to.into(), if_absent };
+        Command { kind: Some(command::Kind::Rename(rename)) }
+    }
+
+    pub fn copy(from: impl Into<Vec<u8>>, to: impl Into<Vec<u8>>, replace: bool) -> Self {
+        Command {
+            kind: Some(command::Kind::Copy(command::Copy { from: from.into(), to: to.into(), replace })),
+        }
+    }
+
+    pub fn mset_nx(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Self {
+        let pairs = pairs.into_iter().map(|(key, value)| command::KeyValue { key, value }).collect();
+        Command { kind: Some(command::Kind::MSetNx(command::MSet { pairs })) }
+    }
+
+    pub fn set_range(key: impl Into<Vec<u8>>, offset: u64, value: impl Into<Vec<u8>>) -> Self {
+        let range = command::SetRange { key: key.into(), offset, value: value.into() };
+        Command { kind: Some(command::Kind::SetRange(range)) }
+    }
+
+    pub fn incr_by_float(key: impl Into<Vec<u8>>, increment: f64) -> Self {
+        let incr = command::IncrByFloat { key: key.into(), increment };
+        Command { kind: Some(command::Kind::IncrByFloat(incr)) }
     }
 
     pub fn del(keys: Vec<Vec<u8>>) -> Self {
@@ -187,6 +290,8 @@ pub enum Reply {
     NotWritten,
     /// An integer result: DEL's count, INCRBY's new value, APPEND's new length.
     Int(i64),
+    /// A value, or nil: SET … GET's and GETDEL's previous value, INCRBYFLOAT's result.
+    Value(Option<Vec<u8>>),
     /// A deterministic command error; the entry was applied as a no-op.
     Error(String),
     /// The entry was at or below the applied index (replay after restart): nothing was done.
@@ -303,19 +408,23 @@ impl<E: Engine> Kv<E> {
             None => Reply::Error("ERR empty command".into()),
             Some(Kind::Set(set)) => {
                 let condition = SetCondition::from_i32(set.condition).unwrap_or(SetCondition::Always);
-                let exists = match condition {
-                    SetCondition::Always => None,
-                    _ => Some(self.engine.get(&set.key)?.is_some()),
+                let old = match (condition, set.get) {
+                    (SetCondition::Always, false) => None,
+                    _ => Some(self.engine.get(&set.key)?),
                 };
+                let exists = old.as_ref().map(Option::is_some);
                 let write = !matches!(
                     (condition, exists),
                     (SetCondition::IfAbsent, Some(true)) | (SetCondition::IfPresent, Some(false))
                 );
                 if write {
                     batch.put(set.key.clone(), set.value.clone());
-                    Reply::Ok
-                } else {
-                    Reply::NotWritten
+                }
+                match (set.get, write) {
+                    // As Redis: SET … GET answers the old value whether or not it wrote.
+                    (true, _) => Reply::Value(old.flatten()),
+                    (false, true) => Reply::Ok,
+                    (false, false) => Reply::NotWritten,
                 }
             }
             Some(Kind::Del(del)) => {
@@ -354,6 +463,95 @@ impl<E: Engine> Kv<E> {
                 batch.delete_range(Vec::new(), None);
                 Reply::Ok
             }
+            Some(Kind::GetDel(g)) => {
+                let old = self.engine.get(&g.key)?;
+                if old.is_some() {
+                    batch.delete(g.key.clone());
+                }
+                Reply::Value(old)
+            }
+            Some(Kind::Rename(r)) => match self.engine.get(&r.from)? {
+                None => Reply::Error("ERR no such key".into()),
+                Some(_) if r.if_absent && self.engine.get(&r.to)?.is_some() => Reply::Int(0),
+                Some(value) => {
+                    // Renaming a key onto itself changes nothing (Redis answers OK, or 0 for NX).
+                    if r.from != r.to {
+                        batch.delete(r.from.clone());
+                        batch.put(r.to.clone(), value);
+                    }
+                    match (r.if_absent, r.from == r.to) {
+                        (true, true) => Reply::Int(0),
+                        (true, false) => Reply::Int(1),
+                        (false, _) => Reply::Ok,
+                    }
+                }
+            },
+            Some(Kind::Copy(c)) => match self.engine.get(&c.from)? {
+                None => Reply::Int(0),
+                Some(_) if c.from == c.to => Reply::Int(0),
+                Some(_) if !c.replace && self.engine.get(&c.to)?.is_some() => Reply::Int(0),
+                Some(value) => {
+                    batch.put(c.to.clone(), value);
+                    Reply::Int(1)
+                }
+            },
+            Some(Kind::MSetNx(mset)) => {
+                let mut any = false;
+                for kv in &mset.pairs {
+                    any |= self.engine.get(&kv.key)?.is_some();
+                }
+                if any {
+                    Reply::Int(0)
+                } else {
+                    for kv in &mset.pairs {
+                        batch.put(kv.key.clone(), kv.value.clone());
+                    }
+                    Reply::Int(1)
+                }
+            }
+            Some(Kind::SetRange(r)) => {
+                let current = self.engine.get(&r.key)?;
+                let end = usize::try_from(r.offset)
+                    .ok()
+                    .and_then(|o| o.checked_add(r.value.len()))
+                    .filter(|&end| end <= MAX_VALUE_BYTES);
+                match end {
+                    // Nothing to write: the length as it is, and no key created.
+                    _ if r.value.is_empty() => Reply::Int(current.map_or(0, |v| v.len() as i64)),
+                    None => {
+                        Reply::Error("ERR string exceeds maximum allowed size (proto-max-bulk-len)".into())
+                    }
+                    Some(end) => {
+                        let mut value = current.unwrap_or_default();
+                        if value.len() < end {
+                            value.resize(end, 0);
+                        }
+                        value[end - r.value.len()..end].copy_from_slice(&r.value);
+                        let len = value.len() as i64;
+                        batch.put(r.key.clone(), value);
+                        Reply::Int(len)
+                    }
+                }
+            }
+            Some(Kind::IncrByFloat(f)) => {
+                let current = match self.engine.get(&f.key)? {
+                    None => Some(0.0),
+                    Some(v) => parse_redis_float(&v),
+                };
+                match current {
+                    None => Reply::Error("ERR value is not a valid float".into()),
+                    Some(c) => {
+                        let n = c + f.increment;
+                        if n.is_finite() {
+                            let text = format_redis_float(n).into_bytes();
+                            batch.put(f.key.clone(), text.clone());
+                            Reply::Value(Some(text))
+                        } else {
+                            Reply::Error("ERR increment would produce NaN or Infinity".into())
+                        }
+                    }
+                }
+            }
             Some(Kind::Append(app)) => {
                 let mut value = self.engine.get(&app.key)?.unwrap_or_default();
                 match appended_len(value.len(), app.value.len()) {
@@ -372,6 +570,31 @@ impl<E: Engine> Kv<E> {
     }
 }
 
+/// A float as Redis reads one (`string2ld`): the whole string, no leading space, no NaN; infinities
+/// are read (and then refused as a result).
+pub fn parse_redis_float(bytes: &[u8]) -> Option<f64> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    if text.is_empty() || text.starts_with(|c: char| c.is_ascii_whitespace()) || text.len() > 5000 {
+        return None;
+    }
+    let lower = text.to_ascii_lowercase();
+    let body = lower.trim_start_matches(['+', '-']);
+    if body.starts_with("nan") {
+        return None;
+    }
+    text.parse::<f64>().ok().filter(|v| !v.is_nan())
+}
+
+/// INCRBYFLOAT's result as text: the shortest decimal that reads back as the same double, never in
+/// exponent form, without a trailing `.0` (Redis prints `10.5`, `3`, `5000`).
+pub fn format_redis_float(v: f64) -> String {
+    let text = format!("{v}");
+    match text.strip_suffix(".0") {
+        Some(int) => int.to_string(),
+        None => text,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -379,6 +602,85 @@ mod tests {
     /// Failure guarded against: APPENDs growing a value past what a snapshot record may hold (a
     /// snapshot no node could restore). Invariant: the result is refused above the value limit, at
     /// exactly the limit it is taken, and the sum never overflows.
+    fn kv() -> (tempfile::TempDir, Kv<crate::fsm::SimEngine>) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let fs: std::sync::Arc<dyn crate::io::Fs> = std::sync::Arc::new(crate::io::RealFs::new());
+        let engine = crate::fsm::SimEngine::open(fs, &dir.path().join("fsm"), Default::default())
+            .expect("open an engine on an empty directory");
+        (dir, Kv::new(engine, FsmSync::NoSync).expect("fresh state machine"))
+    }
+
+    fn apply(kv: &mut Kv<crate::fsm::SimEngine>, cmd: Command) -> Reply {
+        let index = kv.applied_index() + 1;
+        kv.apply_raft(index, &cmd.to_bytes()).expect("apply")
+    }
+
+    fn val(v: &str) -> Reply {
+        Reply::Value(Some(v.as_bytes().to_vec()))
+    }
+
+    /// Failure guarded against: the string commands answering or writing otherwise than Redis (the
+    /// replies of Redis 7.2 for the same sequence). Invariant: each reply and the state it leaves.
+    #[test]
+    fn string_and_keyspace_commands_answer_as_redis_does() {
+        let (_dir, mut kv) = kv();
+        assert_eq!(apply(&mut kv, Command::set_get("k", "1", SetCondition::Always)), Reply::Value(None));
+        assert_eq!(apply(&mut kv, Command::set_get("k", "2", SetCondition::IfAbsent)), val("1"));
+        assert_eq!(kv.get(b"k").expect("get"), Some(b"1".to_vec()), "NX GET did not write");
+        assert_eq!(apply(&mut kv, Command::set_get("k", "3", SetCondition::Always)), val("1"));
+        assert_eq!(apply(&mut kv, Command::get_del("k")), val("3"));
+        assert_eq!(apply(&mut kv, Command::get_del("k")), Reply::Value(None));
+        assert_eq!(apply(&mut kv, Command::rename("k", "j", false)), Reply::Error("ERR no such key".into()));
+        apply(&mut kv, Command::set("a", "x", SetCondition::Always));
+        apply(&mut kv, Command::set("b", "y", SetCondition::Always));
+        assert_eq!(apply(&mut kv, Command::rename("a", "b", true)), Reply::Int(0));
+        assert_eq!(apply(&mut kv, Command::rename("a", "a", false)), Reply::Ok);
+        assert_eq!(apply(&mut kv, Command::rename("a", "b", false)), Reply::Ok);
+        assert_eq!((kv.get(b"a").expect("get"), kv.get(b"b").expect("get")), (None, Some(b"x".to_vec())));
+        assert_eq!(apply(&mut kv, Command::rename("b", "c", true)), Reply::Int(1));
+        assert_eq!(apply(&mut kv, Command::copy("c", "d", false)), Reply::Int(1));
+        assert_eq!(apply(&mut kv, Command::copy("c", "d", false)), Reply::Int(0));
+        assert_eq!(apply(&mut kv, Command::copy("nope", "d", true)), Reply::Int(0));
+        apply(&mut kv, Command::set("c", "z", SetCondition::Always));
+        assert_eq!(apply(&mut kv, Command::copy("c", "d", true)), Reply::Int(1));
+        assert_eq!(kv.get(b"d").expect("get"), Some(b"z".to_vec()));
+        let pairs = |p: &[(&str, &str)]| {
+            p.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect()
+        };
+        assert_eq!(apply(&mut kv, Command::mset_nx(pairs(&[("m1", "1"), ("d", "2")]))), Reply::Int(0));
+        assert_eq!(kv.get(b"m1").expect("get"), None, "MSETNX wrote part of a refused batch");
+        assert_eq!(apply(&mut kv, Command::mset_nx(pairs(&[("m1", "1"), ("m2", "2")]))), Reply::Int(1));
+        assert_eq!(apply(&mut kv, Command::set_range("r", 0, "")), Reply::Int(0));
+        assert_eq!(kv.get(b"r").expect("get"), None, "SETRANGE with nothing to write created the key");
+        assert_eq!(apply(&mut kv, Command::set_range("r", 3, "ab")), Reply::Int(5));
+        assert_eq!(kv.get(b"r").expect("get"), Some(b"\0\0\0ab".to_vec()));
+        assert_eq!(apply(&mut kv, Command::set_range("r", 1, "Z")), Reply::Int(5));
+        assert_eq!(kv.get(b"r").expect("get"), Some(b"\0Z\0ab".to_vec()));
+        assert_eq!(
+            apply(&mut kv, Command::set_range("r", MAX_VALUE_BYTES as u64, "x")),
+            Reply::Error("ERR string exceeds maximum allowed size (proto-max-bulk-len)".into())
+        );
+        assert_eq!(apply(&mut kv, Command::incr_by_float("f", 10.5)), val("10.5"));
+        assert_eq!(apply(&mut kv, Command::incr_by_float("f", 0.1)), val("10.6"));
+        assert_eq!(apply(&mut kv, Command::incr_by_float("f", -5.6)), val("5"));
+        apply(&mut kv, Command::set("f", "1e3", SetCondition::Always));
+        assert_eq!(apply(&mut kv, Command::incr_by_float("f", 1.0)), val("1001"));
+        apply(&mut kv, Command::set("f", " 1", SetCondition::Always));
+        assert_eq!(
+            apply(&mut kv, Command::incr_by_float("f", 1.0)),
+            Reply::Error("ERR value is not a valid float".into())
+        );
+        apply(&mut kv, Command::set("f", "1", SetCondition::Always));
+        assert_eq!(
+            apply(&mut kv, Command::incr_by_float("f", f64::INFINITY)),
+            Reply::Error("ERR increment would produce NaN or Infinity".into())
+        );
+        assert_eq!(parse_redis_float(b"nan"), None);
+        assert_eq!(parse_redis_float(b"-inf"), Some(f64::NEG_INFINITY));
+        assert_eq!(format_redis_float(3.0), "3");
+        assert_eq!(format_redis_float(1e21), "1000000000000000000000");
+    }
+
     #[test]
     fn an_append_past_the_value_limit_is_refused() {
         assert_eq!(appended_len(4, 2), Some(6));

@@ -160,6 +160,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         "server",
         "A container for server configuration commands (durakv: GET only).",
     ),
+    spec("copy", -3, &["write", "denyoom"], (1, 2, 1), "generic", "Copies the value of a key to a new key."),
     spec("dbsize", 1, &["readonly", "fast"], NOKEYS, "server", "Returns the number of keys in the database."),
     spec(
         "decr",
@@ -191,12 +192,28 @@ pub const COMMANDS: &[CommandSpec] = &[
     spec("flushdb", -1, &["write"], NOKEYS, "server", "Remove all keys from the current database."),
     spec("get", 2, READ_FAST, (1, 1, 1), "string", "Returns the string value of a key."),
     spec(
+        "getdel",
+        2,
+        &["write", "fast"],
+        (1, 1, 1),
+        "string",
+        "Returns the string value of a key after deleting the key.",
+    ),
+    spec(
         "getrange",
         4,
         &["readonly"],
         (1, 1, 1),
         "string",
         "Returns a substring of the string stored at a key.",
+    ),
+    spec(
+        "getset",
+        3,
+        WRITE_FAST,
+        (1, 1, 1),
+        "string",
+        "Returns the previous string value of a key after setting it to a new value.",
     ),
     spec(
         "hello",
@@ -223,6 +240,14 @@ pub const COMMANDS: &[CommandSpec] = &[
         "Increments the integer value of a key by a number. Uses 0 as initial value if the key doesn't exist.",
     ),
     spec(
+        "incrbyfloat",
+        3,
+        WRITE_FAST,
+        (1, 1, 1),
+        "string",
+        "Increment the floating point value of a key by a number. Uses 0 as initial value if the key doesn't exist.",
+    ),
+    spec(
         "info",
         -1,
         &["loading", "stale"],
@@ -247,6 +272,14 @@ pub const COMMANDS: &[CommandSpec] = &[
         "string",
         "Atomically creates or modifies the string values of one or more keys.",
     ),
+    spec(
+        "msetnx",
+        -3,
+        &["write", "denyoom"],
+        (1, -1, 2),
+        "string",
+        "Atomically modifies the string values of one or more keys only when all keys don't exist.",
+    ),
     spec("ping", -1, &["fast"], NOKEYS, "connection", "Returns the server's liveliness response."),
     spec(
         "quit",
@@ -255,6 +288,15 @@ pub const COMMANDS: &[CommandSpec] = &[
         NOKEYS,
         "connection",
         "Closes the connection.",
+    ),
+    spec("rename", 3, &["write"], (1, 2, 1), "generic", "Renames a key and overwrites the destination."),
+    spec(
+        "renamenx",
+        3,
+        &["write", "fast"],
+        (1, 2, 1),
+        "generic",
+        "Renames a key only when the target key name doesn't exist.",
     ),
     spec("scan", -2, &["readonly"], NOKEYS, "generic", "Iterates over the key names in the database."),
     spec("select", 2, CONN, NOKEYS, "connection", "Changes the selected database (durakv: only 0)."),
@@ -273,6 +315,14 @@ pub const COMMANDS: &[CommandSpec] = &[
         (1, 1, 1),
         "string",
         "Set the string value of a key only when the key doesn't exist.",
+    ),
+    spec(
+        "setrange",
+        4,
+        WRITE,
+        (1, 1, 1),
+        "string",
+        "Overwrites a part of a string value with another by an offset. Creates the key if it doesn't exist.",
     ),
     spec("strlen", 2, READ_FAST, (1, 1, 1), "string", "Returns the length of a string value."),
     spec("substr", 4, &["readonly"], (1, 1, 1), "string", "Returns a substring from a string value."),
@@ -688,21 +738,84 @@ pub fn parse_request(args: Vec<Vec<u8>>) -> Result<Request, Refusal> {
             let key = rest.next().unwrap_or_default();
             let value = rest.next().unwrap_or_default();
             let mut condition = SetCondition::Always;
+            let mut get = false;
             for opt in rest {
                 // As Redis: a flag given twice is fine, NX with XX is not.
                 match String::from_utf8_lossy(&opt).to_ascii_uppercase().as_str() {
                     "NX" if condition != SetCondition::IfPresent => condition = SetCondition::IfAbsent,
                     "XX" if condition != SetCondition::IfAbsent => condition = SetCondition::IfPresent,
-                    "EX" | "PX" | "EXAT" | "PXAT" | "KEEPTTL" | "GET" => {
+                    "GET" => get = true,
+                    "EX" | "PX" | "EXAT" | "PXAT" | "KEEPTTL" => {
                         return Err(Reply::Error(
-                            "ERR expiry and SET ... GET are not supported: expiry is not yet replicated deterministically"
-                                .into(),
+                            "ERR expiry is not supported: it is not yet replicated deterministically".into(),
                         ));
                     }
                     _ => return Err(syntax()),
                 }
             }
-            Request::Write(Command::set(key, value, condition))
+            Request::Write(if get {
+                Command::set_get(key, value, condition)
+            } else {
+                Command::set(key, value, condition)
+            })
+        }
+        "GETSET" => {
+            arity(n == 2)?;
+            let key = rest.next().unwrap_or_default();
+            Request::Write(Command::set_get(key, rest.next().unwrap_or_default(), SetCondition::Always))
+        }
+        "GETDEL" => {
+            arity(n == 1)?;
+            Request::Write(Command::get_del(rest.next().unwrap_or_default()))
+        }
+        "RENAME" | "RENAMENX" => {
+            arity(n == 2)?;
+            let from = rest.next().unwrap_or_default();
+            Request::Write(Command::rename(from, rest.next().unwrap_or_default(), name == "RENAMENX"))
+        }
+        "COPY" => {
+            arity(n >= 2)?;
+            let from = rest.next().unwrap_or_default();
+            let to = rest.next().unwrap_or_default();
+            let opts: Vec<Vec<u8>> = rest.collect();
+            let mut replace = false;
+            let mut i = 0;
+            while i < opts.len() {
+                match String::from_utf8_lossy(&opts[i]).to_ascii_uppercase().as_str() {
+                    "REPLACE" => replace = true,
+                    "DB" => {
+                        let db = opts.get(i + 1).ok_or_else(syntax)?;
+                        // Only database 0 exists (as SELECT).
+                        if parse_i64(db)? != 0 {
+                            return Err(Reply::Error("ERR DB index is out of range".into()));
+                        }
+                        i += 1;
+                    }
+                    _ => return Err(syntax()),
+                }
+                i += 1;
+            }
+            Request::Write(Command::copy(from, to, replace))
+        }
+        "MSETNX" => {
+            arity(n >= 2 && n.is_multiple_of(2))?;
+            let flat: Vec<Vec<u8>> = rest.collect();
+            let pairs = flat.chunks_exact(2).map(|kv| (kv[0].clone(), kv[1].clone())).collect();
+            Request::Write(Command::mset_nx(pairs))
+        }
+        "SETRANGE" => {
+            arity(n == 3)?;
+            let key = rest.next().unwrap_or_default();
+            let offset = u64::try_from(parse_i64(&rest.next().unwrap_or_default())?)
+                .map_err(|_| Reply::Error("ERR offset is out of range".into()))?;
+            Request::Write(Command::set_range(key, offset, rest.next().unwrap_or_default()))
+        }
+        "INCRBYFLOAT" => {
+            arity(n == 2)?;
+            let key = rest.next().unwrap_or_default();
+            let by = crate::fsm::parse_redis_float(&rest.next().unwrap_or_default())
+                .ok_or_else(|| Reply::Error("ERR value is not a valid float".into()))?;
+            Request::Write(Command::incr_by_float(key, by))
         }
         "DEL" => {
             arity(n >= 1)?;
@@ -835,6 +948,26 @@ mod tests {
         assert_eq!(err_text(req(&["select", "1"])), "ERR DB index is out of range");
         assert!(err_text(req(&["expire", "k", "1"])).starts_with("ERR unknown command 'expire'"));
         assert!(err_text(req(&["set", "k", "v", "ex", "10"])).contains("not supported"));
+        assert_eq!(
+            req(&["set", "k", "v", "xx", "get"]),
+            Ok(Request::Write(Command::set_get("k", "v", SetCondition::IfPresent)))
+        );
+        assert_eq!(
+            req(&["getset", "k", "v"]),
+            Ok(Request::Write(Command::set_get("k", "v", SetCondition::Always)))
+        );
+        assert_eq!(req(&["getdel", "k"]), Ok(Request::Write(Command::get_del("k"))));
+        assert_eq!(req(&["renamenx", "a", "b"]), Ok(Request::Write(Command::rename("a", "b", true))));
+        assert_eq!(
+            req(&["copy", "a", "b", "db", "0", "replace"]),
+            Ok(Request::Write(Command::copy("a", "b", true)))
+        );
+        assert_eq!(err_text(req(&["copy", "a", "b", "db", "1"])), "ERR DB index is out of range");
+        assert_eq!(err_text(req(&["copy", "a", "b", "nope"])), "ERR syntax error");
+        assert_eq!(err_text(req(&["setrange", "k", "-1", "x"])), "ERR offset is out of range");
+        assert_eq!(err_text(req(&["incrbyfloat", "k", "nan"])), "ERR value is not a valid float");
+        assert_eq!(req(&["incrbyfloat", "k", "1.5"]), Ok(Request::Write(Command::incr_by_float("k", 1.5))));
+        assert!(err_text(req(&["msetnx", "a", "1", "b"])).contains("wrong number of arguments"));
         assert!(err_text(req(&["auth", "admin", "pw"])).starts_with("WRONGPASS"));
         assert!(err_text(req(&["client", "kill"])).contains("unknown subcommand"));
         assert_eq!(err_text(parse_request(Vec::new())), "ERR empty command");

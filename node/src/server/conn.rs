@@ -748,6 +748,7 @@ fn write_reply(waited: Waited, timeout: Duration) -> Reply {
             fsm::Reply::Ok => Reply::ok(),
             fsm::Reply::NotWritten => Reply::Bulk(None),
             fsm::Reply::Int(n) => Reply::Integer(n),
+            fsm::Reply::Value(v) => Reply::Bulk(v),
             fsm::Reply::Error(text) => Reply::Error(text),
             fsm::Reply::AlreadyApplied => {
                 Reply::Error("ERR internal: the write's entry was applied before it was proposed".into())
