@@ -322,6 +322,51 @@ fn string_writes_answer_as_redis() {
     assert_eq!(bad, "-ERR value is not a valid float\r\n");
 }
 
+/// MULTI/EXEC as clients send it (redis-rs's atomic pipeline): one raft entry, replies in order,
+/// a command refused while queueing discards the whole transaction (EXECABORT), DISCARD drops it.
+#[test]
+fn transactions_apply_atomically_and_abort_as_redis() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = One::start(dir.path(), &[]);
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}/", node.resp)).expect("url");
+    let mut con = client.get_connection_with_timeout(Duration::from_secs(5)).expect("connection");
+    let (n, v, m): (i64, String, Vec<Option<String>>) = redis::pipe()
+        .atomic()
+        .cmd("INCRBY")
+        .arg("t")
+        .arg(5)
+        .cmd("GET")
+        .arg("t")
+        .cmd("SET")
+        .arg("u")
+        .arg("x")
+        .ignore()
+        .cmd("MGET")
+        .arg("t")
+        .arg("u")
+        .query(&mut con)
+        .expect("MULTI/EXEC");
+    assert_eq!((n, v.as_str(), m), (5, "5", vec![Some("5".into()), Some("x".into())]));
+    let aborted = exchange_until(
+        node.resp,
+        b"*1\r\n$5\r\nMULTI\r\n*3\r\n$3\r\nSET\r\n$1\r\nt\r\n$1\r\n0\r\n*1\r\n$3\r\nGET\r\n*1\r\n$4\r\nEXEC\r\n",
+        "errors.\r\n",
+    );
+    assert_eq!(
+        aborted,
+        "+OK\r\n+QUEUED\r\n-ERR wrong number of arguments for 'get' command\r\n\
+         -EXECABORT Transaction discarded because of previous errors.\r\n"
+    );
+    let discarded = exchange_until(
+        node.resp,
+        b"*1\r\n$5\r\nMULTI\r\n*3\r\n$3\r\nSET\r\n$1\r\nt\r\n$1\r\n0\r\n*1\r\n$7\r\nDISCARD\r\n*1\r\n$4\r\nEXEC\r\n",
+        "MULTI\r\n",
+    );
+    assert_eq!(discarded, "+OK\r\n+QUEUED\r\n+OK\r\n-ERR EXEC without MULTI\r\n");
+    let t: String = redis::cmd("GET").arg("t").query(&mut con).expect("GET");
+    assert_eq!(t, "5", "an aborted or discarded transaction wrote");
+}
+
 #[test]
 fn requirepass_refuses_unauthenticated_clients_and_wrong_passwords() {
     let dir = tempfile::tempdir().expect("temp dir");

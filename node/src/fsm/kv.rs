@@ -61,10 +61,20 @@ pub enum SetCondition {
     IfPresent = 2,
 }
 
+/// The reads a transaction can queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, prost::Enumeration)]
+#[repr(i32)]
+pub enum ReadKind {
+    Get = 0,
+    MGet = 1,
+    Exists = 2,
+    StrLen = 3,
+}
+
 /// A client command as stored in a raft entry.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Command {
-    #[prost(oneof = "command::Kind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12")]
+    #[prost(oneof = "command::Kind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14")]
     pub kind: Option<command::Kind>,
 }
 
@@ -96,6 +106,26 @@ pub mod command {
         SetRange(SetRange),
         #[prost(message, tag = "12")]
         IncrByFloat(IncrByFloat),
+        #[prost(message, tag = "13")]
+        Multi(Multi),
+        #[prost(message, tag = "14")]
+        Read(Read),
+    }
+
+    /// MULTI … EXEC: the queued commands, applied in order as one atomic batch.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Multi {
+        #[prost(message, repeated, tag = "1")]
+        pub commands: Vec<super::Command>,
+    }
+
+    /// A read queued inside MULTI: it runs at apply time, between the transaction's writes.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Read {
+        #[prost(enumeration = "super::ReadKind", tag = "1")]
+        pub kind: i32,
+        #[prost(bytes = "vec", repeated, tag = "2")]
+        pub keys: Vec<Vec<u8>>,
     }
 
     /// GETDEL key: the value, and the key deleted.
@@ -271,6 +301,16 @@ impl Command {
         }
     }
 
+    /// MULTI … EXEC of `commands`.
+    pub fn multi(commands: Vec<Command>) -> Self {
+        Command { kind: Some(command::Kind::Multi(command::Multi { commands })) }
+    }
+
+    /// A read queued in a transaction.
+    pub fn read(kind: ReadKind, keys: Vec<Vec<u8>>) -> Self {
+        Command { kind: Some(command::Kind::Read(command::Read { kind: kind as i32, keys })) }
+    }
+
     pub fn flush_all() -> Self {
         Command { kind: Some(command::Kind::FlushAll(command::FlushAll {})) }
     }
@@ -292,6 +332,8 @@ pub enum Reply {
     Int(i64),
     /// A value, or nil: SET … GET's and GETDEL's previous value, INCRBYFLOAT's result.
     Value(Option<Vec<u8>>),
+    /// EXEC's replies, one per queued command (and MGET's values inside a transaction).
+    Array(Vec<Reply>),
     /// A deterministic command error; the entry was applied as a no-op.
     Error(String),
     /// The entry was at or below the applied index (replay after restart): nothing was done.
@@ -402,15 +444,21 @@ impl<E: Engine> Kv<E> {
     /// Turn a command into the batch it writes and the reply it gives. Reads see the state before
     /// this command (applies are serialized).
     fn plan(&self, cmd: &Command) -> Result<(WriteBatch, Reply), FsmError> {
+        let mut tx = Tx { engine: &self.engine, batch: WriteBatch::new(), overlay: None };
+        let reply = Self::plan_in(&mut tx, cmd)?;
+        Ok((tx.batch, reply))
+    }
+
+    /// Plan `cmd` into `tx`: its reads see the engine as `tx` has changed it so far.
+    fn plan_in(tx: &mut Tx<'_, E>, cmd: &Command) -> Result<Reply, FsmError> {
         use command::Kind;
-        let mut batch = WriteBatch::new();
         let reply = match &cmd.kind {
             None => Reply::Error("ERR empty command".into()),
             Some(Kind::Set(set)) => {
                 let condition = SetCondition::from_i32(set.condition).unwrap_or(SetCondition::Always);
                 let old = match (condition, set.get) {
                     (SetCondition::Always, false) => None,
-                    _ => Some(self.engine.get(&set.key)?),
+                    _ => Some(tx.get(&set.key)?),
                 };
                 let exists = old.as_ref().map(Option::is_some);
                 let write = !matches!(
@@ -418,7 +466,7 @@ impl<E: Engine> Kv<E> {
                     (SetCondition::IfAbsent, Some(true)) | (SetCondition::IfPresent, Some(false))
                 );
                 if write {
-                    batch.put(set.key.clone(), set.value.clone());
+                    tx.put(set.key.clone(), set.value.clone());
                 }
                 match (set.get, write) {
                     // As Redis: SET … GET answers the old value whether or not it wrote.
@@ -431,15 +479,15 @@ impl<E: Engine> Kv<E> {
                 let mut count = 0i64;
                 let mut seen = std::collections::BTreeSet::new();
                 for key in &del.keys {
-                    if seen.insert(key) && self.engine.get(key)?.is_some() {
+                    if seen.insert(key) && tx.get(key)?.is_some() {
                         count += 1;
                     }
-                    batch.delete(key.clone());
+                    tx.delete(key.clone());
                 }
                 Reply::Int(count)
             }
             Some(Kind::IncrBy(incr)) => {
-                let current = match self.engine.get(&incr.key)? {
+                let current = match tx.get(&incr.key)? {
                     None => Some(0i64),
                     Some(v) => std::str::from_utf8(&v).ok().and_then(|s| s.parse::<i64>().ok()),
                 };
@@ -447,37 +495,37 @@ impl<E: Engine> Kv<E> {
                     None => Reply::Error("ERR value is not an integer or out of range".into()),
                     Some(None) => Reply::Error("ERR increment or decrement would overflow".into()),
                     Some(Some(n)) => {
-                        batch.put(incr.key.clone(), n.to_string().into_bytes());
+                        tx.put(incr.key.clone(), n.to_string().into_bytes());
                         Reply::Int(n)
                     }
                 }
             }
             Some(Kind::MSet(mset)) => {
                 for kv in &mset.pairs {
-                    batch.put(kv.key.clone(), kv.value.clone());
+                    tx.put(kv.key.clone(), kv.value.clone());
                 }
                 Reply::Ok
             }
             Some(Kind::FlushAll(_)) => {
                 // Every data key; the applied index and the other metas live in their own namespace.
-                batch.delete_range(Vec::new(), None);
+                tx.flush_all();
                 Reply::Ok
             }
             Some(Kind::GetDel(g)) => {
-                let old = self.engine.get(&g.key)?;
+                let old = tx.get(&g.key)?;
                 if old.is_some() {
-                    batch.delete(g.key.clone());
+                    tx.delete(g.key.clone());
                 }
                 Reply::Value(old)
             }
-            Some(Kind::Rename(r)) => match self.engine.get(&r.from)? {
+            Some(Kind::Rename(r)) => match tx.get(&r.from)? {
                 None => Reply::Error("ERR no such key".into()),
-                Some(_) if r.if_absent && self.engine.get(&r.to)?.is_some() => Reply::Int(0),
+                Some(_) if r.if_absent && tx.get(&r.to)?.is_some() => Reply::Int(0),
                 Some(value) => {
                     // Renaming a key onto itself changes nothing (Redis answers OK, or 0 for NX).
                     if r.from != r.to {
-                        batch.delete(r.from.clone());
-                        batch.put(r.to.clone(), value);
+                        tx.delete(r.from.clone());
+                        tx.put(r.to.clone(), value);
                     }
                     match (r.if_absent, r.from == r.to) {
                         (true, true) => Reply::Int(0),
@@ -486,31 +534,31 @@ impl<E: Engine> Kv<E> {
                     }
                 }
             },
-            Some(Kind::Copy(c)) => match self.engine.get(&c.from)? {
+            Some(Kind::Copy(c)) => match tx.get(&c.from)? {
                 None => Reply::Int(0),
                 Some(_) if c.from == c.to => Reply::Int(0),
-                Some(_) if !c.replace && self.engine.get(&c.to)?.is_some() => Reply::Int(0),
+                Some(_) if !c.replace && tx.get(&c.to)?.is_some() => Reply::Int(0),
                 Some(value) => {
-                    batch.put(c.to.clone(), value);
+                    tx.put(c.to.clone(), value);
                     Reply::Int(1)
                 }
             },
             Some(Kind::MSetNx(mset)) => {
                 let mut any = false;
                 for kv in &mset.pairs {
-                    any |= self.engine.get(&kv.key)?.is_some();
+                    any |= tx.get(&kv.key)?.is_some();
                 }
                 if any {
                     Reply::Int(0)
                 } else {
                     for kv in &mset.pairs {
-                        batch.put(kv.key.clone(), kv.value.clone());
+                        tx.put(kv.key.clone(), kv.value.clone());
                     }
                     Reply::Int(1)
                 }
             }
             Some(Kind::SetRange(r)) => {
-                let current = self.engine.get(&r.key)?;
+                let current = tx.get(&r.key)?;
                 let end = usize::try_from(r.offset)
                     .ok()
                     .and_then(|o| o.checked_add(r.value.len()))
@@ -528,13 +576,13 @@ impl<E: Engine> Kv<E> {
                         }
                         value[end - r.value.len()..end].copy_from_slice(&r.value);
                         let len = value.len() as i64;
-                        batch.put(r.key.clone(), value);
+                        tx.put(r.key.clone(), value);
                         Reply::Int(len)
                     }
                 }
             }
             Some(Kind::IncrByFloat(f)) => {
-                let current = match self.engine.get(&f.key)? {
+                let current = match tx.get(&f.key)? {
                     None => Some(0.0),
                     Some(v) => parse_redis_float(&v),
                 };
@@ -544,7 +592,7 @@ impl<E: Engine> Kv<E> {
                         let n = c + f.increment;
                         if n.is_finite() {
                             let text = format_redis_float(n).into_bytes();
-                            batch.put(f.key.clone(), text.clone());
+                            tx.put(f.key.clone(), text.clone());
                             Reply::Value(Some(text))
                         } else {
                             Reply::Error("ERR increment would produce NaN or Infinity".into())
@@ -552,21 +600,101 @@ impl<E: Engine> Kv<E> {
                     }
                 }
             }
+            Some(Kind::Multi(multi)) => {
+                // MULTI/EXEC: every command in order, each seeing the ones before it, in one batch:
+                // all of it is applied on every replica, or (an engine error) none of it.
+                if tx.overlay.is_some() {
+                    return Ok(Reply::Error("ERR MULTI calls can not be nested".into()));
+                }
+                tx.overlay = Some(Overlay::default());
+                let mut replies = Vec::with_capacity(multi.commands.len());
+                for c in &multi.commands {
+                    replies.push(Self::plan_in(tx, c)?);
+                }
+                tx.overlay = None;
+                Reply::Array(replies)
+            }
+            Some(Kind::Read(read)) => {
+                let kind = ReadKind::from_i32(read.kind).unwrap_or(ReadKind::Get);
+                let mut values = Vec::with_capacity(read.keys.len());
+                for key in &read.keys {
+                    values.push(tx.get(key)?);
+                }
+                match (kind, values.as_slice()) {
+                    (ReadKind::Get, [v]) => Reply::Value(v.clone()),
+                    (ReadKind::StrLen, [v]) => Reply::Int(v.as_ref().map_or(0, |v| v.len() as i64)),
+                    (ReadKind::MGet, _) => Reply::Array(values.into_iter().map(Reply::Value).collect()),
+                    (ReadKind::Exists, _) => Reply::Int(values.iter().filter(|v| v.is_some()).count() as i64),
+                    _ => Reply::Error("ERR malformed read in a transaction".into()),
+                }
+            }
             Some(Kind::Append(app)) => {
-                let mut value = self.engine.get(&app.key)?.unwrap_or_default();
+                let mut value = tx.get(&app.key)?.unwrap_or_default();
                 match appended_len(value.len(), app.value.len()) {
                     None => Reply::Error(format!(
                         "ERR string exceeds maximum allowed size ({MAX_VALUE_BYTES} bytes)"
                     )),
                     Some(len) => {
                         value.extend_from_slice(&app.value);
-                        batch.put(app.key.clone(), value);
+                        tx.put(app.key.clone(), value);
                         Reply::Int(len as i64)
                     }
                 }
             }
         };
-        Ok((batch, reply))
+        Ok(reply)
+    }
+}
+
+/// Writes planned but not yet applied, as a transaction's later commands must see them: a key's new
+/// value (`None`: deleted), and whether everything was flushed before them.
+#[derive(Debug, Default)]
+struct Overlay {
+    values: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    flushed: bool,
+}
+
+/// The batch one entry writes, and (inside MULTI) what it has written so far.
+struct Tx<'a, E: Engine> {
+    engine: &'a E,
+    batch: WriteBatch,
+    /// Only a transaction keeps one: a single command reads each key before it writes it.
+    overlay: Option<Overlay>,
+}
+
+impl<E: Engine> Tx<'_, E> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, FsmError> {
+        if let Some(o) = &self.overlay {
+            if let Some(v) = o.values.get(key) {
+                return Ok(v.clone());
+            }
+            if o.flushed {
+                return Ok(None);
+            }
+        }
+        self.engine.get(key)
+    }
+
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        if let Some(o) = &mut self.overlay {
+            o.values.insert(key.clone(), Some(value.clone()));
+        }
+        self.batch.put(key, value);
+    }
+
+    fn delete(&mut self, key: Vec<u8>) {
+        if let Some(o) = &mut self.overlay {
+            o.values.insert(key.clone(), None);
+        }
+        self.batch.delete(key);
+    }
+
+    fn flush_all(&mut self) {
+        if let Some(o) = &mut self.overlay {
+            o.values.clear();
+            o.flushed = true;
+        }
+        self.batch.delete_range(Vec::new(), None);
     }
 }
 
@@ -679,6 +807,52 @@ mod tests {
         assert_eq!(parse_redis_float(b"-inf"), Some(f64::NEG_INFINITY));
         assert_eq!(format_redis_float(3.0), "3");
         assert_eq!(format_redis_float(1e21), "1000000000000000000000");
+    }
+
+    /// Failure guarded against: a transaction applied partly, or its commands not seeing each other
+    /// (a read after a write in the same MULTI answering the old value), or a FLUSHALL inside it
+    /// hiding only some keys. Invariant: the replies are those of the commands run one after the
+    /// other, and the state is their combined effect, written as one batch.
+    #[test]
+    fn a_transaction_applies_in_order_as_one_batch() {
+        let (_dir, mut kv) = kv();
+        apply(&mut kv, Command::set("a", "1", SetCondition::Always));
+        apply(&mut kv, Command::set("old", "x", SetCondition::Always));
+        let tx = Command::multi(vec![
+            Command::incr_by("a", 5),
+            Command::read(ReadKind::Get, vec![b"a".to_vec()]),
+            Command::set("b", "2", SetCondition::IfAbsent),
+            Command::rename("b", "c", false),
+            Command::read(ReadKind::MGet, vec![b"b".to_vec(), b"c".to_vec()]),
+            Command::incr_by("c", 1),
+            Command::flush_all(),
+            Command::read(ReadKind::Exists, vec![b"a".to_vec(), b"old".to_vec(), b"c".to_vec()]),
+            Command::set("z", "after", SetCondition::Always),
+            Command::incr_by("z", 1),
+            Command::read(ReadKind::StrLen, vec![b"z".to_vec()]),
+        ]);
+        let want = Reply::Array(vec![
+            Reply::Int(6),
+            val("6"),
+            Reply::Ok,
+            Reply::Ok,
+            Reply::Array(vec![Reply::Value(None), val("2")]),
+            Reply::Int(3),
+            Reply::Ok,
+            Reply::Int(0),
+            Reply::Ok,
+            Reply::Error("ERR value is not an integer or out of range".into()),
+            Reply::Int(5),
+        ]);
+        assert_eq!(apply(&mut kv, tx), want);
+        for (key, v) in [("a", None), ("old", None), ("c", None), ("z", Some(b"after".to_vec()))] {
+            assert_eq!(kv.get(key.as_bytes()).expect("get"), v, "{key}");
+        }
+        let nested = Command::multi(vec![Command::multi(Vec::new())]);
+        assert_eq!(
+            apply(&mut kv, nested),
+            Reply::Array(vec![Reply::Error("ERR MULTI calls can not be nested".into())])
+        );
     }
 
     #[test]

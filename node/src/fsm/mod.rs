@@ -28,7 +28,9 @@ use std::io;
 use std::path::PathBuf;
 
 pub use batch::{DecodeError, Op, WriteBatch};
-pub use kv::{Command, FsmSync, Kv, Reply, SetCondition, command, format_redis_float, parse_redis_float};
+pub use kv::{
+    Command, FsmSync, Kv, ReadKind, Reply, SetCondition, command, format_redis_float, parse_redis_float,
+};
 #[cfg(feature = "rocksdb")]
 pub use rocks::RocksEngine;
 pub use sim::{SimEngine, SimEngineOptions};

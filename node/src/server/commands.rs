@@ -64,6 +64,10 @@ pub enum Request {
     StrLen(Vec<u8>),
     /// A write, proposed through raft.
     Write(Command),
+    /// MULTI: queue the commands that follow until EXEC or DISCARD.
+    Multi,
+    Exec,
+    Discard,
 }
 
 /// What `CLIENT SETINFO` sets.
@@ -179,7 +183,23 @@ pub const COMMANDS: &[CommandSpec] = &[
         "Decrements a number from the integer value of a key. Uses 0 as initial value if the key doesn't exist.",
     ),
     spec("del", -2, &["write"], (1, -1, 1), "generic", "Deletes one or more keys."),
+    spec(
+        "discard",
+        1,
+        &["noscript", "loading", "stale", "fast", "allow_busy"],
+        NOKEYS,
+        "transactions",
+        "Discards a transaction.",
+    ),
     spec("echo", 2, &["fast"], NOKEYS, "connection", "Returns the given string."),
+    spec(
+        "exec",
+        1,
+        &["noscript", "loading", "stale", "skip_slowlog"],
+        NOKEYS,
+        "transactions",
+        "Executes all commands in a transaction.",
+    ),
     spec("exists", -2, READ_FAST, (1, -1, 1), "generic", "Determines whether one or more keys exist."),
     spec(
         "flushall",
@@ -279,6 +299,14 @@ pub const COMMANDS: &[CommandSpec] = &[
         (1, -1, 2),
         "string",
         "Atomically modifies the string values of one or more keys only when all keys don't exist.",
+    ),
+    spec(
+        "multi",
+        1,
+        &["noscript", "loading", "stale", "fast", "allow_busy"],
+        NOKEYS,
+        "transactions",
+        "Starts a transaction.",
     ),
     spec("ping", -1, &["fast"], NOKEYS, "connection", "Returns the server's liveliness response."),
     spec(
@@ -478,7 +506,8 @@ pub fn parse_request(args: Vec<Vec<u8>>) -> Result<Request, Refusal> {
     };
     let name = String::from_utf8_lossy(&raw_name).to_ascii_uppercase();
     let unknown = |args: &[Vec<u8>]| unknown_command(&raw_name, args.get(1..).unwrap_or_default());
-    if command_spec(&raw_name).is_none() && name != "QUIT" {
+    // WATCH is not served (COMMAND does not list it), but a client using it gets told why.
+    if command_spec(&raw_name).is_none() && !matches!(name.as_str(), "QUIT" | "WATCH" | "UNWATCH") {
         return Err(unknown(&args));
     }
     let mut rest = args.into_iter().skip(1);
@@ -843,6 +872,24 @@ pub fn parse_request(args: Vec<Vec<u8>>) -> Result<Request, Refusal> {
             };
             Request::Write(Command::incr_by(key, delta))
         }
+        "MULTI" => {
+            arity(n == 0)?;
+            Request::Multi
+        }
+        "EXEC" => {
+            arity(n == 0)?;
+            Request::Exec
+        }
+        "DISCARD" => {
+            arity(n == 0)?;
+            Request::Discard
+        }
+        "WATCH" | "UNWATCH" => {
+            return Err(Reply::Error(format!(
+                "ERR {name} is not supported by durakv yet: transactions (MULTI/EXEC) run atomically but \
+                 without optimistic locks"
+            )));
+        }
         "APPEND" => {
             arity(n == 2)?;
             let key = rest.next().unwrap_or_default();
@@ -968,6 +1015,13 @@ mod tests {
         assert_eq!(err_text(req(&["incrbyfloat", "k", "nan"])), "ERR value is not a valid float");
         assert_eq!(req(&["incrbyfloat", "k", "1.5"]), Ok(Request::Write(Command::incr_by_float("k", 1.5))));
         assert!(err_text(req(&["msetnx", "a", "1", "b"])).contains("wrong number of arguments"));
+        assert_eq!(
+            (req(&["multi"]), req(&["EXEC"]), req(&["discard"])),
+            (Ok(Request::Multi), Ok(Request::Exec), Ok(Request::Discard))
+        );
+        let watch = err_text(req(&["watch", "k"]));
+        assert!(watch.contains("not supported"), "{watch}");
+        assert!(err_text(req(&["exec", "now"])).contains("wrong number of arguments"));
         assert!(err_text(req(&["auth", "admin", "pw"])).starts_with("WRONGPASS"));
         assert!(err_text(req(&["client", "kill"])).contains("unknown subcommand"));
         assert_eq!(err_text(parse_request(Vec::new())), "ERR empty command");

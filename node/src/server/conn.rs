@@ -123,6 +123,17 @@ struct Session {
     /// key present for a whole iteration is returned once, whatever is written meanwhile).
     scan_cursors: BTreeMap<u64, Vec<u8>>,
     next_cursor: u64,
+    /// Inside MULTI: the commands queued so far.
+    multi: Option<Queued>,
+}
+
+/// A transaction being queued: its commands, how each reply is shaped, and whether queueing one
+/// failed (EXEC then discards it all, as Redis does).
+#[derive(Debug, Default)]
+struct Queued {
+    commands: Vec<Command>,
+    shapes: Vec<Shape>,
+    failed: bool,
 }
 
 async fn serve_client<E: Engine + Send + 'static>(
@@ -175,8 +186,10 @@ async fn serve_client<E: Engine + Send + 'static>(
                     // and none sent after it, so a read waits for this connection's pending writes
                     // (and a write for its pending reads) before it is dispatched. Runs of writes,
                     // and runs of reads, still go out together.
+                    // EXEC proposes its queued writes: it waits for this connection's reads too.
+                    let exec = args[0].eq_ignore_ascii_case(b"EXEC");
                     let writes = command_spec(&args[0]).and_then(|c| {
-                        if c.flags.contains(&"write") {
+                        if exec || c.flags.contains(&"write") {
                             Some(true)
                         } else {
                             c.flags.contains(&"readonly").then_some(false)
@@ -243,11 +256,25 @@ enum Pending {
 }
 
 /// How a write's state-machine reply becomes the client's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Shape {
     Plain,
     /// SETNX: 1 when written, 0 when the key existed.
     SetNx,
+    /// EXEC: one shape per queued command.
+    Multi(Vec<Shape>),
+}
+
+/// Give a write's reply its command's shape (SETNX's 1/0, each of EXEC's replies).
+fn shaped(shape: &Shape, reply: Reply) -> Reply {
+    match (shape, reply) {
+        (Shape::SetNx, Reply::Simple(_)) => Reply::Integer(1),
+        (Shape::SetNx, Reply::Bulk(None)) => Reply::Integer(0),
+        (Shape::Multi(shapes), Reply::Array(Some(items))) if items.len() == shapes.len() => {
+            Reply::Array(Some(shapes.iter().zip(items).map(|(s, r)| shaped(s, r)).collect()))
+        }
+        (_, reply) => reply,
+    }
 }
 
 /// SCAN cursors a connection holds at most (the oldest is forgotten first).
@@ -263,11 +290,7 @@ async fn finish<E: Engine>(ctx: &ClientContext<E>, session: &mut Session, pendin
                 Ok(Err(_)) => Waited::Abandoned,
                 Err(_) => Waited::TimedOut,
             };
-            match (shape, write_reply(waited, ctx.request_timeout)) {
-                (Shape::SetNx, Reply::Simple(_)) => Reply::Integer(1),
-                (Shape::SetNx, Reply::Bulk(None)) => Reply::Integer(0),
-                (_, reply) => reply,
-            }
+            shaped(&shape, write_reply(waited, ctx.request_timeout))
         }
         Pending::Scan(rx) => {
             let page = Box::pin(finish(ctx, session, Pending::Read(rx))).await;
@@ -306,8 +329,62 @@ async fn execute<E: Engine + Send + 'static>(
 ) -> (Pending, bool) {
     let req = match parse_request(args) {
         Ok(req) => req,
-        Err(refusal) => return (Pending::Ready(refusal), false),
+        Err(refusal) => {
+            // As Redis: a command refused while queueing makes EXEC discard the transaction.
+            if let Some(q) = &mut session.multi {
+                q.failed = true;
+            }
+            return (Pending::Ready(refusal), false);
+        }
     };
+    if session.authenticated {
+        match (req, session.multi.take()) {
+            (Request::Multi, None) => {
+                session.multi = Some(Queued::default());
+                return (Pending::Ready(Reply::ok()), false);
+            }
+            (Request::Exec, None) => {
+                return (Pending::Ready(Reply::Error("ERR EXEC without MULTI".into())), false);
+            }
+            (Request::Discard, None) => {
+                return (Pending::Ready(Reply::Error("ERR DISCARD without MULTI".into())), false);
+            }
+            (Request::Discard, Some(_)) => return (Pending::Ready(Reply::ok()), false),
+            (Request::Exec, Some(q)) if q.failed => {
+                let text = "EXECABORT Transaction discarded because of previous errors.";
+                return (Pending::Ready(Reply::Error(text.into())), false);
+            }
+            (Request::Exec, Some(q)) if q.commands.is_empty() => {
+                return (Pending::Ready(Reply::Array(Some(Vec::new()))), false);
+            }
+            (Request::Exec, Some(q)) => {
+                // The whole transaction is one raft entry: applied atomically, in order, on every replica.
+                return (
+                    match propose(ctx, Command::multi(q.commands)).await {
+                        Pending::Write(rx, _) => Pending::Write(rx, Shape::Multi(q.shapes)),
+                        other => other,
+                    },
+                    false,
+                );
+            }
+            (req @ Request::Quit, Some(_)) => return execute_parsed(ctx, session, req).await,
+            (req, Some(mut q)) => {
+                let reply = queue_in_multi(&mut q, req);
+                session.multi = Some(q);
+                return (Pending::Ready(reply), false);
+            }
+            (req, None) => return execute_parsed(ctx, session, req).await,
+        }
+    }
+    execute_parsed(ctx, session, req).await
+}
+
+/// [`execute`] of a parsed request outside a transaction.
+async fn execute_parsed<E: Engine + Send + 'static>(
+    ctx: &ClientContext<E>,
+    session: &mut Session,
+    req: Request,
+) -> (Pending, bool) {
     if !session.authenticated && !matches!(req, Request::Auth { .. } | Request::Quit | Request::Hello { .. })
     {
         return (Pending::Ready(Reply::Error("NOAUTH Authentication required.".into())), false);
@@ -405,6 +482,10 @@ async fn execute<E: Engine + Send + 'static>(
         ),
         Request::Info(sections) => Reply::Bulk(Some(info(ctx, &sections).into_bytes())),
         Request::Write(cmd) => return (propose(ctx, cmd).await, false),
+        // Reached only before AUTH, which `execute`'s guard refuses first.
+        Request::Multi | Request::Exec | Request::Discard => {
+            Reply::Error("NOAUTH Authentication required.".into())
+        }
         Request::Get(key) => return (read_value(ctx, key, Reply::Bulk).await, false),
         Request::StrLen(key) => {
             return (read_value(ctx, key, |v| Reply::Integer(v.map_or(0, |v| v.len() as i64))).await, false);
@@ -744,22 +825,53 @@ enum Waited {
 /// it may have (and may still commit), a `TIMEOUT` that says the outcome is unknown.
 fn write_reply(waited: Waited, timeout: Duration) -> Reply {
     match waited {
-        Waited::Answered(Ok(reply)) => match reply {
-            fsm::Reply::Ok => Reply::ok(),
-            fsm::Reply::NotWritten => Reply::Bulk(None),
-            fsm::Reply::Int(n) => Reply::Integer(n),
-            fsm::Reply::Value(v) => Reply::Bulk(v),
-            fsm::Reply::Error(text) => Reply::Error(text),
-            fsm::Reply::AlreadyApplied => {
-                Reply::Error("ERR internal: the write's entry was applied before it was proposed".into())
-            }
-        },
+        Waited::Answered(Ok(reply)) => applied_reply(reply),
         Waited::Answered(Err(refusal)) => Reply::Error(refusal.to_string()),
         Waited::Abandoned => Reply::Error(Refusal::Stopped.to_string()),
         Waited::TimedOut => Reply::Error(format!(
             "TIMEOUT the write was not confirmed within {timeout:?}; it may or may not have been applied"
         )),
     }
+}
+
+/// The client's reply for what applying a command answered.
+fn applied_reply(reply: fsm::Reply) -> Reply {
+    match reply {
+        fsm::Reply::Ok => Reply::ok(),
+        fsm::Reply::NotWritten => Reply::Bulk(None),
+        fsm::Reply::Int(n) => Reply::Integer(n),
+        fsm::Reply::Value(v) => Reply::Bulk(v),
+        fsm::Reply::Array(items) => Reply::Array(Some(items.into_iter().map(applied_reply).collect())),
+        fsm::Reply::Error(text) => Reply::Error(text),
+        fsm::Reply::AlreadyApplied => {
+            Reply::Error("ERR internal: the write's entry was applied before it was proposed".into())
+        }
+    }
+}
+
+/// Queue `req` in the transaction being built, or refuse it (which dooms the transaction).
+fn queue_in_multi(queued: &mut Queued, req: Request) -> Reply {
+    use crate::fsm::ReadKind;
+    let (command, shape) = match req {
+        Request::Write(cmd) => (cmd, Shape::Plain),
+        Request::SetNx(cmd) => (cmd, Shape::SetNx),
+        Request::Get(key) => (Command::read(ReadKind::Get, vec![key]), Shape::Plain),
+        Request::StrLen(key) => (Command::read(ReadKind::StrLen, vec![key]), Shape::Plain),
+        Request::MGet(keys) => (Command::read(ReadKind::MGet, keys), Shape::Plain),
+        Request::Exists(keys) => (Command::read(ReadKind::Exists, keys), Shape::Plain),
+        Request::Multi => return Reply::Error("ERR MULTI calls can not be nested".into()),
+        _ => {
+            queued.failed = true;
+            return Reply::Error(
+                "ERR durakv queues only string reads and writes inside MULTI (GET, MGET, EXISTS, STRLEN and \
+                 every write)"
+                    .into(),
+            );
+        }
+    };
+    queued.commands.push(command);
+    queued.shapes.push(shape);
+    Reply::Simple("QUEUED".into())
 }
 
 /// Hand a read to the raft loop (it runs once a ReadIndex round confirms the leader).
