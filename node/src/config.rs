@@ -5,6 +5,8 @@
 //! id = 1                          # this node's id, one of the peers
 //! cluster_id = 7                  # peers of another cluster are refused at the handshake
 //! data_dir = "./data/node1"
+//! spool_dir = "/mnt/spool/node1"  # optional; where received snapshots stream to (default data_dir/spool),
+//!                                 # may be another filesystem (the move into data_dir then copies)
 //! resp_addr = "127.0.0.1:6379"    # the Redis-protocol port
 //! peer_addr = "127.0.0.1:7379"    # the raft transport port
 //! fsm_sync = "sync"               # or "nosync" (raft apply only; direct writes always sync)
@@ -55,6 +57,8 @@ pub struct NodeConfig {
     pub id: u64,
     pub cluster_id: u64,
     pub data_dir: PathBuf,
+    /// Where a snapshot being received is spooled; `None` is `<data_dir>/spool`.
+    pub spool_dir: Option<PathBuf>,
     pub resp_addr: SocketAddr,
     pub peer_addr: SocketAddr,
     pub peers: BTreeMap<u64, Peer>,
@@ -72,6 +76,7 @@ struct RawConfig {
     id: Option<u64>,
     cluster_id: Option<u64>,
     data_dir: Option<PathBuf>,
+    spool_dir: Option<PathBuf>,
     resp_addr: Option<String>,
     peer_addr: Option<String>,
     peers: Option<BTreeMap<String, String>>,
@@ -116,6 +121,7 @@ impl NodeConfig {
                 "id" => raw.id = Some(num(value)?),
                 "cluster-id" => raw.cluster_id = Some(num(value)?),
                 "data-dir" => raw.data_dir = Some(PathBuf::from(value)),
+                "spool-dir" => raw.spool_dir = Some(PathBuf::from(value)),
                 "resp-addr" => raw.resp_addr = Some(value.clone()),
                 "peer-addr" => raw.peer_addr = Some(value.clone()),
                 "fsm-sync" => raw.fsm_sync = Some(value.clone()),
@@ -181,6 +187,12 @@ impl NodeConfig {
         if max_bulk_bytes == 0 {
             return Err(invalid("max_bulk_bytes", "must be at least 1"));
         }
+        let spool_dir = match raw.spool_dir {
+            Some(d) if d.as_os_str().is_empty() => {
+                return Err(invalid("spool_dir", "must not be empty; leave it unset for <data_dir>/spool"));
+            }
+            other => other,
+        };
         if raw.requirepass.as_deref() == Some("") {
             return Err(invalid("requirepass", "an empty password locks nobody out; leave it unset instead"));
         }
@@ -188,6 +200,7 @@ impl NodeConfig {
             id,
             cluster_id: raw.cluster_id.unwrap_or(1),
             data_dir: raw.data_dir.ok_or_else(|| invalid("data_dir", "required"))?,
+            spool_dir,
             resp_addr,
             peer_addr,
             peers,
@@ -273,6 +286,22 @@ fsm_sync = "nosync"
         let c = NodeConfig::load(None, &f).expect("valid");
         assert_eq!(c.peers[&3].resp_addr.port(), 6381);
         assert_eq!(c.snapshot_every, 10_000);
+        assert_eq!(c.spool_dir, None, "the spool defaults to <data_dir>/spool");
+    }
+
+    #[test]
+    fn the_spool_dir_comes_from_the_file_or_a_flag() {
+        let (_d, path) = write(&FILE.replace("fsm_sync", "spool_dir = \"/mnt/spool2\"\nfsm_sync"));
+        let c = NodeConfig::load(Some(&path), &[]).expect("valid");
+        assert_eq!(c.spool_dir.as_deref(), Some(Path::new("/mnt/spool2")));
+        let c = NodeConfig::load(Some(&path), &flags(&[("spool-dir", "/other")])).expect("valid");
+        assert_eq!(c.spool_dir.as_deref(), Some(Path::new("/other")), "the flag wins");
+        let (_d, plain) = write(FILE);
+        assert_eq!(NodeConfig::load(Some(&plain), &[]).expect("valid").spool_dir, None);
+        assert!(matches!(
+            NodeConfig::load(Some(&plain), &flags(&[("spool-dir", "")])),
+            Err(ConfigError::Invalid { field, .. }) if field == "spool_dir"
+        ));
     }
 
     #[test]

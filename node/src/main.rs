@@ -14,6 +14,8 @@ const USAGE: &str = "usage:
       --id N                 this node's id (one of --peers)
       --peers LIST           every member: '1=PEER_ADDR,RESP_ADDR;2=...;3=...'
       --data-dir DIR         where the raft log, state machine and snapshots live
+      --spool-dir DIR        where received snapshots stream to (default DATA_DIR/spool; may be
+                             another filesystem)
       --resp-addr ADDR       the Redis-protocol port (default: this node's entry in --peers)
       --peer-addr ADDR       the raft transport port (default: this node's entry in --peers)
       --cluster-id N         peers of another cluster are refused (default 1)

@@ -1,7 +1,8 @@
 //! durakv's simulation platform. The harness that runs the node in a madsim world, the scenario runner
 //! and the `durakv-sim` CLI build on this crate; today it holds the seed discipline every one of them
 //! uses, the checkers that judge a run ([`linearizability`], and durability and convergence in
-//! [`checkers`]), and the scenario file format ([`scenario`]).
+//! [`checkers`]), and the scenario file format ([`scenario`]). Outside the simulation, `powercut` runs
+//! real node processes on FUSE-mounted simulated disks through power cuts, judged by the same checkers.
 //!
 //! One root seed drives a whole run. Every consumer of randomness (each node's disk, the workload, the
 //! fault schedule) gets its own stream derived from the root seed and a stable label, so adding a
@@ -22,6 +23,8 @@ pub mod fuzz;
 #[cfg(madsim)]
 pub mod harness;
 pub mod linearizability;
+#[cfg(not(madsim))]
+pub mod powercut;
 pub mod promises;
 pub mod scenario;
 #[cfg(madsim)]

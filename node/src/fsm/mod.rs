@@ -21,6 +21,8 @@ mod batch;
 mod kv;
 #[cfg(feature = "rocksdb")]
 mod rocks;
+#[cfg(feature = "rocksdb")]
+mod rocks_wal;
 mod sim;
 
 use std::fmt;

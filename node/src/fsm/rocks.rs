@@ -105,6 +105,43 @@ fn db_number(name: &str) -> Option<u64> {
     name.strip_prefix("db-")?.parse().ok()
 }
 
+/// Cut each of RocksDB's logs in `db_dir` at the first record header its reader would spin on forever
+/// (see [`super::rocks_wal`]): a power loss's garbage in the unsynced tail. The bytes cut are kept in
+/// `root` (`<db>-<log>.cut`) for forensics, durably before the log is cut, and the cut is logged.
+fn cut_wal_where_rocksdb_would_spin(fs: &RealFs, root: &Path, db_dir: &Path) -> Result<(), FsmError> {
+    use crate::io::OpenOptions;
+    let mut logs: Vec<String> = fs
+        .read_dir(db_dir)
+        .map_err(io(db_dir))?
+        .into_iter()
+        .map(|e| e.name)
+        .filter(|n| n.ends_with(".log"))
+        .collect();
+    logs.sort();
+    for name in logs {
+        let path = db_dir.join(&name);
+        let data = read_file(fs, &path).map_err(io(&path))?;
+        let Some(at) = super::rocks_wal::stuck_at(&data) else { continue };
+        let db = db_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let evidence = root.join(format!("{db}-{name}.cut"));
+        // The evidence is durable before a byte is cut, so a crash in between loses nothing.
+        write_file_durably(fs, &evidence, &data[at..]).map_err(io(&evidence))?;
+        let mut file = fs.open(&path, OpenOptions::read_write()).map_err(io(&path))?;
+        file.set_len(at as u64).map_err(io(&path))?;
+        // The cut is durable before RocksDB reads the log: a crash here repeats the same cut.
+        file.sync().map_err(io(&path))?;
+        tracing::warn!(
+            path = %path.display(),
+            offset = at,
+            bytes = data.len() - at,
+            evidence = %evidence.display(),
+            "RocksDB's log had a header its reader would spin on forever (unsynced bytes a power loss \
+             left as garbage); cut it there"
+        );
+    }
+    Ok(())
+}
+
 impl RocksEngine {
     /// Open (or create) the engine in the directory `root`.
     pub fn open(root: &Path) -> Result<RocksEngine, FsmError> {
@@ -133,6 +170,8 @@ impl RocksEngine {
         // rocks_powerloss.rs). Its name is made durable here, before anything in it is acknowledged.
         let live_dir = root.join(&live);
         crate::io::ensure_dir_durable(&fs, &live_dir).map_err(io(&live_dir))?;
+        cut_wal_where_rocksdb_would_spin(&fs, root, &live_dir)?;
+        tracing::info!(path = %live_dir.display(), "opening the state machine's RocksDB");
         let db = DB::open(&options(), &live_dir).map_err(rocks)?;
         Ok(RocksEngine {
             db: RwLock::new(LiveDb::new(db)),

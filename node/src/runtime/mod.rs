@@ -145,6 +145,7 @@ pub struct DataLayout {
 }
 
 impl DataLayout {
+    /// Everything under `data_dir`, the spool included.
     pub fn new(data_dir: &Path) -> DataLayout {
         DataLayout {
             raft: data_dir.join("raft"),
@@ -152,6 +153,16 @@ impl DataLayout {
             snapshots: data_dir.join("snapshots"),
             spool: data_dir.join("spool"),
         }
+    }
+
+    /// The layout a configuration asks for: `cfg.spool_dir` when set (it may be another filesystem; a
+    /// received snapshot is then copied into the snapshot directory), else `<data_dir>/spool`.
+    pub fn of(cfg: &NodeConfig) -> DataLayout {
+        let mut layout = DataLayout::new(&cfg.data_dir);
+        if let Some(spool) = &cfg.spool_dir {
+            layout.spool = spool.clone();
+        }
+        layout
     }
 }
 
@@ -179,7 +190,7 @@ pub fn open_replica<E: Engine>(
     opts: &RuntimeOptions,
     open_engine: impl FnOnce(&Path) -> Result<E, FsmError>,
 ) -> Result<Replica<E>, NodeError> {
-    let layout = DataLayout::new(&cfg.data_dir);
+    let layout = DataLayout::of(cfg);
     // The data directory's own name must be durable before anything inside it is relied on.
     ensure_dir_durable(&*fs, &cfg.data_dir)
         .map_err(|source| NodeError::DataDir { path: cfg.data_dir.clone(), source })?;

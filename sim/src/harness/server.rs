@@ -70,6 +70,7 @@ pub(super) fn node_config(scenario: &Scenario, id: u64) -> NodeConfig {
         id,
         cluster_id: 1,
         data_dir: PathBuf::from(DATA),
+        spool_dir: None,
         resp_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), RESP_PORT),
         peer_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PEER_PORT),
         peers,
