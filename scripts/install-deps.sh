@@ -7,6 +7,8 @@
 #   fuse3                 fusermount3 and the FUSE tools: the mounted simulated disk (durakv-disk) under
 #                         RocksDB and the real binary (faults/tests/fuse_mount.rs, rocks_powerloss.rs,
 #                         make powercut); /dev/fuse itself comes from the kernel (modprobe fuse)
+#   ioredis 5 (npm)       a Node.js client with its defaults, in node/tests/node_inputs.rs; installed
+#                         into $HOME/.cache/durakv/npm (DURAKV_NPM_DIR), nothing global
 #   redis-py 8 (pip)      a current client library with its default settings, in node/tests/node_inputs.rs
 #   rustfmt, clippy       part of `make test`
 set -euo pipefail
@@ -21,6 +23,8 @@ command -v make >/dev/null 2>&1 || need+=(make)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 
 if ((${#need[@]})); then
     echo "install-deps: installing Debian packages: ${need[*]}"
@@ -38,6 +42,14 @@ if command -v python3 >/dev/null 2>&1 \
     && ! python3 -c 'import redis, sys; sys.exit(0 if int(redis.__version__.split(".")[0]) >= 8 else 1)' 2>/dev/null; then
     echo "install-deps: installing redis-py 8 (pip)"
     python3 -m pip install -q 'redis>=8,<9'
+fi
+
+# ioredis 5: node/tests/node_inputs.rs connects with it as a Node.js user would.
+npm_dir=${DURAKV_NPM_DIR:-$HOME/.cache/durakv/npm}
+if command -v npm >/dev/null 2>&1 && [ ! -f "$npm_dir/node_modules/ioredis/package.json" ]; then
+    echo "install-deps: installing ioredis 5 (npm) into $npm_dir"
+    mkdir -p "$npm_dir"
+    (cd "$npm_dir" && npm install --silent --no-audit --no-fund 'ioredis@5')
 fi
 
 for component in rustfmt clippy; do

@@ -208,6 +208,41 @@ fn current_client_libraries_connect_with_their_defaults() {
             eprintln!("SKIPPED the redis-py half: no redis-py 8 (pip install 'redis>=8')");
         }
     }
+
+    // ioredis 5 (Node.js), default settings: its ready check reads INFO's `loading`; a transaction
+    // and a pipeline as its users write them.
+    let npm_dir = std::env::var_os("DURAKV_NPM_DIR").map_or_else(
+        || std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/durakv/npm"),
+        std::path::PathBuf::from,
+    );
+    let modules = npm_dir.join("node_modules");
+    if modules.join("ioredis").exists() {
+        let script = format!(
+            "const Redis = require('ioredis'); const r = new Redis({});\n\
+             (async () => {{\n\
+               await r.set('io', 'x');\n\
+               const got = [await r.get('io'), await r.incr('ion'), await r.get('nope')];\n\
+               const tx = await r.multi().set('t', '1').incr('t').get('t').exec();\n\
+               const p = await r.pipeline().get('t').getset('io', 'y').exec();\n\
+               console.log(JSON.stringify({{ got, tx, p }}));\n\
+               r.disconnect();\n\
+             }})().catch((e) => {{ console.error(e); process.exit(1); }});\n",
+            node.resp
+        );
+        let out = Command::new("node")
+            .args(["-e", &script])
+            .env("NODE_PATH", &modules)
+            .output()
+            .expect("node runs");
+        assert!(out.status.success(), "ioredis: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            r#"{"got":["x",1,null],"tx":[[null,"OK"],[null,2],[null,"2"]],"p":[[null,"2"],[null,"x"]]}"#
+        );
+    } else {
+        assert!(std::env::var_os("CI").is_none(), "ioredis is missing: `make deps` installs it (npm)");
+        eprintln!("SKIPPED the ioredis half: no ioredis in {} (make deps installs it)", modules.display());
+    }
 }
 
 /// Failure guarded against: pipelined commands answered out of order, or a pipelined read that
