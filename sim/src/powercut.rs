@@ -1451,6 +1451,7 @@ impl Cluster {
             ),
             ("cold-start snapshot restores", "cold start: restoring the snapshot"),
             ("interrupted snapshot work cleaned up", "cleaned up interrupted snapshot work"),
+            ("RocksDB log tails cut where its reader would spin", "its reader would spin on forever"),
             ("fatal stops", "fatal: the node stops"),
         ]
         .into_iter()
