@@ -93,7 +93,8 @@ fn errno(e: &io::Error) -> Errno {
 /// An open file of the mount.
 #[derive(Debug)]
 struct Handle {
-    file: Box<dyn FsFile>,
+    /// `None`: the file had lost its last name when it was opened; it lives in `Tables::orphans`.
+    file: Option<Box<dyn FsFile>>,
     ino: u64,
 }
 
@@ -106,6 +107,10 @@ struct Tables {
     next_ino: u64,
     handles: BTreeMap<u64, Handle>,
     next_fh: u64,
+    /// Files that lost their last name (unlinked, or replaced by a rename) while the kernel may still
+    /// hold their inode: a process that looked the name up just before can still open and stat it,
+    /// as on any filesystem. Dropped when the kernel forgets the inode.
+    orphans: BTreeMap<u64, Box<dyn FsFile>>,
 }
 
 impl Tables {
@@ -156,11 +161,23 @@ impl Tables {
         }
     }
 
-    fn handle(&mut self, fh: FileHandle) -> Result<&mut Handle, Errno> {
-        self.handles.get_mut(&fh.0).ok_or(Errno::EBADF)
+    /// The file behind an open handle.
+    fn handle(&mut self, fh: FileHandle) -> Result<&mut Box<dyn FsFile>, Errno> {
+        let h = self.handles.get_mut(&fh.0).ok_or(Errno::EBADF)?;
+        match &mut h.file {
+            Some(file) => Ok(file),
+            None => self.orphans.get_mut(&h.ino).ok_or(Errno::EBADF),
+        }
     }
 
-    fn add_handle(&mut self, file: Box<dyn FsFile>, ino: u64) -> u64 {
+    /// Keep the file about to lose the name `path` reachable by its inode (see `orphans`).
+    fn keep_orphan(&mut self, orphan: Option<(u64, Box<dyn FsFile>)>) {
+        if let Some((ino, file)) = orphan {
+            self.orphans.insert(ino, file);
+        }
+    }
+
+    fn add_handle(&mut self, file: Option<Box<dyn FsFile>>, ino: u64) -> u64 {
         let fh = self.next_fh;
         self.next_fh += 1;
         self.handles.insert(fh, Handle { file, ino });
@@ -209,12 +226,17 @@ impl SimFuse {
     /// The attributes of `ino`: through an open handle when the caller has one (the file may be
     /// unlinked), else by path.
     fn stat(&self, t: &mut Tables, ino: INodeNo, fh: Option<FileHandle>) -> Result<FileAttr, Errno> {
-        let by_handle = fh.and_then(|fh| t.handles.get(&fh.0)).or_else(|| {
-            // fstat of an unlinked file may come without its handle: any handle on the inode will do.
-            (!t.paths.contains_key(&ino.0)).then(|| t.handles.values().find(|h| h.ino == ino.0)).flatten()
+        let by_handle = fh.and_then(|fh| t.handles.get(&fh.0).and_then(|h| h.file.as_ref())).or_else(|| {
+            // A file with no name left (unlinked, replaced): its orphan, or any handle on it.
+            if t.paths.contains_key(&ino.0) {
+                return None;
+            }
+            t.orphans
+                .get(&ino.0)
+                .or_else(|| t.handles.values().filter(|h| h.ino == ino.0).find_map(|h| h.file.as_ref()))
         });
-        if let Some(h) = by_handle {
-            let len = h.file.len().map_err(|e| errno(&e))?;
+        if let Some(file) = by_handle {
+            let len = file.len().map_err(|e| errno(&e))?;
             return Ok(self.attr(ino.0, Metadata { len, kind: EntryKind::File }));
         }
         let path = t.path(ino)?;
@@ -237,7 +259,27 @@ fn access_mode(flags: OpenFlags) -> (bool, bool) {
     }
 }
 
+impl SimFuse {
+    /// A handle on the file at `path` when the kernel knows its inode and the file is about to lose
+    /// that name (an unlink, a rename over it): kept as an orphan the kernel can still open.
+    fn orphan_of(&self, t: &Tables, path: &Path) -> Option<(u64, Box<dyn FsFile>)> {
+        let ino = *t.inos.get(path)?;
+        if self.disk.metadata(path).ok()?.kind != EntryKind::File {
+            return None;
+        }
+        Some((ino, self.disk.open(path, OpenOptions::read_write()).ok()?))
+    }
+}
+
 impl Filesystem for SimFuse {
+    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
+        // The kernel let go of the inode: an orphan can no longer be reached.
+        let mut t = self.tables();
+        if !t.paths.contains_key(&ino.0) {
+            t.orphans.remove(&ino.0);
+        }
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let mut t = self.tables();
         match t.child(parent, name).and_then(|path| self.entry(&mut t, &path)) {
@@ -278,7 +320,11 @@ impl Filesystem for SimFuse {
         let result = (|| {
             if let Some(len) = size {
                 match fh.filter(|fh| t.handles.contains_key(&fh.0)) {
-                    Some(fh) => t.handle(fh)?.file.set_len(len).map_err(|e| errno(&e))?,
+                    Some(fh) => t.handle(fh)?.set_len(len).map_err(|e| errno(&e))?,
+                    None if !t.paths.contains_key(&ino.0) => {
+                        let orphan = t.orphans.get_mut(&ino.0).ok_or(Errno::ENOENT)?;
+                        orphan.set_len(len).map_err(|e| errno(&e))?;
+                    }
                     None => {
                         let path = t.path(ino)?;
                         let mut f =
@@ -346,7 +392,9 @@ impl Filesystem for SimFuse {
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let mut t = self.tables();
         let result = t.child(parent, name).and_then(|path| {
+            let orphan = self.orphan_of(&t, &path);
             self.disk.remove_file(&path).map_err(|e| errno(&e))?;
+            t.keep_orphan(orphan);
             t.forget_path(&path);
             Ok(())
         });
@@ -391,7 +439,9 @@ impl Filesystem for SimFuse {
             {
                 return Err(Errno::EEXIST);
             }
+            let orphan = if from == to { None } else { self.orphan_of(&t, &to) };
             self.disk.rename(&from, &to).map_err(|e| errno(&e))?;
+            t.keep_orphan(orphan);
             t.renamed(&from, &to);
             Ok(())
         })();
@@ -405,11 +455,20 @@ impl Filesystem for SimFuse {
         let mut t = self.tables();
         let (read, write) = access_mode(flags);
         let truncate = flags.0 & libc::O_TRUNC != 0 && write;
-        let result = t.path(ino).and_then(|path| {
-            let opts = OpenOptions { read, write, truncate, ..OpenOptions::default() };
-            let file = self.disk.open(&path, opts).map_err(|e| errno(&e))?;
-            Ok(t.add_handle(file, ino.0))
-        });
+        let result = match t.path(ino) {
+            Ok(path) => {
+                let opts = OpenOptions { read, write, truncate, ..OpenOptions::default() };
+                self.disk.open(&path, opts).map_err(|e| errno(&e)).map(|file| t.add_handle(Some(file), ino.0))
+            }
+            // Looked up before it lost its name: open what the name pointed at, as any filesystem.
+            Err(_) if t.orphans.contains_key(&ino.0) => {
+                if truncate && let Some(f) = t.orphans.get_mut(&ino.0) {
+                    let _ = f.set_len(0);
+                }
+                Ok(t.add_handle(None, ino.0))
+            }
+            Err(e) => Err(e),
+        };
         match result {
             // No FOPEN_KEEP_CACHE: every open starts from what the model holds.
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
@@ -429,11 +488,11 @@ impl Filesystem for SimFuse {
         reply: ReplyData,
     ) {
         let mut t = self.tables();
-        let result = t.handle(fh).and_then(|h| {
+        let result = t.handle(fh).and_then(|file| {
             let mut buf = vec![0; size as usize];
             let mut got = 0;
             while got < buf.len() {
-                let n = h.file.read_at(&mut buf[got..], offset + got as u64).map_err(|e| errno(&e))?;
+                let n = file.read_at(&mut buf[got..], offset + got as u64).map_err(|e| errno(&e))?;
                 if n == 0 {
                     break;
                 }
@@ -461,7 +520,7 @@ impl Filesystem for SimFuse {
         reply: ReplyWrite,
     ) {
         let mut t = self.tables();
-        let result = t.handle(fh).and_then(|h| h.file.write_at(data, offset).map_err(|e| errno(&e)));
+        let result = t.handle(fh).and_then(|file| file.write_at(data, offset).map_err(|e| errno(&e)));
         match result {
             Ok(()) => reply.written(data.len() as u32),
             Err(e) => reply.error(e),
@@ -496,7 +555,7 @@ impl Filesystem for SimFuse {
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         let mut t = self.tables();
-        match t.handle(fh).and_then(|h| h.file.sync().map_err(|e| errno(&e))) {
+        match t.handle(fh).and_then(|file| file.sync().map_err(|e| errno(&e))) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -572,7 +631,7 @@ impl Filesystem for SimFuse {
             };
             let file = self.disk.open(&path, opts).map_err(|e| errno(&e))?;
             let attr = self.entry(&mut t, &path)?;
-            let fh = t.add_handle(file, attr.ino.0);
+            let fh = t.add_handle(Some(file), attr.ino.0);
             Ok((attr, fh))
         });
         match result {
@@ -592,13 +651,13 @@ impl Filesystem for SimFuse {
         reply: ReplyEmpty,
     ) {
         let mut t = self.tables();
-        let result = t.handle(fh).and_then(|h| {
+        let result = t.handle(fh).and_then(|file| {
             let end = offset.checked_add(length).ok_or(Errno::EFBIG)?;
             match mode {
                 // Reserve and extend: the new length is unsynced like any other change.
                 0 => {
-                    if end > h.file.len().map_err(|e| errno(&e))? {
-                        h.file.set_len(end).map_err(|e| errno(&e))?;
+                    if end > file.len().map_err(|e| errno(&e))? {
+                        file.set_len(end).map_err(|e| errno(&e))?;
                     }
                     Ok(())
                 }

@@ -11,7 +11,7 @@
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 use durakv_faults::fuse::{MountedDisk, fuse_unavailable};
@@ -161,4 +161,33 @@ fn two_mounts_are_two_devices() {
     assert_eq!(err.raw_os_error(), Some(libc::EXDEV));
     assert_eq!(fs::read(a.dir().join("snap")).expect("still there"), b"data");
     assert!(!b.dir().join("snap").exists());
+}
+
+/// Failure guarded against (found by `make powercut`): a process that looked a name up just before
+/// a rename replaced the file (or an unlink removed it) opening or stat-ing the inode it got: the
+/// mount answered ENOENT where every filesystem opens the file the name pointed at, and the node
+/// took a snapshot that two receives had just written as missing. Invariant: an inode that lost its
+/// name stays openable and stat-able while the kernel holds it.
+#[test]
+fn an_inode_that_lost_its_name_can_still_be_opened() {
+    if !fuse_or_skip("an_inode_that_lost_its_name_can_still_be_opened") {
+        return;
+    }
+    let (_tmp, m) = mount(SimFsOptions::default());
+    let root = m.dir();
+    fs::write(root.join("snap"), b"first receive").expect("write");
+    // O_PATH: a lookup and no FUSE open, like the first half of an open(2) that races a rename.
+    let held =
+        fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH).open(root.join("snap")).expect("O_PATH");
+    fs::write(root.join("snap.copy-2.tmp"), b"second receive").expect("write");
+    fs::rename(root.join("snap.copy-2.tmp"), root.join("snap")).expect("rename over");
+    let by_inode = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&held));
+    assert_eq!(fs::read(&by_inode).expect("open the replaced inode"), b"first receive");
+    assert_eq!(fs::metadata(&by_inode).expect("stat the replaced inode").len(), 13);
+    assert_eq!(fs::read(root.join("snap")).expect("read the name"), b"second receive");
+    let held2 =
+        fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH).open(root.join("snap")).expect("O_PATH");
+    fs::remove_file(root.join("snap")).expect("unlink");
+    let by_inode = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&held2));
+    assert_eq!(fs::read(&by_inode).expect("open the unlinked inode"), b"second receive");
 }

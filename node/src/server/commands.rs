@@ -64,10 +64,108 @@ pub enum Request {
     StrLen(Vec<u8>),
     /// A write, proposed through raft.
     Write(Command),
+    /// LCS key1 key2 [LEN] [IDX [MINMATCHLEN n] [WITHMATCHLEN]]
+    Lcs {
+        a: Vec<u8>,
+        b: Vec<u8>,
+        answer: LcsAnswer,
+    },
     /// MULTI: queue the commands that follow until EXEC or DISCARD.
     Multi,
     Exec,
     Discard,
+}
+
+/// What LCS answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LcsAnswer {
+    /// The common subsequence itself.
+    Text,
+    /// Its length (LEN).
+    Len,
+    /// The matching ranges and the length (IDX), ranges shorter than `min_len` left out.
+    Idx { min_len: u64, with_len: bool },
+}
+
+/// The most cells LCS's table may have: it is computed where reads run, so it is bounded well below
+/// Redis's (`proto-max-bulk-len` bytes of table): 16 M cells, 64 MiB, tens of milliseconds.
+pub const LCS_MAX_CELLS: u64 = 16 << 20;
+
+/// LCS of `a` and `b`, as Redis 7 answers it: the table of prefix LCS lengths, then a walk back from
+/// the ends (a match steps both back; otherwise the side with the longer LCS, `b` on ties), whose
+/// maximal diagonal runs are the matching ranges, reported from the end.
+pub fn lcs(a: &[u8], b: &[u8], answer: LcsAnswer) -> Reply {
+    let cells = (a.len() as u64 + 1).saturating_mul(b.len() as u64 + 1);
+    if cells > LCS_MAX_CELLS {
+        return Reply::Error(format!(
+            "ERR Insufficient memory, transient memory for LCS exceeds durakv's bound ({LCS_MAX_CELLS} cells)"
+        ));
+    }
+    let width = b.len() + 1;
+    let mut table = vec![0u32; (a.len() + 1) * width];
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            table[i * width + j] = if a[i - 1] == b[j - 1] {
+                table[(i - 1) * width + j - 1] + 1
+            } else {
+                table[(i - 1) * width + j].max(table[i * width + j - 1])
+            };
+        }
+    }
+    let total = table[a.len() * width + b.len()];
+    if answer == LcsAnswer::Len {
+        return Reply::Integer(i64::from(total));
+    }
+    let mut text = vec![0u8; total as usize];
+    let mut ranges = Vec::new();
+    // The run being walked: (a start, a end, b start, b end), inclusive.
+    let mut run: Option<(usize, usize, usize, usize)> = None;
+    let (mut i, mut j, mut k) = (a.len(), b.len(), total as usize);
+    let close = |run: &mut Option<(usize, usize, usize, usize)>, ranges: &mut Vec<Reply>| {
+        if let (Some((a0, a1, b0, b1)), LcsAnswer::Idx { min_len, with_len }) = (run.take(), answer) {
+            let len = (a1 - a0 + 1) as u64;
+            if len >= min_len {
+                let pair = |x: usize, y: usize| {
+                    Reply::Array(Some(vec![Reply::Integer(x as i64), Reply::Integer(y as i64)]))
+                };
+                let mut item = vec![pair(a0, a1), pair(b0, b1)];
+                if with_len {
+                    item.push(Reply::Integer(len as i64));
+                }
+                ranges.push(Reply::Array(Some(item)));
+            }
+        }
+    };
+    while i > 0 && j > 0 {
+        if a[i - 1] == b[j - 1] {
+            k -= 1;
+            text[k] = a[i - 1];
+            run = Some(match run {
+                Some((a0, a1, b0, b1)) if a0 == i && b0 == j => (a0 - 1, a1, b0 - 1, b1),
+                _ => (i - 1, i - 1, j - 1, j - 1),
+            });
+            i -= 1;
+            j -= 1;
+            if i == 0 || j == 0 {
+                close(&mut run, &mut ranges);
+            }
+        } else {
+            if table[(i - 1) * width + j] > table[i * width + j - 1] {
+                i -= 1;
+            } else {
+                j -= 1;
+            }
+            close(&mut run, &mut ranges);
+        }
+    }
+    match answer {
+        LcsAnswer::Text => Reply::Bulk(Some(text)),
+        LcsAnswer::Len => Reply::Integer(i64::from(total)),
+        LcsAnswer::Idx { .. } => Reply::Map(vec![
+            (Reply::Bulk(Some(b"matches".to_vec())), Reply::Array(Some(ranges))),
+            (Reply::Bulk(Some(b"len".to_vec())), Reply::Integer(i64::from(total))),
+        ]),
+    }
 }
 
 /// What `CLIENT SETINFO` sets.
@@ -276,6 +374,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         "Returns information and statistics about the server.",
     ),
     spec("keys", 2, &["readonly"], NOKEYS, "generic", "Returns all key names that match a pattern."),
+    spec("lcs", -3, &["readonly"], (1, 2, 1), "string", "Finds the longest common substring."),
     spec(
         "mget",
         -2,
@@ -872,6 +971,39 @@ pub fn parse_request(args: Vec<Vec<u8>>) -> Result<Request, Refusal> {
             };
             Request::Write(Command::incr_by(key, delta))
         }
+        "LCS" => {
+            arity(n >= 2)?;
+            let a = rest.next().unwrap_or_default();
+            let b = rest.next().unwrap_or_default();
+            let (mut len, mut idx, mut min_len, mut with_len) = (false, false, 0u64, false);
+            let opts: Vec<Vec<u8>> = rest.collect();
+            let mut i = 0;
+            while i < opts.len() {
+                match String::from_utf8_lossy(&opts[i]).to_ascii_uppercase().as_str() {
+                    "LEN" => len = true,
+                    "IDX" => idx = true,
+                    "WITHMATCHLEN" => with_len = true,
+                    "MINMATCHLEN" => {
+                        let v = parse_i64(opts.get(i + 1).ok_or_else(syntax)?)?;
+                        min_len = u64::try_from(v).unwrap_or(0);
+                        i += 1;
+                    }
+                    _ => return Err(syntax()),
+                }
+                i += 1;
+            }
+            if len && idx {
+                return Err(Reply::Error(
+                    "ERR If you want both the length and indexes, please just use IDX.".into(),
+                ));
+            }
+            let answer = match (len, idx) {
+                (true, _) => LcsAnswer::Len,
+                (_, true) => LcsAnswer::Idx { min_len, with_len },
+                _ => LcsAnswer::Text,
+            };
+            Request::Lcs { a, b, answer }
+        }
         "MULTI" => {
             arity(n == 0)?;
             Request::Multi
@@ -1018,6 +1150,48 @@ mod tests {
         assert_eq!(
             (req(&["multi"]), req(&["EXEC"]), req(&["discard"])),
             (Ok(Request::Multi), Ok(Request::Exec), Ok(Request::Discard))
+        );
+        let text = |r: Reply| match r {
+            Reply::Bulk(Some(v)) => String::from_utf8_lossy(&v).into_owned(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(text(lcs(b"ohmytext", b"mynewtext", LcsAnswer::Text)), "mytext");
+        assert_eq!(lcs(b"ohmytext", b"mynewtext", LcsAnswer::Len), Reply::Integer(6));
+        let int = |n: i64| Reply::Integer(n);
+        let pair = |x, y| Reply::Array(Some(vec![int(x), int(y)]));
+        // Redis 7.2: LCS key1 key2 IDX MINMATCHLEN 4 WITHMATCHLEN on "ohmytext" / "mynewtext".
+        assert_eq!(
+            lcs(b"ohmytext", b"mynewtext", LcsAnswer::Idx { min_len: 4, with_len: true }),
+            Reply::Map(vec![
+                (
+                    Reply::Bulk(Some(b"matches".to_vec())),
+                    Reply::Array(Some(vec![Reply::Array(Some(vec![pair(4, 7), pair(5, 8), int(4)]))]))
+                ),
+                (Reply::Bulk(Some(b"len".to_vec())), int(6)),
+            ])
+        );
+        assert_eq!(
+            lcs(b"ohmytext", b"mynewtext", LcsAnswer::Idx { min_len: 0, with_len: false }),
+            Reply::Map(vec![
+                (
+                    Reply::Bulk(Some(b"matches".to_vec())),
+                    Reply::Array(Some(vec![
+                        Reply::Array(Some(vec![pair(4, 7), pair(5, 8)])),
+                        Reply::Array(Some(vec![pair(2, 3), pair(0, 1)])),
+                    ]))
+                ),
+                (Reply::Bulk(Some(b"len".to_vec())), int(6)),
+            ])
+        );
+        assert_eq!(text(lcs(b"", b"abc", LcsAnswer::Text)), "");
+        assert!(err_text(req(&["lcs", "a", "b", "len", "idx"])).contains("please just use IDX"));
+        assert_eq!(
+            req(&["lcs", "a", "b", "idx", "minmatchlen", "3"]),
+            Ok(Request::Lcs {
+                a: b"a".to_vec(),
+                b: b"b".to_vec(),
+                answer: LcsAnswer::Idx { min_len: 3, with_len: false }
+            })
         );
         let watch = err_text(req(&["watch", "k"]));
         assert!(watch.contains("not supported"), "{watch}");

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::commands::{
     COMMANDS, CommandQuery, CommandSpec, LibAttr, Request, byte_range, command_spec, config_get, glob_match,
-    parse_request,
+    lcs, parse_request,
 };
 use super::resp::{Limits, Reply, RequestParser};
 use crate::config::Peer;
@@ -503,6 +503,19 @@ async fn execute_parsed<E: Engine + Send + 'static>(
                             }
                         }
                         Reply::Array(Some(values))
+                    }),
+                )
+                .await,
+                false,
+            );
+        }
+        Request::Lcs { a, b, answer } => {
+            return (
+                read(
+                    ctx,
+                    Box::new(move |kv| match (kv.get(&a), kv.get(&b)) {
+                        (Ok(x), Ok(y)) => lcs(&x.unwrap_or_default(), &y.unwrap_or_default(), answer),
+                        (Err(e), _) | (_, Err(e)) => read_failed(e),
                     }),
                 )
                 .await,
