@@ -74,6 +74,20 @@ pub fn fuse_unavailable() -> Option<String> {
     None
 }
 
+/// For a test that needs FUSE: `true` when it can run; otherwise one loud line naming what is
+/// missing and how to get it, and `false` (the test returns) — except under `CI=true`, whose
+/// machines have FUSE, where a missing device fails the test instead of passing it silently.
+pub fn fuse_or_skip(test: &str) -> bool {
+    match fuse_unavailable() {
+        None => true,
+        Some(why) => {
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "{test} needs FUSE under CI: {why}");
+            eprintln!("SKIPPED {test}: {why} (install fuse3 and run as root to run it)");
+            false
+        }
+    }
+}
+
 fn errno(e: &io::Error) -> Errno {
     if is_crash_error(e) {
         // The process this disk served is dead (or the power is off): nothing reaches the disk.

@@ -14,18 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use durakv_faults::fuse::fuse_unavailable;
-
-fn fuse_or_skip(test: &str) -> bool {
-    match fuse_unavailable() {
-        None => true,
-        Some(why) => {
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "{test} needs FUSE under CI: {why}");
-            eprintln!("SKIPPED {test}: {why} (install fuse3 and run as root to run it)");
-            false
-        }
-    }
-}
+use durakv_faults::fuse::fuse_or_skip;
 
 const BIN: &str = env!("CARGO_BIN_EXE_durakv-disk");
 

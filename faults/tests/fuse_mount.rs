@@ -14,19 +14,8 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
-use durakv_faults::fuse::{MountedDisk, fuse_unavailable};
+use durakv_faults::fuse::{MountedDisk, fuse_or_skip};
 use durakv_faults::{CrashKind, FaultEffect, FaultRule, OpKind, SectorOdds, SimFs, SimFsOptions};
-
-fn fuse_or_skip(test: &str) -> bool {
-    match fuse_unavailable() {
-        None => true,
-        Some(why) => {
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "{test} needs FUSE under CI: {why}");
-            eprintln!("SKIPPED {test}: {why} (install fuse3 and run as root to run it)");
-            false
-        }
-    }
-}
 
 fn mount(opts: SimFsOptions) -> (tempfile::TempDir, MountedDisk) {
     let dir = tempfile::tempdir().expect("temp dir");

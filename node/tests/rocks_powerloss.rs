@@ -21,26 +21,13 @@ use std::hash::{Hash, Hasher};
 use std::path::Path;
 
 use durakv::fsm::{Engine, FsmError, RocksEngine, WriteBatch, WriteMode};
-use durakv_faults::fuse::{MountedDisk, fuse_unavailable};
+use durakv_faults::fuse::{MountedDisk, fuse_or_skip};
 use durakv_faults::{CrashKind, SectorOdds, SimFs, SimFsOptions, TornWrite};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 /// Crashes are never armed on RocksDB's diagnostics log.
 const NOT_EXPLORED: &str = "*/LOG*";
-
-/// FUSE is there, or this test says loudly why it did not run (and fails under CI, whose machines
-/// have it: a missing device there is a broken machine, not a reason to pass).
-fn fuse_or_skip(test: &str) -> bool {
-    match fuse_unavailable() {
-        None => true,
-        Some(why) => {
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "{test} needs FUSE under CI: {why}");
-            eprintln!("SKIPPED {test}: {why} (install fuse3 and run as root to run it)");
-            false
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy)]
 enum Step {
