@@ -106,9 +106,11 @@ fn db_number(name: &str) -> Option<u64> {
 }
 
 /// Cut each of RocksDB's logs in `db_dir` at the first record header its reader would spin on forever
-/// (see [`super::rocks_wal`]): a power loss's garbage in the unsynced tail. The bytes cut are kept in
-/// `root` (`<db>-<log>.cut`) for forensics, durably before the log is cut, and the cut is logged.
+/// (see [`super::rocks_wal`]): a power loss's garbage in the unsynced tail. Each log is read one
+/// block at a time. The bytes cut are kept in `root` (`<db>-<log>.cut`) for forensics, durably
+/// before the log is cut, and the cut is logged.
 fn cut_wal_where_rocksdb_would_spin(fs: &RealFs, root: &Path, db_dir: &Path) -> Result<(), FsmError> {
+    use super::rocks_wal::{BLOCK_BYTES, stuck_in_block};
     use crate::io::OpenOptions;
     let mut logs: Vec<String> = fs
         .read_dir(db_dir)
@@ -120,26 +122,57 @@ fn cut_wal_where_rocksdb_would_spin(fs: &RealFs, root: &Path, db_dir: &Path) -> 
     logs.sort();
     for name in logs {
         let path = db_dir.join(&name);
-        let data = read_file(fs, &path).map_err(io(&path))?;
-        let Some(at) = super::rocks_wal::stuck_at(&data) else { continue };
+        let mut file = fs.open(&path, OpenOptions::read_write()).map_err(io(&path))?;
+        let len = file.len().map_err(io(&path))?;
+        let mut stuck = None;
+        let mut block_at = 0u64;
+        while block_at < len && stuck.is_none() {
+            let want = (len - block_at).min(BLOCK_BYTES as u64) as usize;
+            let block = file.read_exact_vec_at(want, block_at).map_err(io(&path))?;
+            stuck = stuck_in_block(&block).map(|at| block_at + at as u64);
+            block_at += want as u64;
+        }
+        let Some(at) = stuck else { continue };
         let db = db_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let evidence = root.join(format!("{db}-{name}.cut"));
-        // The evidence is durable before a byte is cut, so a crash in between loses nothing.
-        write_file_durably(fs, &evidence, &data[at..]).map_err(io(&evidence))?;
-        let mut file = fs.open(&path, OpenOptions::read_write()).map_err(io(&path))?;
-        file.set_len(at as u64).map_err(io(&path))?;
+        copy_range_durably(fs, &*file, at..len, &evidence).map_err(io(&evidence))?;
+        file.set_len(at).map_err(io(&path))?;
         // The cut is durable before RocksDB reads the log: a crash here repeats the same cut.
         file.sync().map_err(io(&path))?;
         tracing::warn!(
             path = %path.display(),
             offset = at,
-            bytes = data.len() - at,
+            bytes = len - at,
             evidence = %evidence.display(),
             "RocksDB's log had a header its reader would spin on forever (unsynced bytes a power loss \
              left as garbage); cut it there"
         );
     }
     Ok(())
+}
+
+/// Copy `range` of `src` to `dest` in bounded chunks, durably (tmp, fsync, rename, fsync dir), so the
+/// evidence exists whole before the bytes it keeps are cut from their log.
+fn copy_range_durably(
+    fs: &RealFs,
+    src: &dyn crate::io::FsFile,
+    range: std::ops::Range<u64>,
+    dest: &Path,
+) -> std::io::Result<()> {
+    let tmp = crate::io::tmp_path(dest);
+    let mut out = fs.open(&tmp, crate::io::OpenOptions::create_truncate())?;
+    let mut at = range.start;
+    while at < range.end {
+        let n = (range.end - at).min(1 << 20) as usize;
+        let chunk = src.read_exact_vec_at(n, at)?;
+        out.write_at(&chunk, at - range.start)?;
+        at += n as u64;
+    }
+    // The copy's bytes are durable before its name points at them.
+    out.sync()?;
+    fs.rename(&tmp, dest)?;
+    // The name is durable before the log is cut.
+    fs.sync_dir(crate::io::parent_dir(dest))
 }
 
 impl RocksEngine {

@@ -30,37 +30,45 @@ fn unmask(masked: u32) -> u32 {
     rot.rotate_left(15)
 }
 
+/// The block size the reader reads: a log is scanned one block at a time, never held whole.
+pub(crate) const BLOCK_BYTES: usize = BLOCK;
+
+/// Where in one block (the whole of it, or the log's last, shorter one) RocksDB's reader would meet
+/// a header it cannot get past, or `None`. Blocks are independent: a bad checksum or length drops
+/// the rest of its block and the reader goes on at the next.
+pub(crate) fn stuck_in_block(block: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    while block.len() - at >= HEADER {
+        let header = &block[at..];
+        let len = usize::from(u16::from_le_bytes([header[4], header[5]]));
+        let kind = header[6];
+        if recyclable(kind) {
+            return Some(at);
+        }
+        if HEADER + len > header.len() {
+            // A bad length: the reader drops the rest of the block.
+            return None;
+        }
+        if kind == 0 && len == 0 {
+            // Preallocated zeros: the reader drops the rest of the block.
+            return None;
+        }
+        let stored = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        if unmask(stored) != crc32c::crc32c(&header[6..HEADER + len]) {
+            // A checksum mismatch: reported, and the rest of the block dropped.
+            return None;
+        }
+        at += HEADER + len;
+    }
+    // Fewer than a header's bytes left: the block's trailer, skipped.
+    None
+}
+
 /// Where RocksDB's reader would meet a header it cannot get past in the log `data` (the offset of
 /// that header), or `None` when it reads the log to its end.
-pub(crate) fn stuck_at(data: &[u8]) -> Option<usize> {
-    for block_start in (0..data.len()).step_by(BLOCK) {
-        let block = &data[block_start..data.len().min(block_start + BLOCK)];
-        let mut at = 0;
-        while block.len() - at >= HEADER {
-            let header = &block[at..];
-            let len = usize::from(u16::from_le_bytes([header[4], header[5]]));
-            let kind = header[6];
-            if recyclable(kind) {
-                return Some(block_start + at);
-            }
-            if HEADER + len > header.len() {
-                // A bad length: the reader drops the rest of the block.
-                break;
-            }
-            if kind == 0 && len == 0 {
-                // Preallocated zeros: the reader drops the rest of the block.
-                break;
-            }
-            let stored = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
-            if unmask(stored) != crc32c::crc32c(&header[6..HEADER + len]) {
-                // A checksum mismatch: reported, and the rest of the block dropped.
-                break;
-            }
-            at += HEADER + len;
-        }
-        // Fewer than a header's bytes left: the block's trailer, skipped.
-    }
-    None
+#[cfg(test)]
+fn stuck_at(data: &[u8]) -> Option<usize> {
+    data.chunks(BLOCK).enumerate().find_map(|(i, block)| stuck_in_block(block).map(|at| i * BLOCK + at))
 }
 
 #[cfg(test)]
