@@ -1038,18 +1038,9 @@ impl State {
                 d.children = d.durable_children.clone();
             }
         }
-        // Only what is reachable from the root through durable entries survives.
-        let mut reachable = std::collections::BTreeSet::new();
-        let mut stack = vec![ROOT];
-        while let Some(ino) = stack.pop() {
-            if !reachable.insert(ino) {
-                continue;
-            }
-            if let Some(Inode::Dir(d)) = self.inodes.get(&ino) {
-                stack.extend(d.children.values().copied());
-            }
-        }
-        self.inodes.retain(|ino, _| reachable.contains(ino));
+        // Only what is reachable from the root through durable entries survives (every directory's
+        // entries are its durable ones now).
+        self.drop_unreachable();
         let sector = self.sector();
         let odds = self.opts.power_loss;
         let mut fates = [0u64; 3];

@@ -22,6 +22,15 @@ pub fn outcome_of(reply: &Reply) -> Outcome {
     }
 }
 
+/// The `field:value` lines of an INFO reply, as fields (section headers and blank lines dropped).
+pub fn info_fields(text: &[u8]) -> std::collections::BTreeMap<String, String> {
+    String::from_utf8_lossy(text)
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
 /// Decode one reply from the front of `buf` with the node's own codec: the reply and the bytes it
 /// used, `None` if more bytes are needed, or a typed protocol error. The limits are the node's
 /// defaults, so anything a node may send (a 512 MiB bulk) is accepted.

@@ -442,13 +442,7 @@ fn call_once(port: u16, args: &[&[u8]], timeout: Duration) -> Result<Reply, Call
 /// `INFO raft` of the node at `port`, as fields.
 fn info(port: u16) -> Option<BTreeMap<String, String>> {
     match call_once(port, &[b"INFO", b"raft"], Duration::from_secs(2)).ok()? {
-        Reply::Bulk(Some(text)) => Some(
-            String::from_utf8_lossy(&text)
-                .lines()
-                .filter_map(|l| l.split_once(':'))
-                .map(|(k, v)| (k.to_string(), v.trim().to_string()))
-                .collect(),
-        ),
+        Reply::Bulk(Some(text)) => Some(crate::client::info_fields(&text)),
         _ => None,
     }
 }

@@ -234,13 +234,7 @@ pub(super) fn draw_size(rng: &mut ChaCha8Rng, per_mille: u32, too_large_allowed:
 
 pub(super) async fn info(id: u64) -> Option<BTreeMap<String, String>> {
     match call(SocketAddr::new(server_ip(id), RESP_PORT), &[b"INFO"], Duration::from_secs(1)).await {
-        Ok(Reply::Bulk(Some(text))) => Some(
-            String::from_utf8_lossy(&text)
-                .lines()
-                .filter_map(|l| l.split_once(':'))
-                .map(|(k, v)| (k.to_string(), v.trim().to_string()))
-                .collect(),
-        ),
+        Ok(Reply::Bulk(Some(text))) => Some(crate::client::info_fields(&text)),
         _ => None,
     }
 }
