@@ -96,6 +96,10 @@ pub const CANARIES: &[(&str, &str)] = &[
         "a node that lost entries it acknowledged rejoins at once, voting and campaigning on the shortened log (FAST'18)",
     ),
     (
+        "promise-before-fsync",
+        "votes and append responses leave before the fsync of the state they promise (the ready loop's order, D1)",
+    ),
+    (
         "vote-not-persisted",
         "the hard state reaches the disk without the vote: a restarted node may vote twice in one term (promises)",
     ),

@@ -19,9 +19,11 @@ const USAGE: &str = "usage:
       --resp-addr ADDR       the Redis-protocol port (default: this node's entry in --peers)
       --peer-addr ADDR       the raft transport port (default: this node's entry in --peers)
       --cluster-id N         peers of another cluster are refused (default 1)
-      --fsm-sync sync|nosync whether raft applies fsync the state machine (default sync)
+      --fsm-sync sync|nosync whether raft applies fsync the state machine (default nosync)
       --requirepass PASS     clients must AUTH
-      --snapshot-every N     applied entries between snapshots (default 10000)
+      --snapshot-log-bytes N snapshot once N bytes of entries were applied since the last (default 64 MiB)
+      --snapshot-every N     ... or after N applied entries (default 0: by bytes only)
+      --snapshot-catch-up-entries N  entries kept in the log below each snapshot (default 5000)
       --max-bulk-bytes N     largest RESP bulk string (default 536870912)
       --log-json true|false  JSON log lines (level from RUST_LOG, default info)
   durakv wal check <dir>   verify every segment without changing anything (exit 1 if damaged)

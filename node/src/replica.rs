@@ -3,13 +3,23 @@
 //! storage: the caller moves the messages it returns and feeds it ticks, messages and proposals, so
 //! the same core runs under tokio, under madsim, and in plain deterministic tests.
 //!
-//! Ready order (the durability-relevant part):
-//! 1. messages a leader may send before persisting (append to followers) go out first;
-//! 2. committed entries are applied through `Kv::apply_raft` (fail-stop on error, D10);
+//! Ready order (the durability-relevant part), as raft-rs's async-ready model allows. Messages are
+//! handed to the caller's `send` the moment they may leave, not at the end of the round, so a
+//! transport running on other threads overlaps them with this thread's fsync:
+//! 1. messages a leader may send before persisting (appends to followers, heartbeats) leave first:
+//!    the leader's fsync of its own copy and the followers' fsyncs run at the same time (raft counts
+//!    the leader's own entries toward a quorum only once `advance` reports them persisted);
+//! 2. a snapshot from the leader is verified and installed;
 //! 3. new entries are persisted with one WAL fsync, then the hard state and acknowledged index with
-//!    one fsync of the hard-state file;
-//! 4. only then do persisted messages (votes, append responses) go out (D1);
-//! 5. `advance`, then the light ready's commit index, messages and committed entries; `advance_apply`.
+//!    one fsync of the hard-state file. A ready whose hard state changed only its commit index pays
+//!    no fsync: the commit index rides on the next one (raft recovers it from the leader; start-up
+//!    raises it to the state machine's applied index);
+//! 4. only then do persisted messages (votes, append responses) leave (D1): they promise step 3.
+//!    The `promise-before-fsync` canary hands them out before it, and the promises checker sees it;
+//! 5. committed entries are applied through `Kv::apply_raft` (fail-stop on error, D10): after the
+//!    persisted messages, so a follower's acknowledgement never waits for its own apply;
+//! 6. `advance`, then the light ready's commit index (memory only, as in 3), messages and
+//!    committed entries; `advance_apply`.
 //!
 //! Recovery from peers: while storage says this node lost entries it may have acknowledged
 //! ([`RaftStorage::recover_to`]), the replica drops leadership transfers and the vote and pre-vote
@@ -67,8 +77,16 @@ pub enum ReplicaError {
 pub struct SnapshotSettings {
     pub fs: SharedFs,
     pub store: SnapshotStore,
-    /// Take a snapshot (and compact the log below it) every this many applied entries. Minimum 1.
+    /// Take a snapshot (and compact the log below it) every this many applied entries (0: never by
+    /// count).
     pub every_entries: u64,
+    /// ... or once this many bytes of entry data were applied since the last one (the log's growth,
+    /// whatever the entries' size). Minimum 1.
+    pub every_bytes: u64,
+    /// Entries kept in the log below a snapshot this node takes (the trailing window), so a follower
+    /// a little behind catches up from the log rather than by the whole snapshot. A leader keeps
+    /// more, down to its slowest healthy follower, up to [`MAX_CATCH_UP_FACTOR`] times this.
+    pub catch_up_entries: u64,
 }
 
 /// What a ready produced for the caller.
@@ -150,6 +168,8 @@ pub struct Replica<E: Engine> {
     stopped: Option<String>,
     /// The last term this node reported leading ([`crate::probe`]).
     led_term: u64,
+    /// Bytes of entry data applied since the last snapshot this node took (snapshot cadence).
+    applied_bytes_since_snapshot: u64,
 }
 
 impl<E: Engine> std::fmt::Debug for Replica<E> {
@@ -218,6 +238,7 @@ impl<E: Engine> Replica<E> {
             leaderless_recovery_ticks: 0,
             stopped: None,
             led_term: 0,
+            applied_bytes_since_snapshot: 0,
         };
         replica.redraw_election_timeout();
         Ok(replica)
@@ -506,19 +527,43 @@ impl<E: Engine> Replica<E> {
         self.contained(|r| Ok(r.raw.propose(request_id.to_be_bytes().to_vec(), command)?))
     }
 
-    /// Handle everything raft has ready, in the canonical order (module docs).
+    /// Handle everything raft has ready, in the canonical order (module docs), collecting the
+    /// messages in [`ReadyOutput::messages`] in the order they may leave (tests and simple drivers).
     pub fn handle_ready(&mut self) -> Result<ReadyOutput, ReplicaError> {
-        self.contained(Self::handle_raft_ready)
+        let mut messages = Vec::new();
+        let mut out = self.handle_ready_sending(&mut |batch| messages.extend(batch))?;
+        out.messages = messages;
+        Ok(out)
     }
 
-    fn handle_raft_ready(&mut self) -> Result<ReadyOutput, ReplicaError> {
+    /// Handle everything raft has ready, handing each batch of messages to `send` the moment it may
+    /// leave (module docs): a transport that sends from other threads overlaps them with this
+    /// round's fsyncs and apply. `send` must not block on the network.
+    pub fn handle_ready_sending(
+        &mut self,
+        send: &mut dyn FnMut(Vec<Message>),
+    ) -> Result<ReadyOutput, ReplicaError> {
+        self.contained(|r| r.handle_raft_ready(send))
+    }
+
+    /// Hand a batch to the transport, telling the simulation's checkers what it promises first: a
+    /// promise counts from the moment it may leave, whether or not the process lives to send it.
+    fn hand_off(&self, batch: Vec<Message>, send: &mut dyn FnMut(Vec<Message>)) {
+        if batch.is_empty() {
+            return;
+        }
+        self.observe_promises(&batch);
+        send(batch);
+    }
+
+    fn handle_raft_ready(&mut self, send: &mut dyn FnMut(Vec<Message>)) -> Result<ReadyOutput, ReplicaError> {
         let mut out = ReadyOutput::default();
         if !self.raw.has_ready() {
             return Ok(out);
         }
         let mut rd = self.raw.ready();
-        // 1. A leader's appends may go out while it persists its own copy.
-        out.messages.extend(rd.take_messages());
+        // 1. A leader's appends go out now, while it persists its own copy.
+        self.hand_off(rd.take_messages(), send);
         for rs in rd.take_read_states() {
             if let Ok(id) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) {
                 out.read_states.push((u64::from_be_bytes(id), rs.index));
@@ -544,33 +589,39 @@ impl<E: Engine> Replica<E> {
             // by snapshot keeps every one it was sent (found by the simulation's file-hygiene check).
             self.snapshots.store.gc_keeping(Some(token.index))?;
         }
-        // 2. Entries and hard state (commit index included): one write, one fsync, before anything
-        //    that promises them and before applying up to the new commit index.
-        let hs = rd.hs().cloned();
-        if !rd.entries().is_empty() || hs.is_some() {
-            self.raw.store().persist(rd.entries(), hs.as_ref())?;
+        // The canary's bug: votes and append responses leave before the state they promise is
+        // durable (a crash inside the fsync below breaks them).
+        if crate::failpoint::canary(self.fs(), "promise-before-fsync") {
+            self.hand_off(rd.take_persisted_messages(), send);
         }
-        // 3. Apply what is committed (raft hands out only entries that are already persisted).
+        // 3. Entries and a new term or vote: one write, one fsync, before anything that promises
+        //    them. A commit index alone is not worth an fsync (module docs): kept in memory, it is
+        //    written with the next persist.
+        let hs = rd.hs().cloned();
+        let store = self.raw.store();
+        if !rd.entries().is_empty() || hs.as_ref().is_some_and(|hs| store.changes_term_or_vote(hs)) {
+            store.persist(rd.entries(), hs.as_ref())?;
+        } else if let Some(hs) = &hs {
+            store.note_commit(hs.commit);
+        }
+        // 4. Votes and append responses promise persisted state: only now, and before the apply.
+        self.hand_off(rd.take_persisted_messages(), send);
+        // 5. Apply what is committed (raft hands out only entries that are already persisted).
         self.apply_all(rd.take_committed_entries(), &mut out)?;
-        // 4. Votes and append responses promise persisted state: only now.
-        out.messages.extend(rd.take_persisted_messages());
         let mut light = self.raw.advance(rd);
         if let Some(commit) = light.commit_index() {
-            let mut hs = self.raw.store().hard_state();
-            hs.commit = commit;
-            // The commit index is persisted with or before applying past it.
-            self.raw.store().persist(&[], Some(&hs))?;
+            self.raw.store().note_commit(commit);
         }
-        out.messages.extend(light.take_messages());
+        self.hand_off(light.take_messages(), send);
         self.apply_all(light.take_committed_entries(), &mut out)?;
         self.raw.advance_apply();
-        self.observe_round(&out.messages);
+        self.observe_leadership();
         Ok(out)
     }
 
-    /// Tell the simulation's checkers ([`crate::probe`]) what this round promised and whether this
-    /// node leads: every message that promises persisted state, however it leaves.
-    fn observe_round(&mut self, messages: &[Message]) {
+    /// Tell the simulation's checkers ([`crate::probe`]) what a batch of messages promises: every
+    /// granted vote and accepting append response, however it leaves.
+    fn observe_promises(&self, messages: &[Message]) {
         use raft::eraftpb::MessageType as T;
         let fs = &*self.snapshots.fs;
         for m in messages.iter().filter(|m| !m.reject) {
@@ -579,12 +630,18 @@ impl<E: Engine> Replica<E> {
                     Observation::Promise(Promise::Vote { term: m.term, candidate: m.to })
                 }),
                 T::MsgAppendResponse => crate::probe::observe(fs, || {
-                    let log_term = raft::Storage::term(self.raw.store(), m.index).unwrap_or(0);
+                    // raft's log, not storage's: a promise handed out early names entries not yet stored.
+                    let log_term = self.raw.raft.raft_log.term(m.index).unwrap_or(0);
                     Observation::Promise(Promise::Accept { term: m.term, index: m.index, log_term })
                 }),
                 _ => {}
             }
         }
+    }
+
+    /// Tell the simulation's checkers whether this node leads, after each ready round.
+    fn observe_leadership(&mut self) {
+        let fs = &*self.snapshots.fs;
         if self.raw.raft.state == StateRole::Leader && self.led_term != self.raw.raft.term {
             self.led_term = self.raw.raft.term;
             crate::probe::observe(fs, || Observation::Leader { term: self.led_term });
@@ -611,6 +668,8 @@ impl<E: Engine> Replica<E> {
     }
 
     fn apply(&mut self, e: Entry, last_of_batch: bool, out: &mut ReadyOutput) -> Result<(), ReplicaError> {
+        self.applied_bytes_since_snapshot =
+            self.applied_bytes_since_snapshot.saturating_add(e.data.len() as u64);
         if e.index <= self.kv.applied_index() {
             // Re-delivered after a restart: already in the state machine (and its conf change, if
             // any, already in the stored conf state).
@@ -664,40 +723,150 @@ impl<E: Engine> Replica<E> {
     }
 }
 
+/// A leader keeps the log down to a healthy lagging follower's match for at most this many
+/// `catch_up_entries` windows below a snapshot.
+pub const MAX_CATCH_UP_FACTOR: u64 = 4;
+
+/// A snapshot to write off the raft loop ([`Replica::snapshot_due`]): it owns what it needs, so it
+/// can run on a worker thread while the loop goes on ticking, sending heartbeats and applying.
+pub struct SnapshotJob<E: Engine> {
+    engine: std::sync::Arc<E>,
+    fs: SharedFs,
+    dir: std::path::PathBuf,
+    conf_state: raft::eraftpb::ConfState,
+    /// The stored conf state's index when the job was made: a conf change applied meanwhile may be
+    /// inside the view, whose header must then name the newer conf state (the file is discarded).
+    conf_index: u64,
+}
+
+impl<E: Engine> std::fmt::Debug for SnapshotJob<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotJob").field("dir", &self.dir).field("conf_index", &self.conf_index).finish()
+    }
+}
+
+/// What a [`SnapshotJob`] produced, for [`Replica::finish_snapshot`].
+#[derive(Debug)]
+pub struct SnapshotDone {
+    conf_index: u64,
+    result: Result<SnapshotFile, SnapshotError>,
+}
+
+impl<E: Engine> SnapshotJob<E> {
+    /// Write the engine's point-in-time view as a snapshot file (streamed, footer, fsync, rename,
+    /// directory fsync: D6), then make the state machine durable at or past it (D2): under `nosync`
+    /// the file is the only durable copy of what the compacted entries built once the pointer is
+    /// recorded, and the engine must not be behind it after a crash. Synchronous: run it on a
+    /// blocking worker, never on the raft loop.
+    pub fn run(self) -> SnapshotDone {
+        let result =
+            write_snapshot(&*self.fs, &self.dir, &*self.engine, &self.conf_state.encode_to_vec(), &[])
+                .and_then(|file| ensure_applied_durable(&*self.engine, file.index).map(|()| file));
+        SnapshotDone { conf_index: self.conf_index, result }
+    }
+}
+
 impl<E: Engine> Replica<E> {
-    /// Take a snapshot if `every_entries` entries were applied since the last one: make the state
-    /// machine durable, write the snapshot file, record it as the log's base (compacting the log below
-    /// it, which is safe only now that the state machine is durable: D2), and apply retention.
-    pub fn maybe_snapshot(&mut self) -> Result<Option<SnapshotFile>, ReplicaError> {
+    /// Is a snapshot due (`every_entries` applied entries, or `every_bytes` of applied entry data,
+    /// since the last one)? Then the job that writes it, off the loop; its result comes back through
+    /// [`Replica::finish_snapshot`]. The caller runs at most one job at a time.
+    pub fn snapshot_due(&mut self) -> Option<SnapshotJob<E>> {
         let applied = self.kv.applied_index();
         let last = self.raw.store().snapshot_index();
-        if applied < last.saturating_add(self.snapshots.every_entries.max(1)) {
-            return Ok(None);
+        let every = self.snapshots.every_entries;
+        let by_entries = every > 0 && applied >= last.saturating_add(every);
+        let by_bytes = self.applied_bytes_since_snapshot >= self.snapshots.every_bytes.max(1);
+        if !(by_entries || by_bytes) || applied <= last {
+            return None;
         }
         // A node recovering lost entries may have a state machine ahead of its log: the log cannot
         // name the term of the applied index yet, so no snapshot until the leader has refilled it.
         if self.recovering() || applied > self.raw.raft.raft_log.last_index() {
-            return Ok(None);
+            return None;
         }
-        let engine = self.kv.engine();
-        ensure_applied_durable(engine, applied)?;
+        Some(SnapshotJob {
+            engine: self.kv.shared_engine(),
+            fs: self.snapshots.fs.clone(),
+            dir: self.snapshots.store.dir().to_path_buf(),
+            conf_state: self.raw.raft.prs().conf().to_conf_state(),
+            conf_index: self.raw.store().conf_index(),
+        })
+    }
+
+    /// Record a snapshot a [`SnapshotJob`] wrote as the log's base (compacting the log below it, safe
+    /// only now that the state machine is durable past it: D2) and apply retention. A file the loop
+    /// moved past meanwhile (a snapshot from the leader installed at or beyond it, a conf change
+    /// applied, the log no longer naming its term) is removed instead. A failed write stops the node,
+    /// as it always has (D10).
+    pub fn finish_snapshot(&mut self, done: SnapshotDone) -> Result<Option<SnapshotFile>, ReplicaError> {
+        let file = done.result?;
+        let stale = if done.conf_index != self.raw.store().conf_index() {
+            Some("a conf change was applied while it was written")
+        } else if file.index <= self.raw.store().snapshot_index() {
+            Some("the log's base moved past it while it was written")
+        } else if self.recovering() || file.index > self.raw.raft.raft_log.last_index() {
+            Some("this node began recovering lost entries while it was written")
+        } else {
+            None
+        };
+        let term = match stale {
+            Some(_) => None,
+            None => raft::Storage::term(self.raw.store(), file.index).ok(),
+        };
+        let Some(term) = term else {
+            let why = stale.unwrap_or("the log no longer names its term");
+            tracing::info!(node = self.id(), index = file.index, path = %file.path.display(), why, "snapshot discarded");
+            self.snapshots
+                .fs
+                .remove_file(&file.path)
+                .map_err(|source| SnapshotError::Io { path: file.path.clone(), source })?;
+            return Ok(None);
+        };
         let conf_state = self.raw.raft.prs().conf().to_conf_state();
-        let file = write_snapshot(
-            &*self.snapshots.fs,
-            self.snapshots.store.dir(),
-            engine,
-            &conf_state.encode_to_vec(),
-            &[],
-        )?;
-        let term = raft::Storage::term(self.raw.store(), file.index)?;
         let metadata =
             raft::eraftpb::SnapshotMetadata { conf_state: Some(conf_state), index: file.index, term };
-        self.raw
-            .store()
-            .apply_snapshot(SnapshotPointer { metadata, token: file.token().encode().to_vec() })?;
+        let keep_from = self.catch_up_floor(file.index);
+        self.raw.store().apply_snapshot_keeping(
+            SnapshotPointer { metadata, token: file.token().encode().to_vec() },
+            keep_from,
+        )?;
         self.snapshots.store.gc_keeping(Some(file.index))?;
+        self.applied_bytes_since_snapshot = 0;
         tracing::info!(node = self.id(), index = file.index, term, "snapshot taken, log compacted below it");
         Ok(Some(file))
+    }
+
+    /// The first entry to keep in the log below a snapshot at `index`: `catch_up_entries` below it,
+    /// or, on a leader, down to the entry after its slowest follower's match where that follower is
+    /// healthy (heard from within an election timeout), but never more than `MAX_CATCH_UP_FACTOR`
+    /// windows: a follower gone for good must not pin the log.
+    fn catch_up_floor(&self, index: u64) -> u64 {
+        let window = self.snapshots.catch_up_entries;
+        let floor = index.saturating_sub(window) + 1;
+        if !self.is_leader() || window == 0 {
+            return floor;
+        }
+        let me = self.id();
+        let slowest = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, pr)| **id != me && pr.recent_active)
+            .map(|(_, pr)| pr.matched + 1)
+            .min()
+            .unwrap_or(floor);
+        let limit = index.saturating_sub(window.saturating_mul(MAX_CATCH_UP_FACTOR)) + 1;
+        slowest.clamp(limit, floor)
+    }
+
+    /// Take a snapshot now if one is due, on this thread ([`Replica::snapshot_due`], the job, and
+    /// [`Replica::finish_snapshot`] in one call): for tests and drivers without a worker.
+    pub fn maybe_snapshot(&mut self) -> Result<Option<SnapshotFile>, ReplicaError> {
+        match self.snapshot_due() {
+            Some(job) => self.finish_snapshot(job.run()),
+            None => Ok(None),
+        }
     }
 
     /// Tell raft how sending a snapshot to `to` went (every snapshot sent gets a report).

@@ -212,9 +212,15 @@ impl RaftStorage {
             Some(b) => decode_pointer(b)?,
             None => SnapshotPointer::default(),
         };
-        // A snapshot's pointer and its compaction are one batch; finish the compaction anyway, so
-        // nothing at or below the snapshot can remain part of the log.
-        if snapshot.metadata.index > 0 && wal.compacted_below() <= snapshot.metadata.index {
+        // A snapshot's pointer and its compaction are one batch. Entries at or below the snapshot
+        // stay part of the log only as the trailing window kept for lagging followers
+        // ([`RaftStorage::apply_snapshot_keeping`]): the log must then run unbroken up to the
+        // snapshot's entry, of its term. Anything else (a log damaged or cut below the snapshot, a
+        // log from before the window) is compacted up to the snapshot, as it always was.
+        if snapshot.metadata.index > 0
+            && wal.compacted_below() <= snapshot.metadata.index
+            && wal.term(snapshot.metadata.index) != Some(snapshot.metadata.term)
+        {
             wal.compact(snapshot.metadata.index + 1)?;
         }
         let mut inner = Inner {
@@ -314,11 +320,33 @@ impl RaftStorage {
             // While recovering, raft's commit index is the clamped one; never lower the durable one.
             durable.commit = durable.commit.max(hs.commit);
         }
+        // A commit index noted without an fsync ([`RaftStorage::note_commit`]) rides on this one.
+        durable.commit = durable.commit.max(inner.hard_state.commit);
         inner.store(durable)?;
         if let Some(hs) = hard_state {
+            let noted = inner.hard_state.commit;
             inner.hard_state = hs.clone();
+            inner.hard_state.commit = inner.hard_state.commit.max(noted);
         }
         Ok(())
+    }
+
+    /// Does `hs` change the term or the vote the hard-state file holds? Only those need an fsync
+    /// before raft's persisted messages leave; a new commit index alone does not
+    /// ([`RaftStorage::note_commit`]).
+    pub fn changes_term_or_vote(&self, hs: &HardState) -> bool {
+        let inner = self.lock();
+        (hs.term, hs.vote) != (inner.hard_state.term, inner.hard_state.vote)
+    }
+
+    /// Take raft's new commit index in memory, without an fsync: the next [`RaftStorage::persist`]
+    /// writes it. Losing it in a crash is harmless: raft learns the commit index again from the
+    /// leader, and start-up raises it to what the state machine durably applied
+    /// ([`RaftStorage::raise_commit`]). Nothing is promised on it (votes and append responses
+    /// promise the term, vote and entries, which are fsynced before they leave).
+    pub fn note_commit(&self, commit: u64) {
+        let mut inner = self.lock();
+        inner.hard_state.commit = inner.hard_state.commit.max(commit);
     }
 
     /// Give a brand-new replica its initial voters. Does nothing (returns `false`) once the replica
@@ -440,6 +468,20 @@ impl RaftStorage {
     /// becomes the log's base, entries at or below it are compacted away, and the conf state follows.
     /// The caller must have made the FSM durable at or past `metadata.index` first (D2, D9).
     pub fn apply_snapshot(&self, pointer: SnapshotPointer) -> Result<(), StorageLoadError> {
+        let index = pointer.metadata.index;
+        self.apply_snapshot_keeping(pointer, index + 1)
+    }
+
+    /// [`RaftStorage::apply_snapshot`] for a snapshot this node took from its own log: entries from
+    /// `keep_from` up to the snapshot stay in the log (the trailing window), so a follower a little
+    /// behind catches up from the log instead of receiving the whole snapshot. They are kept only
+    /// where the log holds the snapshot's own entry (of its term); a received snapshot replaces the
+    /// log below it entirely.
+    pub fn apply_snapshot_keeping(
+        &self,
+        pointer: SnapshotPointer,
+        keep_from: u64,
+    ) -> Result<(), StorageLoadError> {
         let mut inner = self.lock();
         let index = pointer.metadata.index;
         if index < inner.snapshot.metadata.index {
@@ -461,9 +503,11 @@ impl RaftStorage {
         if !keep_tail {
             inner.lower_acknowledged(index)?;
         }
-        // Entries at or below the snapshot go in the same batch: after any crash the log's base and
-        // its contents agree.
-        batch.compact(index + 1);
+        // Entries at or below the snapshot go in the same batch (but for the trailing window, which
+        // only a log holding the snapshot's own entry keeps): after any crash the log's base and its
+        // contents agree.
+        let compact_to = if keep_tail { keep_from.clamp(1, index + 1) } else { index + 1 };
+        batch.compact(compact_to);
         inner.wal.append(&batch)?;
         let mut hs = inner.hard_state.clone();
         hs.commit = hs.commit.max(index);
@@ -548,8 +592,14 @@ impl Inner {
         self.hs_file.store(durable)
     }
 
+    /// The first entry raft may read: the snapshot's successor, or the first entry of the trailing
+    /// window kept below it, where the log runs unbroken from there through the snapshot's entry.
     fn first_index(&self) -> u64 {
-        self.snapshot.metadata.index + 1
+        let base = self.snapshot.metadata.index;
+        match (self.wal.first_index(), self.wal.last_index()) {
+            (Some(first), Some(last)) if first <= base && last >= base && base > 0 => first,
+            _ => base + 1,
+        }
     }
 
     fn last_index(&self) -> u64 {

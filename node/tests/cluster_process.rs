@@ -375,7 +375,8 @@ fn a_node_that_lost_its_acknowledged_wal_tail_recovers_it_from_the_leader() {
 
 #[test]
 fn a_follower_behind_a_compacted_log_catches_up_by_snapshot() {
-    let mut cluster = Cluster::start(3, &["--snapshot-every", "20"]);
+    // No trailing window: the log keeps nothing below a snapshot.
+    let mut cluster = Cluster::start(3, &["--snapshot-every", "20", "--snapshot-catch-up-entries", "0"]);
     let mut acked = cluster.write_keys("early-", 10);
     let victim = cluster.follower();
     cluster.kill(victim);
@@ -390,6 +391,27 @@ fn a_follower_behind_a_compacted_log_catches_up_by_snapshot() {
     for id in cluster.running() {
         cluster.assert_readable(id, &acked);
     }
+}
+
+/// Failure injected: a follower SIGKILLed while the leader takes several snapshots (every 20
+/// entries), with a trailing window of 500 entries. Invariant: the restarted follower catches up
+/// from the log, not by snapshot, although the leader compacted its log; every acknowledged write
+/// is readable on it.
+#[test]
+fn a_follower_briefly_behind_catches_up_from_the_trailing_window() {
+    let mut cluster = Cluster::start(3, &["--snapshot-every", "20", "--snapshot-catch-up-entries", "500"]);
+    let mut acked = cluster.write_keys("early-", 10);
+    let victim = cluster.follower();
+    cluster.kill(victim);
+    acked.extend(cluster.write_keys("missed-", 120));
+    cluster.spawn(victim);
+    cluster.assert_readable(victim, &acked);
+    let info = cluster.info(victim).expect("INFO from the restarted follower");
+    assert_eq!(info["snapshots_installed"], "0", "the window held what the follower missed: {info:?}");
+    let leader = cluster.running().into_iter().find(|&id| id != victim).expect("another node");
+    let other = cluster.info(leader).expect("INFO");
+    let snapshot: u64 = other["snapshot_index"].parse().expect("a number");
+    assert!(snapshot >= 20, "the cluster did snapshot (and compact) meanwhile: {other:?}");
 }
 
 /// Failure injected: a SET whose value (20 MiB) is larger than any raft entry may be, sent to the

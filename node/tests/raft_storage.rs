@@ -137,6 +137,36 @@ fn a_snapshot_becomes_the_base_of_the_log() -> raft::Result<()> {
     Ok(())
 }
 
+/// Failure injected: power loss after a snapshot that kept a trailing window, then a received
+/// snapshot ahead of the log. Invariant: the window's entries below the snapshot stay readable
+/// (raft serves a lagging follower from them) across the power loss; `term` answers inside it and
+/// `Compacted` below it; a received snapshot that replaces the log keeps no window.
+#[test]
+fn a_snapshot_taken_here_keeps_a_trailing_window_of_entries_for_lagging_followers() -> raft::Result<()> {
+    let fs = disk();
+    let s = open(&fs).expect("open");
+    s.persist(&(1..=20).map(|i| entry(i, 2)).collect::<Vec<_>>(), Some(&hs(2, 1, 20))).expect("persist");
+    let cs = ConfState { voters: vec![1, 2, 3], ..ConfState::default() };
+    let meta = SnapshotMetadata { conf_state: Some(cs.clone()), index: 15, term: 2 };
+    s.apply_snapshot_keeping(SnapshotPointer { metadata: meta.clone(), token: vec![7] }, 11)
+        .expect("snapshot keeping entries 11..=15");
+    assert_eq!((s.first_index()?, s.last_index()?), (11, 20));
+    assert_eq!(indexes(&s.entries(11, 14, None, ctx())?), vec![(11, 2), (12, 2), (13, 2)]);
+    assert_eq!((s.term(10).ok(), s.term(12)?, s.term(15)?), (None, 2, 2));
+    assert!(is_store(s.entries(10, 12, None, ctx()).expect_err("below the window"), StorageError::Compacted));
+    drop(s);
+    fs.crash(CrashKind::PowerLoss);
+    let s = open(&fs).expect("reopen");
+    assert_eq!((s.first_index()?, s.last_index()?), (11, 20), "the window survives a power loss");
+    assert_eq!(s.snapshot_pointer().metadata, meta);
+    // A window asked of a snapshot the log does not hold the entry of is no window.
+    let ahead = SnapshotMetadata { conf_state: Some(cs), index: 30, term: 3 };
+    s.apply_snapshot_keeping(SnapshotPointer { metadata: ahead, token: vec![1] }, 12)
+        .expect("snapshot ahead");
+    assert_eq!((s.first_index()?, s.last_index()?), (31, 30));
+    Ok(())
+}
+
 #[test]
 fn a_log_written_before_the_hard_state_file_migrates_and_recovers_entries_its_commit_names()
 -> raft::Result<()> {

@@ -44,6 +44,10 @@ pub struct Cluster {
     /// Take a snapshot every this many applied entries.
     #[serde(default = "default_snapshot_every")]
     pub snapshot_every: u64,
+    /// Entries kept in the log below each snapshot (the trailing window for lagging followers).
+    /// Default 0: a follower behind a snapshot catches up by the snapshot.
+    #[serde(default)]
+    pub catch_up_entries: u64,
 }
 
 fn default_fsm_sync() -> String {

@@ -42,6 +42,13 @@ pub fn swarm(base: &Scenario, seed: u64) -> Scenario {
         // Frequent snapshots: lagging servers catch up by snapshot, GC and cold start run often.
         s.cluster.snapshot_every = rng.random_range(100..=400);
     }
+    // The trailing window kept below snapshots: none (catch up by snapshot), or up to two snapshot
+    // intervals (catch up from the log). Drawn from a stream of its own, so every other draw of a
+    // variant stays what it was before the window existed (pinned seeds keep their meaning).
+    let mut window_rng = rng_for(seed, "fuzz/swarm/catch-up-window");
+    if window_rng.random_bool(0.5) {
+        s.cluster.catch_up_entries = window_rng.random_range(0..=2 * s.cluster.snapshot_every);
+    }
     let w = &mut s.workload;
     w.clients = rng.random_range(1..=8);
     w.rate_per_sec = (w.rate_per_sec * rng.random_range(50..=200) / 100).max(10);

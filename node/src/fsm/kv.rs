@@ -15,7 +15,7 @@ use std::str::FromStr;
 
 use prost::Message;
 
-use super::{Engine, FsmError, WriteBatch, WriteMode};
+use super::{Engine, FsmError, MetaKey, WriteBatch, WriteMode, decode_u64};
 use crate::limits::MAX_VALUE_BYTES;
 
 /// The length of a value after APPEND, or `None` when it would exceed [`MAX_VALUE_BYTES`]. The
@@ -340,19 +340,27 @@ pub enum Reply {
     AlreadyApplied,
 }
 
+/// The recorded key count after a batch whose effect on it was not worked out: count at open.
+const KEY_COUNT_UNKNOWN: u64 = u64::MAX;
+
 /// The state machine over an engine.
 #[derive(Debug)]
 pub struct Kv<E: Engine> {
-    engine: E,
+    /// Shared so a snapshot can be written from the engine's point-in-time view on a worker thread
+    /// while the raft loop goes on applying ([`Kv::shared_engine`]).
+    engine: std::sync::Arc<E>,
     mode: FsmSync,
     applied: u64,
+    /// Client keys the engine holds, as of `applied` ([`MetaKey::KeyCount`]).
+    keys: u64,
 }
 
 impl<E: Engine> Kv<E> {
     /// Wrap an opened engine; the applied index is read from it (0 for a fresh, empty one).
     pub fn new(engine: E, mode: FsmSync) -> Result<Self, FsmError> {
         let applied = Self::read_applied(&engine)?;
-        Ok(Kv { engine, mode, applied })
+        let keys = Self::read_key_count(&engine)?;
+        Ok(Kv { engine: std::sync::Arc::new(engine), mode, applied, keys })
     }
 
     /// The engine's applied index. Missing on an engine that holds data means the meta value was lost
@@ -373,7 +381,74 @@ impl<E: Engine> Kv<E> {
     /// next `apply_raft` continues from the snapshot's index.
     pub fn reload_applied_index(&mut self) -> Result<u64, FsmError> {
         self.applied = Self::read_applied(&self.engine)?;
+        self.keys = Self::read_key_count(&self.engine)?;
         Ok(self.applied)
+    }
+
+    /// The key count the engine records, or (missing: an engine from before the count, or one a
+    /// snapshot restore just replaced) a count of its keys, once.
+    fn read_key_count(engine: &E) -> Result<u64, FsmError> {
+        match engine.meta(MetaKey::KeyCount)?.as_deref().and_then(decode_u64) {
+            Some(n) if n != KEY_COUNT_UNKNOWN => Ok(n),
+            _ => Self::count_keys(engine),
+        }
+    }
+
+    /// Count the engine's client keys, a page at a time.
+    fn count_keys(engine: &E) -> Result<u64, FsmError> {
+        const PAGE: usize = 4096;
+        let mut n = 0u64;
+        let mut start: Vec<u8> = Vec::new();
+        loop {
+            let page = engine.scan(&start, None, PAGE)?;
+            n += page.len() as u64;
+            match page.last() {
+                Some((last, _)) if page.len() == PAGE => {
+                    // The smallest key after `last`.
+                    start = last.clone();
+                    start.push(0);
+                }
+                _ => return Ok(n),
+            }
+        }
+    }
+
+    /// How many client keys the state machine holds (`DBSIZE`), as of the applied index: kept up to
+    /// date by every apply, never counted on a read.
+    pub fn key_count(&self) -> u64 {
+        self.keys
+    }
+
+    /// The key count after `batch`: each distinct key it writes, as it stood before against what
+    /// the batch leaves of it (a write that empties every key starts from zero). Deterministic on
+    /// every replica: it depends on the state and the batch alone.
+    /// `None`: the batch deletes part of the keyspace by range; count after writing it.
+    fn key_count_after(&self, batch: &WriteBatch) -> Result<Option<u64>, FsmError> {
+        use crate::fsm::Op;
+        let mut after: std::collections::BTreeMap<&[u8], bool> = std::collections::BTreeMap::new();
+        let mut base = Some(self.keys);
+        for op in batch.ops() {
+            match op {
+                Op::Put { key, .. } => {
+                    after.insert(key, true);
+                }
+                Op::Delete { key } => {
+                    after.insert(key, false);
+                }
+                Op::DeleteRange { start, end: None } if start.is_empty() => {
+                    after.clear();
+                    base = None;
+                }
+                // No command deletes part of the keyspace by range; were one to, count anew after.
+                Op::DeleteRange { .. } => return Ok(None),
+            }
+        }
+        let mut n = base.unwrap_or(0) as i64;
+        for (key, exists) in after {
+            let existed = base.is_some() && self.engine.get(key)?.is_some();
+            n += i64::from(exists) - i64::from(existed);
+        }
+        Ok(Some(n.max(0) as u64))
     }
 
     pub fn applied_index(&self) -> u64 {
@@ -382,6 +457,24 @@ impl<E: Engine> Kv<E> {
 
     pub fn engine(&self) -> &E {
         &self.engine
+    }
+
+    /// A view for reads off the raft loop: the same engine, the applied index and key count as of
+    /// now. Reads through it see this state or a later one (the engine moves on as the loop
+    /// applies), never an earlier one: a read confirmed at an index stays linearizable. Only reads
+    /// go through it; applying is the raft loop's alone.
+    pub fn read_view(&self) -> Kv<E> {
+        Kv {
+            engine: std::sync::Arc::clone(&self.engine),
+            mode: self.mode,
+            applied: self.applied,
+            keys: self.keys,
+        }
+    }
+
+    /// The engine, for work off the raft loop (writing a snapshot from its point-in-time view).
+    pub fn shared_engine(&self) -> std::sync::Arc<E> {
+        std::sync::Arc::clone(&self.engine)
     }
 
     pub fn mode(&self) -> FsmSync {
@@ -425,7 +518,10 @@ impl<E: Engine> Kv<E> {
                 }
             }
         };
+        let keys = self.key_count_after(&batch)?;
         batch.set_applied_index(index);
+        // Unknown (a partial range delete): recorded as such, so an open after a crash counts anew.
+        batch.set_meta(MetaKey::KeyCount, keys.unwrap_or(KEY_COUNT_UNKNOWN).to_be_bytes().to_vec());
         let mode = match self.mode {
             FsmSync::Sync if last_of_batch => WriteMode::Sync,
             FsmSync::Sync | FsmSync::NoSync => WriteMode::NoSync,
@@ -433,6 +529,11 @@ impl<E: Engine> Kv<E> {
         // On error the applied index stays where it was: the entry is neither skipped nor half done.
         self.engine.write(&batch, mode)?;
         self.applied = index;
+        self.keys = match keys {
+            Some(keys) => keys,
+            // The next batch records it.
+            None => Self::count_keys(&self.engine)?,
+        };
         Ok(reply)
     }
 
@@ -444,7 +545,7 @@ impl<E: Engine> Kv<E> {
     /// Turn a command into the batch it writes and the reply it gives. Reads see the state before
     /// this command (applies are serialized).
     fn plan(&self, cmd: &Command) -> Result<(WriteBatch, Reply), FsmError> {
-        let mut tx = Tx { engine: &self.engine, batch: WriteBatch::new(), overlay: None };
+        let mut tx = Tx { engine: &*self.engine, batch: WriteBatch::new(), overlay: None };
         let reply = Self::plan_in(&mut tx, cmd)?;
         Ok((tx.batch, reply))
     }
@@ -745,6 +846,53 @@ mod tests {
 
     fn val(v: &str) -> Reply {
         Reply::Value(Some(v.as_bytes().to_vec()))
+    }
+
+    /// Failure guarded against: `DBSIZE` drifting from the keys the state machine holds (a write
+    /// counted twice, an overwrite counted as a new key, a delete of a missing key counted) or lost
+    /// at a restart. Invariant: after every command the kept count equals a full count, and a state
+    /// machine opened again on the same engine starts from the same count.
+    #[test]
+    fn the_key_count_follows_every_write_and_survives_a_reopen() {
+        let (dir, mut kv) = kv();
+        let full = |kv: &Kv<crate::fsm::SimEngine>| {
+            kv.engine().scan(b"", None, usize::MAX).expect("scan").len() as u64
+        };
+        let pairs = |p: &[(&str, &str)]| -> Vec<(Vec<u8>, Vec<u8>)> {
+            p.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect()
+        };
+        let steps = vec![
+            Command::set("a", "1", SetCondition::Always),
+            Command::set("a", "2", SetCondition::Always),
+            Command::set("b", "1", SetCondition::IfAbsent),
+            Command::set("b", "9", SetCondition::IfAbsent),
+            Command::mset(pairs(&[("c", "1"), ("a", "3"), ("c", "2")])),
+            Command::del(vec![b"a".to_vec(), b"a".to_vec(), b"nope".to_vec()]),
+            Command::rename("b", "d", false),
+            Command::copy("d", "e", false),
+            Command::get_del("e"),
+            Command::incr_by("n", 1),
+            Command::multi(vec![
+                Command::set("x", "1", SetCondition::Always),
+                Command::del(vec![b"x".to_vec()]),
+                Command::set("y", "1", SetCondition::Always),
+                Command::set("y", "2", SetCondition::Always),
+            ]),
+            Command::flush_all(),
+            Command::set("z", "1", SetCondition::Always),
+        ];
+        for (i, cmd) in steps.into_iter().enumerate() {
+            apply(&mut kv, cmd);
+            assert_eq!(kv.key_count(), full(&kv), "after step {i}");
+        }
+        assert_eq!(kv.key_count(), 1);
+        let engine_dir = dir.path().join("fsm");
+        drop(kv);
+        let fs: std::sync::Arc<dyn crate::io::Fs> = std::sync::Arc::new(crate::io::RealFs::new());
+        let engine =
+            crate::fsm::SimEngine::open(fs, &engine_dir, Default::default()).expect("reopen the engine");
+        let kv = Kv::new(engine, FsmSync::NoSync).expect("reopened state machine");
+        assert_eq!(kv.key_count(), 1, "the count is read back, not lost");
     }
 
     /// Failure guarded against: the string commands answering or writing otherwise than Redis (the

@@ -66,6 +66,10 @@ pub enum MetaKey {
     AppliedIndex,
     /// The term of that entry (8 bytes, big-endian).
     AppliedTerm,
+    /// How many client keys the engine holds (8 bytes, big-endian), kept by [`Kv`] in every applied
+    /// batch so `DBSIZE` is O(1). Missing (an engine from before it, or a restored one): counted
+    /// once at open.
+    KeyCount,
 }
 
 impl MetaKey {
@@ -73,6 +77,7 @@ impl MetaKey {
         match self {
             MetaKey::AppliedIndex => 1,
             MetaKey::AppliedTerm => 2,
+            MetaKey::KeyCount => 3,
         }
     }
 
@@ -80,6 +85,7 @@ impl MetaKey {
         match id {
             1 => Some(MetaKey::AppliedIndex),
             2 => Some(MetaKey::AppliedTerm),
+            3 => Some(MetaKey::KeyCount),
             _ => None,
         }
     }

@@ -238,7 +238,13 @@ pub fn open_replica<E: Engine>(
         open_engine(&layout.fsm).map_err(|source| NodeError::Fsm { path: layout.fsm.clone(), source })?;
     let kv = Kv::new(engine, cfg.fsm_sync)
         .map_err(|source| NodeError::Fsm { path: layout.fsm.clone(), source })?;
-    let snapshots = SnapshotSettings { fs, store, every_entries: cfg.snapshot_every };
+    let snapshots = SnapshotSettings {
+        fs,
+        store,
+        every_entries: cfg.snapshot_every,
+        every_bytes: cfg.snapshot_log_bytes,
+        catch_up_entries: cfg.snapshot_catch_up_entries,
+    };
     let seed = opts.seed.unwrap_or_else(rand::random);
     Ok(Replica::new(&ReplicaConfig { seed, ..ReplicaConfig::new(cfg.id) }, storage, kv, snapshots)?)
 }

@@ -12,7 +12,7 @@ use super::peer::{Feedback, PeerInput, Transport};
 use super::{NodeError, RuntimeOptions, Status};
 use crate::fsm::{self, Engine, Kv};
 use crate::limits::MAX_COMMAND_BYTES;
-use crate::replica::{Replica, ReplicaError};
+use crate::replica::{Replica, ReplicaError, SnapshotDone, SnapshotJob};
 use crate::server::resp::Reply;
 use crate::snapshot::ReceiveGuard;
 
@@ -98,6 +98,9 @@ struct Loop<E: Engine> {
     snapshots_installed: u64,
     /// The term pending proposals were made in.
     term: u64,
+    /// A snapshot is being written off the loop; its result comes back on `snapshot_done`.
+    snapshot_running: bool,
+    snapshot_done: (mpsc::Sender<SnapshotDone>, mpsc::Receiver<SnapshotDone>),
 }
 
 pub(crate) async fn run<E: Engine + Send + 'static>(
@@ -121,6 +124,8 @@ pub(crate) async fn run<E: Engine + Send + 'static>(
         guards: Vec::new(),
         snapshots_installed: 0,
         term: 0,
+        snapshot_running: false,
+        snapshot_done: mpsc::channel(1),
     };
     let mut ticker = tokio::time::interval(opts.tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -133,6 +138,12 @@ pub(crate) async fn run<E: Engine + Send + 'static>(
             // A dropped sender means whoever could stop the node is gone: stop.
             changed = shutdown.changed() => if changed.is_err() { break Ok(()) },
             _ = ticker.tick() => lp.tick(),
+            Some(done) = lp.snapshot_done.1.recv() => {
+                lp.snapshot_running = false;
+                if let Err(e) = lp.replica.finish_snapshot(done) {
+                    break Err(e.into());
+                }
+            }
             Some(fb) = ch.feedback.recv() => lp.feedback(fb),
             Some(m) = ch.peers.recv() => lp.peer(m),
             Some(input) = ch.inputs.recv() => lp.input(input),
@@ -168,6 +179,12 @@ pub(crate) async fn run<E: Engine + Send + 'static>(
         });
     };
     lp.answer_at_stop(&mut ch.inputs);
+    // A snapshot still being written finishes first: a restart in this process must not find a
+    // worker still writing into its snapshot directory. Its file is recorded by nothing and is
+    // removed by the next start's hygiene, or taken again.
+    if lp.snapshot_running {
+        let _ = lp.snapshot_done.1.recv().await;
+    }
     match &result {
         Ok(()) => {
             // Under `nosync` the state machine may hold applied entries only in memory; the log
@@ -182,7 +199,7 @@ pub(crate) async fn run<E: Engine + Send + 'static>(
     result
 }
 
-impl<E: Engine> Loop<E> {
+impl<E: Engine + 'static> Loop<E> {
     fn fresh_id(&mut self) -> u64 {
         let id = self.next_id;
         // Wrap within the low 48 bits so the node id in the top bits stays.
@@ -298,8 +315,10 @@ impl<E: Engine> Loop<E> {
         }
         let snapshot_before = self.replica.storage().snapshot_index();
         while self.replica.has_ready() {
-            let out = self.replica.handle_ready()?;
-            self.transport.send(out.messages);
+            // Each batch goes to the peers' queues the moment it may leave; their tasks send it while
+            // this one fsyncs and applies (the order is the replica's module docs).
+            let transport = &mut self.transport;
+            let out = self.replica.handle_ready_sending(&mut |batch| transport.send(batch))?;
             for (id, reply) in out.replies {
                 if let Some(tx) = self.proposals.remove(&id) {
                     let _ = tx.send(Ok(reply));
@@ -325,16 +344,22 @@ impl<E: Engine> Loop<E> {
             self.guards.clear();
         }
         let applied = self.replica.applied_index();
+        let mut due = Vec::new();
         while let Some(entry) = self.confirmed.first_entry() {
             if *entry.key() > applied {
                 break;
             }
-            for r in entry.remove() {
-                let reply = (r.read)(self.replica.kv());
-                let _ = r.reply.send(reply);
-            }
+            due.extend(entry.remove());
         }
-        self.replica.maybe_snapshot()?;
+        if !due.is_empty() {
+            spawn_reads(self.replica.kv().read_view(), due);
+        }
+        if !self.snapshot_running
+            && let Some(job) = self.replica.snapshot_due()
+        {
+            self.snapshot_running = true;
+            spawn_snapshot(job, self.snapshot_done.0.clone());
+        }
         if self.replica.term() != self.term {
             self.term = self.replica.term();
             for (_, tx) in std::mem::take(&mut self.proposals) {
@@ -357,6 +382,40 @@ impl<E: Engine> Loop<E> {
             recover_to: self.replica.recover_to(),
         }
     }
+}
+
+/// Write a snapshot on a blocking worker, so the raft loop goes on ticking, sending heartbeats and
+/// applying while a large state machine streams to disk; the result comes back on `done`. Under
+/// madsim the job is a task of the simulated node (it runs between two of the loop's awaits, so a
+/// run still replays exactly); a crash of the node drops it with the node.
+fn spawn_snapshot<E: Engine + 'static>(job: SnapshotJob<E>, done: mpsc::Sender<SnapshotDone>) {
+    let work = move || {
+        let result = job.run();
+        // The loop is gone only if the node stopped; nothing waits for the result then.
+        let _ = done.try_send(result);
+    };
+    #[cfg(madsim)]
+    tokio::spawn(async move { work() });
+    #[cfg(not(madsim))]
+    tokio::task::spawn_blocking(work);
+}
+
+/// Run confirmed reads on a blocking worker against a view of the state machine at (or past) their
+/// read index, so a large read (an MGET of a million keys, a SCAN page) never holds up ticks,
+/// heartbeats or applies. Under madsim the batch is a task of the simulated node.
+fn spawn_reads<E: Engine + 'static>(view: Kv<E>, reads: Vec<PendingRead<E>>) {
+    let work = move || {
+        for r in reads {
+            // A client that gave up needs no answer.
+            if !r.reply.is_closed() {
+                let _ = r.reply.send((r.read)(&view));
+            }
+        }
+    };
+    #[cfg(madsim)]
+    tokio::spawn(async move { work() });
+    #[cfg(not(madsim))]
+    tokio::task::spawn_blocking(work);
 }
 
 /// Messages of these types carry a snapshot and need its file streamed first.

@@ -541,7 +541,10 @@ async fn execute_parsed<E: Engine + Send + 'static>(
                 false,
             );
         }
-        Request::DbSize => return (read(ctx, Box::new(|kv| count_keys(kv))).await, false),
+        // O(1): the state machine keeps the count (a linearizable read like any other).
+        Request::DbSize => {
+            return (read(ctx, Box::new(|kv| Reply::Integer(kv.key_count() as i64))).await, false);
+        }
         Request::SetNx(cmd) => {
             return (
                 match propose(ctx, cmd).await {
@@ -781,27 +784,6 @@ fn scan_keys<E: Engine>(
                 from = last;
             }
             _ => return Ok((found, None)),
-        }
-    }
-}
-
-fn count_keys<E: Engine>(kv: &Kv<E>) -> Reply {
-    const PAGE: usize = 4096;
-    let mut n = 0i64;
-    let mut start: Vec<u8> = Vec::new();
-    loop {
-        let page = match kv.engine().scan(&start, None, PAGE) {
-            Ok(page) => page,
-            Err(e) => return read_failed(e),
-        };
-        n += page.len() as i64;
-        match page.last() {
-            Some((last, _)) if page.len() == PAGE => {
-                // The smallest key after `last`.
-                start = last.clone();
-                start.push(0);
-            }
-            _ => return Reply::Integer(n),
         }
     }
 }

@@ -77,6 +77,8 @@ pub(super) fn node_config(scenario: &Scenario, id: u64) -> NodeConfig {
         fsm_sync: if scenario.cluster.fsm_sync == "nosync" { FsmSync::NoSync } else { FsmSync::Sync },
         requirepass: None,
         snapshot_every: scenario.cluster.snapshot_every,
+        snapshot_log_bytes: durakv::config::DEFAULT_SNAPSHOT_LOG_BYTES,
+        snapshot_catch_up_entries: scenario.cluster.catch_up_entries,
         max_bulk_bytes: 512 << 20,
         log_json: false,
     }
