@@ -96,6 +96,10 @@ pub const CANARIES: &[(&str, &str)] = &[
         "a node that lost entries it acknowledged rejoins at once, voting and campaigning on the shortened log (FAST'18)",
     ),
     (
+        "snapshot-on-the-loop",
+        "the raft loop writes a snapshot inline, so ticks and heartbeats wait for the disk (the stalls of #17)",
+    ),
+    (
         "promise-before-fsync",
         "votes and append responses leave before the fsync of the state they promise (the ready loop's order, D1)",
     ),

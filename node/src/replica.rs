@@ -753,6 +753,12 @@ pub struct SnapshotDone {
 }
 
 impl<E: Engine> SnapshotJob<E> {
+    /// The filesystem the job writes to (a simulated worker takes the stalls its failpoints asked
+    /// for from it).
+    pub fn fs(&self) -> SharedFs {
+        self.fs.clone()
+    }
+
     /// Write the engine's point-in-time view as a snapshot file (streamed, footer, fsync, rename,
     /// directory fsync: D6), then make the state machine durable at or past it (D2): under `nosync`
     /// the file is the only durable copy of what the compacted entries built once the pointer is

@@ -61,6 +61,12 @@ pub const CASES: &[Case] = &[
         seeds: &[64, 66, 72, 75],
     },
     Case {
+        canary: "snapshot-on-the-loop",
+        scenario: "slow-disk-under-snapshots.toml",
+        invariants: &["stable_leader"],
+        seeds: &[181, 182],
+    },
+    Case {
         canary: "promise-before-fsync",
         scenario: "power-loss-inside-raft-writes.toml",
         invariants: &["promises"],

@@ -24,7 +24,11 @@ pub const CHECKS: &[&str] = &[
     "election_safety",
     "log_matching",
     "commit_monotonic",
+    "stable_leader",
 ];
+
+/// The checks in [`CHECKS`] that run only where a scenario asks for them.
+pub const OPT_IN_CHECKS: &[&str] = &["stable_leader"];
 
 /// An acknowledged write that the final state does not reflect.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -282,6 +282,10 @@ pub struct Invariants {
     pub liveness_ms: u64,
     #[serde(default = "yes")]
     pub file_hygiene: bool,
+    /// Through the faults, the first leader keeps leading (no election). Only for scenarios whose
+    /// faults cut nobody off and kill nobody: an election then means missed heartbeats.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stable_leader: bool,
     /// Every run ends with a power loss of every server, a restart and convergence before the final
     /// state is read. A scenario opts out only by stating why here.
     #[serde(default)]

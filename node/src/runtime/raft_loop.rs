@@ -354,7 +354,11 @@ impl<E: Engine + 'static> Loop<E> {
         if !due.is_empty() {
             spawn_reads(self.replica.kv().read_view(), due);
         }
-        if !self.snapshot_running
+        if crate::failpoint::canary(self.replica.fs(), "snapshot-on-the-loop") {
+            // The canary's bug: the snapshot is written inline, and the loop (ticks, heartbeats,
+            // applies) waits for the disk.
+            self.replica.maybe_snapshot()?;
+        } else if !self.snapshot_running
             && let Some(job) = self.replica.snapshot_due()
         {
             self.snapshot_running = true;
@@ -389,15 +393,23 @@ impl<E: Engine + 'static> Loop<E> {
 /// madsim the job is a task of the simulated node (it runs between two of the loop's awaits, so a
 /// run still replays exactly); a crash of the node drops it with the node.
 fn spawn_snapshot<E: Engine + 'static>(job: SnapshotJob<E>, done: mpsc::Sender<SnapshotDone>) {
-    let work = move || {
-        let result = job.run();
-        // The loop is gone only if the node stopped; nothing waits for the result then.
-        let _ = done.try_send(result);
-    };
-    #[cfg(madsim)]
-    tokio::spawn(async move { work() });
     #[cfg(not(madsim))]
-    tokio::task::spawn_blocking(work);
+    tokio::task::spawn_blocking(move || {
+        // The loop is gone only if the node stopped; nothing waits for the result then.
+        let _ = done.try_send(job.run());
+    });
+    #[cfg(madsim)]
+    tokio::spawn(async move {
+        let fs = job.fs();
+        let result = job.run();
+        // A `pause` or `delay` the job's failpoints asked for (`snapshot.write`: a slow disk under
+        // the snapshot) stalls the job, not the raft loop: taken here, before this task yields, so
+        // the loop never sees it.
+        if let Some(stall) = fs.take_stall() {
+            tokio::time::sleep(stall).await;
+        }
+        let _ = done.try_send(result);
+    });
 }
 
 /// Run confirmed reads on a blocking worker against a view of the state machine at (or past) their

@@ -135,6 +135,9 @@ pub(super) async fn control(
         check_promises(servers, w)?;
         madsim::time::sleep(Duration::from_millis(50)).await;
     }
+    if scenario.invariants.stable_leader {
+        check_stable_leader(w)?;
+    }
     // Heal: the network, every disk fault; everything that is down starts (a server whose disk
     // was corrupted on purpose is expected to refuse, and stays down).
     event(w, "faults over: healing".into());
@@ -332,6 +335,29 @@ pub(super) fn check_recoveries(servers: &BTreeMap<u64, Server>, w: &Shared) -> R
         }
     }
     Ok(())
+}
+
+/// `stable_leader`: through the faults, the first leader keeps leading. In a scenario that neither
+/// kills nor cuts anyone off, an election means a server missed the leader's heartbeats for an
+/// election timeout: the leader's raft loop was held up (by a slow disk under a snapshot, say).
+fn check_stable_leader(w: &Shared) -> Result<(), Failure> {
+    let world = world(w);
+    let mut terms = world.leaders.iter().map(|&(at, id, term)| (term, at, id)).collect::<Vec<_>>();
+    terms.sort_unstable();
+    match (terms.first(), terms.iter().find(|(t, _, _)| Some(*t) != terms.first().map(|f| f.0))) {
+        (Some(&(first, since, leader)), Some(&(term, at, id))) => Err(Failure {
+            invariant: "stable_leader",
+            explanation: format!(
+                "server {leader} led term {first} from {since} ms, but server {id} became leader of term {term} at {at} ms: \
+                 an election in a run where nobody was cut off or killed (were heartbeats held up?)"
+            ),
+        }),
+        _ => {
+            drop(world);
+            ran(w, "stable_leader");
+            Ok(())
+        }
+    }
 }
 
 /// Feed what each server reported since the last call to the promise checkers (`crate::promises`).
