@@ -23,6 +23,7 @@ mod resp;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -238,7 +239,19 @@ fn fsync_only(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}`: the chain of causes on one line, without the backtrace anyhow's Debug would add
+            // under RUST_BACKTRACE.
+            eprintln!("durakv-loadgen: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((cmd, rest)) = args.split_first() else { bail!("{USAGE}") };
     if cmd == "fsync" {
