@@ -400,7 +400,7 @@ async fn measure(o: &Options, bench: &mut Bench) -> Result<()> {
                     note.push_str(&format!("first error: {e}"));
                 }
                 eprintln!(
-                    "bench-cluster: round {} C={c:<3} {system:<6} {:>8} ops/s  p50 {:.2}  p99 {:.2}  p999 {:.2}  max {:.2} ms  errors {}  generator CPU {:.1} %  servers' CPU {}{}",
+                    "bench-cluster: round {} C={c:<3} {system:<6} {:>8} ops/s  p50 {:.2}  p99 {:.2}  p999 {:.2}  max {:.2} ms  errors {}  CPU: generator {:.1} %, servers {}, rest of the machine {}{}",
                     round + 1,
                     thousands(result.ops_per_sec()),
                     ms(&result.hist, 0.5),
@@ -409,7 +409,8 @@ async fn measure(o: &Options, bench: &mut Bench) -> Result<()> {
                     max_ms(&result.hist),
                     result.errors,
                     result.gen_cpu_pct,
-                    result.server_cpu_pct.map(|p| format!("{p:.0} %")).unwrap_or_else(|| "?".into()),
+                    pct(result.server_cpu_pct),
+                    pct(result.other_cpu_pct),
                     if note.is_empty() { String::new() } else { format!("  ({note})") },
                 );
                 if system == System::Etcd {
@@ -422,6 +423,10 @@ async fn measure(o: &Options, bench: &mut Bench) -> Result<()> {
     eprintln!("bench-cluster: measured in {:.0} s; stopping the clusters", started.elapsed().as_secs_f64());
     print!("{}", report(o, &rows, &disk)?);
     Ok(())
+}
+
+fn pct(p: Option<f64>) -> String {
+    p.map(|p| format!("{p:.0} %")).unwrap_or_else(|| "?".into())
 }
 
 fn thousands(x: f64) -> String {
@@ -578,6 +583,15 @@ fn report(o: &Options, rows: &[Row], disk: &Histogram<u64>) -> Result<String> {
         s,
         "The generator's own CPU: at most {gen_cpu_max:.1} % of one core in any run (one thread; it is not the bottleneck while this stays well below 100 %)."
     )?;
+    let others: Vec<f64> = rows.iter().filter_map(|r| r.result.other_cpu_pct).collect();
+    if !others.is_empty() {
+        writeln!(
+            s,
+            "The rest of the machine (other processes, the idle other cluster, kernel work charged to no process): {:.0}–{:.0} % of one core over the measured windows.",
+            others.iter().copied().fold(f64::INFINITY, f64::min),
+            others.iter().copied().fold(0.0, f64::max),
+        )?;
+    }
     let notes: Vec<String> = rows
         .iter()
         .filter(|r| !r.note.is_empty())
@@ -596,14 +610,14 @@ fn report(o: &Options, rows: &[Row], disk: &Histogram<u64>) -> Result<String> {
     writeln!(s)?;
     writeln!(
         s,
-        "| round | clients | system | ops/s | p50 ms | p99 ms | p999 ms | max ms | errors | generator CPU | servers' CPU | leader |"
+        "| round | clients | system | ops/s | p50 ms | p99 ms | p999 ms | max ms | errors | generator CPU | servers' CPU | rest of the machine | leader |"
     )?;
-    writeln!(s, "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")?;
+    writeln!(s, "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")?;
     for r in rows {
         let x = &r.result;
         writeln!(
             s,
-            "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {:.1} % | {} | {} |",
+            "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {:.1} % | {} | {} | {} |",
             r.round + 1,
             x.clients,
             x.system,
@@ -614,14 +628,15 @@ fn report(o: &Options, rows: &[Row], disk: &Histogram<u64>) -> Result<String> {
             max_ms(&x.hist),
             x.errors,
             x.gen_cpu_pct,
-            x.server_cpu_pct.map(|p| format!("{p:.0} %")).unwrap_or_else(|| "?".into()),
+            pct(x.server_cpu_pct),
+            pct(x.other_cpu_pct),
             r.leader,
         )?;
     }
     writeln!(s)?;
     writeln!(
         s,
-        "CPU in % of one core (this machine has {}); servers' CPU is the three processes of the system under load, summed.",
+        "CPU over each measured window, in % of one core (this machine has {}): the generator; the three processes of the system under load, summed; and the rest of the machine (other processes, the other system's idle cluster, the kernel's work not charged to a process), which shows when a run shared the machine.",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     )?;
     Ok(s)

@@ -35,6 +35,19 @@ pub fn ticks_of(pids: &[u32]) -> Option<u64> {
     pids.iter().map(|p| ticks(&p.to_string())).sum()
 }
 
+/// The whole machine's busy CPU ticks so far, every core summed (`/proc/stat`'s first line: user,
+/// nice, system, irq, softirq and steal; not idle or iowait).
+pub fn machine_busy_ticks() -> Option<u64> {
+    parse_proc_stat(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+fn parse_proc_stat(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal (guest time is already inside user).
+    Some([0, 1, 2, 5, 6, 7].iter().filter_map(|&i| v.get(i)).sum())
+}
+
 /// `ticks` over `wall` as a percentage of one core.
 pub fn percent(ticks: u64, wall: Duration) -> f64 {
     let secs = wall.as_secs_f64();
@@ -49,6 +62,13 @@ mod tests {
     fn stat_line_with_a_spaced_name() {
         let line = "4242 (tokio (rt) x) S 1 4242 4242 0 -1 4194560 3154 0 0 0 250 31 0 0 20 0 3 0 1 2 3";
         assert_eq!(parse_stat(line), Some(281));
+    }
+
+    #[test]
+    fn machine_busy_time_leaves_out_idle_and_iowait() {
+        let text = "cpu  100 2 30 5000 70 4 6 8 0 0\ncpu0 50 1 15 2500 35 2 3 4 0 0\n";
+        assert_eq!(parse_proc_stat(text), Some(100 + 2 + 30 + 4 + 6 + 8));
+        assert!(machine_busy_ticks().is_some());
     }
 
     #[test]

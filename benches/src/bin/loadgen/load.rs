@@ -78,6 +78,9 @@ pub struct RunResult {
     pub gen_cpu_pct: f64,
     /// The server processes' CPU time over the window, in % of one core (the sum of all of them).
     pub server_cpu_pct: Option<f64>,
+    /// Everything else on the machine over the window (other processes, the idle cluster of the
+    /// other system), in % of one core: what shows a run shared the machine.
+    pub other_cpu_pct: Option<f64>,
 }
 
 impl RunResult {
@@ -240,10 +243,12 @@ pub async fn run(spec: LoadSpec) -> Result<RunResult> {
     }
 
     tokio::time::sleep_until(window.start.into()).await;
+    let all0 = cpu::machine_busy_ticks();
     let gen0 = cpu::self_ticks()?;
     let srv0 = cpu::ticks_of(&spec.server_pids);
     let t0 = Instant::now();
     tokio::time::sleep_until(window.end.into()).await;
+    let all1 = cpu::machine_busy_ticks();
     let gen1 = cpu::self_ticks()?;
     let srv1 = cpu::ticks_of(&spec.server_pids);
     let wall = t0.elapsed();
@@ -259,8 +264,16 @@ pub async fn run(spec: LoadSpec) -> Result<RunResult> {
             first_error = stats.first_error;
         }
     }
-    let server_cpu_pct = match (srv0, srv1) {
-        (Some(a), Some(b)) => Some(cpu::percent(b.saturating_sub(a), wall)),
+    let gen_ticks = gen1.saturating_sub(gen0);
+    let srv_ticks = match (srv0, srv1) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
+    let other_cpu_pct = match (all0, all1) {
+        (Some(a), Some(b)) => {
+            let ours = gen_ticks + srv_ticks.unwrap_or(0);
+            Some(cpu::percent(b.saturating_sub(a).saturating_sub(ours), wall))
+        }
         _ => None,
     };
     Ok(RunResult {
@@ -271,7 +284,8 @@ pub async fn run(spec: LoadSpec) -> Result<RunResult> {
         hist,
         errors,
         first_error,
-        gen_cpu_pct: cpu::percent(gen1.saturating_sub(gen0), wall),
-        server_cpu_pct,
+        gen_cpu_pct: cpu::percent(gen_ticks, wall),
+        server_cpu_pct: srv_ticks.map(|t| cpu::percent(t, wall)),
+        other_cpu_pct,
     })
 }
