@@ -102,8 +102,9 @@ bench-fsm: deps
 # loopback, driven by one closed-loop generator (durakv-loadgen, benches/src/bin/loadgen/) that
 # alternates the two systems run by run; prints one markdown table. About 4 minutes with the defaults.
 # CLIENTS: client counts; VALUE_SIZE: bytes per value; WARMUP and DURATION: seconds per run; ROUNDS:
-# passes over every client count and both systems; FSM_SYNC: the nodes' --fsm-sync; SNAPSHOT_EVERY:
-# the nodes' --snapshot-every (empty: their default); BENCH_DIR: where the temporary data goes.
+# passes over every client count and both systems; FSM_SYNC: the nodes' --fsm-sync (sync, the mode of
+# the first table in docs/benchmarks.md, so runs compare across versions; empty: the node's default);
+# SNAPSHOT_EVERY: the nodes' --snapshot-every (empty: their default); BENCH_DIR: where the data goes.
 CLIENTS ?= 1,16,64,256
 VALUE_SIZE ?= 256
 WARMUP ?= 3
@@ -120,7 +121,7 @@ bench-cluster:
 	"$(CARGO_TARGET_DIR)/$(PROFILE)/durakv-loadgen" cluster \
 		--durakv-bin "$(CARGO_TARGET_DIR)/$(PROFILE)/durakv" --etcd-bin "$$(command -v etcd)" \
 		--clients $(CLIENTS) --value-size $(VALUE_SIZE) --warmup $(WARMUP) --duration $(DURATION) \
-		--rounds $(ROUNDS) --fsm-sync $(FSM_SYNC) $(if $(SNAPSHOT_EVERY),--snapshot-every $(SNAPSHOT_EVERY)) \
+		--rounds $(ROUNDS) $(if $(FSM_SYNC),--fsm-sync $(FSM_SYNC)) $(if $(SNAPSHOT_EVERY),--snapshot-every $(SNAPSHOT_EVERY)) \
 		$(if $(BENCH_DIR),--dir $(BENCH_DIR)) \
 		--label "durakv $$(git rev-parse --short HEAD 2>/dev/null || echo '?')$$(git diff --quiet HEAD -- node 2>/dev/null || echo ' with local changes')"
 

@@ -27,7 +27,8 @@ pub struct Options {
     pub warmup: Duration,
     pub duration: Duration,
     pub rounds: usize,
-    pub fsm_sync: String,
+    /// Passed to the nodes as `--fsm-sync` (`None`: the node's own default).
+    pub fsm_sync: Option<String>,
     pub snapshot_every: Option<u64>,
     /// Parent of the temporary data directory (default: the system temp dir).
     pub dir: Option<PathBuf>,
@@ -147,14 +148,10 @@ fn start_durakv(o: &Options, bench: &mut Bench) -> Result<()> {
     for i in 1..=addrs.len() {
         let data = bench.dir.path().join(format!("durakv-{i}"));
         let mut cmd = Command::new(&o.durakv_bin);
-        cmd.arg("--id")
-            .arg(i.to_string())
-            .arg("--peers")
-            .arg(&peers)
-            .arg("--data-dir")
-            .arg(&data)
-            .arg("--fsm-sync")
-            .arg(&o.fsm_sync);
+        cmd.arg("--id").arg(i.to_string()).arg("--peers").arg(&peers).arg("--data-dir").arg(&data);
+        if let Some(mode) = &o.fsm_sync {
+            cmd.arg("--fsm-sync").arg(mode);
+        }
         if let Some(n) = o.snapshot_every {
             cmd.arg("--snapshot-every").arg(n.to_string());
         }
@@ -505,13 +502,16 @@ fn report(o: &Options, rows: &[Row], disk: &Histogram<u64>) -> Result<String> {
     writeln!(s)?;
     writeln!(
         s,
-        "Closed loop, V = {} B, keys drawn from {}, {} s warm-up then {} s measured per run, {} round(s) alternating the systems; durakv --fsm-sync {}{}.",
+        "Closed loop, V = {} B, keys drawn from {}, {} s warm-up then {} s measured per run, {} round(s) alternating the systems; durakv {}{}.",
         o.value_size,
         thousands(o.keys as f64),
         o.warmup.as_secs_f64(),
         o.duration.as_secs_f64(),
         o.rounds,
-        o.fsm_sync,
+        o.fsm_sync
+            .as_ref()
+            .map(|m| format!("--fsm-sync {m}"))
+            .unwrap_or_else(|| "with its default --fsm-sync".into()),
         o.snapshot_every.map(|n| format!(" --snapshot-every {n}")).unwrap_or_default(),
     )?;
     writeln!(s)?;

@@ -43,7 +43,7 @@ usage:
       --warmup SECS            warm-up before each measured window (default 3)
       --duration SECS          measured window of each run (default 10)
       --rounds N               rounds over every client count and both systems (default 2)
-      --fsm-sync sync|nosync   passed to the durakv nodes (default sync)
+      --fsm-sync sync|nosync   passed to the durakv nodes (default: not passed, the node's own)
       --snapshot-every N       passed to the durakv nodes (default: the node's own)
       --systems LIST           durakv,etcd (default both)
       --dir DIR                parent of the temporary data directory (default: the system temp dir)
@@ -151,8 +151,11 @@ async fn cluster(args: &[String]) -> Result<()> {
             "label",
         ],
     )?;
-    let fsm_sync = f.str("fsm-sync").unwrap_or("sync").to_string();
-    if fsm_sync != "sync" && fsm_sync != "nosync" {
+    let fsm_sync = f.str("fsm-sync").map(str::to_string);
+    if let Some(m) = &fsm_sync
+        && m != "sync"
+        && m != "nosync"
+    {
         bail!("--fsm-sync must be sync or nosync");
     }
     let systems = f
