@@ -8,7 +8,7 @@ PROFILE ?= fast
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps test fmt-check lint unit powercut sim sim-run fuzz run build bench bench-wal bench-fsm bench-snapshot bench-storage bench-sim clean help
+.PHONY: all deps test fmt-check lint unit powercut sim sim-run fuzz run build bench bench-wal bench-fsm bench-snapshot bench-storage bench-sim bench-cluster clean help
 
 all: test
 
@@ -17,6 +17,7 @@ help:
 	@echo "make test   every check and test: fmt, clippy, unit, integration, crash exploration, proptests"
 	@echo "make powercut  power cuts of a real 3-node cluster on FUSE-mounted simulated disks (CUTS, FSYNC_MODE, SEED)"
 	@echo "make bench  criterion benchmarks (numbers belong in docs/benchmarks.md)"
+	@echo "make bench-cluster  3 durakv nodes against 3 etcd members, one closed-loop generator (CLIENTS, VALUE_SIZE, DURATION, ROUNDS, FSM_SYNC)"
 
 deps:
 	@scripts/install-deps.sh
@@ -95,6 +96,34 @@ bench-storage: deps
 
 bench-fsm: deps
 	$(CARGO) bench --profile $(PROFILE) -p durakv-benches --bench fsm
+
+# durakv against etcd (docs/benchmarks.md, "Cluster benchmark against etcd"): a fresh 3-node durakv
+# cluster and a fresh 3-node etcd cluster (Debian's etcd-server, installed here when missing) on
+# loopback, driven by one closed-loop generator (durakv-loadgen, benches/src/bin/loadgen/) that
+# alternates the two systems run by run; prints one markdown table. About 4 minutes with the defaults.
+# CLIENTS: client counts; VALUE_SIZE: bytes per value; WARMUP and DURATION: seconds per run; ROUNDS:
+# passes over every client count and both systems; FSM_SYNC: the nodes' --fsm-sync (sync, the mode of
+# the first table in docs/benchmarks.md, so runs compare across versions; empty: the node's default);
+# SNAPSHOT_EVERY: the nodes' --snapshot-every (empty: their default); BENCH_DIR: where the data goes.
+CLIENTS ?= 1,16,64,256
+VALUE_SIZE ?= 256
+WARMUP ?= 3
+DURATION ?= 10
+ROUNDS ?= 2
+FSM_SYNC ?= sync
+SNAPSHOT_EVERY ?=
+BENCH_DIR ?=
+bench-cluster:
+	@scripts/install-deps.sh
+	@scripts/install-deps.sh etcd
+	$(CARGO) build -p durakv --bin durakv --profile $(PROFILE)
+	$(CARGO) build -p durakv-benches --bin durakv-loadgen --profile $(PROFILE)
+	"$(CARGO_TARGET_DIR)/$(PROFILE)/durakv-loadgen" cluster \
+		--durakv-bin "$(CARGO_TARGET_DIR)/$(PROFILE)/durakv" --etcd-bin "$$(command -v etcd)" \
+		--clients $(CLIENTS) --value-size $(VALUE_SIZE) --warmup $(WARMUP) --duration $(DURATION) \
+		--rounds $(ROUNDS) $(if $(FSM_SYNC),--fsm-sync $(FSM_SYNC)) $(if $(SNAPSHOT_EVERY),--snapshot-every $(SNAPSHOT_EVERY)) \
+		$(if $(BENCH_DIR),--dir $(BENCH_DIR)) \
+		--label "durakv $$(git rev-parse --short HEAD 2>/dev/null || echo '?')$$(git diff --quiet HEAD -- node 2>/dev/null || echo ' with local changes')"
 
 # Simulator speed (docs/benchmarks.md, "Simulation speed"): simulated seconds per wall second on the
 # standard scenario, and swarm seeds per second over every scenario from a fixed seed range.

@@ -11,7 +11,34 @@
 #                         into $HOME/.cache/durakv/npm (DURAKV_NPM_DIR), nothing global
 #   redis-py 8 (pip)      a current client library with its default settings, in node/tests/node_inputs.rs
 #   rustfmt, clippy       part of `make test`
+# Extras, installed only when named on the command line (no `make test` needs them):
+#   etcd                  Debian's etcd-server (`etcd`), the other system `make bench-cluster` measures;
+#                         `scripts/install-deps.sh etcd` installs it and nothing else
 set -euo pipefail
+
+apt_install() {
+    echo "install-deps: installing Debian packages: $*"
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null 2>&1 || { echo "install-deps: need root or sudo to install $*" >&2; exit 1; }
+        sudo="sudo"
+    fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@"
+}
+
+if [ "${1:-}" = etcd ]; then
+    if ! command -v etcd >/dev/null 2>&1; then
+        apt_install etcd-server
+        # The package enables and starts a system-wide etcd where systemd runs: the benchmark starts
+        # its own members, and a stray one would share the machine with them.
+        if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
+            echo "install-deps: stopping and disabling the etcd service the package started"
+            ${sudo:-} systemctl disable --now etcd || true
+        fi
+    fi
+    exit 0
+fi
 
 need=()
 command -v clang >/dev/null 2>&1 || need+=(clang)
@@ -27,14 +54,7 @@ command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 
 if ((${#need[@]})); then
-    echo "install-deps: installing Debian packages: ${need[*]}"
-    sudo=""
-    if [ "$(id -u)" -ne 0 ]; then
-        command -v sudo >/dev/null 2>&1 || { echo "install-deps: need root or sudo to install ${need[*]}" >&2; exit 1; }
-        sudo="sudo"
-    fi
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
+    apt_install "${need[@]}"
 fi
 
 # redis-py 8 (opens with HELLO 3 by default): node/tests/node_inputs.rs connects with it as a user would.
