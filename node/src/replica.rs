@@ -583,7 +583,11 @@ impl<E: Engine> Replica<E> {
             let path = self.snapshots.store.path(token.index);
             verify(&*self.snapshots.fs, &path, &token)?;
             self.raw.store().apply_snapshot(SnapshotPointer { metadata, token: snap.data })?;
-            restore(&*self.snapshots.fs, self.kv.engine(), &path, &token)?;
+            {
+                // No read off the loop sees part of the old state and part of the new.
+                let _gate = self.kv.replacing();
+                restore(&*self.snapshots.fs, self.kv.engine(), &path, &token)?;
+            }
             self.kv.reload_applied_index()?;
             // Retention applies to received snapshots too, or a follower that only ever catches up
             // by snapshot keeps every one it was sent (found by the simulation's file-hygiene check).

@@ -373,17 +373,25 @@ fn a_node_that_lost_its_acknowledged_wal_tail_recovers_it_from_the_leader() {
     assert!(log.contains("recovered from peers"), "recovery ended:\n{log}");
 }
 
-#[test]
-fn a_follower_behind_a_compacted_log_catches_up_by_snapshot() {
-    // No trailing window: the log keeps nothing below a snapshot.
-    let mut cluster = Cluster::start(3, &["--snapshot-every", "20", "--snapshot-catch-up-entries", "0"]);
+/// A cluster snapshotting every 20 entries and keeping `window` entries below each: a follower is
+/// SIGKILLed, misses enough writes for several snapshots (each compacting the leader's log past it),
+/// restarts, and every acknowledged write is readable on it. Returns the cluster, the follower and
+/// the acknowledged writes.
+fn follower_misses_several_snapshots(window: &str) -> (Cluster, u64, BTreeMap<String, String>) {
+    let mut cluster = Cluster::start(3, &["--snapshot-every", "20", "--snapshot-catch-up-entries", window]);
     let mut acked = cluster.write_keys("early-", 10);
     let victim = cluster.follower();
     cluster.kill(victim);
-    // Enough writes for several snapshots, each compacting the leader's log past the victim.
     acked.extend(cluster.write_keys("missed-", 120));
     cluster.spawn(victim);
     cluster.assert_readable(victim, &acked);
+    (cluster, victim, acked)
+}
+
+#[test]
+fn a_follower_behind_a_compacted_log_catches_up_by_snapshot() {
+    // No trailing window: the log keeps nothing below a snapshot.
+    let (cluster, victim, mut acked) = follower_misses_several_snapshots("0");
     let info = cluster.info(victim).expect("INFO from the restarted follower");
     let installed: u64 = info["snapshots_installed"].parse().expect("a number");
     assert!(installed >= 1, "the follower caught up by snapshot, not by log: {info:?}");
@@ -399,13 +407,7 @@ fn a_follower_behind_a_compacted_log_catches_up_by_snapshot() {
 /// is readable on it.
 #[test]
 fn a_follower_briefly_behind_catches_up_from_the_trailing_window() {
-    let mut cluster = Cluster::start(3, &["--snapshot-every", "20", "--snapshot-catch-up-entries", "500"]);
-    let mut acked = cluster.write_keys("early-", 10);
-    let victim = cluster.follower();
-    cluster.kill(victim);
-    acked.extend(cluster.write_keys("missed-", 120));
-    cluster.spawn(victim);
-    cluster.assert_readable(victim, &acked);
+    let (cluster, victim, _) = follower_misses_several_snapshots("500");
     let info = cluster.info(victim).expect("INFO from the restarted follower");
     assert_eq!(info["snapshots_installed"], "0", "the window held what the follower missed: {info:?}");
     let leader = cluster.running().into_iter().find(|&id| id != victim).expect("another node");

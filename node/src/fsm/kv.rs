@@ -353,6 +353,10 @@ pub struct Kv<E: Engine> {
     applied: u64,
     /// Client keys the engine holds, as of `applied` ([`MetaKey::KeyCount`]).
     keys: u64,
+    /// Reads off the raft loop hold it shared while they run; a snapshot install holds it exclusively
+    /// while it replaces the whole state, so a multi-key read (MGET, a SCAN page) never sees part of
+    /// the old state and part of the new ([`Kv::read_view`]).
+    state_gate: std::sync::Arc<std::sync::RwLock<()>>,
 }
 
 impl<E: Engine> Kv<E> {
@@ -360,7 +364,13 @@ impl<E: Engine> Kv<E> {
     pub fn new(engine: E, mode: FsmSync) -> Result<Self, FsmError> {
         let applied = Self::read_applied(&engine)?;
         let keys = Self::read_key_count(&engine)?;
-        Ok(Kv { engine: std::sync::Arc::new(engine), mode, applied, keys })
+        Ok(Kv {
+            engine: std::sync::Arc::new(engine),
+            mode,
+            applied,
+            keys,
+            state_gate: std::sync::Arc::default(),
+        })
     }
 
     /// The engine's applied index. Missing on an engine that holds data means the meta value was lost
@@ -469,7 +479,18 @@ impl<E: Engine> Kv<E> {
             mode: self.mode,
             applied: self.applied,
             keys: self.keys,
+            state_gate: std::sync::Arc::clone(&self.state_gate),
         }
+    }
+
+    /// Held shared by a batch of reads off the loop while it runs (see `state_gate`).
+    pub fn reading(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.state_gate.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Held exclusively while a snapshot install replaces the whole state (see `state_gate`).
+    pub fn replacing(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.state_gate.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The engine, for work off the raft loop (writing a snapshot from its point-in-time view).

@@ -93,6 +93,9 @@ fn options() -> Options {
     // Write back SST data in 1 MiB steps so flushes and compactions do not stall on one huge fsync at
     // the end.
     opts.set_bytes_per_sync(1 << 20);
+    // The same for its WAL under `nosync` applies: never a large unsynced tail for the flush before a
+    // snapshot (or a shutdown) to write back at once, in front of the raft WAL's fsyncs.
+    opts.set_wal_bytes_per_sync(1 << 20);
     opts
 }
 

@@ -417,6 +417,9 @@ fn spawn_snapshot<E: Engine + 'static>(job: SnapshotJob<E>, done: mpsc::Sender<S
 /// heartbeats or applies. Under madsim the batch is a task of the simulated node.
 fn spawn_reads<E: Engine + 'static>(view: Kv<E>, reads: Vec<PendingRead<E>>) {
     let work = move || {
+        // A snapshot install on the loop waits for the batch (and the batch for it): every read of
+        // it sees one state, whole.
+        let _gate = view.reading();
         for r in reads {
             // A client that gave up needs no answer.
             if !r.reply.is_closed() {
