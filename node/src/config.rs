@@ -14,6 +14,7 @@
 //! snapshot_log_bytes = 67108864   # snapshot once this much entry data was applied since the last
 //! snapshot_every = 0              # ... or after this many applied entries (0: by bytes only)
 //! snapshot_catch_up_entries = 5000  # entries kept in the log below each snapshot for lagging followers
+//! metrics_addr = "127.0.0.1:9379"  # optional; Prometheus scrapes GET /metrics here
 //! max_bulk_bytes = 536870912      # largest RESP bulk string
 //! log_json = false
 //!
@@ -78,6 +79,8 @@ pub struct NodeConfig {
     pub snapshot_log_bytes: u64,
     /// Entries kept in the log below each snapshot, so a lagging follower catches up from the log.
     pub snapshot_catch_up_entries: u64,
+    /// Where Prometheus scrapes `GET /metrics` (`None`: no metrics port).
+    pub metrics_addr: Option<SocketAddr>,
     pub max_bulk_bytes: usize,
     pub log_json: bool,
 }
@@ -98,6 +101,7 @@ struct RawConfig {
     snapshot_every: Option<u64>,
     snapshot_log_bytes: Option<u64>,
     snapshot_catch_up_entries: Option<u64>,
+    metrics_addr: Option<String>,
     max_bulk_bytes: Option<usize>,
     log_json: Option<bool>,
 }
@@ -144,6 +148,7 @@ impl NodeConfig {
                 "snapshot-every" => raw.snapshot_every = Some(num(value)?),
                 "snapshot-log-bytes" => raw.snapshot_log_bytes = Some(num(value)?),
                 "snapshot-catch-up-entries" => raw.snapshot_catch_up_entries = Some(num(value)?),
+                "metrics-addr" => raw.metrics_addr = Some(value.clone()),
                 "max-bulk-bytes" => raw.max_bulk_bytes = Some(num(value)? as usize),
                 "log-json" => {
                     raw.log_json =
@@ -231,6 +236,7 @@ impl NodeConfig {
             snapshot_every,
             snapshot_log_bytes,
             snapshot_catch_up_entries: raw.snapshot_catch_up_entries.unwrap_or(DEFAULT_CATCH_UP_ENTRIES),
+            metrics_addr: raw.metrics_addr.map(|s| parse_addr("metrics_addr", &s)).transpose()?,
             max_bulk_bytes,
             log_json: raw.log_json.unwrap_or(false),
         })
@@ -347,6 +353,7 @@ fsm_sync = "nosync"
         assert_eq!(field_of(&[("id", "0")]), "id");
         assert_eq!(field_of(&[("fsm-sync", "fast")]), "fsm_sync");
         assert_eq!(field_of(&[("resp-addr", "localhost")]), "resp_addr");
+        assert_eq!(field_of(&[("metrics-addr", "nowhere")]), "metrics_addr");
         assert_eq!(field_of(&[("snapshot-log-bytes", "0")]), "snapshot_log_bytes");
         assert_eq!(field_of(&[("requirepass", "")]), "requirepass");
         assert_eq!(field_of(&[("id", "x")]), "--id");

@@ -34,6 +34,7 @@ pub mod fsm;
 pub mod hardstate;
 pub mod io;
 pub mod limits;
+pub mod metrics;
 pub mod probe;
 pub mod replica;
 pub mod runtime;

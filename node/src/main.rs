@@ -24,6 +24,7 @@ const USAGE: &str = "usage:
       --snapshot-log-bytes N snapshot once N bytes of entries were applied since the last (default 64 MiB)
       --snapshot-every N     ... or after N applied entries (default 0: by bytes only)
       --snapshot-catch-up-entries N  entries kept in the log below each snapshot (default 5000)
+      --metrics-addr ADDR    serve Prometheus metrics at http://ADDR/metrics (default: off)
       --max-bulk-bytes N     largest RESP bulk string (default 536870912)
       --log-json true|false  JSON log lines (level from RUST_LOG, default info)
   durakv wal check <dir>   verify every segment without changing anything (exit 1 if damaged)

@@ -170,6 +170,8 @@ pub struct Replica<E: Engine> {
     led_term: u64,
     /// Bytes of entry data applied since the last snapshot this node took (snapshot cadence).
     applied_bytes_since_snapshot: u64,
+    /// Where persist and apply timings go (`--metrics-addr`); none in tests.
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 impl<E: Engine> std::fmt::Debug for Replica<E> {
@@ -239,6 +241,7 @@ impl<E: Engine> Replica<E> {
             stopped: None,
             led_term: 0,
             applied_bytes_since_snapshot: 0,
+            metrics: None,
         };
         replica.redraw_election_timeout();
         Ok(replica)
@@ -260,6 +263,11 @@ impl<E: Engine> Replica<E> {
 
     pub fn id(&self) -> u64 {
         self.raw.raft.id
+    }
+
+    /// Report persist and apply timings and counts to `metrics`.
+    pub fn set_metrics(&mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) {
+        self.metrics = Some(metrics);
     }
 
     pub fn is_leader(&self) -> bool {
@@ -604,7 +612,13 @@ impl<E: Engine> Replica<E> {
         let hs = rd.hs().cloned();
         let store = self.raw.store();
         if !rd.entries().is_empty() || hs.as_ref().is_some_and(|hs| store.changes_term_or_vote(hs)) {
+            let started = self.metrics.is_some().then(tokio::time::Instant::now);
             store.persist(rd.entries(), hs.as_ref())?;
+            if let (Some(m), Some(started)) = (&self.metrics, started) {
+                m.persist_seconds.observe(started.elapsed().as_secs_f64());
+                m.entries_persisted.inc_by(rd.entries().len() as u64);
+                m.persisted_bytes.inc_by(rd.entries().iter().map(|e| e.data.len() as u64).sum());
+            }
         } else if let Some(hs) = &hs {
             store.note_commit(hs.commit);
         }
@@ -656,6 +670,10 @@ impl<E: Engine> Replica<E> {
     /// and it covers the others: their replies are only handed out after it.
     fn apply_all(&mut self, entries: Vec<Entry>, out: &mut ReadyOutput) -> Result<(), ReplicaError> {
         let n = entries.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let started = self.metrics.is_some().then(tokio::time::Instant::now);
         let stale_buffer = crate::failpoint::canary(self.fs(), "apply-stale-buffer");
         let mut previous: Option<Vec<u8>> = None;
         for (i, mut e) in entries.into_iter().enumerate() {
@@ -667,6 +685,10 @@ impl<E: Engine> Replica<E> {
                 }
             }
             self.apply(e, i + 1 == n, out)?;
+        }
+        if let (Some(m), Some(started)) = (&self.metrics, started) {
+            m.apply_seconds.observe(started.elapsed().as_secs_f64());
+            m.entries_applied.inc_by(n as u64);
         }
         Ok(())
     }

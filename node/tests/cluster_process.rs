@@ -525,3 +525,50 @@ fn a_leader_stopped_with_a_write_in_flight_answers_that_its_outcome_is_unknown()
         thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Read one HTTP response from the metrics port for `request` (status line, body).
+fn http(port: u16, request: &[u8]) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics port");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.write_all(request).expect("send");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("a whole response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+    (head.lines().next().unwrap_or_default().to_string(), body.to_string())
+}
+
+/// The value of the series `name` (with this node's label) in a scrape.
+fn series(body: &str, name: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}{{node=\"1\"}} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no series {name} in:\n{body}"))
+}
+
+/// Failure guarded against: a metrics port that exports nothing useful, or that a stray request
+/// (another path, another method, garbage) can break. Invariant: after writes, a scrape of
+/// `--metrics-addr` shows the persist and apply histograms counting, the applied entries, the
+/// node leading; other requests get 404, 405 and 400, and the port keeps answering.
+#[test]
+fn the_metrics_port_exports_raft_and_state_machine_metrics_and_refuses_the_rest() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let cluster = Cluster::start(1, &["--metrics-addr", &addr]);
+    let acked = cluster.write_keys("m-", 20);
+    cluster.assert_readable(1, &acked);
+    let (status, body) = http(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    assert!(series(&body, "durakv_raft_persist_seconds_count") >= 1.0);
+    assert!(series(&body, "durakv_fsm_apply_seconds_count") >= 1.0);
+    assert!(series(&body, "durakv_fsm_entries_applied_total") >= 20.0);
+    assert!(series(&body, "durakv_raft_entries_persisted_total") >= 20.0);
+    assert_eq!(series(&body, "durakv_raft_is_leader"), 1.0);
+    assert!(series(&body, "durakv_raft_leader_terms_total") >= 1.0);
+    assert!(series(&body, "durakv_reads_served_total") >= 1.0);
+    assert!(body.contains("durakv_raft_persist_seconds_bucket{node=\"1\",le=\"0.001\"}"), "{body}");
+    assert_eq!(http(port, b"GET /other HTTP/1.1\r\n\r\n").0, "HTTP/1.1 404 Not Found");
+    assert_eq!(http(port, b"POST /metrics HTTP/1.1\r\n\r\n").0, "HTTP/1.1 405 Method Not Allowed");
+    assert_eq!(http(port, b"\x00\x01 not http\r\n\r\n").0, "HTTP/1.1 400 Bad Request");
+    assert_eq!(http(port, b"GET /metrics HTTP/1.0\r\n\r\n").0, "HTTP/1.1 200 OK", "still answering");
+}

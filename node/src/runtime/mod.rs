@@ -292,6 +292,19 @@ pub async fn serve<E: Engine + Send + 'static>(
     let addrs: BTreeMap<u64, SocketAddr> =
         cfg.peers.iter().filter(|(id, _)| **id != cfg.id).map(|(id, p)| (*id, p.peer_addr)).collect();
     let transport = peer::Transport::start(link.clone(), &addrs, opts.peer_queue);
+    let metrics = crate::metrics::Metrics::new(cfg.id).map_err(|e| {
+        NodeError::Options(ConfigError::Invalid { field: "metrics".into(), message: e.to_string() })
+    })?;
+    if let Some(addr) = cfg.metrics_addr {
+        let listener = crate::metrics::bind(addr).await.map_err(|source| NodeError::Bind {
+            what: "metrics (metrics_addr)",
+            addr,
+            source,
+        })?;
+        tokio::spawn(crate::metrics::serve(listener, Arc::clone(&metrics), shutdown.clone()));
+    }
+    let mut replica = replica;
+    replica.set_metrics(Arc::clone(&metrics));
     tokio::spawn(peer::accept_peers(peer_listener, link, shutdown.clone()));
     let clients = Arc::new(ClientContext {
         node_id: cfg.id,
@@ -325,6 +338,7 @@ pub async fn serve<E: Engine + Send + 'static>(
         replica,
         raft_loop::Channels { inputs: inputs_rx, peers: peer_rx, feedback: feedback_rx, status: status_tx },
         transport,
+        metrics,
         &opts,
         shutdown,
     )

@@ -138,6 +138,11 @@ pub struct Transport {
 }
 
 impl Transport {
+    /// Messages dropped so far because a peer's queue was full (raft resends them).
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
     pub fn start(link: Arc<LinkContext>, addrs: &BTreeMap<u64, SocketAddr>, queue: usize) -> Transport {
         let mut queues = BTreeMap::new();
         for (&to, &addr) in addrs {

@@ -12,9 +12,11 @@ use super::peer::{Feedback, PeerInput, Transport};
 use super::{NodeError, RuntimeOptions, Status};
 use crate::fsm::{self, Engine, Kv};
 use crate::limits::MAX_COMMAND_BYTES;
+use crate::metrics::Metrics;
 use crate::replica::{Replica, ReplicaError, SnapshotDone, SnapshotJob};
 use crate::server::resp::Reply;
 use crate::snapshot::ReceiveGuard;
+use std::sync::Arc;
 
 /// A read run against the state machine once its read index is applied.
 pub(crate) type ReadFn<E> = Box<dyn FnOnce(&Kv<E>) -> Reply + Send>;
@@ -98,8 +100,13 @@ struct Loop<E: Engine> {
     snapshots_installed: u64,
     /// The term pending proposals were made in.
     term: u64,
-    /// A snapshot is being written off the loop; its result comes back on `snapshot_done`.
+    /// A snapshot is being written off the loop (since when); its result comes back on
+    /// `snapshot_done`.
     snapshot_running: bool,
+    snapshot_started: tokio::time::Instant,
+    metrics: Arc<Metrics>,
+    /// The transport's dropped-message count already reported to `metrics`.
+    dropped_reported: u64,
     snapshot_done: (mpsc::Sender<SnapshotDone>, mpsc::Receiver<SnapshotDone>),
 }
 
@@ -107,6 +114,7 @@ pub(crate) async fn run<E: Engine + Send + 'static>(
     replica: Replica<E>,
     mut ch: Channels<E>,
     transport: Transport,
+    metrics: Arc<Metrics>,
     opts: &RuntimeOptions,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), NodeError> {
@@ -125,7 +133,10 @@ pub(crate) async fn run<E: Engine + Send + 'static>(
         snapshots_installed: 0,
         term: 0,
         snapshot_running: false,
+        snapshot_started: tokio::time::Instant::now(),
         snapshot_done: mpsc::channel(1),
+        metrics,
+        dropped_reported: 0,
     };
     let mut ticker = tokio::time::interval(opts.tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -140,8 +151,14 @@ pub(crate) async fn run<E: Engine + Send + 'static>(
             _ = ticker.tick() => lp.tick(),
             Some(done) = lp.snapshot_done.1.recv() => {
                 lp.snapshot_running = false;
-                if let Err(e) = lp.replica.finish_snapshot(done) {
-                    break Err(e.into());
+                match lp.replica.finish_snapshot(done) {
+                    Ok(taken) => {
+                        if taken.is_some() {
+                            lp.metrics.snapshots_taken.inc();
+                        }
+                        lp.metrics.snapshot_write_seconds.observe(lp.snapshot_started.elapsed().as_secs_f64());
+                    }
+                    Err(e) => break Err(e.into()),
                 }
             }
             Some(fb) = ch.feedback.recv() => lp.feedback(fb),
@@ -171,6 +188,7 @@ pub(crate) async fn run<E: Engine + Send + 'static>(
             tracing::info!(node = id, stall_ms = stall.as_millis() as u64, "stalled by a failpoint");
             tokio::time::sleep(stall).await;
         }
+        lp.report_metrics();
         ch.status.send_if_modified(|s| {
             let now = lp.status();
             let changed = *s != now;
@@ -352,6 +370,7 @@ impl<E: Engine + 'static> Loop<E> {
             due.extend(entry.remove());
         }
         if !due.is_empty() {
+            self.metrics.reads_served.inc_by(due.len() as u64);
             spawn_reads(self.replica.kv().read_view(), due);
         }
         if crate::failpoint::canary(self.replica.fs(), "snapshot-on-the-loop") {
@@ -362,6 +381,7 @@ impl<E: Engine + 'static> Loop<E> {
             && let Some(job) = self.replica.snapshot_due()
         {
             self.snapshot_running = true;
+            self.snapshot_started = tokio::time::Instant::now();
             spawn_snapshot(job, self.snapshot_done.0.clone());
         }
         if self.replica.term() != self.term {
@@ -371,6 +391,28 @@ impl<E: Engine + 'static> Loop<E> {
             }
         }
         Ok(())
+    }
+
+    /// Bring the gauges and the counters kept elsewhere up to date (after each round: cheap stores).
+    fn report_metrics(&mut self) {
+        let m = &self.metrics;
+        let r = &self.replica;
+        let as_gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        if r.is_leader() && m.is_leader.get() == 0 || r.is_leader() && m.term.get() != as_gauge(r.term()) {
+            m.leader_terms.inc();
+        }
+        m.term.set(as_gauge(r.term()));
+        m.commit_index.set(as_gauge(r.commit_index()));
+        m.applied_index.set(as_gauge(r.applied_index()));
+        m.snapshot_index.set(as_gauge(r.storage().snapshot_index()));
+        m.is_leader.set(i64::from(r.is_leader()));
+        m.pending_writes.set(as_gauge(self.proposals.len() as u64));
+        m.recovering.set(i64::from(r.recover_to() > 0));
+        let installed = self.snapshots_installed.saturating_sub(m.snapshots_installed.get());
+        m.snapshots_installed.inc_by(installed);
+        let dropped = self.transport.dropped();
+        m.peer_messages_dropped.inc_by(dropped.saturating_sub(self.dropped_reported));
+        self.dropped_reported = dropped;
     }
 
     fn status(&self) -> Status {

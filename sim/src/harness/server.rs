@@ -79,6 +79,7 @@ pub(super) fn node_config(scenario: &Scenario, id: u64) -> NodeConfig {
         snapshot_every: scenario.cluster.snapshot_every,
         snapshot_log_bytes: durakv::config::DEFAULT_SNAPSHOT_LOG_BYTES,
         snapshot_catch_up_entries: scenario.cluster.catch_up_entries,
+        metrics_addr: None,
         max_bulk_bytes: 512 << 20,
         log_json: false,
     }

@@ -1,0 +1,192 @@
+//! The node's metrics, in Prometheus's text format (`--metrics-addr`, off by default). One
+//! [`Metrics`] per node, its own registry (several nodes share a process in tests and in the
+//! simulation), every series labelled with `node`. Timings use `tokio::time`, so the simulation
+//! keeps its clock; nothing here feeds back into what the node does.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, Opts, Registry, TextEncoder};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// Latency buckets from 50 µs to 10 s: an fsync on a fast disk to a snapshot of a large database.
+const BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// A metric could not be registered (a name used twice: a bug in this module).
+#[derive(Debug, thiserror::Error)]
+#[error("metrics: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+/// Every series a node exports.
+pub struct Metrics {
+    registry: Registry,
+    /// One persist of a ready: the WAL append and its fsync, then the hard-state file's fsync.
+    pub persist_seconds: Histogram,
+    /// Applying one ready's committed entries to the state machine.
+    pub apply_seconds: Histogram,
+    /// Writing a snapshot on the worker, from the request to the recorded pointer.
+    pub snapshot_write_seconds: Histogram,
+    pub entries_persisted: IntCounter,
+    pub persisted_bytes: IntCounter,
+    pub entries_applied: IntCounter,
+    pub snapshots_taken: IntCounter,
+    pub snapshots_installed: IntCounter,
+    /// Terms this node won an election in.
+    pub leader_terms: IntCounter,
+    /// Messages for a peer dropped because its queue was full or its connection gone (raft resends).
+    pub peer_messages_dropped: IntCounter,
+    pub reads_served: IntCounter,
+    pub term: IntGauge,
+    pub commit_index: IntGauge,
+    pub applied_index: IntGauge,
+    pub snapshot_index: IntGauge,
+    /// 1 while this node leads.
+    pub is_leader: IntGauge,
+    /// Writes proposed and not yet answered.
+    pub pending_writes: IntGauge,
+    /// 1 while this node recovers log entries it lost from its peers (D5).
+    pub recovering: IntGauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub fn new(node: u64) -> Result<Arc<Metrics>, MetricsError> {
+        let registry = Registry::new_custom(None, Some([("node".to_string(), node.to_string())].into()))?;
+        let histogram = |name: &str, help: &str| -> Result<Histogram, MetricsError> {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()))?;
+            registry.register(Box::new(h.clone()))?;
+            Ok(h)
+        };
+        let counter = |name: &str, help: &str| -> Result<IntCounter, MetricsError> {
+            let c = IntCounter::with_opts(Opts::new(name, help))?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let gauge = |name: &str, help: &str| -> Result<IntGauge, MetricsError> {
+            let g = IntGauge::with_opts(Opts::new(name, help))?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        Ok(Arc::new(Metrics {
+            persist_seconds: histogram(
+                "durakv_raft_persist_seconds",
+                "One ready's persist: WAL append and fsync, then the hard-state file's fsync",
+            )?,
+            apply_seconds: histogram("durakv_fsm_apply_seconds", "Applying one ready's committed entries")?,
+            snapshot_write_seconds: histogram(
+                "durakv_snapshot_write_seconds",
+                "Writing a snapshot off the raft loop, from its start to the recorded pointer",
+            )?,
+            entries_persisted: counter("durakv_raft_entries_persisted_total", "Raft entries made durable")?,
+            persisted_bytes: counter(
+                "durakv_raft_persisted_bytes_total",
+                "Bytes of raft entry data made durable",
+            )?,
+            entries_applied: counter("durakv_fsm_entries_applied_total", "Raft entries applied")?,
+            snapshots_taken: counter("durakv_snapshots_taken_total", "Snapshots this node wrote")?,
+            snapshots_installed: counter(
+                "durakv_snapshots_installed_total",
+                "Snapshots received and installed",
+            )?,
+            leader_terms: counter("durakv_raft_leader_terms_total", "Terms this node won an election in")?,
+            peer_messages_dropped: counter(
+                "durakv_peer_messages_dropped_total",
+                "Messages for a peer dropped (queue full or connection gone); raft resends",
+            )?,
+            reads_served: counter("durakv_reads_served_total", "Linearizable reads answered")?,
+            term: gauge("durakv_raft_term", "Current raft term")?,
+            commit_index: gauge("durakv_raft_commit_index", "Raft commit index")?,
+            applied_index: gauge("durakv_fsm_applied_index", "Index the state machine applied")?,
+            snapshot_index: gauge("durakv_snapshot_index", "Index of the snapshot the log is based on")?,
+            is_leader: gauge("durakv_raft_is_leader", "1 while this node leads")?,
+            pending_writes: gauge("durakv_pending_writes", "Writes proposed and not yet answered")?,
+            recovering: gauge(
+                "durakv_recovering",
+                "1 while this node recovers lost log entries from its peers",
+            )?,
+            registry,
+        }))
+    }
+
+    /// Every series, in Prometheus's text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into memory fails only on a metric family the encoder cannot write: none here.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "metrics could not be encoded");
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// The largest request head the metrics port reads.
+const MAX_REQUEST_BYTES: usize = 8192;
+
+/// Serve `GET /metrics` on `listener` until `shutdown`: one response per connection, then close.
+/// Anything else gets a 404 (another path), a 405 (another method) or a 400 (not HTTP, or a head
+/// past 8 KiB), never a panic.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { return },
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let metrics = Arc::clone(&metrics);
+                    tokio::spawn(async move { answer(stream, &metrics).await });
+                }
+                Err(e) => tracing::warn!(error = %e, "metrics port: accept failed"),
+            },
+        }
+    }
+}
+
+async fn answer(mut stream: TcpStream, metrics: &Metrics) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    let complete = loop {
+        if head.windows(4).any(|w| w == b"\r\n\r\n") {
+            break true;
+        }
+        if head.len() > MAX_REQUEST_BYTES {
+            break false;
+        }
+        match tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break false,
+            Ok(Ok(n)) => head.extend_from_slice(&buf[..n]),
+        }
+    };
+    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    let mut words = line.split(|&b| b == b' ');
+    let (status, body) = match (complete, words.next(), words.next(), words.next()) {
+        (true, Some(b"GET"), Some(b"/metrics"), Some(v)) if v.starts_with(b"HTTP/1.") => {
+            ("200 OK", metrics.render())
+        }
+        (true, Some(b"GET"), Some(_), Some(v)) if v.starts_with(b"HTTP/1.") => {
+            ("404 Not Found", "only /metrics is served here\n".to_string())
+        }
+        (true, Some(_), Some(_), Some(v)) if v.starts_with(b"HTTP/1.") => {
+            ("405 Method Not Allowed", "only GET /metrics is served here\n".to_string())
+        }
+        _ => ("400 Bad Request", "not an HTTP/1 request head of at most 8 KiB\n".to_string()),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Bind the metrics port.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
