@@ -571,4 +571,10 @@ fn the_metrics_port_exports_raft_and_state_machine_metrics_and_refuses_the_rest(
     assert_eq!(http(port, b"POST /metrics HTTP/1.1\r\n\r\n").0, "HTTP/1.1 405 Method Not Allowed");
     assert_eq!(http(port, b"\x00\x01 not http\r\n\r\n").0, "HTTP/1.1 400 Bad Request");
     assert_eq!(http(port, b"GET /metrics HTTP/1.0\r\n\r\n").0, "HTTP/1.1 200 OK", "still answering");
+    // INFO stats repeats the essentials.
+    let info = cluster.info(1).expect("INFO");
+    let persists: u64 = info["durakv_raft_persists"].parse().expect("a number");
+    let applied: u64 = info["durakv_entries_applied"].parse().expect("a number");
+    assert!(persists >= 1 && applied >= 20, "{info:?}");
+    assert!(info["durakv_raft_persist_avg_us"].parse::<u64>().is_ok(), "{info:?}");
 }

@@ -308,6 +308,7 @@ pub async fn serve<E: Engine + Send + 'static>(
     tokio::spawn(peer::accept_peers(peer_listener, link, shutdown.clone()));
     let clients = Arc::new(ClientContext {
         node_id: cfg.id,
+        metrics: Arc::clone(&metrics),
         cluster_id: cfg.cluster_id,
         inputs: inputs_tx,
         status: status_rx,

@@ -24,6 +24,8 @@ use crate::runtime::{Input, ReadFn, Refusal, Status, accept_until_shutdown, writ
 /// What every client connection of this node shares.
 pub(crate) struct ClientContext<E: Engine> {
     pub node_id: u64,
+    /// The node's metrics, whose essentials `INFO stats` repeats.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     pub cluster_id: u64,
     pub inputs: mpsc::Sender<Input<E>>,
     pub status: watch::Receiver<Status>,
@@ -909,6 +911,12 @@ fn resident_bytes() -> u64 {
         .map_or(0, |pages| pages * 4096)
 }
 
+/// A histogram's mean in whole microseconds (0 before the first sample).
+fn avg_us(h: &prometheus::Histogram) -> String {
+    let n = h.get_sample_count();
+    if n == 0 { "0".to_string() } else { ((h.get_sample_sum() / n as f64) * 1e6).round().to_string() }
+}
+
 fn human_bytes(n: u64) -> String {
     match n {
         n if n >= 1 << 30 => format!("{:.2}G", n as f64 / f64::from(1u32 << 30)),
@@ -927,6 +935,7 @@ fn info<E: Engine>(ctx: &ClientContext<E>, asked: &[String]) -> String {
     let everything =
         asked.is_empty() || asked.iter().any(|a| matches!(a.as_str(), "default" | "all" | "everything"));
     let uptime = ctx.started.elapsed().as_secs();
+    let m = &ctx.metrics;
     let used = resident_bytes();
     let sections: Vec<(&str, Vec<(&str, String)>)> = vec![
         (
@@ -981,6 +990,16 @@ fn info<E: Engine>(ctx: &ClientContext<E>, asked: &[String]) -> String {
             vec![
                 ("total_connections_received", ctx.total_connections.load(Relaxed).to_string()),
                 ("total_commands_processed", ctx.total_commands.load(Relaxed).to_string()),
+                // The essentials of `--metrics-addr`, for those who read INFO (docs/operations.md).
+                ("durakv_raft_persists", m.persist_seconds.get_sample_count().to_string()),
+                ("durakv_raft_persist_avg_us", avg_us(&m.persist_seconds)),
+                ("durakv_fsm_applies", m.apply_seconds.get_sample_count().to_string()),
+                ("durakv_fsm_apply_avg_us", avg_us(&m.apply_seconds)),
+                ("durakv_entries_applied", m.entries_applied.get().to_string()),
+                ("durakv_reads_served", m.reads_served.get().to_string()),
+                ("durakv_snapshots_taken", m.snapshots_taken.get().to_string()),
+                ("durakv_leader_terms", m.leader_terms.get().to_string()),
+                ("durakv_peer_messages_dropped", m.peer_messages_dropped.get().to_string()),
             ],
         ),
         (
