@@ -832,27 +832,25 @@ impl<E: Engine> Replica<E> {
     /// as it always has (D10).
     pub fn finish_snapshot(&mut self, done: SnapshotDone) -> Result<Option<SnapshotFile>, ReplicaError> {
         let file = done.result?;
-        let stale = if done.conf_index != self.raw.store().conf_index() {
-            Some("a conf change was applied while it was written")
+        let term = if done.conf_index != self.raw.store().conf_index() {
+            Err("a conf change was applied while it was written")
         } else if file.index <= self.raw.store().snapshot_index() {
-            Some("the log's base moved past it while it was written")
+            Err("the log's base moved past it while it was written")
         } else if self.recovering() || file.index > self.raw.raft.raft_log.last_index() {
-            Some("this node began recovering lost entries while it was written")
+            Err("this node began recovering lost entries while it was written")
         } else {
-            None
+            raft::Storage::term(self.raw.store(), file.index).map_err(|_| "the log no longer names its term")
         };
-        let term = match stale {
-            Some(_) => None,
-            None => raft::Storage::term(self.raw.store(), file.index).ok(),
-        };
-        let Some(term) = term else {
-            let why = stale.unwrap_or("the log no longer names its term");
-            tracing::info!(node = self.id(), index = file.index, path = %file.path.display(), why, "snapshot discarded");
-            self.snapshots
-                .fs
-                .remove_file(&file.path)
-                .map_err(|source| SnapshotError::Io { path: file.path.clone(), source })?;
-            return Ok(None);
+        let term = match term {
+            Ok(term) => term,
+            Err(why) => {
+                tracing::info!(node = self.id(), index = file.index, path = %file.path.display(), why, "snapshot discarded");
+                self.snapshots
+                    .fs
+                    .remove_file(&file.path)
+                    .map_err(|source| SnapshotError::Io { path: file.path.clone(), source })?;
+                return Ok(None);
+            }
         };
         let conf_state = self.raw.raft.prs().conf().to_conf_state();
         let metadata =

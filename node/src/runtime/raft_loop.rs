@@ -398,7 +398,8 @@ impl<E: Engine + 'static> Loop<E> {
         let m = &self.metrics;
         let r = &self.replica;
         let as_gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        if r.is_leader() && m.is_leader.get() == 0 || r.is_leader() && m.term.get() != as_gauge(r.term()) {
+        // A term won: leading now, and not already counted for this term.
+        if r.is_leader() && (m.is_leader.get() == 0 || m.term.get() != as_gauge(r.term())) {
             m.leader_terms.inc();
         }
         m.term.set(as_gauge(r.term()));
