@@ -27,6 +27,7 @@
 //!
 //! The durability contract (D1–D11) is in `docs/durability.md`.
 
+pub mod apply;
 mod codec;
 pub mod config;
 pub mod failpoint;

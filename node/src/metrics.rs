@@ -30,6 +30,16 @@ pub struct Metrics {
     pub apply_seconds: Histogram,
     /// Writing a snapshot on the worker, from the request to the recorded pointer.
     pub snapshot_write_seconds: Histogram,
+    /// Reading a received snapshot file whole to verify it, off the loop.
+    pub snapshot_verify_seconds: Histogram,
+    /// Restoring the state machine from a received snapshot, on the applier.
+    pub snapshot_restore_seconds: Histogram,
+    /// Time between two ticks of the raft loop: the tick interval, unless something held the loop
+    /// up (then heartbeats and elections wait too).
+    pub tick_gap_seconds: Histogram,
+    /// The longest gap between two ticks since the node started, in milliseconds: above the election
+    /// timeout, a leader could have lost its followers for a while.
+    pub tick_gap_max_ms: IntGauge,
     pub entries_persisted: IntCounter,
     pub persisted_bytes: IntCounter,
     pub entries_applied: IntCounter,
@@ -85,6 +95,22 @@ impl Metrics {
             snapshot_write_seconds: histogram(
                 "durakv_snapshot_write_seconds",
                 "Writing a snapshot off the raft loop, from its start to the recorded pointer",
+            )?,
+            snapshot_verify_seconds: histogram(
+                "durakv_snapshot_verify_seconds",
+                "Reading a received snapshot file whole to verify it, off the raft loop",
+            )?,
+            snapshot_restore_seconds: histogram(
+                "durakv_snapshot_restore_seconds",
+                "Restoring the state machine from a received snapshot, on the applier",
+            )?,
+            tick_gap_seconds: histogram(
+                "durakv_raft_tick_gap_seconds",
+                "Time between two ticks of the raft loop (the tick interval unless the loop was held up)",
+            )?,
+            tick_gap_max_ms: gauge(
+                "durakv_raft_tick_gap_max_milliseconds",
+                "The longest gap between two raft loop ticks since start",
             )?,
             entries_persisted: counter("durakv_raft_entries_persisted_total", "Raft entries made durable")?,
             persisted_bytes: counter(

@@ -9,17 +9,22 @@
 //! 1. messages a leader may send before persisting (appends to followers, heartbeats) leave first:
 //!    the leader's fsync of its own copy and the followers' fsyncs run at the same time (raft counts
 //!    the leader's own entries toward a quorum only once `advance` reports them persisted);
-//! 2. a snapshot from the leader is verified and installed;
+//! 2. a snapshot from the leader is verified (by the transport, off the loop, when it received the
+//!    file), recorded as the log's base, and handed to the applier, which restores it before any
+//!    later entry;
 //! 3. new entries are persisted with one WAL fsync, then the hard state and acknowledged index with
 //!    one fsync of the hard-state file. A ready whose hard state changed only its commit index pays
 //!    no fsync: the commit index rides on the next one (raft recovers it from the leader; start-up
 //!    raises it to the state machine's applied index);
 //! 4. only then do persisted messages (votes, append responses) leave (D1): they promise step 3.
 //!    The `promise-before-fsync` canary hands them out before it, and the promises checker sees it;
-//! 5. committed entries are applied through `Kv::apply_raft` (fail-stop on error, D10): after the
-//!    persisted messages, so a follower's acknowledgement never waits for its own apply;
+//! 5. committed entries go to the applier ([`crate::apply`]; conf changes take effect in raft as
+//!    they are handed over): after the persisted messages, so a follower's acknowledgement never
+//!    waits for its own apply. The runtime runs the applier on a task of its own behind a bounded
+//!    queue, so this apply overlaps the next round's fsync; tests keep it inside the replica, which
+//!    then applies here (fail-stop on error either way, D10);
 //! 6. `advance`, then the light ready's commit index (memory only, as in 3), messages and
-//!    committed entries; `advance_apply`.
+//!    committed entries; `advance_apply` (raft's applied index means "handed over").
 //!
 //! Recovery from peers: while storage says this node lost entries it may have acknowledged
 //! ([`RaftStorage::recover_to`]), the replica drops leadership transfers and the vote and pre-vote
@@ -38,13 +43,14 @@ use raft::{Config, RawNode, StateRole};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::apply::{Applier, ApplyWork};
 use crate::fsm::{Engine, FsmError, Kv, Reply};
 use crate::hardstate::RepairKind;
 use crate::io::SharedFs;
 use crate::probe::{Observation, Promise};
 use crate::snapshot::{
     ColdStart, SnapshotError, SnapshotFile, SnapshotStore, SnapshotToken, cold_start, ensure_applied_durable,
-    restore, verify, write_snapshot,
+    verify, write_snapshot,
 };
 use crate::storage::{RaftStorage, SnapshotPointer, StorageLoadError};
 use crate::wal::WalError;
@@ -99,6 +105,9 @@ pub struct ReadyOutput {
     /// Confirmed read indexes, by the request id given to [`Replica::read_index`]: a read issued
     /// under that id is linearizable once the state machine has applied up to the index.
     pub read_states: Vec<(u64, u64)>,
+    /// Work for the applier the caller runs ([`Replica::take_applier`]), in order; empty while the
+    /// replica applies itself (then the replies are in `replies`).
+    pub work: Vec<ApplyWork>,
 }
 
 /// A slog drain that forwards raft-rs's log lines to `tracing`.
@@ -154,7 +163,17 @@ impl ReplicaConfig {
 /// A replica: raft node, raft storage, and state machine.
 pub struct Replica<E: Engine> {
     raw: RawNode<RaftStorage>,
+    /// A view of the state machine: its applied index and key count as the applier publishes them.
     kv: Kv<E>,
+    /// The applier, while the replica applies within its ready rounds (tests, simple drivers); the
+    /// runtime takes it to run on a task of its own ([`Replica::take_applier`]).
+    applier: Option<Applier<E>>,
+    /// The received snapshot whose file the transport verified off the loop, so the loop need not
+    /// read the whole file again before installing it.
+    verified: Option<SnapshotToken>,
+    /// Retention runs off the loop ([`Replica::retain_off_the_loop`]); the base of the pass due.
+    retention_off_loop: bool,
+    retention_due: Option<u64>,
     snapshots: SnapshotSettings,
     /// The election timeout's seeded stream and range (`election_tick..2 * election_tick`).
     election_rng: ChaCha8Rng,
@@ -189,7 +208,7 @@ impl<E: Engine> Replica<E> {
     pub fn new(
         cfg: &ReplicaConfig,
         storage: RaftStorage,
-        mut kv: Kv<E>,
+        kv: Kv<E>,
         snapshots: SnapshotSettings,
     ) -> Result<Self, ReplicaError> {
         crate::limits::check_append_batch_bytes(cfg.max_size_per_msg)?;
@@ -223,6 +242,7 @@ impl<E: Engine> Replica<E> {
             applied,
             max_size_per_msg: cfg.max_size_per_msg,
             max_inflight_msgs: cfg.max_inflight_msgs,
+            max_committed_size_per_ready: MAX_COMMITTED_BYTES_PER_READY,
             check_quorum: true,
             pre_vote: true,
             ..Config::default()
@@ -230,9 +250,14 @@ impl<E: Engine> Replica<E> {
         config.validate()?;
         let logger = slog::Logger::root(TracingDrain, slog::o!("node" => cfg.id));
         let raw = RawNode::new(&config, storage, &logger)?;
+        let view = kv.read_view();
         let mut replica = Replica {
             raw,
-            kv,
+            kv: view,
+            applier: Some(Applier::new(kv, snapshots.fs.clone())),
+            verified: None,
+            retention_off_loop: false,
+            retention_due: None,
             snapshots,
             election_rng: ChaCha8Rng::seed_from_u64(cfg.seed),
             election_ticks: (cfg.election_tick, 2 * cfg.election_tick),
@@ -267,7 +292,23 @@ impl<E: Engine> Replica<E> {
 
     /// Report persist and apply timings and counts to `metrics`.
     pub fn set_metrics(&mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) {
+        if let Some(applier) = &mut self.applier {
+            applier.set_metrics(std::sync::Arc::clone(&metrics));
+        }
         self.metrics = Some(metrics);
+    }
+
+    /// Take the applier out, to run it on a task of its own: from now on each ready round hands its
+    /// committed entries and received snapshots to the caller as [`ReadyOutput::work`], which the
+    /// caller must run through the applier in order ([`crate::apply`]). `None` once taken.
+    pub fn take_applier(&mut self) -> Option<Applier<E>> {
+        self.applier.take()
+    }
+
+    /// The transport verified the file of the snapshot named by `token` (off the loop): installing
+    /// it need not read it again.
+    pub fn snapshot_verified(&mut self, token: SnapshotToken) {
+        self.verified = Some(token);
     }
 
     pub fn is_leader(&self) -> bool {
@@ -525,6 +566,11 @@ impl<E: Engine> Replica<E> {
         &*self.snapshots.fs
     }
 
+    /// The same, shared (for work off the loop).
+    pub fn fs_shared(&self) -> SharedFs {
+        self.snapshots.fs.clone()
+    }
+
     /// Tell raft a message to `to` could not be sent, so it stops streaming appends and probes.
     pub fn report_unreachable(&mut self, to: u64) {
         self.raw.report_unreachable(to);
@@ -589,17 +635,17 @@ impl<E: Engine> Replica<E> {
             let metadata = snap.metadata.clone().unwrap_or_default();
             let token = SnapshotToken::decode(&snap.data)?;
             let path = self.snapshots.store.path(token.index);
-            verify(&*self.snapshots.fs, &path, &token)?;
-            self.raw.store().apply_snapshot(SnapshotPointer { metadata, token: snap.data })?;
-            {
-                // No read off the loop sees part of the old state and part of the new.
-                let _gate = self.kv.replacing();
-                restore(&*self.snapshots.fs, self.kv.engine(), &path, &token)?;
+            if self.verified.take() != Some(token) {
+                verify(&*self.snapshots.fs, &path, &token)?;
             }
-            self.kv.reload_applied_index()?;
+            self.raw.store().apply_snapshot(SnapshotPointer { metadata, token: snap.data })?;
             // Retention applies to received snapshots too, or a follower that only ever catches up
             // by snapshot keeps every one it was sent (found by the simulation's file-hygiene check).
-            self.snapshots.store.gc_keeping(Some(token.index))?;
+            // The files it removes are older than the base just recorded: no restore needs them.
+            self.retain(token.index)?;
+            // The state machine is replaced by the applier, before any later entry applies.
+            let hold = self.snapshots.store.begin_receive(token.index);
+            self.hand_to_applier(ApplyWork::Restore { path, token, hold }, &mut out)?;
         }
         // The canary's bug: votes and append responses leave before the state they promise is
         // durable (a crash inside the fsync below breaks them).
@@ -625,13 +671,13 @@ impl<E: Engine> Replica<E> {
         // 4. Votes and append responses promise persisted state: only now, and before the apply.
         self.hand_off(rd.take_persisted_messages(), send);
         // 5. Apply what is committed (raft hands out only entries that are already persisted).
-        self.apply_all(rd.take_committed_entries(), &mut out)?;
+        self.commit_entries(rd.take_committed_entries(), &mut out)?;
         let mut light = self.raw.advance(rd);
         if let Some(commit) = light.commit_index() {
             self.raw.store().note_commit(commit);
         }
         self.hand_off(light.take_messages(), send);
-        self.apply_all(light.take_committed_entries(), &mut out)?;
+        self.commit_entries(light.take_committed_entries(), &mut out)?;
         self.raw.advance_apply();
         self.observe_leadership();
         Ok(out)
@@ -666,69 +712,36 @@ impl<E: Engine> Replica<E> {
         }
     }
 
-    /// Apply committed entries in order; only the last one's write pays for an fsync (under `sync`),
-    /// and it covers the others: their replies are only handed out after it.
-    fn apply_all(&mut self, entries: Vec<Entry>, out: &mut ReadyOutput) -> Result<(), ReplicaError> {
-        let n = entries.len();
-        if n == 0 {
+    /// Hand committed entries over for applying ([`crate::apply`]): conf changes take effect in raft
+    /// now; the state machine gets the whole batch, in order.
+    fn commit_entries(&mut self, entries: Vec<Entry>, out: &mut ReadyOutput) -> Result<(), ReplicaError> {
+        if entries.is_empty() {
             return Ok(());
         }
-        let started = self.metrics.is_some().then(tokio::time::Instant::now);
-        let stale_buffer = crate::failpoint::canary(self.fs(), "apply-stale-buffer");
-        let mut previous: Option<Vec<u8>> = None;
-        for (i, mut e) in entries.into_iter().enumerate() {
-            if stale_buffer && e.entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
-                // The canary's bug: every command after the first of a batch is the one before it.
-                let current = e.data.clone();
-                if let Some(p) = previous.replace(current) {
-                    e.data = p;
+        for e in &entries {
+            self.applied_bytes_since_snapshot =
+                self.applied_bytes_since_snapshot.saturating_add(e.data.len() as u64);
+            let bad = |reason: String| ReplicaError::BadEntry { index: e.index, reason };
+            match e.entry_type() {
+                EntryType::EntryNormal => {}
+                EntryType::EntryConfChange => {
+                    let cc = ConfChange::decode(&e.data[..]).map_err(|err| bad(err.to_string()))?;
+                    self.apply_conf_change(e.index, &cc)?;
+                }
+                EntryType::EntryConfChangeV2 => {
+                    let cc = ConfChangeV2::decode(&e.data[..]).map_err(|err| bad(err.to_string()))?;
+                    self.apply_conf_change(e.index, &cc)?;
                 }
             }
-            self.apply(e, i + 1 == n, out)?;
         }
-        if let (Some(m), Some(started)) = (&self.metrics, started) {
-            m.apply_seconds.observe(started.elapsed().as_secs_f64());
-            m.entries_applied.inc_by(n as u64);
-        }
-        Ok(())
+        self.hand_to_applier(ApplyWork::Entries(entries), out)
     }
 
-    fn apply(&mut self, e: Entry, last_of_batch: bool, out: &mut ReadyOutput) -> Result<(), ReplicaError> {
-        self.applied_bytes_since_snapshot =
-            self.applied_bytes_since_snapshot.saturating_add(e.data.len() as u64);
-        if e.index <= self.kv.applied_index() {
-            // Re-delivered after a restart: already in the state machine (and its conf change, if
-            // any, already in the stored conf state).
-            return Ok(());
-        }
-        let bad = |reason: String| ReplicaError::BadEntry { index: e.index, reason };
-        if e.entry_type() != EntryType::EntryNormal {
-            crate::probe::observe(&*self.snapshots.fs, || applied(&e));
-        }
-        match e.entry_type() {
-            EntryType::EntryNormal => {
-                // An apply failure leaves the applied index where it was: the node fail-stops and
-                // applies this entry again after its restart (D10).
-                crate::failpoint::hit(&*self.snapshots.fs, "fsm.apply")
-                    .map_err(|source| crate::fsm::FsmError::Apply { index: e.index, source })?;
-                crate::probe::observe(&*self.snapshots.fs, || applied(&e));
-                let reply = if last_of_batch {
-                    self.kv.apply_raft(e.index, &e.data)?
-                } else {
-                    self.kv.apply_raft_unsynced(e.index, &e.data)?
-                };
-                if let Ok(id) = <[u8; 8]>::try_from(e.context.as_slice()) {
-                    out.replies.push((u64::from_be_bytes(id), reply));
-                }
-            }
-            EntryType::EntryConfChange => {
-                let cc = ConfChange::decode(&e.data[..]).map_err(|err| bad(err.to_string()))?;
-                self.apply_conf_change(e.index, &cc)?;
-            }
-            EntryType::EntryConfChangeV2 => {
-                let cc = ConfChangeV2::decode(&e.data[..]).map_err(|err| bad(err.to_string()))?;
-                self.apply_conf_change(e.index, &cc)?;
-            }
+    /// Apply `work` now if the applier is here, else hand it to the caller's.
+    fn hand_to_applier(&mut self, work: ApplyWork, out: &mut ReadyOutput) -> Result<(), ReplicaError> {
+        match &mut self.applier {
+            Some(applier) => out.replies.extend(applier.run(work)?),
+            None => out.work.push(work),
         }
         Ok(())
     }
@@ -740,14 +753,17 @@ impl<E: Engine> Replica<E> {
     ) -> Result<(), ReplicaError> {
         // A conf change whose result the stored conf state already holds (written, then a crash
         // before the applied index moved) was loaded by raft at start-up: do not apply it twice.
-        if index > self.raw.store().conf_index() {
+        if index > self.raw.store().conf_index() && index > self.kv.applied_index() {
             let cs = self.raw.apply_conf_change(cc)?;
             self.raw.store().set_conf_state(&cs, index)?;
         }
-        self.kv.apply_raft(index, &[])?;
         Ok(())
     }
 }
+
+/// Committed entry bytes one ready hands to the applier at most (raft always hands at least one
+/// entry), so what waits for the applier grows in steps of this size.
+pub const MAX_COMMITTED_BYTES_PER_READY: u64 = 16 << 20;
 
 /// A leader keeps the log down to a healthy lagging follower's match for at most this many
 /// `catch_up_entries` windows below a snapshot.
@@ -811,6 +827,12 @@ impl<E: Engine> Replica<E> {
         if !(by_entries || by_bytes) || applied <= last {
             return None;
         }
+        // The state machine must have caught up with the stored conf state (the applier may trail
+        // the loop, which takes conf changes when it hands them over): the header names the conf
+        // state, which must hold at the snapshot's index.
+        if applied < self.raw.store().conf_index() {
+            return None;
+        }
         // A node recovering lost entries may have a state machine ahead of its log: the log cannot
         // name the term of the applied index yet, so no snapshot until the leader has refilled it.
         if self.recovering() || applied > self.raw.raft.raft_log.last_index() {
@@ -860,7 +882,7 @@ impl<E: Engine> Replica<E> {
             SnapshotPointer { metadata, token: file.token().encode().to_vec() },
             keep_from,
         )?;
-        self.snapshots.store.gc_keeping(Some(file.index))?;
+        self.retain(file.index)?;
         self.applied_bytes_since_snapshot = 0;
         tracing::info!(node = self.id(), index = file.index, term, "snapshot taken, log compacted below it");
         Ok(Some(file))
@@ -897,6 +919,30 @@ impl<E: Engine> Replica<E> {
             Some(job) => self.finish_snapshot(job.run()),
             None => Ok(None),
         }
+    }
+
+    /// Apply retention around the log's new base `base`: now, or, once the runtime asked for it
+    /// ([`Replica::retain_off_the_loop`]), by the caller off the loop ([`Replica::take_retention`]):
+    /// removing an old snapshot file of a large database takes the filesystem long enough to hold
+    /// up ticks and heartbeats.
+    fn retain(&mut self, base: u64) -> Result<(), ReplicaError> {
+        if self.retention_off_loop {
+            self.retention_due = Some(base);
+        } else {
+            self.snapshots.store.gc_keeping(Some(base))?;
+        }
+        Ok(())
+    }
+
+    /// From now on the caller applies retention off the loop: after each ready round and each
+    /// snapshot recorded, [`Replica::take_retention`] names the base to keep.
+    pub fn retain_off_the_loop(&mut self) {
+        self.retention_off_loop = true;
+    }
+
+    /// The base of a retention pass due, if any ([`Replica::retain_off_the_loop`]).
+    pub fn take_retention(&mut self) -> Option<u64> {
+        self.retention_due.take()
     }
 
     /// Tell raft how sending a snapshot to `to` went (every snapshot sent gets a report).
@@ -992,11 +1038,6 @@ fn footer_token(fs: &dyn crate::io::Fs, path: &std::path::Path, index: u64) -> O
     let mut crc = [0u8; 4];
     file.read_exact_at(&mut crc, at).ok()?;
     Some(SnapshotToken { index, crc: u32::from_be_bytes(crc) })
-}
-
-/// The probe of an applied entry: the data is what the state machine was given.
-fn applied(e: &Entry) -> Observation {
-    Observation::Applied { index: e.index, term: e.term, checksum: crc32c::crc32c(&e.data) }
 }
 
 /// Route messages between in-process replicas (tests and the simulation harness build on this).

@@ -343,6 +343,31 @@ pub enum Reply {
 /// The recorded key count after a batch whose effect on it was not worked out: count at open.
 const KEY_COUNT_UNKNOWN: u64 = u64::MAX;
 
+/// Where the state machine stands: its applied index and the client keys the engine holds as of
+/// it ([`MetaKey::KeyCount`]). Written only by the one `Kv` that applies; read by its views.
+#[derive(Debug, Default)]
+struct Progress {
+    applied: std::sync::atomic::AtomicU64,
+    keys: std::sync::atomic::AtomicU64,
+}
+
+impl Progress {
+    fn applied(&self) -> u64 {
+        self.applied.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn keys(&self) -> u64 {
+        self.keys.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Publish a new position: the key count first, so a reader that sees the new index also sees
+    /// the count that goes with it (or a later one).
+    fn publish(&self, applied: u64, keys: u64) {
+        self.keys.store(keys, std::sync::atomic::Ordering::Release);
+        self.applied.store(applied, std::sync::atomic::Ordering::Release);
+    }
+}
+
 /// The state machine over an engine.
 #[derive(Debug)]
 pub struct Kv<E: Engine> {
@@ -350,9 +375,9 @@ pub struct Kv<E: Engine> {
     /// while the raft loop goes on applying ([`Kv::shared_engine`]).
     engine: std::sync::Arc<E>,
     mode: FsmSync,
-    applied: u64,
-    /// Client keys the engine holds, as of `applied` ([`MetaKey::KeyCount`]).
-    keys: u64,
+    /// The applied index and key count, shared with every [`Kv::read_view`]: the applier publishes
+    /// each batch's, and the raft loop and reads see them move.
+    progress: std::sync::Arc<Progress>,
     /// Reads off the raft loop hold it shared while they run; a snapshot install holds it exclusively
     /// while it replaces the whole state, so a multi-key read (MGET, a SCAN page) never sees part of
     /// the old state and part of the new ([`Kv::read_view`]).
@@ -367,8 +392,10 @@ impl<E: Engine> Kv<E> {
         Ok(Kv {
             engine: std::sync::Arc::new(engine),
             mode,
-            applied,
-            keys,
+            progress: std::sync::Arc::new(Progress {
+                applied: std::sync::atomic::AtomicU64::new(applied),
+                keys: std::sync::atomic::AtomicU64::new(keys),
+            }),
             state_gate: std::sync::Arc::default(),
         })
     }
@@ -389,10 +416,11 @@ impl<E: Engine> Kv<E> {
 
     /// Re-read the applied index after the engine's state was replaced (a snapshot restore), so the
     /// next `apply_raft` continues from the snapshot's index.
-    pub fn reload_applied_index(&mut self) -> Result<u64, FsmError> {
-        self.applied = Self::read_applied(&self.engine)?;
-        self.keys = Self::read_key_count(&self.engine)?;
-        Ok(self.applied)
+    pub fn reload_applied_index(&self) -> Result<u64, FsmError> {
+        let applied = Self::read_applied(&self.engine)?;
+        let keys = Self::read_key_count(&self.engine)?;
+        self.progress.publish(applied, keys);
+        Ok(applied)
     }
 
     /// The key count the engine records, or (missing: an engine from before the count, or one a
@@ -426,7 +454,7 @@ impl<E: Engine> Kv<E> {
     /// How many client keys the state machine holds (`DBSIZE`), as of the applied index: kept up to
     /// date by every apply, never counted on a read.
     pub fn key_count(&self) -> u64 {
-        self.keys
+        self.progress.keys()
     }
 
     /// The key count after `batch`: each distinct key it writes, as it stood before against what
@@ -436,7 +464,7 @@ impl<E: Engine> Kv<E> {
     fn key_count_after(&self, batch: &WriteBatch) -> Result<Option<u64>, FsmError> {
         use crate::fsm::Op;
         let mut after: std::collections::BTreeMap<&[u8], bool> = std::collections::BTreeMap::new();
-        let mut base = Some(self.keys);
+        let mut base = Some(self.progress.keys());
         for op in batch.ops() {
             match op {
                 Op::Put { key, .. } => {
@@ -462,23 +490,22 @@ impl<E: Engine> Kv<E> {
     }
 
     pub fn applied_index(&self) -> u64 {
-        self.applied
+        self.progress.applied()
     }
 
     pub fn engine(&self) -> &E {
         &self.engine
     }
 
-    /// A view for reads off the raft loop: the same engine, the applied index and key count as of
-    /// now. Reads through it see this state or a later one (the engine moves on as the loop
-    /// applies), never an earlier one: a read confirmed at an index stays linearizable. Only reads
-    /// go through it; applying is the raft loop's alone.
+    /// A view for reads and for the raft loop: the same engine, and the applied index and key count
+    /// as the applier publishes them. Reads through it see the state at the moment or a later one
+    /// (the engine moves on as the applier applies), never an earlier one: a read confirmed at an
+    /// index stays linearizable. Only the `Kv` it was made from applies.
     pub fn read_view(&self) -> Kv<E> {
         Kv {
             engine: std::sync::Arc::clone(&self.engine),
             mode: self.mode,
-            applied: self.applied,
-            keys: self.keys,
+            progress: std::sync::Arc::clone(&self.progress),
             state_gate: std::sync::Arc::clone(&self.state_gate),
         }
     }
@@ -523,11 +550,12 @@ impl<E: Engine> Kv<E> {
         payload: &[u8],
         last_of_batch: bool,
     ) -> Result<Reply, FsmError> {
-        if index <= self.applied {
+        let applied = self.progress.applied();
+        if index <= applied {
             return Ok(Reply::AlreadyApplied);
         }
-        if index != self.applied + 1 {
-            return Err(FsmError::OutOfOrder { index, applied: self.applied });
+        if index != applied + 1 {
+            return Err(FsmError::OutOfOrder { index, applied });
         }
         let (mut batch, reply) = if payload.is_empty() {
             (WriteBatch::new(), Reply::Ok)
@@ -549,12 +577,12 @@ impl<E: Engine> Kv<E> {
         };
         // On error the applied index stays where it was: the entry is neither skipped nor half done.
         self.engine.write(&batch, mode)?;
-        self.applied = index;
-        self.keys = match keys {
+        let keys = match keys {
             Some(keys) => keys,
             // The next batch records it.
             None => Self::count_keys(&self.engine)?,
         };
+        self.progress.publish(index, keys);
         Ok(reply)
     }
 

@@ -133,6 +133,8 @@ pub enum NodeError {
     Bind { what: &'static str, addr: SocketAddr, source: io::Error },
     #[error("{0}")]
     Replica(#[from] ReplicaError),
+    #[error("cannot start the {what} thread: {source}")]
+    Thread { what: &'static str, source: io::Error },
 }
 
 /// Where a node keeps its files under its data directory.
@@ -288,6 +290,7 @@ pub async fn serve<E: Engine + Send + 'static>(
         snapshot_chunk_bytes: opts.snapshot_chunk_bytes,
         inbound: peer_tx,
         feedback: feedback_tx,
+        receiving: Arc::default(),
     });
     let addrs: BTreeMap<u64, SocketAddr> =
         cfg.peers.iter().filter(|(id, _)| **id != cfg.id).map(|(id, p)| (*id, p.peer_addr)).collect();

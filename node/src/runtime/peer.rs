@@ -76,6 +76,24 @@ pub struct LinkContext {
     pub snapshot_chunk_bytes: usize,
     pub inbound: mpsc::Sender<PeerInput>,
     pub feedback: mpsc::UnboundedSender<Feedback>,
+    /// Snapshot streams being received now ([`Transport::receiving_snapshot`]).
+    pub receiving: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts a snapshot stream being received while it lives.
+struct Receiving(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Receiving {
+    fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> Receiving {
+        count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Receiving(Arc::clone(count))
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl LinkContext {
@@ -129,18 +147,30 @@ impl FrameReader {
     }
 }
 
+/// A snapshot stream under way: the peer and the snapshot's token.
+type Streaming = (u64, Vec<u8>);
+
 /// The sending side: a bounded queue and a connection task per peer.
 pub struct Transport {
     link: Arc<LinkContext>,
     queues: BTreeMap<u64, mpsc::Sender<Message>>,
     addrs: BTreeMap<u64, SocketAddr>,
     dropped: u64,
+    /// Snapshot streams under way, by peer and the snapshot's token.
+    streaming: Arc<std::sync::Mutex<std::collections::BTreeSet<Streaming>>>,
 }
 
 impl Transport {
     /// Messages dropped so far because a peer's queue was full (raft resends them).
     pub fn dropped(&self) -> u64 {
         self.dropped
+    }
+
+    /// Is a snapshot stream being received? Its message is on its way: an append past it now would
+    /// be rejected, and a leader that counts the stream delivered would take the rejection as a
+    /// need for the whole snapshot again.
+    pub fn receiving_snapshot(&self) -> bool {
+        self.link.receiving.load(std::sync::atomic::Ordering::Acquire) > 0
     }
 
     pub fn start(link: Arc<LinkContext>, addrs: &BTreeMap<u64, SocketAddr>, queue: usize) -> Transport {
@@ -150,7 +180,7 @@ impl Transport {
             tokio::spawn(send_loop(link.clone(), to, addr, rx));
             queues.insert(to, tx);
         }
-        Transport { link, queues, addrs: addrs.clone(), dropped: 0 }
+        Transport { link, queues, addrs: addrs.clone(), dropped: 0, streaming: Arc::default() }
     }
 
     /// Queue messages to their peers; a snapshot message starts a stream of its file.
@@ -158,9 +188,21 @@ impl Transport {
         for m in messages {
             let to = m.to;
             if is_snapshot(&m) {
-                if let Some(&addr) = self.addrs.get(&to) {
-                    tokio::spawn(stream_snapshot(self.link.clone(), addr, m));
+                let Some(&addr) = self.addrs.get(&to) else { continue };
+                let key = (to, m.snapshot.as_ref().map(|s| s.data.clone()).unwrap_or_default());
+                let mut streaming = self.streaming.lock().unwrap_or_else(|p| p.into_inner());
+                if !streaming.insert(key.clone()) {
+                    // The same snapshot is already on its way to this peer (raft asked again before
+                    // the stream's report): a second copy of a large file would only compete with
+                    // the first for both disks. The running stream's report answers both.
+                    tracing::debug!(node = self.link.id, to, "snapshot already streaming to this peer");
+                    continue;
                 }
+                drop(streaming);
+                let streaming = Arc::clone(&self.streaming);
+                tokio::spawn(stream_snapshot(self.link.clone(), addr, m, move || {
+                    streaming.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                }));
                 continue;
             }
             let Some(queue) = self.queues.get(&to) else {
@@ -277,7 +319,7 @@ fn push_raft_frame(buf: &mut Vec<u8>, msg: Message, node: u64, to: u64) {
 
 /// Stream a snapshot's file to a peer in chunks on a connection of its own, then the message that
 /// refers to it, and report the outcome to raft.
-async fn stream_snapshot(link: Arc<LinkContext>, addr: SocketAddr, msg: Message) {
+async fn stream_snapshot(link: Arc<LinkContext>, addr: SocketAddr, msg: Message, ended: impl FnOnce()) {
     let to = msg.to;
     let delivered = match send_snapshot_file(&link, addr, msg).await {
         Ok(bytes) => {
@@ -289,6 +331,7 @@ async fn stream_snapshot(link: Arc<LinkContext>, addr: SocketAddr, msg: Message)
             false
         }
     };
+    ended();
     let _ = link.feedback.send(Feedback::SnapshotSent { to, delivered });
 }
 
@@ -361,7 +404,7 @@ async fn serve_incoming(mut stream: TcpStream, link: &LinkContext) -> Result<(),
         .ok_or(PeerError::Truncated)?;
     let from = check_hello(&hello, link.cluster_id, &link.members, link.id)?;
     write_flushed(&mut stream, &link.hello()).await?;
-    let mut receiving: Option<(ReceiveGuard, crate::snapshot::Spool)> = None;
+    let mut receiving: Option<(ReceiveGuard, crate::snapshot::Spool, Receiving)> = None;
     let mut received: Option<ReceiveGuard> = None;
     while let Some(frame) = reader.next(&mut stream).await? {
         match frame {
@@ -393,7 +436,7 @@ async fn serve_incoming(mut stream: TcpStream, link: &LinkContext) -> Result<(),
                 }
             }
             PeerFrame::SnapshotChunk(chunk) => {
-                if receiving.as_ref().is_none_or(|(g, _)| g.index() != chunk.index) {
+                if receiving.as_ref().is_none_or(|(g, _, _)| g.index() != chunk.index) {
                     let guard = link.store.begin_receive(chunk.index);
                     let info = StreamInfo { index: chunk.index, len: chunk.total_len, crc: chunk.crc };
                     let spool = link.store.spool(&guard, info, link.spool_cap_bytes)?;
@@ -404,9 +447,9 @@ async fn serve_incoming(mut stream: TcpStream, link: &LinkContext) -> Result<(),
                         bytes = chunk.total_len,
                         "receiving a snapshot"
                     );
-                    receiving = Some((guard, spool));
+                    receiving = Some((guard, spool, Receiving::new(&link.receiving)));
                 }
-                let (_, spool) = receiving.as_mut().expect("a spool was opened for this index just above");
+                let (_, spool, _) = receiving.as_mut().expect("a spool was opened for this index just above");
                 if chunk.offset != spool.received() {
                     return Err(PeerError::Unexpected(format!(
                         "snapshot chunk at offset {} where {} was expected",
@@ -421,7 +464,7 @@ async fn serve_incoming(mut stream: TcpStream, link: &LinkContext) -> Result<(),
                     // index can overlap it.
                     crate::failpoint::hit_async(&*link.fs, "snapshot.finalize").await?;
                     spool.finalize()?;
-                    if let Some((guard, _)) = receiving.take() {
+                    if let Some((guard, _, _)) = receiving.take() {
                         tracing::info!(
                             node = link.id,
                             from,

@@ -10,12 +10,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::peer::{Feedback, PeerInput, Transport};
 use super::{NodeError, RuntimeOptions, Status};
+use crate::apply::{Applier, ApplyWork};
 use crate::fsm::{self, Engine, Kv};
 use crate::limits::MAX_COMMAND_BYTES;
 use crate::metrics::Metrics;
 use crate::replica::{Replica, ReplicaError, SnapshotDone, SnapshotJob};
 use crate::server::resp::Reply;
-use crate::snapshot::ReceiveGuard;
+use crate::snapshot::{ReceiveGuard, SnapshotToken};
 use std::sync::Arc;
 
 /// A read run against the state machine once its read index is applied.
@@ -83,14 +84,58 @@ const READ_RETRY_TICKS: u64 = 5;
 /// The most inputs taken into one ready round, so ticks are never starved.
 const MAX_INPUTS_PER_ROUND: usize = 4096;
 
+/// Entry bytes (proposals, appends from the leader) past which a round takes no more inputs: the
+/// round persists them with one write and one fsync before the loop ticks again.
+const MAX_ROUND_BYTES: usize = 4 << 20;
+
+/// Pieces of work (one ready's committed entries, or a snapshot restore) queued for the applier at
+/// most. Work the queue cannot take waits in the loop's outbox: the loop never waits for the
+/// applier (its ticks and heartbeats must go on while the applier restores a large snapshot).
+const APPLY_QUEUE: usize = 64;
+
+/// Entry bytes committed but not yet queued for the applier past which the loop pushes back: it
+/// takes no client input and drops the leader's appends (raft resends them) until the applier has
+/// caught up. What waits is bounded by this plus one ready's committed entries
+/// ([`MAX_COMMITTED_BYTES_PER_READY`](crate::replica::MAX_COMMITTED_BYTES_PER_READY)).
+const APPLY_BACKLOG_BYTES: usize = 64 << 20;
+
+/// A ready round this long is logged: ticks and heartbeats waited for it.
+const SLOW_ROUND: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// A received snapshot message back from verification: the token when its file verified.
+type Verified = (PeerInput, Option<SnapshotToken>);
+
+/// A proposal's client, waiting for its reply.
+type ReplyTo = oneshot::Sender<Result<fsm::Reply, Refusal>>;
+
+/// Work for the applier, with the clients of the proposals it carries: the applier answers them.
+struct Dispatch {
+    work: ApplyWork,
+    replies: Vec<(u64, ReplyTo)>,
+}
+
+/// The applier running beside the loop ([`crate::apply`]).
+struct ApplyQueue {
+    work: mpsc::Sender<Dispatch>,
+    /// Woken after each piece of work is applied (reads waiting for an index, snapshot cadence).
+    progress: Arc<tokio::sync::Notify>,
+    /// Resolves when the applier has finished (its queue drained, or after its fatal error).
+    finished: oneshot::Receiver<()>,
+}
+
 struct Loop<E: Engine> {
     replica: Replica<E>,
     transport: Transport,
     ticks: u64,
+    /// When the loop last ticked (the gap to the next tick is a metric).
+    last_tick: tokio::time::Instant,
     /// Request ids: this node's id in the top 16 bits and a random start below, so ids from other
     /// nodes and from this node's earlier runs (whose entries may still be applied) do not collide.
     next_id: u64,
-    proposals: BTreeMap<u64, oneshot::Sender<Result<fsm::Reply, Refusal>>>,
+    proposals: BTreeMap<u64, ReplyTo>,
+    /// Committed work the applier's queue has not taken yet, in order, and its entry bytes.
+    outbox: std::collections::VecDeque<Dispatch>,
+    outbox_bytes: usize,
     unasked: Vec<PendingRead<E>>,
     asked: BTreeMap<u64, ReadBatch<E>>,
     /// Confirmed reads waiting for the state machine to reach their index.
@@ -108,6 +153,11 @@ struct Loop<E: Engine> {
     /// The transport's dropped-message count already reported to `metrics`.
     dropped_reported: u64,
     snapshot_done: (mpsc::Sender<SnapshotDone>, mpsc::Receiver<SnapshotDone>),
+    /// Received snapshot messages whose files were verified off the loop, to step now (the token
+    /// when the file verified; without it the replica verifies it again, and stops on it).
+    verified: (mpsc::Sender<Verified>, mpsc::Receiver<Verified>),
+    /// Received snapshots being verified off the loop.
+    verifying: usize,
 }
 
 pub(crate) async fn run<E: Engine + Send + 'static>(
@@ -125,7 +175,10 @@ pub(crate) async fn run<E: Engine + Send + 'static>(
         replica,
         transport,
         ticks: 0,
+        last_tick: tokio::time::Instant::now(),
         proposals: BTreeMap::new(),
+        outbox: std::collections::VecDeque::new(),
+        outbox_bytes: 0,
         unasked: Vec::new(),
         asked: BTreeMap::new(),
         confirmed: BTreeMap::new(),
@@ -135,21 +188,36 @@ pub(crate) async fn run<E: Engine + Send + 'static>(
         snapshot_running: false,
         snapshot_started: tokio::time::Instant::now(),
         snapshot_done: mpsc::channel(1),
+        verified: mpsc::channel(4),
+        verifying: 0,
         metrics,
         dropped_reported: 0,
     };
+    // The applier's fatal error (D10) stops the loop.
+    let (mut applier, mut fatal) = match lp.replica.take_applier().map(spawn_applier).transpose()? {
+        Some((queue, fatal)) => (Some(queue), Some(fatal)),
+        None => (None, None),
+    };
+    let progress = applier.as_ref().map(|q| Arc::clone(&q.progress));
+    lp.replica.retain_off_the_loop();
     let mut ticker = tokio::time::interval(opts.tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = loop {
         if *shutdown.borrow() {
             break Ok(());
         }
+        // What woke the loop and when its handling began, for the log line of an iteration that held
+        // it up (the branches that can take long start the clock themselves).
+        let mut woke = "input";
+        let mut handling_from = None;
         tokio::select! {
             biased;
             // A dropped sender means whoever could stop the node is gone: stop.
             changed = shutdown.changed() => if changed.is_err() { break Ok(()) },
             _ = ticker.tick() => lp.tick(),
             Some(done) = lp.snapshot_done.1.recv() => {
+                woke = "a snapshot written";
+                handling_from = Some(tokio::time::Instant::now());
                 lp.snapshot_running = false;
                 match lp.replica.finish_snapshot(done) {
                     Ok(taken) => {
@@ -161,16 +229,44 @@ pub(crate) async fn run<E: Engine + Send + 'static>(
                     Err(e) => break Err(e.into()),
                 }
             }
+            Some(e) = recv_fatal(&mut fatal) => break Err(e.into()),
+            Some(permit) = reserve(&applier), if !lp.outbox.is_empty() => {
+                if let Some(d) = lp.take_outbox() {
+                    permit.send(d);
+                }
+            }
+            () = applied_more(&progress) => {}
+            Some((input, token)) = lp.verified.1.recv() => {
+                woke = "a snapshot verified";
+                lp.verifying = lp.verifying.saturating_sub(1);
+                handling_from = Some(tokio::time::Instant::now());
+                if let Some(token) = token {
+                    lp.replica.snapshot_verified(token);
+                }
+                let mut input = input;
+                if let Some(guard) = input.guard.take() {
+                    lp.guards.push(guard);
+                }
+                lp.peer(input);
+            }
             Some(fb) = ch.feedback.recv() => lp.feedback(fb),
             Some(m) = ch.peers.recv() => lp.peer(m),
-            Some(input) = ch.inputs.recv() => lp.input(input),
+            Some(input) = ch.inputs.recv(), if !lp.backlogged() => lp.input(input),
         }
+        let woke_at = handling_from.unwrap_or_else(tokio::time::Instant::now);
         // Take whatever else is waiting into the same round.
-        let mut taken = 0;
-        while taken < MAX_INPUTS_PER_ROUND {
+        // A round persists what it takes with one write and one fsync, on this task: a bounded
+        // amount, so that a follower catching up (appends of 1 MiB each, hundreds in flight) never
+        // holds its ticks up for the time a disk needs to take hundreds of MiB.
+        let (mut taken, mut taken_bytes) = (0, 0);
+        while taken < MAX_INPUTS_PER_ROUND && taken_bytes < MAX_ROUND_BYTES {
             if let Ok(m) = ch.peers.try_recv() {
+                taken_bytes += m.msg.entries.iter().map(|e| e.data.len()).sum::<usize>();
                 lp.peer(m);
-            } else if let Ok(input) = ch.inputs.try_recv() {
+            } else if let Some(input) = (!lp.backlogged()).then(|| ch.inputs.try_recv().ok()).flatten() {
+                if let Input::Propose { command, .. } = &input {
+                    taken_bytes += command.len();
+                }
                 lp.input(input);
             } else if let Ok(fb) = ch.feedback.try_recv() {
                 lp.feedback(fb);
@@ -179,8 +275,43 @@ pub(crate) async fn run<E: Engine + Send + 'static>(
             }
             taken += 1;
         }
+        let round_started = tokio::time::Instant::now();
         if let Err(e) = lp.round() {
             break Err(e);
+        }
+        if let Some(base) = lp.replica.take_retention() {
+            spawn_retention(lp.replica.snapshot_store().clone(), base);
+        }
+        let round_took = round_started.elapsed();
+        let took = woke_at.elapsed();
+        if took >= SLOW_ROUND {
+            tracing::warn!(
+                node = id,
+                ms = took.as_millis() as u64,
+                round_ms = round_took.as_millis() as u64,
+                woke,
+                "the raft loop was held up (round_ms: its ready round, whose WAL and hard-state fsyncs wait for the disk)"
+            );
+        }
+        // The round's committed work goes to the applier, in order, as far as its queue takes it;
+        // the rest waits in the outbox (the select hands it over as the queue frees up).
+        if let Some(queue) = &applier {
+            while !lp.outbox.is_empty() {
+                match queue.work.try_reserve() {
+                    Ok(permit) => {
+                        if let Some(d) = lp.take_outbox() {
+                            permit.send(d);
+                        }
+                    }
+                    Err(mpsc::error::TrySendError::Full(())) => break,
+                    // The applier stopped on a fatal error, which the select reports; the dropped
+                    // clients are told the outcome is unknown.
+                    Err(mpsc::error::TrySendError::Closed(())) => {
+                        lp.outbox.clear();
+                        lp.outbox_bytes = 0;
+                    }
+                }
+            }
         }
         // A pause or delay a failpoint in storage code asked for: the whole node stalls here, at the
         // end of the round that hit it (simulation and tests only; the real disk never asks).
@@ -197,6 +328,18 @@ pub(crate) async fn run<E: Engine + Send + 'static>(
         });
     };
     lp.answer_at_stop(&mut ch.inputs);
+    // The applier finishes the work already handed to it (committed entries: their clients get
+    // their replies), or has stopped on its error.
+    if let Some(queue) = applier.take() {
+        let ApplyQueue { work, finished, .. } = queue;
+        while let Some(d) = lp.take_outbox() {
+            if work.send(d).await.is_err() {
+                break;
+            }
+        }
+        drop(work);
+        let _ = finished.await;
+    }
     // A snapshot still being written finishes first: a restart in this process must not find a
     // worker still writing into its snapshot directory. Its file is recorded by nothing and is
     // removed by the next start's hygiene, or taken again.
@@ -218,6 +361,18 @@ pub(crate) async fn run<E: Engine + Send + 'static>(
 }
 
 impl<E: Engine + 'static> Loop<E> {
+    /// The oldest work waiting for the applier's queue.
+    fn take_outbox(&mut self) -> Option<Dispatch> {
+        let d = self.outbox.pop_front()?;
+        self.outbox_bytes = self.outbox_bytes.saturating_sub(d.work.bytes());
+        Some(d)
+    }
+
+    /// Is more committed work waiting for the applier than the loop lets grow? Then it pushes back.
+    fn backlogged(&self) -> bool {
+        self.outbox_bytes > APPLY_BACKLOG_BYTES
+    }
+
     fn fresh_id(&mut self) -> u64 {
         let id = self.next_id;
         // Wrap within the low 48 bits so the node id in the top bits stays.
@@ -226,6 +381,14 @@ impl<E: Engine + 'static> Loop<E> {
     }
 
     fn tick(&mut self) {
+        let now = tokio::time::Instant::now();
+        let gap = now.duration_since(self.last_tick);
+        self.last_tick = now;
+        self.metrics.tick_gap_seconds.observe(gap.as_secs_f64());
+        let gap_ms = i64::try_from(gap.as_millis()).unwrap_or(i64::MAX);
+        if gap_ms > self.metrics.tick_gap_max_ms.get() {
+            self.metrics.tick_gap_max_ms.set(gap_ms);
+        }
         self.replica.tick();
         self.ticks += 1;
         // Clients that gave up (timed out or disconnected) need no reply.
@@ -305,9 +468,35 @@ impl<E: Engine + 'static> Loop<E> {
         }
     }
 
-    fn peer(&mut self, m: PeerInput) {
-        if let Some(guard) = m.guard {
+    fn peer(&mut self, mut m: PeerInput) {
+        if is_snapshot(&m.msg) && m.guard.is_some() {
+            // A snapshot file just received: read it whole and verify it off the loop, and step the
+            // message when that is done (`verified`). The loop goes on ticking and answering
+            // heartbeats meanwhile; appends that need the snapshot are refused as before it came.
+            let metrics = Arc::clone(&self.metrics);
+            self.verifying += 1;
+            spawn_verify(
+                m,
+                self.replica.snapshot_store(),
+                self.replica.fs_shared(),
+                metrics,
+                self.verified.0.clone(),
+            );
+            return;
+        }
+        if let Some(guard) = m.guard.take() {
             self.guards.push(guard);
+        }
+        let awaiting_snapshot = self.verifying > 0 || self.transport.receiving_snapshot();
+        if (self.backlogged() || awaiting_snapshot) && m.msg.msg_type() == MessageType::MsgAppend {
+            // Backlogged: more entries would only wait in memory for the applier. Receiving or
+            // verifying a snapshot: its message is not stepped yet, so an append past it would be
+            // rejected, and a leader that already counts the snapshot delivered (its stream ended)
+            // takes the rejection as a need for another whole snapshot. Either way raft resends the
+            // append once this node answers again (the leader's heartbeats still get their
+            // responses).
+            tracing::debug!(node = self.replica.id(), from = m.msg.from, "append dropped for now");
+            return;
         }
         let from = m.msg.from;
         if let Err(e) = self.replica.step(m.msg) {
@@ -337,6 +526,15 @@ impl<E: Engine + 'static> Loop<E> {
             // this one fsyncs and applies (the order is the replica's module docs).
             let transport = &mut self.transport;
             let out = self.replica.handle_ready_sending(&mut |batch| transport.send(batch))?;
+            for work in out.work {
+                let replies = work
+                    .request_ids()
+                    .into_iter()
+                    .filter_map(|id| Some((id, self.proposals.remove(&id)?)))
+                    .collect();
+                self.outbox_bytes += work.bytes();
+                self.outbox.push_back(Dispatch { work, replies });
+            }
             for (id, reply) in out.replies {
                 if let Some(tx) = self.proposals.remove(&id) {
                     let _ = tx.send(Ok(reply));
@@ -428,6 +626,159 @@ impl<E: Engine + 'static> Loop<E> {
             snapshots_installed: self.snapshots_installed,
             recover_to: self.replica.recover_to(),
         }
+    }
+}
+
+/// Verify a received snapshot file on a blocking worker (under madsim, a task of the simulated
+/// node: it takes no simulated time) and hand the message back on `done`.
+fn spawn_verify(
+    input: PeerInput,
+    store: &crate::snapshot::SnapshotStore,
+    fs: crate::io::SharedFs,
+    metrics: Arc<Metrics>,
+    done: mpsc::Sender<Verified>,
+) {
+    let data = input.msg.snapshot.as_ref().map(|s| s.data.clone()).unwrap_or_default();
+    let token = SnapshotToken::decode(&data).ok();
+    let path = token.map(|t| store.path(t.index));
+    let check = move || {
+        let (token, path) = (token?, path?);
+        let started = tokio::time::Instant::now();
+        let verified = crate::snapshot::verify(&*fs, &path, &token);
+        metrics.snapshot_verify_seconds.observe(started.elapsed().as_secs_f64());
+        match verified {
+            Ok(_) => Some(token),
+            Err(e) => {
+                tracing::warn!(index = token.index, path = %path.display(), error = %e, "a received snapshot does not verify");
+                None
+            }
+        }
+    };
+    #[cfg(not(madsim))]
+    tokio::task::spawn_blocking(move || {
+        let verified = check();
+        // The loop is gone only if the node stopped.
+        let _ = done.blocking_send((input, verified));
+    });
+    #[cfg(madsim)]
+    tokio::spawn(async move {
+        let verified = check();
+        let _ = done.send((input, verified)).await;
+    });
+}
+
+/// Snapshot retention around the log's base `base` on a blocking worker (under madsim, a task of
+/// the simulated node). A failure is logged, not fatal: the files stay until the next pass.
+fn spawn_retention(store: crate::snapshot::SnapshotStore, base: u64) {
+    let work = move || {
+        if let Err(e) = store.gc_keeping(Some(base)) {
+            tracing::warn!(index = base, error = %e, "snapshot retention failed; the next snapshot retries it");
+        }
+    };
+    #[cfg(not(madsim))]
+    tokio::task::spawn_blocking(work);
+    #[cfg(madsim)]
+    tokio::spawn(async move { work() });
+}
+
+/// Start the applier beside the loop: a thread of its own (RocksDB writes and a snapshot restore
+/// block), or under madsim a task of the simulated node (it runs whole between two of the loop's
+/// awaits, so a run still replays exactly; a crash of the node drops it with the node).
+fn spawn_applier<E: Engine + 'static>(
+    applier: Applier<E>,
+) -> Result<(ApplyQueue, mpsc::Receiver<ReplicaError>), NodeError> {
+    let (work_tx, work_rx) = mpsc::channel(APPLY_QUEUE);
+    let progress = Arc::new(tokio::sync::Notify::new());
+    let (fatal_tx, fatal_rx) = mpsc::channel(1);
+    let (finished_tx, finished_rx) = oneshot::channel();
+    let notify = Arc::clone(&progress);
+    #[cfg(not(madsim))]
+    {
+        let mut applier = applier;
+        let mut work_rx = work_rx;
+        std::thread::Builder::new()
+            .name("durakv-apply".into())
+            .spawn(move || {
+                while let Some(d) = work_rx.blocking_recv() {
+                    if !apply_one(&mut applier, d, &notify, &fatal_tx) {
+                        break;
+                    }
+                    // A stall a failpoint asked for lands on the applier (tests; the real disk never asks).
+                    if let Some(stall) = applier.fs().take_stall() {
+                        std::thread::sleep(stall);
+                    }
+                }
+                let _ = finished_tx.send(());
+            })
+            .map_err(|source| NodeError::Thread { what: "applier", source })?;
+    }
+    #[cfg(madsim)]
+    tokio::spawn(async move {
+        let mut applier = applier;
+        let mut work_rx = work_rx;
+        while let Some(d) = work_rx.recv().await {
+            if !apply_one(&mut applier, d, &notify, &fatal_tx) {
+                break;
+            }
+            // A `pause` or `delay` the apply's failpoints asked for stalls the applier, not the raft
+            // loop: taken here, before this task yields, so the loop never sees it.
+            if let Some(stall) = applier.fs().take_stall() {
+                tokio::time::sleep(stall).await;
+            }
+        }
+        let _ = finished_tx.send(());
+    });
+    Ok((ApplyQueue { work: work_tx, progress, finished: finished_rx }, fatal_rx))
+}
+
+/// Apply one piece of work and answer its clients; `false` after a fatal error (reported on
+/// `fatal`): nothing may be applied after it (D10). The clients of the work it could not apply are
+/// dropped, which tells them the outcome is unknown.
+fn apply_one<E: Engine>(
+    applier: &mut Applier<E>,
+    d: Dispatch,
+    progress: &tokio::sync::Notify,
+    fatal: &mpsc::Sender<ReplicaError>,
+) -> bool {
+    match applier.run(d.work) {
+        Ok(replies) => {
+            let mut waiting: BTreeMap<u64, ReplyTo> = d.replies.into_iter().collect();
+            for (id, reply) in replies {
+                if let Some(tx) = waiting.remove(&id) {
+                    let _ = tx.send(Ok(reply));
+                }
+            }
+            progress.notify_one();
+            true
+        }
+        Err(e) => {
+            let _ = fatal.try_send(e);
+            false
+        }
+    }
+}
+
+/// The applier's fatal error, when it reports one (pending forever without an applier).
+async fn recv_fatal(fatal: &mut Option<mpsc::Receiver<ReplicaError>>) -> Option<ReplicaError> {
+    match fatal {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Room in the applier's queue (pending forever without an applier).
+async fn reserve(applier: &Option<ApplyQueue>) -> Option<mpsc::Permit<'_, Dispatch>> {
+    match applier {
+        Some(q) => q.work.reserve().await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves once the applier applied more (pending forever without an applier).
+async fn applied_more(progress: &Option<Arc<tokio::sync::Notify>>) {
+    match progress {
+        Some(p) => p.notified().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1000,6 +1000,7 @@ fn info<E: Engine>(ctx: &ClientContext<E>, asked: &[String]) -> String {
                 ("durakv_snapshots_taken", m.snapshots_taken.get().to_string()),
                 ("durakv_leader_terms", m.leader_terms.get().to_string()),
                 ("durakv_peer_messages_dropped", m.peer_messages_dropped.get().to_string()),
+                ("durakv_raft_tick_gap_max_ms", m.tick_gap_max_ms.get().to_string()),
             ],
         ),
         (

@@ -170,7 +170,11 @@ impl SnapshotStore {
             .map(|(_, p)| p.clone())
             .collect();
         for path in &doomed {
-            self.fs.remove_file(path).map_err(io_err(path))?;
+            match self.fs.remove_file(path) {
+                // Another retention pass (one runs off the raft loop) removed it first.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                removed => removed.map_err(io_err(path))?,
+            }
         }
         drop(held);
         if !doomed.is_empty() {
