@@ -571,6 +571,26 @@ impl<E: Engine> Replica<E> {
         self.snapshots.fs.clone()
     }
 
+    /// The follower a leader should hand its leadership to: the voter (not this node) whose log
+    /// matches the most, among those heard from recently. `None` when there is none.
+    pub fn handoff_target(&self) -> Option<u64> {
+        let me = self.id();
+        let voters = self.raw.raft.prs().conf().voters().ids();
+        self.raw
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, pr)| **id != me && pr.recent_active && voters.contains(**id))
+            .max_by_key(|(id, pr)| (pr.matched, std::cmp::Reverse(**id)))
+            .map(|(id, _)| *id)
+    }
+
+    /// Transfer leadership to `to` (raft-rs sends it `MsgTimeoutNow` once its log is up to date;
+    /// it then campaigns at once, without waiting for an election timeout).
+    pub fn transfer_leader(&mut self, to: u64) {
+        self.raw.transfer_leader(to);
+    }
+
     /// Tell raft a message to `to` could not be sent, so it stops streaming appends and probes.
     pub fn report_unreachable(&mut self, to: u64) {
         self.raw.report_unreachable(to);

@@ -58,7 +58,7 @@ pub const CASES: &[Case] = &[
         canary: "no-peer-recovery",
         scenario: "acknowledged-tail-lost-then-leader-dies.toml",
         invariants: &["log_matching", "liveness"],
-        seeds: &[61, 65, 71, 72],
+        seeds: &[61, 65, 72, 73],
     },
     Case {
         canary: "snapshot-on-the-loop",

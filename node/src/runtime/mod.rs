@@ -133,8 +133,6 @@ pub enum NodeError {
     Bind { what: &'static str, addr: SocketAddr, source: io::Error },
     #[error("{0}")]
     Replica(#[from] ReplicaError),
-    #[error("cannot start the {what} thread: {source}")]
-    Thread { what: &'static str, source: io::Error },
 }
 
 /// Where a node keeps its files under its data directory.
@@ -276,7 +274,7 @@ pub async fn serve<E: Engine + Send + 'static>(
     let (peer_listener, client_listener) = listeners;
     let (inputs_tx, inputs_rx) = mpsc::channel(8192);
     let (peer_tx, peer_rx) = mpsc::channel(8192);
-    let (feedback_tx, feedback_rx) = mpsc::unbounded_channel();
+    let (feedback_tx, feedback_rx) = mpsc::channel(peer::FEEDBACK_QUEUE);
     let (status_tx, status_rx) = watch::channel(Status::default());
     let store = replica.snapshot_store().clone();
     let members: Vec<u64> = cfg.peers.keys().copied().collect();

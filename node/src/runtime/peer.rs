@@ -30,6 +30,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Transport reports queued for the raft loop at most.
+pub const FEEDBACK_QUEUE: usize = 1024;
 /// Messages coalesced into one socket write.
 const MAX_WRITE_BATCH_BYTES: usize = 1 << 20;
 
@@ -75,7 +77,9 @@ pub struct LinkContext {
     pub spool_cap_bytes: u64,
     pub snapshot_chunk_bytes: usize,
     pub inbound: mpsc::Sender<PeerInput>,
-    pub feedback: mpsc::UnboundedSender<Feedback>,
+    /// Bounded ([`FEEDBACK_QUEUE`]): an `Unreachable` that finds it full is dropped (the next
+    /// failure reports again); a snapshot's report waits for room (raft needs every one).
+    pub feedback: mpsc::Sender<Feedback>,
     /// Snapshot streams being received now ([`Transport::receiving_snapshot`]).
     pub receiving: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -239,7 +243,7 @@ async fn send_loop(link: Arc<LinkContext>, to: u64, addr: SocketAddr, mut rx: mp
                 if failures == 1 || failures.is_multiple_of(100) {
                     tracing::warn!(node = link.id, to, %addr, error = %e, failures, "cannot reach peer; retrying");
                 }
-                let _ = link.feedback.send(Feedback::Unreachable(to));
+                let _ = link.feedback.try_send(Feedback::Unreachable(to));
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
@@ -271,12 +275,12 @@ async fn send_loop(link: Arc<LinkContext>, to: u64, addr: SocketAddr, mut rx: mp
             // this peer's messages back.
             if let Err(e) = crate::failpoint::hit_async(&*link.fs, "transport.send").await {
                 tracing::warn!(node = link.id, to, error = %e, "messages to peer dropped");
-                let _ = link.feedback.send(Feedback::Unreachable(to));
+                let _ = link.feedback.try_send(Feedback::Unreachable(to));
                 continue;
             }
             if let Err(e) = write_flushed(&mut stream, &buf).await {
                 tracing::warn!(node = link.id, to, %addr, error = %e, "peer connection lost; reconnecting");
-                let _ = link.feedback.send(Feedback::Unreachable(to));
+                let _ = link.feedback.try_send(Feedback::Unreachable(to));
                 break;
             }
             // The moment a promise of durable state has left: where a correlated power loss
@@ -332,7 +336,7 @@ async fn stream_snapshot(link: Arc<LinkContext>, addr: SocketAddr, msg: Message,
         }
     };
     ended();
-    let _ = link.feedback.send(Feedback::SnapshotSent { to, delivered });
+    let _ = link.feedback.send(Feedback::SnapshotSent { to, delivered }).await;
 }
 
 async fn send_snapshot_file(link: &LinkContext, addr: SocketAddr, msg: Message) -> Result<u64, PeerError> {

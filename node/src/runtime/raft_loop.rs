@@ -62,7 +62,7 @@ pub(crate) enum Input<E: Engine> {
 pub(crate) struct Channels<E: Engine> {
     pub inputs: mpsc::Receiver<Input<E>>,
     pub peers: mpsc::Receiver<PeerInput>,
-    pub feedback: mpsc::UnboundedReceiver<Feedback>,
+    pub feedback: mpsc::Receiver<Feedback>,
     pub status: watch::Sender<Status>,
 }
 
@@ -98,6 +98,20 @@ const APPLY_QUEUE: usize = 64;
 /// caught up. What waits is bounded by this plus one ready's committed entries
 /// ([`MAX_COMMITTED_BYTES_PER_READY`](crate::replica::MAX_COMMITTED_BYTES_PER_READY)).
 const APPLY_BACKLOG_BYTES: usize = 64 << 20;
+
+/// How long a leader that was asked to stop spends handing its leadership over: answering the
+/// writes it holds, then transferring to the most up-to-date follower. Past it, it stops anyway (the
+/// cluster then elects a leader after an election timeout, as after a crash).
+const HANDOFF_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A leader stopping gracefully: it takes no new writes, lets the ones it holds commit and answers
+/// them, then transfers leadership and stops once another node leads (or at `HANDOFF_LIMIT`).
+#[derive(Debug)]
+struct Handoff {
+    started: tokio::time::Instant,
+    /// The follower leadership was transferred to, once the writes in flight were answered.
+    to: Option<u64>,
+}
 
 /// A ready round this long is logged: ticks and heartbeats waited for it.
 const SLOW_ROUND: std::time::Duration = std::time::Duration::from_millis(250);
@@ -158,6 +172,8 @@ struct Loop<E: Engine> {
     verified: (mpsc::Sender<Verified>, mpsc::Receiver<Verified>),
     /// Received snapshots being verified off the loop.
     verifying: usize,
+    /// Stopping as a leader: the handoff under way.
+    handoff: Option<Handoff>,
 }
 
 pub(crate) async fn run<E: Engine + Send + 'static>(
@@ -190,11 +206,12 @@ pub(crate) async fn run<E: Engine + Send + 'static>(
         snapshot_done: mpsc::channel(1),
         verified: mpsc::channel(4),
         verifying: 0,
+        handoff: None,
         metrics,
         dropped_reported: 0,
     };
     // The applier's fatal error (D10) stops the loop.
-    let (mut applier, mut fatal) = match lp.replica.take_applier().map(spawn_applier).transpose()? {
+    let (mut applier, mut fatal) = match lp.replica.take_applier().map(spawn_applier) {
         Some((queue, fatal)) => (Some(queue), Some(fatal)),
         None => (None, None),
     };
@@ -203,7 +220,15 @@ pub(crate) async fn run<E: Engine + Send + 'static>(
     let mut ticker = tokio::time::interval(opts.tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = loop {
-        if *shutdown.borrow() {
+        if *shutdown.borrow() && lp.handoff.is_none() {
+            // A leader hands its leadership over before it stops (`Handoff`): the cluster then
+            // needs no election timeout to find a new one.
+            match lp.begin_handoff() {
+                Some(handoff) => lp.handoff = Some(handoff),
+                None => break Ok(()),
+            }
+        }
+        if lp.handoff.is_some() && lp.handoff_done() {
             break Ok(());
         }
         // What woke the loop and when its handling began, for the log line of an iteration that held
@@ -213,7 +238,7 @@ pub(crate) async fn run<E: Engine + Send + 'static>(
         tokio::select! {
             biased;
             // A dropped sender means whoever could stop the node is gone: stop.
-            changed = shutdown.changed() => if changed.is_err() { break Ok(()) },
+            changed = shutdown.changed(), if lp.handoff.is_none() => if changed.is_err() { break Ok(()) },
             _ = ticker.tick() => lp.tick(),
             Some(done) = lp.snapshot_done.1.recv() => {
                 woke = "a snapshot written";
@@ -235,7 +260,9 @@ pub(crate) async fn run<E: Engine + Send + 'static>(
                     permit.send(d);
                 }
             }
-            () = applied_more(&progress) => {}
+            // Reads waiting for an index are what needs the applier's progress at once (the rest,
+            // the snapshot cadence and the status, can wait for the next tick or input).
+            () = applied_more(&progress), if !lp.confirmed.is_empty() => {}
             Some((input, token)) = lp.verified.1.recv() => {
                 woke = "a snapshot verified";
                 lp.verifying = lp.verifying.saturating_sub(1);
@@ -361,6 +388,46 @@ pub(crate) async fn run<E: Engine + Send + 'static>(
 }
 
 impl<E: Engine + 'static> Loop<E> {
+    /// Asked to stop: a leader with a follower to hand over to starts a handoff; anything else stops
+    /// at once (`None`).
+    fn begin_handoff(&mut self) -> Option<Handoff> {
+        if !self.replica.is_leader() {
+            return None;
+        }
+        let target = self.replica.handoff_target()?;
+        tracing::info!(
+            node = self.replica.id(),
+            to = target,
+            writes = self.proposals.len(),
+            "stopping as leader: answering the writes in flight, then handing leadership over"
+        );
+        Some(Handoff { started: tokio::time::Instant::now(), to: None })
+    }
+
+    /// Move the handoff on; `true` once the loop may stop: another node leads, or time is up.
+    fn handoff_done(&mut self) -> bool {
+        let id = self.replica.id();
+        let Some(h) = &mut self.handoff else { return true };
+        if !self.replica.is_leader() {
+            tracing::info!(node = id, leader = self.replica.leader_id(), "leadership handed over; stopping");
+            return true;
+        }
+        if h.started.elapsed() >= HANDOFF_LIMIT {
+            tracing::warn!(node = id, to = ?h.to, "leadership was not handed over in time; stopping anyway");
+            return true;
+        }
+        if h.to.is_none() && self.proposals.is_empty() && self.outbox.is_empty() {
+            match self.replica.handoff_target() {
+                Some(to) => {
+                    self.replica.transfer_leader(to);
+                    h.to = Some(to);
+                }
+                None => return true,
+            }
+        }
+        false
+    }
+
     /// The oldest work waiting for the applier's queue.
     fn take_outbox(&mut self) -> Option<Dispatch> {
         let d = self.outbox.pop_front()?;
@@ -434,6 +501,10 @@ impl<E: Engine + 'static> Loop<E> {
 
     fn input(&mut self, input: Input<E>) {
         match input {
+            Input::Propose { reply, .. } if self.handoff.is_some() => {
+                // Stopping: this write never reaches raft, and the client may send it elsewhere.
+                let _ = reply.send(Err(Refusal::NotProposed));
+            }
             Input::Propose { command, reply } => {
                 // The client port refuses these already; a proposal must never be larger than a
                 // peer frame can carry (crate::limits), whoever sends it.
@@ -681,54 +752,57 @@ fn spawn_retention(store: crate::snapshot::SnapshotStore, base: u64) {
     tokio::spawn(async move { work() });
 }
 
-/// Start the applier beside the loop: a thread of its own (RocksDB writes and a snapshot restore
-/// block), or under madsim a task of the simulated node (it runs whole between two of the loop's
-/// awaits, so a run still replays exactly; a crash of the node drops it with the node).
-fn spawn_applier<E: Engine + 'static>(
+/// Start the applier beside the loop: a task of its own (under madsim, of the simulated node, so a
+/// run still replays exactly). It applies entries on its worker thread, as the loop persists on
+/// its own (a RocksDB write without fsync under `nosync`), and answers their clients from there:
+/// a wake inside the runtime, cheaper than one from a thread outside it for every reply. A
+/// snapshot restore (seconds for a large database) runs on a blocking worker, so the runtime's
+/// threads stay free for the loop and the connections.
+fn spawn_applier<E: Engine + Send + 'static>(
     applier: Applier<E>,
-) -> Result<(ApplyQueue, mpsc::Receiver<ReplicaError>), NodeError> {
-    let (work_tx, work_rx) = mpsc::channel(APPLY_QUEUE);
+) -> (ApplyQueue, mpsc::Receiver<ReplicaError>) {
+    let (work_tx, mut work_rx) = mpsc::channel::<Dispatch>(APPLY_QUEUE);
     let progress = Arc::new(tokio::sync::Notify::new());
     let (fatal_tx, fatal_rx) = mpsc::channel(1);
     let (finished_tx, finished_rx) = oneshot::channel();
     let notify = Arc::clone(&progress);
-    #[cfg(not(madsim))]
-    {
-        let mut applier = applier;
-        let mut work_rx = work_rx;
-        std::thread::Builder::new()
-            .name("durakv-apply".into())
-            .spawn(move || {
-                while let Some(d) = work_rx.blocking_recv() {
-                    if !apply_one(&mut applier, d, &notify, &fatal_tx) {
-                        break;
-                    }
-                    // A stall a failpoint asked for lands on the applier (tests; the real disk never asks).
-                    if let Some(stall) = applier.fs().take_stall() {
-                        std::thread::sleep(stall);
-                    }
-                }
-                let _ = finished_tx.send(());
-            })
-            .map_err(|source| NodeError::Thread { what: "applier", source })?;
-    }
-    #[cfg(madsim)]
     tokio::spawn(async move {
-        let mut applier = applier;
-        let mut work_rx = work_rx;
+        let mut applier = Some(applier);
         while let Some(d) = work_rx.recv().await {
-            if !apply_one(&mut applier, d, &notify, &fatal_tx) {
+            let Some(mut a) = applier.take() else { break };
+            #[cfg(not(madsim))]
+            let (a, applied) = if matches!(d.work, ApplyWork::Restore { .. }) {
+                let (notify, fatal) = (Arc::clone(&notify), fatal_tx.clone());
+                match tokio::task::spawn_blocking(move || {
+                    let applied = apply_one(&mut a, d, &notify, &fatal);
+                    (a, applied)
+                })
+                .await
+                {
+                    Ok(done) => done,
+                    // The restore panicked: a bug, already printed; the node stops (its clients are
+                    // told the outcome is unknown).
+                    Err(_) => break,
+                }
+            } else {
+                let applied = apply_one(&mut a, d, &notify, &fatal_tx);
+                (a, applied)
+            };
+            #[cfg(madsim)]
+            let applied = apply_one(&mut a, d, &notify, &fatal_tx);
+            if !applied {
                 break;
             }
             // A `pause` or `delay` the apply's failpoints asked for stalls the applier, not the raft
-            // loop: taken here, before this task yields, so the loop never sees it.
-            if let Some(stall) = applier.fs().take_stall() {
+            // loop: taken here, before this task yields (under madsim the loop never sees it).
+            if let Some(stall) = a.fs().take_stall() {
                 tokio::time::sleep(stall).await;
             }
+            applier = Some(a);
         }
         let _ = finished_tx.send(());
     });
-    Ok((ApplyQueue { work: work_tx, progress, finished: finished_rx }, fatal_rx))
+    (ApplyQueue { work: work_tx, progress, finished: finished_rx }, fatal_rx)
 }
 
 /// Apply one piece of work and answer its clients; `false` after a fatal error (reported on
