@@ -154,9 +154,15 @@ impl RaftStorage {
             RecoveryMode::Strict => RecoveryMode::Strict,
             _ => RecoveryMode::RecoverFromPeers,
         };
-        let opts = WalOptions { failpoints: true, recovery, ..opts };
         let hs_path = dir.join(hardstate::FILE_NAME);
         let mut hs_file = HardStateFile::load(&fs, &hs_path)?;
+        // What this node acknowledged was fsynced before it said so: an fsync failing at open must
+        // not cut it (`WalOptions::durable_entry`).
+        let durable_entry = hs_file
+            .as_ref()
+            .map(|f| (f.state().acknowledged, f.state().acknowledged_term))
+            .filter(|&(index, _)| index > 0);
+        let opts = WalOptions { failpoints: true, recovery, durable_entry, ..opts };
         let mut legacy_evidence = None;
         let (mut wal, report) = Wal::open_with(fs.clone(), dir, opts, &mut |plan| {
             let evidence = |acknowledged| RepairEvidence {

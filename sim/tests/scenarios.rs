@@ -203,3 +203,25 @@ fn the_determinism_check_names_where_two_different_runs_part() {
     let d = a.divergence(&same_history).expect("the disks differ");
     assert!(d.starts_with("the durable disk images differ: server "), "{d}");
 }
+
+/// Swarm variants that fuzzing once failed, each named with what it injected and the invariant it
+/// broke; they pass now and must keep passing (`make sim-run SCENARIO=… SEED=… SWARM=1`).
+const FUZZ_REGRESSIONS: &[(&str, u64, &str)] = &[
+    // EIO on the fsync a start makes of the last raft WAL segment, just after the node acknowledged a
+    // batch and fail-stopped (an FSM fsync had failed): the start cut the acknowledged batch
+    // (`promises`). Fixed by `WalOptions::durable_entry`.
+    ("enospc-and-eio-on-fsync.toml", 5423, "promises"),
+    // The same cut after a failed in-process WAL fsync left the acknowledged batch last in its
+    // segment, under power losses inside raft writes (`promises`).
+    ("power-loss-inside-raft-writes.toml", 5655, "promises"),
+];
+
+#[test]
+fn swarm_seeds_that_fuzzing_once_failed_now_pass() {
+    let dir = durakv_sim::repo_root().join("scenarios");
+    for &(file, seed, invariant) in FUZZ_REGRESSIONS {
+        let base = Scenario::load(&dir.join(file)).unwrap_or_else(|e| panic!("{e}"));
+        let r = run(&durakv_sim::swarm::swarm(&base, seed), seed);
+        assert_eq!(r.verdict, Verdict::Pass, "{file} swarm seed {seed} (once broke {invariant})");
+    }
+}

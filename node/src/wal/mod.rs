@@ -134,6 +134,11 @@ pub struct WalOptions {
     /// Pass the `wal.append` and `wal.sync` failpoints (the raft log sets it; the state machine's
     /// journal, which shares this code, does not). Default false.
     pub failpoints: bool,
+    /// An entry (index, term) an fsync is known to have covered: the raft log passes the hard-state
+    /// file's acknowledged mark, recorded only after the fsync of the entries it names. If the fsync
+    /// at open fails, the last segment is never cut below the end of that entry's record (see
+    /// `sync_or_cut_back`). Default none.
+    pub durable_entry: Option<(u64, u64)>,
 }
 
 impl Default for WalOptions {
@@ -143,6 +148,7 @@ impl Default for WalOptions {
             recovery: RecoveryMode::default(),
             sector_size_bytes: 512,
             failpoints: false,
+            durable_entry: None,
         }
     }
 }
@@ -341,16 +347,20 @@ const SCRATCH_KEEP_BYTES: usize = 16 << 20;
 /// would read them from the page cache, its own fsync would succeed without writing them, and the
 /// log would be built upon bytes a power loss turns into a hole in the middle of it (D10; found by
 /// the simulation's fuzz in the state machine's `NoSync` journal). Bytes below the last kept frame's
-/// `durable_upto` were covered by an fsync that succeeded; the rest is cut, as after a failed
-/// append, and the shorter length made durable. What is cut was never proven durable: the state
-/// machine replays unsynced batches from the raft log; an acknowledged raft entry cut here is caught
-/// by the hard-state file and recovered from peers (D5). If the cut fails too, the start fails all
-/// the same.
+/// `durable_upto` were covered by an fsync that succeeded, and so were the bytes up to the end of
+/// `durable_end` (the record of the entry the caller knows an fsync covered: the raft log's
+/// acknowledged entry, promised to the leader only after its fsync; a frame's own `durable_upto`
+/// predates it, so without this the last batch a node acknowledged before it stopped would be cut
+/// although it was durable: found by the swarm, a broken promise). The rest is cut, as after a
+/// failed append, and the shorter length made durable. What is cut was never proven durable: the
+/// state machine replays unsynced batches from the raft log; a raft entry cut here was never
+/// acknowledged. If the cut fails too, the start fails all the same.
 fn sync_or_cut_back(
     fs: &dyn crate::io::Fs,
     file: &mut dyn FsFile,
     path: &Path,
     last_frame: Option<&Frame>,
+    durable_end: Option<u64>,
     valid_len: u64,
 ) -> Result<(), WalError> {
     // Everything recovery keeps in the last segment must be durable before the log is built upon.
@@ -358,7 +368,8 @@ fn sync_or_cut_back(
     if failpoint::canary(fs, "keep-bytes-after-failed-fsync") {
         return Err(io_err(path)(failed));
     }
-    let proven = last_frame.map_or(SEGMENT_HEADER_LEN as u64, |f| f.durable_upto);
+    let proven =
+        last_frame.map_or(SEGMENT_HEADER_LEN as u64, |f| f.durable_upto).max(durable_end.unwrap_or(0));
     let proven = proven.clamp(SEGMENT_HEADER_LEN as u64, valid_len);
     // Not a retry of the failed fsync: this one only has to make the new, shorter length durable.
     match file.set_len(proven).and_then(|()| file.sync()) {
@@ -513,6 +524,14 @@ impl Wal {
             Err(reason) => return Err(corrupt(0, reason)),
         };
         let last_frame = scan.frames.last().cloned();
+        // The end of the last record of the entry an fsync is known to have covered.
+        let durable_end = self.opts.durable_entry.and_then(|(index, term)| {
+            scan.frames
+                .iter()
+                .rev()
+                .find(|f| matches!(&f.record, Record::Entry(e) if e.index == index && e.term == term))
+                .map(|f| f.end)
+        });
         // The records before any damage are validated and indexed first, so a repair knows what the
         // log keeps.
         for frame in scan.frames {
@@ -574,7 +593,7 @@ impl Wal {
             // Drop the torn bytes; the fsync below makes the shorter length durable before anything
             // relies on it.
             file.set_len(offset).map_err(io_err(&path))?;
-            sync_or_cut_back(&*self.fs, &mut *file, &path, last_frame.as_ref(), offset)?;
+            sync_or_cut_back(&*self.fs, &mut *file, &path, last_frame.as_ref(), durable_end, offset)?;
             tracing::warn!(
                 path = %path.display(),
                 offset,
@@ -589,7 +608,7 @@ impl Wal {
         } else if is_last && !read_only {
             // A killed process may have left unsynced bytes in the page cache. Make them durable
             // before building on them, so no segment but a new last one can ever be torn.
-            sync_or_cut_back(&*self.fs, &mut *file, &path, last_frame.as_ref(), len)?;
+            sync_or_cut_back(&*self.fs, &mut *file, &path, last_frame.as_ref(), durable_end, len)?;
         }
         self.segments.insert(seq, Segment { path, file, len: valid_len, synced_len: valid_len });
         Ok(())
