@@ -81,22 +81,51 @@ pub struct LinkContext {
     /// failure reports again); a snapshot's report waits for room (raft needs every one).
     pub feedback: mpsc::Sender<Feedback>,
     /// Snapshot streams being received now ([`Transport::receiving_snapshot`]).
-    pub receiving: Arc<std::sync::atomic::AtomicUsize>,
+    pub receiving: Arc<SnapshotReceipts>,
+}
+
+/// Snapshot streams being received: how many, and when the last chunk of any arrived.
+#[derive(Debug, Default)]
+pub struct SnapshotReceipts {
+    streams: std::sync::atomic::AtomicUsize,
+    last_chunk: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+/// A receive that got no chunk for this long no longer counts as under way: a stream whose sender
+/// died without closing it (a crashed host: the socket may stay open for hours) must not keep the
+/// node dropping its new leader's appends.
+const RECEIVE_QUIET_LIMIT: Duration = Duration::from_secs(1);
+
+impl SnapshotReceipts {
+    fn chunk_arrived(&self) {
+        *self.last_chunk.lock().unwrap_or_else(|p| p.into_inner()) = Some(tokio::time::Instant::now());
+    }
+
+    /// Is a stream under way and still moving?
+    fn active(&self) -> bool {
+        self.streams.load(std::sync::atomic::Ordering::Acquire) > 0
+            && self
+                .last_chunk
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some_and(|t| t.elapsed() < RECEIVE_QUIET_LIMIT)
+    }
 }
 
 /// Counts a snapshot stream being received while it lives.
-struct Receiving(Arc<std::sync::atomic::AtomicUsize>);
+struct Receiving(Arc<SnapshotReceipts>);
 
 impl Receiving {
-    fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> Receiving {
-        count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        Receiving(Arc::clone(count))
+    fn new(receipts: &Arc<SnapshotReceipts>) -> Receiving {
+        receipts.streams.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        receipts.chunk_arrived();
+        Receiving(Arc::clone(receipts))
     }
 }
 
 impl Drop for Receiving {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.0.streams.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -170,11 +199,11 @@ impl Transport {
         self.dropped
     }
 
-    /// Is a snapshot stream being received? Its message is on its way: an append past it now would
-    /// be rejected, and a leader that counts the stream delivered would take the rejection as a
-    /// need for the whole snapshot again.
+    /// Is a snapshot stream being received (and still moving)? Its message is on its way: an append
+    /// past it now would be rejected, and a leader that counts the stream delivered would take the
+    /// rejection as a need for the whole snapshot again.
     pub fn receiving_snapshot(&self) -> bool {
-        self.link.receiving.load(std::sync::atomic::Ordering::Acquire) > 0
+        self.link.receiving.active()
     }
 
     pub fn start(link: Arc<LinkContext>, addrs: &BTreeMap<u64, SocketAddr>, queue: usize) -> Transport {
@@ -454,6 +483,7 @@ async fn serve_incoming(mut stream: TcpStream, link: &LinkContext) -> Result<(),
                     receiving = Some((guard, spool, Receiving::new(&link.receiving)));
                 }
                 let (_, spool, _) = receiving.as_mut().expect("a spool was opened for this index just above");
+                link.receiving.chunk_arrived();
                 if chunk.offset != spool.received() {
                     return Err(PeerError::Unexpected(format!(
                         "snapshot chunk at offset {} where {} was expected",
