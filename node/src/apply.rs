@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use raft::eraftpb::{Entry, EntryType};
 
+use crate::clock::EntryContext;
 use crate::fsm::{Engine, Kv, Reply};
 use crate::io::SharedFs;
 use crate::probe::Observation;
@@ -57,7 +58,7 @@ impl ApplyWork {
             ApplyWork::Entries(entries) => entries
                 .iter()
                 .filter(|e| e.entry_type() == EntryType::EntryNormal)
-                .filter_map(|e| <[u8; 8]>::try_from(e.context.as_slice()).ok().map(u64::from_be_bytes))
+                .filter_map(|e| EntryContext::decode(&e.context).map(|c| c.request_id))
                 .collect(),
             ApplyWork::Restore { .. } => Vec::new(),
         }
@@ -164,13 +165,15 @@ impl<E: Engine> Applier<E> {
         crate::failpoint::hit(fs, "fsm.apply")
             .map_err(|source| crate::fsm::FsmError::Apply { index: e.index, source })?;
         crate::probe::observe(fs, || applied(&e));
-        let reply = if last_of_batch {
-            self.kv.apply_raft(e.index, &e.data)?
+        let context = EntryContext::decode(&e.context);
+        let stamp = if crate::failpoint::canary(fs, "expiry-by-local-clock") {
+            crate::clock::WallClock::system().now_ms()
         } else {
-            self.kv.apply_raft_unsynced(e.index, &e.data)?
+            context.map_or(0, |c| c.stamp_ms)
         };
-        if let Ok(id) = <[u8; 8]>::try_from(e.context.as_slice()) {
-            replies.push((u64::from_be_bytes(id), reply));
+        let reply = self.kv.apply_entry(e.index, stamp, &e.data, last_of_batch)?;
+        if let Some(c) = context {
+            replies.push((c.request_id, reply));
         }
         Ok(())
     }

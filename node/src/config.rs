@@ -16,6 +16,15 @@
 //! snapshot_catch_up_entries = 5000  # entries kept in the log below each snapshot for lagging followers
 //! metrics_addr = "127.0.0.1:9379"  # optional; Prometheus scrapes GET /metrics here
 //! max_bulk_bytes = 536870912      # largest RESP bulk string
+//! maxclients = 10000              # client connections beyond it are refused (Redis's error)
+//! max_in_flight = 16384           # writes and reads waiting for raft, all connections together;
+//!                                 # beyond it a request is answered -BUSY at once
+//! tick_ms = 100                   # one raft tick: elections after 10-20 ticks, heartbeats every 3
+//! request_timeout_ms = 5000       # how long a client waits for its write or read
+//! keep_snapshots = 2              # snapshot files kept (the newest)
+//! spool_cap_bytes = 17179869184   # the most a snapshot being received may take in the spool
+//! peer_queue = 4096               # messages queued per peer before they are dropped (raft resends)
+//! snapshot_chunk_bytes = 4194304  # snapshot stream chunk size
 //! log_json = false
 //!
 //! [peers]                         # every member, this node included: id = "peer_addr,resp_addr"
@@ -82,8 +91,46 @@ pub struct NodeConfig {
     /// Where Prometheus scrapes `GET /metrics` (`None`: no metrics port).
     pub metrics_addr: Option<SocketAddr>,
     pub max_bulk_bytes: usize,
+    /// Client connections served at once; the next is refused with Redis's error.
+    pub maxclients: usize,
+    /// Requests (writes, reads) handed to the raft loop and not yet answered, across every
+    /// connection; beyond it a request is answered `-BUSY` instead of queueing.
+    pub max_in_flight: usize,
     pub log_json: bool,
+    /// Timing and sizing of the running node ([`crate::runtime::RuntimeOptions`]).
+    pub runtime: RuntimeSettings,
 }
+
+/// The running node's timing and sizing, as configured; [`crate::runtime::RuntimeOptions::of`]
+/// turns them into the runtime's options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeSettings {
+    pub tick_ms: u64,
+    pub request_timeout_ms: u64,
+    pub keep_snapshots: usize,
+    pub spool_cap_bytes: u64,
+    pub peer_queue: usize,
+    pub snapshot_chunk_bytes: usize,
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        RuntimeSettings {
+            tick_ms: 100,
+            request_timeout_ms: 5_000,
+            keep_snapshots: 2,
+            spool_cap_bytes: crate::snapshot::DEFAULT_SPOOL_CAP_BYTES,
+            peer_queue: 4096,
+            snapshot_chunk_bytes: crate::limits::DEFAULT_SNAPSHOT_CHUNK_BYTES,
+        }
+    }
+}
+
+/// Client connections served at once, by default (Redis's default).
+pub const DEFAULT_MAXCLIENTS: usize = 10_000;
+
+/// Requests in the raft loop's hands at once, by default: room for 256 clients pipelining 64 deep.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 16_384;
 
 /// The file's shape; every field optional so flags can supply it.
 #[derive(Debug, Default, Deserialize)]
@@ -103,7 +150,15 @@ struct RawConfig {
     snapshot_catch_up_entries: Option<u64>,
     metrics_addr: Option<String>,
     max_bulk_bytes: Option<usize>,
+    maxclients: Option<usize>,
+    max_in_flight: Option<usize>,
     log_json: Option<bool>,
+    tick_ms: Option<u64>,
+    request_timeout_ms: Option<u64>,
+    keep_snapshots: Option<usize>,
+    spool_cap_bytes: Option<u64>,
+    peer_queue: Option<usize>,
+    snapshot_chunk_bytes: Option<usize>,
 }
 
 fn parse_addr(field: &str, s: &str) -> Result<SocketAddr, ConfigError> {
@@ -150,6 +205,14 @@ impl NodeConfig {
                 "snapshot-catch-up-entries" => raw.snapshot_catch_up_entries = Some(num(value)?),
                 "metrics-addr" => raw.metrics_addr = Some(value.clone()),
                 "max-bulk-bytes" => raw.max_bulk_bytes = Some(num(value)? as usize),
+                "maxclients" => raw.maxclients = Some(num(value)? as usize),
+                "max-in-flight" => raw.max_in_flight = Some(num(value)? as usize),
+                "tick-ms" => raw.tick_ms = Some(num(value)?),
+                "request-timeout-ms" => raw.request_timeout_ms = Some(num(value)?),
+                "keep-snapshots" => raw.keep_snapshots = Some(num(value)? as usize),
+                "spool-cap-bytes" => raw.spool_cap_bytes = Some(num(value)?),
+                "peer-queue" => raw.peer_queue = Some(num(value)? as usize),
+                "snapshot-chunk-bytes" => raw.snapshot_chunk_bytes = Some(num(value)? as usize),
                 "log-json" => {
                     raw.log_json =
                         Some(value.parse().map_err(|_| bad(format!("{value:?} is not true or false")))?)
@@ -174,6 +237,7 @@ impl NodeConfig {
     }
 
     fn from_raw(raw: RawConfig) -> Result<NodeConfig, ConfigError> {
+        let runtime = runtime_settings(&raw)?;
         let id = raw.id.ok_or_else(|| invalid("id", "required"))?;
         if id == 0 {
             return Err(invalid("id", "must be at least 1 (raft reserves 0)"));
@@ -214,6 +278,14 @@ impl NodeConfig {
         if max_bulk_bytes == 0 {
             return Err(invalid("max_bulk_bytes", "must be at least 1"));
         }
+        let maxclients = raw.maxclients.unwrap_or(DEFAULT_MAXCLIENTS);
+        if maxclients == 0 {
+            return Err(invalid("maxclients", "must be at least 1"));
+        }
+        let max_in_flight = raw.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT);
+        if max_in_flight == 0 {
+            return Err(invalid("max_in_flight", "must be at least 1"));
+        }
         let spool_dir = match raw.spool_dir {
             Some(d) if d.as_os_str().is_empty() => {
                 return Err(invalid("spool_dir", "must not be empty; leave it unset for <data_dir>/spool"));
@@ -238,9 +310,44 @@ impl NodeConfig {
             snapshot_catch_up_entries: raw.snapshot_catch_up_entries.unwrap_or(DEFAULT_CATCH_UP_ENTRIES),
             metrics_addr: raw.metrics_addr.map(|s| parse_addr("metrics_addr", &s)).transpose()?,
             max_bulk_bytes,
+            maxclients,
+            max_in_flight,
             log_json: raw.log_json.unwrap_or(false),
+            runtime,
         })
     }
+}
+
+/// The runtime settings of `raw`, defaults filled in, each checked (an error names its field).
+fn runtime_settings(raw: &RawConfig) -> Result<RuntimeSettings, ConfigError> {
+    let d = RuntimeSettings::default();
+    let s = RuntimeSettings {
+        tick_ms: raw.tick_ms.unwrap_or(d.tick_ms),
+        request_timeout_ms: raw.request_timeout_ms.unwrap_or(d.request_timeout_ms),
+        keep_snapshots: raw.keep_snapshots.unwrap_or(d.keep_snapshots),
+        spool_cap_bytes: raw.spool_cap_bytes.unwrap_or(d.spool_cap_bytes),
+        peer_queue: raw.peer_queue.unwrap_or(d.peer_queue),
+        snapshot_chunk_bytes: raw.snapshot_chunk_bytes.unwrap_or(d.snapshot_chunk_bytes),
+    };
+    // Heartbeats every 3 ticks and elections after 10-20: a tick beyond 10 s leaves a dead leader
+    // undetected for minutes.
+    if !(1..=10_000).contains(&s.tick_ms) {
+        return Err(invalid("tick_ms", "must be between 1 and 10000"));
+    }
+    if s.request_timeout_ms == 0 {
+        return Err(invalid("request_timeout_ms", "must be at least 1"));
+    }
+    if s.keep_snapshots == 0 {
+        return Err(invalid("keep_snapshots", "must be at least 1 (the log's base is always kept)"));
+    }
+    if s.spool_cap_bytes == 0 {
+        return Err(invalid("spool_cap_bytes", "must be at least 1"));
+    }
+    if s.peer_queue == 0 {
+        return Err(invalid("peer_queue", "must be at least 1"));
+    }
+    crate::limits::check_snapshot_chunk_bytes(s.snapshot_chunk_bytes)?;
+    Ok(s)
 }
 
 /// Where a TOML parse error stands: the 1-based line (0 if unknown), the field the message names

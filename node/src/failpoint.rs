@@ -124,6 +124,10 @@ pub const CANARIES: &[(&str, &str)] = &[
         "a snapshot file is renamed into place without its fsync, and the log compacted below it: after a power loss neither the entries nor the state they built are durable (D2, D6)",
     ),
     (
+        "expiry-by-local-clock",
+        "each replica decides expiry by its own clock when it applies an entry, not by the leader's stamp in it: a replica applying later (a follower behind, a replay after a crash) expires keys the others kept (convergence, linearizability)",
+    ),
+    (
         "persist-clamped-commit",
         "a node recovering lost entries persists its commit index clamped to its shortened log (commit_monotonic)",
     ),

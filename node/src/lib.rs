@@ -8,6 +8,8 @@
 //! * [`io`]: the [`io::Fs`] trait every durability-relevant operation goes through, with
 //!   [`io::RealFs`] for the host filesystem (the simulated disk lives in `durakv-faults`);
 //! * [`wal`]: the segmented, CRC32C-framed write-ahead log with group commit and torn-tail repair;
+//! * [`clock`]: the wall clock expiry is judged by, and the entry context that carries the leader's
+//!   timestamp;
 //! * [`fsm`]: the state machine's storage engines (RocksDB, and a deterministic engine on `Fs`) and
 //!   the KV state machine with its sync/nosync split;
 //! * [`snapshot`]: checksummed snapshot files and tokens, the streaming writer and receive spool,
@@ -28,6 +30,7 @@
 //! The durability contract (D1–D11) is in `docs/durability.md`.
 
 pub mod apply;
+pub mod clock;
 mod codec;
 pub mod config;
 pub mod failpoint;

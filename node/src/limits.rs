@@ -38,7 +38,8 @@ const FRAME_KIND_BYTES: usize = 1;
 pub const MAX_COMMAND_BYTES: usize = MAX_FRAME_BYTES / 2;
 
 /// What a raft `Entry` adds around its data: type, term, index, the data's own tag and length, and
-/// the 8-byte request id in its context (41 bytes at most; the tests check it).
+/// its 16-byte context, the request id and the leader's timestamp (49 bytes at most; the tests check
+/// it).
 pub const ENTRY_OVERHEAD_BYTES: usize = 64;
 
 /// The largest encoded raft entry this node proposes.
@@ -149,7 +150,7 @@ mod tests {
             term: u64::MAX,
             index: u64::MAX,
             data,
-            context: u64::MAX.to_be_bytes().to_vec(),
+            context: crate::clock::EntryContext { request_id: u64::MAX, stamp_ms: u64::MAX }.encode(),
             sync_log: true,
         }
     }

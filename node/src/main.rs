@@ -6,30 +6,153 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
 use durakv::io::{Fs, RealFs, read_file};
 use durakv::wal::{RecoveryMode, Wal, WalOptions, scan_segment};
 
-const USAGE: &str = "usage:
-  durakv [--config FILE] [--FLAG VALUE]...   run a node (flags override the file)
-      --id N                 this node's id (one of --peers)
-      --peers LIST           every member: '1=PEER_ADDR,RESP_ADDR;2=...;3=...'
-      --data-dir DIR         where the raft log, state machine and snapshots live
-      --spool-dir DIR        where received snapshots stream to (default DATA_DIR/spool; may be
-                             another filesystem)
-      --resp-addr ADDR       the Redis-protocol port (default: this node's entry in --peers)
-      --peer-addr ADDR       the raft transport port (default: this node's entry in --peers)
-      --cluster-id N         peers of another cluster are refused (default 1)
-      --fsm-sync sync|nosync whether raft applies fsync the state machine (default nosync)
-      --requirepass PASS     clients must AUTH
-      --snapshot-log-bytes N snapshot once N bytes of entries were applied since the last (default 64 MiB)
-      --snapshot-every N     ... or after N applied entries (default 0: by bytes only)
-      --snapshot-catch-up-entries N  entries kept in the log below each snapshot (default 5000)
-      --metrics-addr ADDR    serve Prometheus metrics at http://ADDR/metrics (default: off)
-      --max-bulk-bytes N     largest RESP bulk string (default 536870912)
-      --log-json true|false  JSON log lines (level from RUST_LOG, default info)
-  durakv wal check <dir>   verify every segment without changing anything (exit 1 if damaged)
-  durakv wal dump <dir>    list every record of every segment
-  durakv wal repair <dir>  open the WAL as the node would: repair a torn tail, refuse corruption";
+/// durakv: a replicated key-value database that speaks the Redis protocol and keeps every write it
+/// acknowledged through process kills and power loss.
+///
+/// Run a node with flags (or a config file, or DURAKV_* environment variables: a flag beats the
+/// environment, which beats the file), or use a storage tool (`durakv wal …`).
+#[derive(Debug, Parser)]
+#[command(name = "durakv", version, args_conflicts_with_subcommands = true, arg_required_else_help = true)]
+struct Cli {
+    #[command(subcommand)]
+    tool: Option<Tool>,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Tool {
+    /// Inspect or repair a raft WAL directory (the node must be stopped)
+    Wal {
+        #[command(subcommand)]
+        action: WalAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum WalAction {
+    /// Verify every segment without changing anything (exit 1 if damaged); print the hard state
+    Check { dir: String },
+    /// List every record of every segment
+    Dump { dir: String },
+    /// Open the WAL as the node would: repair a torn tail, refuse corruption
+    Repair { dir: String },
+}
+
+/// The node's settings. Values are checked by the configuration (`durakv::config`), whose errors
+/// name the field; docs/operations.md, "Configuration", says what each does.
+#[derive(Debug, Args)]
+struct NodeArgs {
+    /// TOML configuration file; flags and DURAKV_* variables override it
+    #[arg(long, env = "DURAKV_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// This node's id (one of --peers)
+    #[arg(long, env = "DURAKV_ID", value_name = "N")]
+    id: Option<String>,
+    /// Every member: '1=PEER_ADDR,RESP_ADDR;2=…;3=…'
+    #[arg(long, env = "DURAKV_PEERS", value_name = "LIST")]
+    peers: Option<String>,
+    /// Where the raft log, state machine and snapshots live
+    #[arg(long, env = "DURAKV_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<String>,
+    /// Where received snapshots stream to [default: DATA_DIR/spool; may be another filesystem]
+    #[arg(long, env = "DURAKV_SPOOL_DIR", value_name = "DIR")]
+    spool_dir: Option<String>,
+    /// The Redis-protocol port [default: this node's entry in --peers]
+    #[arg(long, env = "DURAKV_RESP_ADDR", value_name = "ADDR")]
+    resp_addr: Option<String>,
+    /// The raft transport port [default: this node's entry in --peers]
+    #[arg(long, env = "DURAKV_PEER_ADDR", value_name = "ADDR")]
+    peer_addr: Option<String>,
+    /// Peers of another cluster are refused [default: 1]
+    #[arg(long, env = "DURAKV_CLUSTER_ID", value_name = "N")]
+    cluster_id: Option<String>,
+    /// Whether raft apply fsyncs the state machine: sync or nosync [default: nosync]
+    #[arg(long, env = "DURAKV_FSM_SYNC", value_name = "MODE")]
+    fsm_sync: Option<String>,
+    /// Clients must AUTH with this password
+    #[arg(long, env = "DURAKV_REQUIREPASS", value_name = "PASS", hide_env_values = true)]
+    requirepass: Option<String>,
+    /// Snapshot once this many bytes of entries were applied since the last [default: 64 MiB]
+    #[arg(long, env = "DURAKV_SNAPSHOT_LOG_BYTES", value_name = "N")]
+    snapshot_log_bytes: Option<String>,
+    /// … or after this many applied entries [default: 0, by bytes only]
+    #[arg(long, env = "DURAKV_SNAPSHOT_EVERY", value_name = "N")]
+    snapshot_every: Option<String>,
+    /// Entries kept in the log below each snapshot for lagging followers [default: 5000]
+    #[arg(long, env = "DURAKV_SNAPSHOT_CATCH_UP_ENTRIES", value_name = "N")]
+    snapshot_catch_up_entries: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics [default: off]
+    #[arg(long, env = "DURAKV_METRICS_ADDR", value_name = "ADDR")]
+    metrics_addr: Option<String>,
+    /// The largest RESP bulk string [default: 536870912]
+    #[arg(long, env = "DURAKV_MAX_BULK_BYTES", value_name = "N")]
+    max_bulk_bytes: Option<String>,
+    /// Client connections served at once [default: 10000]
+    #[arg(long, env = "DURAKV_MAXCLIENTS", value_name = "N")]
+    maxclients: Option<String>,
+    /// Requests waiting for raft, all connections together; beyond it -BUSY [default: 16384]
+    #[arg(long, env = "DURAKV_MAX_IN_FLIGHT", value_name = "N")]
+    max_in_flight: Option<String>,
+    /// One raft tick in ms: elections after 10-20 ticks, heartbeats every 3 [default: 100]
+    #[arg(long, env = "DURAKV_TICK_MS", value_name = "MS")]
+    tick_ms: Option<String>,
+    /// How long a client waits for its write or read, in ms [default: 5000]
+    #[arg(long, env = "DURAKV_REQUEST_TIMEOUT_MS", value_name = "MS")]
+    request_timeout_ms: Option<String>,
+    /// Snapshot files kept, the newest [default: 2]
+    #[arg(long, env = "DURAKV_KEEP_SNAPSHOTS", value_name = "N")]
+    keep_snapshots: Option<String>,
+    /// The most a snapshot being received may take in the spool [default: 16 GiB]
+    #[arg(long, env = "DURAKV_SPOOL_CAP_BYTES", value_name = "N")]
+    spool_cap_bytes: Option<String>,
+    /// Messages queued per peer before they are dropped (raft resends) [default: 4096]
+    #[arg(long, env = "DURAKV_PEER_QUEUE", value_name = "N")]
+    peer_queue: Option<String>,
+    /// Snapshot stream chunk size [default: 4 MiB]
+    #[arg(long, env = "DURAKV_SNAPSHOT_CHUNK_BYTES", value_name = "N")]
+    snapshot_chunk_bytes: Option<String>,
+    /// JSON log lines: true or false (level from RUST_LOG, default info) [default: false]
+    #[arg(long, env = "DURAKV_LOG_JSON", value_name = "BOOL")]
+    log_json: Option<String>,
+}
+
+impl NodeArgs {
+    /// The flags given (or taken from the environment), by their configuration names, for
+    /// [`durakv::config::NodeConfig::load`].
+    fn flags(&self) -> Vec<(String, String)> {
+        let all = [
+            ("id", &self.id),
+            ("peers", &self.peers),
+            ("data-dir", &self.data_dir),
+            ("spool-dir", &self.spool_dir),
+            ("resp-addr", &self.resp_addr),
+            ("peer-addr", &self.peer_addr),
+            ("cluster-id", &self.cluster_id),
+            ("fsm-sync", &self.fsm_sync),
+            ("requirepass", &self.requirepass),
+            ("snapshot-log-bytes", &self.snapshot_log_bytes),
+            ("snapshot-every", &self.snapshot_every),
+            ("snapshot-catch-up-entries", &self.snapshot_catch_up_entries),
+            ("metrics-addr", &self.metrics_addr),
+            ("max-bulk-bytes", &self.max_bulk_bytes),
+            ("maxclients", &self.maxclients),
+            ("max-in-flight", &self.max_in_flight),
+            ("tick-ms", &self.tick_ms),
+            ("request-timeout-ms", &self.request_timeout_ms),
+            ("keep-snapshots", &self.keep_snapshots),
+            ("spool-cap-bytes", &self.spool_cap_bytes),
+            ("peer-queue", &self.peer_queue),
+            ("snapshot-chunk-bytes", &self.snapshot_chunk_bytes),
+            ("log-json", &self.log_json),
+        ];
+        all.into_iter().filter_map(|(name, v)| Some((name.to_string(), v.clone()?))).collect()
+    }
+}
 
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -48,23 +171,22 @@ fn init_logging(json: bool) {
 
 fn main() -> ExitCode {
     durakv::replica::quiet_contained_panics();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().is_some_and(|a| a.starts_with("--"))
-        && !matches!(args[0].as_str(), "--help" | "--version")
-    {
-        return match node::main(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("durakv: {}", describe(&e));
-                ExitCode::from(1)
-            }
-        };
-    }
-    init_logging(false);
-    match run(&args) {
+    // Usage errors, --help and --version print and exit here (a usage error with code 2).
+    let cli = Cli::parse();
+    let result = match cli.tool {
+        Some(Tool::Wal { action }) => {
+            init_logging(false);
+            wal_tool(action)
+        }
+        None => {
+            let flags = cli.node.flags();
+            node::main(cli.node.config, flags).map(|()| ExitCode::SUCCESS)
+        }
+    };
+    match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", describe(&e));
+            eprintln!("durakv: {}", describe(&e));
             ExitCode::from(1)
         }
     }
@@ -96,10 +218,10 @@ fn existing_dir(dir: &str) -> anyhow::Result<PathBuf> {
     }
 }
 
-fn run(args: &[String]) -> anyhow::Result<ExitCode> {
-    let strs: Vec<&str> = args.iter().map(String::as_str).collect();
-    match strs.as_slice() {
-        ["wal", "check", dir] => {
+fn wal_tool(action: WalAction) -> anyhow::Result<ExitCode> {
+    match action {
+        WalAction::Check { dir } => {
+            let dir = dir.as_str();
             let opts = WalOptions { recovery: RecoveryMode::Strict, ..WalOptions::default() };
             let (wal, report) = Wal::open(Arc::new(RealFs::new()), &existing_dir(dir)?, opts)
                 .with_context(|| format!("checking WAL in {dir}"))?;
@@ -137,7 +259,8 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        ["wal", "repair", dir] => {
+        WalAction::Repair { dir } => {
+            let dir = dir.as_str();
             let (_, report) = Wal::open(Arc::new(RealFs::new()), &existing_dir(dir)?, WalOptions::default())
                 .with_context(|| format!("opening WAL in {dir}"))?;
             match report.repaired {
@@ -152,9 +275,9 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        ["wal", "dump", dir] => {
+        WalAction::Dump { dir } => {
             let fs = RealFs::new();
-            let dir = existing_dir(dir)?;
+            let dir = existing_dir(&dir)?;
             let mut damaged = false;
             for entry in fs.read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
                 if !entry.name.ends_with(".wal") {
@@ -181,15 +304,6 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
             }
             Ok(if damaged { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
-        ["--version"] => {
-            println!("durakv {}", env!("CARGO_PKG_VERSION"));
-            Ok(ExitCode::SUCCESS)
-        }
-        [] | ["help"] | ["--help"] | ["-h"] => {
-            println!("{USAGE}");
-            Ok(ExitCode::SUCCESS)
-        }
-        _ => bail!("unknown command {:?}\n{USAGE}", args.join(" ")),
     }
 }
 
@@ -198,41 +312,12 @@ mod node {
     use std::path::PathBuf;
     use std::sync::Arc;
 
-    use anyhow::{Context, bail};
+    use anyhow::Context;
     use durakv::config::NodeConfig;
     use durakv::io::{RealFs, SharedFs};
     use durakv::runtime::{RuntimeOptions, bind, open_replica, serve};
 
-    /// `--name value` pairs, in order.
-    type Flags = Vec<(String, String)>;
-
-    /// `--flag value` or `--flag=value` pairs; `--config FILE` names the file.
-    fn parse_flags(args: &[String]) -> anyhow::Result<(Option<PathBuf>, Flags)> {
-        let mut file = None;
-        let mut flags = Vec::new();
-        let mut it = args.iter();
-        while let Some(arg) = it.next() {
-            let Some(name) = arg.strip_prefix("--") else {
-                bail!("unexpected argument {arg:?} (flags are --name value)\n{}", super::USAGE);
-            };
-            let (name, value) = match name.split_once('=') {
-                Some((n, v)) => (n.to_string(), v.to_string()),
-                None => {
-                    let value = it.next().with_context(|| format!("--{name} needs a value"))?;
-                    (name.to_string(), value.clone())
-                }
-            };
-            if name == "config" {
-                file = Some(PathBuf::from(value));
-            } else {
-                flags.push((name, value));
-            }
-        }
-        Ok((file, flags))
-    }
-
-    pub fn main(args: &[String]) -> anyhow::Result<()> {
-        let (file, flags) = parse_flags(args)?;
+    pub fn main(file: Option<PathBuf>, flags: Vec<(String, String)>) -> anyhow::Result<()> {
         let cfg = NodeConfig::load(file.as_deref(), &flags).context("configuration")?;
         super::init_logging(cfg.log_json);
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -245,7 +330,7 @@ mod node {
 
     async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         let fs: SharedFs = Arc::new(RealFs::new());
-        let opts = RuntimeOptions::default();
+        let opts = RuntimeOptions::of(&cfg);
         #[cfg(feature = "rocksdb")]
         let replica = open_replica(&cfg, fs.clone(), &opts, durakv::fsm::RocksEngine::open)?;
         // Without RocksDB (a build for the simulation), the deterministic engine on the same disk.

@@ -50,6 +50,8 @@ pub struct Metrics {
     /// Messages for a peer dropped because its queue was full or its connection gone (raft resends).
     pub peer_messages_dropped: IntCounter,
     pub reads_served: IntCounter,
+    /// Keys the expiry sweeps this node proposed (as leader) removed.
+    pub keys_expired: IntCounter,
     pub term: IntGauge,
     pub commit_index: IntGauge,
     pub applied_index: IntGauge,
@@ -129,6 +131,10 @@ impl Metrics {
                 "Messages for a peer dropped (queue full or connection gone); raft resends",
             )?,
             reads_served: counter("durakv_reads_served_total", "Linearizable reads answered")?,
+            keys_expired: counter(
+                "durakv_keys_expired_total",
+                "Keys removed by the expiry sweeps this node proposed as leader",
+            )?,
             term: gauge("durakv_raft_term", "Current raft term")?,
             commit_index: gauge("durakv_raft_commit_index", "Raft commit index")?,
             applied_index: gauge("durakv_fsm_applied_index", "Index the state machine applied")?,

@@ -44,6 +44,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::apply::{Applier, ApplyWork};
+use crate::clock::EntryContext;
 use crate::fsm::{Engine, FsmError, Kv, Reply};
 use crate::hardstate::RepairKind;
 use crate::io::SharedFs;
@@ -191,6 +192,8 @@ pub struct Replica<E: Engine> {
     applied_bytes_since_snapshot: u64,
     /// Where persist and apply timings go (`--metrics-addr`); none in tests.
     metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+    /// Stamps the entries this node appends as leader ([`crate::clock`]).
+    clock: crate::clock::WallClock,
 }
 
 impl<E: Engine> std::fmt::Debug for Replica<E> {
@@ -267,6 +270,7 @@ impl<E: Engine> Replica<E> {
             led_term: 0,
             applied_bytes_since_snapshot: 0,
             metrics: None,
+            clock: crate::clock::WallClock::system(),
         };
         replica.redraw_election_timeout();
         Ok(replica)
@@ -448,6 +452,16 @@ impl<E: Engine> Replica<E> {
     fn step_raft(&mut self, mut msg: Message) -> Result<(), ReplicaError> {
         use raft::eraftpb::MessageType as T;
         let kind = msg.msg_type();
+        if kind == T::MsgPropose && self.is_leader() {
+            // A follower's forwarded proposal: the leader appends it, so the leader's clock stamps
+            // it (expiry follows one clock per term, not whichever node a client reached).
+            let now = self.clock.now_ms();
+            for e in &mut msg.entries {
+                if let Some(c) = EntryContext::decode(&e.context) {
+                    e.context = EntryContext { stamp_ms: now, ..c }.encode();
+                }
+            }
+        }
         if matches!(kind, T::MsgRequestVote | T::MsgRequestPreVote | T::MsgTimeoutNow)
             && self.recovering()
             && (kind == T::MsgTimeoutNow || !self.candidate_holds_what_we_acknowledged(&msg))
@@ -597,8 +611,16 @@ impl<E: Engine> Replica<E> {
     }
 
     /// Propose an encoded command; its reply comes back in a later [`ReadyOutput`] under `request_id`.
+    /// The entry carries this node's time; a leader that gets it forwarded stamps it anew
+    /// ([`Replica::step`]), so what the log holds is always the appending leader's time.
     pub fn propose(&mut self, request_id: u64, command: Vec<u8>) -> Result<(), ReplicaError> {
-        self.contained(|r| Ok(r.raw.propose(request_id.to_be_bytes().to_vec(), command)?))
+        let context = EntryContext { request_id, stamp_ms: self.clock.now_ms() }.encode();
+        self.contained(|r| Ok(r.raw.propose(context, command)?))
+    }
+
+    /// The clock this node stamps entries with (the simulation offsets it: clock skew).
+    pub fn set_clock(&mut self, clock: crate::clock::WallClock) {
+        self.clock = clock;
     }
 
     /// Handle everything raft has ready, in the canonical order (module docs), collecting the

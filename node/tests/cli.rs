@@ -82,11 +82,33 @@ fn check_dump_and_repair_report_what_they_find() {
 }
 
 #[test]
-fn unknown_commands_print_usage() {
-    let out = durakv(&["frobnicate"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out).contains("usage:"), "{}", text(&out));
-    assert!(durakv(&["--help"]).status.success());
+fn unknown_commands_and_flags_print_usage_and_help_lists_every_flag() {
+    // A usage error: the usage, exit 2 (clap's convention), nothing started.
+    for bad in [&["frobnicate"][..], &["--frobnicate", "1"], &["wal", "check"]] {
+        let out = durakv(bad);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", text(&out));
+        assert!(text(&out).contains("Usage:"), "{}", text(&out));
+    }
+    let help = durakv(&["--help"]);
+    assert!(help.status.success());
+    for flag in ["--data-dir", "--tick-ms", "--max-in-flight", "DURAKV_PEERS", "wal"] {
+        assert!(text(&help).contains(flag), "{flag} missing from --help: {}", text(&help));
+    }
+    let version = durakv(&["--version"]);
+    assert!(text(&version).contains(env!("CARGO_PKG_VERSION")), "{}", text(&version));
+}
+
+/// A setting from the environment: DURAKV_<FLAG> is read like the flag, and its errors name the
+/// field (a bad tick refused before anything starts).
+#[test]
+fn settings_come_from_the_environment_too() {
+    let out = Command::new(env!("CARGO_BIN_EXE_durakv"))
+        .args(["--id", "1", "--peers", "1=127.0.0.1:1,127.0.0.1:2", "--data-dir", "/nonexistent-durakv"])
+        .env("DURAKV_TICK_MS", "0")
+        .output()
+        .expect("run durakv");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("tick_ms"), "{}", text(&out));
 }
 
 #[test]

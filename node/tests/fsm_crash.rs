@@ -185,7 +185,8 @@ fn a_snapshot_install_under_nosync_survives_power_loss() -> Result<(), Box<dyn s
     // The snapshot comes from another engine, at index 40.
     let source = SimEngine::open(Arc::new(fs.clone()), Path::new("/n/source"), opts())?;
     let mut b = WriteBatch::new();
-    b.put("installed", "v1").set_applied_index(40);
+    // Values as the state machine stores them (the expiry header).
+    b.put("installed", durakv::fsm::value::encode(b"v1", None, Some(40))).set_applied_index(40);
     source.write(&b, WriteMode::Sync)?;
     let file = write_snapshot(&fs, Path::new("/n/snap"), &source, b"", b"")?;
     let mut kv = Kv::new(open(&fs)?, FsmSync::NoSync)?;

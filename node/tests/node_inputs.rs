@@ -357,6 +357,196 @@ fn string_writes_answer_as_redis() {
     assert_eq!(bad, "-ERR value is not a valid float\r\n");
 }
 
+/// Expiry as a Redis client sees it, against a real node: TTL and PTTL count down, EXPIRE and its
+/// options, PERSIST, SETEX, GETEX, and a key past its deadline gone from GET, EXISTS, KEYS and, once
+/// the leader's sweep has removed it, from DBSIZE and INFO's `expired_keys` too (no client touched
+/// it: the sweep, not a read, deleted it).
+#[test]
+fn keys_expire_on_their_own_as_redis() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = One::start(dir.path(), &[]);
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}/", node.resp)).expect("url");
+    let mut con = client.get_connection_with_timeout(Duration::from_secs(5)).expect("connection");
+    let int = |con: &mut redis::Connection, args: &[&str]| -> i64 {
+        let mut c = redis::cmd(args[0]);
+        for a in &args[1..] {
+            c.arg(*a);
+        }
+        c.query(con).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    };
+    redis::cmd("FLUSHALL").query::<()>(&mut con).expect("FLUSHALL");
+    redis::cmd("SET").arg("short").arg("v").arg("PX").arg(400).query::<()>(&mut con).expect("SET PX");
+    redis::cmd("SETEX").arg("long").arg(100).arg("v").query::<()>(&mut con).expect("SETEX");
+    redis::cmd("SET").arg("plain").arg("v").query::<()>(&mut con).expect("SET");
+    let pttl = int(&mut con, &["PTTL", "short"]);
+    assert!((1..=400).contains(&pttl), "PTTL {pttl}");
+    assert_eq!(int(&mut con, &["TTL", "long"]), 100);
+    assert_eq!(int(&mut con, &["TTL", "plain"]), -1);
+    assert_eq!(int(&mut con, &["TTL", "missing"]), -2);
+    assert_eq!(int(&mut con, &["EXPIRE", "plain", "50", "XX"]), 0);
+    assert_eq!(int(&mut con, &["EXPIRE", "plain", "50", "NX"]), 1);
+    assert_eq!(int(&mut con, &["EXPIRE", "plain", "10", "GT"]), 0);
+    assert_eq!(int(&mut con, &["PERSIST", "plain"]), 1);
+    assert_eq!(int(&mut con, &["TTL", "plain"]), -1);
+    let at = int(&mut con, &["EXPIRETIME", "long"]);
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+    assert!((now + 98..=now + 101).contains(&at), "EXPIRETIME {at}, now {now}");
+    let v: Option<String> = redis::cmd("GETEX").arg("long").arg("PERSIST").query(&mut con).expect("GETEX");
+    assert_eq!((v.as_deref(), int(&mut con, &["TTL", "long"])), (Some("v"), -1));
+    assert_eq!(int(&mut con, &["DBSIZE"]), 3);
+    // Past the deadline: gone for every read at once, and removed by the sweep soon after.
+    std::thread::sleep(Duration::from_millis(500));
+    let gone: Option<String> = redis::cmd("GET").arg("short").query(&mut con).expect("GET");
+    assert_eq!((gone, int(&mut con, &["EXISTS", "short"])), (None, 0));
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut con).expect("KEYS");
+    assert!(!keys.contains(&"short".to_string()), "{keys:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while int(&mut con, &["DBSIZE"]) != 2 {
+        assert!(Instant::now() < deadline, "the sweep never removed the expired key");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let info: String = redis::cmd("INFO").arg("stats").query(&mut con).expect("INFO");
+    assert!(info.contains("expired_keys:1"), "{info}");
+    // A deadline in the past deletes at once; a bad time is Redis's error.
+    assert_eq!(int(&mut con, &["PEXPIREAT", "plain", "1"]), 1);
+    assert_eq!(int(&mut con, &["EXISTS", "plain"]), 0);
+    let bad = node.exchange(b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n$2\r\nEX\r\n");
+    assert_eq!(bad, "-ERR syntax error\r\n");
+    let bad = node.exchange(b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n$2\r\nEX\r\n$1\r\n0\r\n");
+    assert_eq!(bad, "-ERR invalid expire time in 'set' command\r\n");
+}
+
+/// Optimistic locking as clients use it: redis-rs's `transaction` helper (WATCH, read, MULTI, write,
+/// EXEC, and again while EXEC answers nil) run by two connections at once, each adding one to a
+/// counter 40 times by a read and a write of their own. Invariant: no update is lost (the final count
+/// is 80: a transaction whose watched key changed after the read applies nothing); a write by
+/// another connection between WATCH and EXEC makes EXEC answer nil; WATCH inside MULTI is refused
+/// without dooming the transaction; UNWATCH forgets.
+#[test]
+fn watch_makes_exec_apply_only_if_nothing_watched_changed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = One::start(dir.path(), &[]);
+    let url = format!("redis://127.0.0.1:{}/", node.resp);
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let client = redis::Client::open(url).expect("url");
+                let mut con = client.get_connection_with_timeout(Duration::from_secs(5)).expect("connection");
+                for _ in 0..40 {
+                    let () = redis::transaction(&mut con, &["counter"], |con, pipe| {
+                        let n: Option<i64> = redis::cmd("GET").arg("counter").query(con)?;
+                        // A read and a separate write: only WATCH keeps them from losing updates.
+                        pipe.cmd("SET").arg("counter").arg(n.unwrap_or(0) + 1).ignore().query(con)
+                    })
+                    .expect("transaction");
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("worker");
+    }
+    let client = redis::Client::open(url).expect("url");
+    let mut con = client.get_connection_with_timeout(Duration::from_secs(5)).expect("connection");
+    let mut other = client.get_connection_with_timeout(Duration::from_secs(5)).expect("connection");
+    let n: i64 = redis::cmd("GET").arg("counter").query(&mut con).expect("GET");
+    assert_eq!(n, 80, "an update was lost");
+    redis::cmd("WATCH").arg("w").query::<()>(&mut con).expect("WATCH");
+    redis::cmd("SET").arg("w").arg("theirs").query::<()>(&mut other).expect("SET");
+    let aborted: Option<Vec<String>> =
+        redis::pipe().atomic().cmd("SET").arg("w").arg("mine").query(&mut con).expect("EXEC");
+    let w: String = redis::cmd("GET").arg("w").query(&mut con).expect("GET");
+    assert_eq!((aborted, w.as_str()), (None, "theirs"));
+    redis::cmd("WATCH").arg("w").query::<()>(&mut con).expect("WATCH");
+    redis::cmd("UNWATCH").query::<()>(&mut con).expect("UNWATCH");
+    redis::cmd("SET").arg("w").arg("theirs again").query::<()>(&mut other).expect("SET");
+    let applied: Option<Vec<String>> =
+        redis::pipe().atomic().cmd("SET").arg("w").arg("mine").query(&mut con).expect("EXEC");
+    assert_eq!(applied, Some(vec!["OK".to_string()]));
+    let inside = exchange_until(
+        node.resp,
+        b"*1\r\n$5\r\nMULTI\r\n*2\r\n$5\r\nWATCH\r\n$1\r\nw\r\n*3\r\n$3\r\nSET\r\n$1\r\nw\r\n$1\r\n1\r\n*1\r\n$4\r\nEXEC\r\n",
+        "*1\r\n+OK\r\n",
+    );
+    assert_eq!(inside, "+OK\r\n-ERR WATCH inside MULTI is not allowed\r\n+QUEUED\r\n*1\r\n+OK\r\n");
+}
+
+/// Failure guarded against: a node whose queues grow with its clients (one more connection, one
+/// more pipelined request, each held in memory until raft answers) instead of refusing. Invariants:
+/// past `maxclients` a connection gets Redis's error and is closed, and a slot frees when a client
+/// leaves; past `max_in_flight` a request is answered `-BUSY` at once (nothing reaches raft) while
+/// the requests already in flight complete; INFO counts both.
+#[test]
+fn maxclients_and_max_in_flight_refuse_instead_of_queueing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = One::start(dir.path(), &["--maxclients", "2", "--max-in-flight", "1"]);
+    let open = || {
+        let s = TcpStream::connect(("127.0.0.1", node.resp)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        s
+    };
+    let ask = |s: &mut TcpStream, request: &[u8]| -> String {
+        s.write_all(request).expect("write");
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let ping = b"*1\r\n$4\r\nPING\r\n";
+    // The readiness probes' connections may still be closing: wait until two can be held.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut a, mut b) = loop {
+        let (mut a, mut b) = (open(), open());
+        if ask(&mut a, ping) == "+PONG\r\n" && ask(&mut b, ping) == "+PONG\r\n" {
+            break (a, b);
+        }
+        assert!(Instant::now() < deadline, "two connections were never served");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut third = open();
+    let mut refused = String::new();
+    third.read_to_string(&mut refused).expect("the refusal, then the end of the stream");
+    assert_eq!(refused, "-ERR max number of clients reached\r\n");
+    // Five writes pipelined: the first is in raft's hands when the others arrive.
+    let set = |v: u8| format!("*3\r\n$3\r\nSET\r\n$1\r\np\r\n$1\r\n{}\r\n", v as char);
+    let pipeline: String = (b'1'..=b'5').map(set).collect();
+    let replies = exchange_on(&mut a, pipeline.as_bytes(), 5);
+    assert_eq!(replies[0], "+OK");
+    for r in &replies[1..] {
+        assert!(r.starts_with("-BUSY "), "{replies:?}");
+    }
+    assert_eq!(ask(&mut a, b"*2\r\n$3\r\nGET\r\n$1\r\np\r\n"), "$1\r\n1\r\n", "a refused write took effect");
+    let info = ask(&mut b, b"*2\r\n$4\r\nINFO\r\n$3\r\nall\r\n");
+    for field in
+        ["maxclients:2", "rejected_connections:1", "durakv_busy_replies:4", "durakv_requests_in_flight:0"]
+    {
+        assert!(info.contains(field), "{field} in {info}");
+    }
+    // A client leaves: its slot is free for the next.
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ask(&mut open(), ping) != "+PONG\r\n" {
+        assert!(Instant::now() < deadline, "a freed slot was never reused");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Send `request` on `s` and read `n` replies (one line each: status, error or integer, or a bulk
+/// of one line), without their line ends.
+fn exchange_on(s: &mut TcpStream, request: &[u8], n: usize) -> Vec<String> {
+    s.write_all(request).expect("write");
+    let mut got = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = vec![0u8; 4096];
+    while got.matches("\r\n").count() < n && Instant::now() < deadline {
+        if let Ok(k) = s.read(&mut buf) {
+            got.push_str(&String::from_utf8_lossy(&buf[..k]));
+        }
+    }
+    got.split("\r\n").filter(|l| !l.is_empty()).map(str::to_string).collect()
+}
+
 /// MULTI/EXEC as clients send it (redis-rs's atomic pipeline): one raft entry, replies in order,
 /// a command refused while queueing discards the whole transaction (EXECABORT), DISCARD drops it.
 #[test]

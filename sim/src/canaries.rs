@@ -58,7 +58,7 @@ pub const CASES: &[Case] = &[
         canary: "no-peer-recovery",
         scenario: "acknowledged-tail-lost-then-leader-dies.toml",
         invariants: &["log_matching", "liveness"],
-        seeds: &[61, 65, 72, 73],
+        seeds: &[65, 68, 71, 73],
     },
     Case {
         canary: "snapshot-on-the-loop",
@@ -101,6 +101,12 @@ pub const CASES: &[Case] = &[
         scenario: "power-loss-all-nosync.toml",
         invariants: &["liveness"],
         seeds: &[11, 12],
+    },
+    Case {
+        canary: "expiry-by-local-clock",
+        scenario: "expiry-under-clock-skew.toml",
+        invariants: &["convergence", "linearizability", "expiry"],
+        seeds: &[72, 73, 74],
     },
     Case {
         canary: "persist-clamped-commit",

@@ -25,10 +25,49 @@ pub const CHECKS: &[&str] = &[
     "log_matching",
     "commit_monotonic",
     "stable_leader",
+    "expiry",
 ];
 
-/// The checks in [`CHECKS`] that run only where a scenario asks for them.
-pub const OPT_IN_CHECKS: &[&str] = &["stable_leader"];
+/// The checks in [`CHECKS`] that run only where a scenario asks for them (`expiry`: where the
+/// workload writes expiring keys).
+pub const OPT_IN_CHECKS: &[&str] = &["stable_leader", "expiry"];
+
+/// A key written last with an acknowledged `SET … PX` that nothing written later can have overtaken:
+/// it must be gone once its deadline surely passed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueToExpire {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    /// When its deadline has surely passed by every server's clock (simulated ms).
+    pub gone_by: u64,
+}
+
+/// The keys the `expiry` invariant checks: for each key, the write called last, when it is an
+/// acknowledged expiring write and every other write of the key returned before it was called
+/// (an undecided or overlapping one could take effect after it and write the key anew).
+pub fn expiry_due(history: &[Operation]) -> Vec<DueToExpire> {
+    let mut by_key: BTreeMap<&[u8], Vec<(&Operation, &RegisterOp)>> = BTreeMap::new();
+    for op in history.iter().filter(|o| o.outcome != Outcome::Fail) {
+        for (key, effect) in &op.effects {
+            if !matches!(effect, RegisterOp::Read(_)) {
+                by_key.entry(key).or_default().push((op, effect));
+            }
+        }
+    }
+    let mut due = Vec::new();
+    for (key, writes) in by_key {
+        let Some(&(last, effect)) = writes.iter().max_by_key(|(w, _)| w.call) else { continue };
+        let RegisterOp::WriteExpiring { value, gone_by, .. } = effect else { continue };
+        let alone = writes
+            .iter()
+            .filter(|(w, _)| !std::ptr::eq(*w, last))
+            .all(|(w, _)| w.outcome == Outcome::Ok && w.ret < last.call);
+        if last.outcome == Outcome::Ok && alone {
+            due.push(DueToExpire { key: key.to_vec(), value: value.clone(), gone_by: *gone_by });
+        }
+    }
+    due
+}
 
 /// An acknowledged write that the final state does not reflect.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,6 +90,8 @@ fn show(v: &Option<Vec<u8>>) -> Option<String> {
 fn could_leave(op: &RegisterOp, found: &Option<Vec<u8>>) -> bool {
     match op {
         RegisterOp::Write(v) => v == found,
+        // Its value, or nothing once it expired.
+        RegisterOp::WriteExpiring { value, .. } => found.as_ref().is_none_or(|f| f == value),
         RegisterOp::Incr { result: Some(r), .. } => found.as_deref() == Some(r.to_string().as_bytes()),
         // Its result unknown: it leaves an integer (which one, the linearizability check decides
         // from the final read). A missing key or a non-integer it cannot explain.
@@ -68,6 +109,9 @@ fn could_leave(op: &RegisterOp, found: &Option<Vec<u8>>) -> bool {
 fn acknowledged(op: &RegisterOp) -> Option<String> {
     match op {
         RegisterOp::Write(v) => show(v),
+        RegisterOp::WriteExpiring { value, ttl_ms, .. } => {
+            Some(format!("{} (expiring after {ttl_ms} ms)", String::from_utf8_lossy(value)))
+        }
         RegisterOp::Incr { result, .. } => result.map(|r| r.to_string()),
         RegisterOp::Append { suffix, .. } => Some(format!("…{}", String::from_utf8_lossy(suffix))),
         RegisterOp::Read(_) => None,

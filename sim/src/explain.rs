@@ -146,6 +146,9 @@ fn op_text(op: &Operation) -> String {
             RegisterOp::Write(None) => write!(s, "DEL {k}; "),
             RegisterOp::Write(v) => write!(s, "SET {k} {}; ", shown(v)),
             RegisterOp::Read(v) => write!(s, "GET {k} -> {}; ", shown(v)),
+            RegisterOp::WriteExpiring { value, ttl_ms, .. } => {
+                write!(s, "SET {k} {} PX {ttl_ms}; ", shown(&Some(value.clone())))
+            }
             RegisterOp::Incr { delta, result } => write!(s, "INCRBY {k} {delta} -> {result:?}; "),
             RegisterOp::Append { suffix, len } => {
                 write!(s, "APPEND {k} {:?} -> {len:?}; ", String::from_utf8_lossy(suffix))

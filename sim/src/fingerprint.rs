@@ -73,6 +73,9 @@ fn operation(h: &mut Fnv, op: &Operation) {
             RegisterOp::Read(v) => h.u64(1).opt_bytes(v),
             RegisterOp::Incr { delta, result } => h.u64(2).u64(*delta as u64).opt_i64(*result),
             RegisterOp::Append { suffix, len } => h.u64(3).bytes(suffix).opt_i64(*len),
+            RegisterOp::WriteExpiring { value, ttl_ms, vanish_from, gone_by } => {
+                h.u64(4).bytes(value).u64(*ttl_ms).u64(*vanish_from).u64(*gone_by)
+            }
         };
     }
 }

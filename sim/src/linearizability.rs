@@ -42,6 +42,12 @@ pub enum RegisterOp {
     Incr { delta: i64, result: Option<i64> },
     /// APPEND `suffix`, and the length it returned when known.
     Append { suffix: Vec<u8>, len: Option<i64> },
+    /// SET `value` PX `ttl_ms`: the key holds `value` until it expires, which it may do (vanish, as
+    /// if deleted, at one instant) no earlier than `vanish_from`: the earliest its deadline can come
+    /// by any server's clock (the call, plus the time to live, less the largest clock skew behind and
+    /// ahead of true time). Once it vanished it stays gone until written again. That it is gone in
+    /// the end once its deadline surely passed, `gone_by`, is the `expiry` invariant's to check.
+    WriteExpiring { value: Vec<u8>, ttl_ms: u64, vanish_from: u64, gone_by: u64 },
 }
 
 /// How an operation ended.
@@ -127,6 +133,9 @@ impl fmt::Display for Operation {
                 }
                 RegisterOp::Append { suffix, len } => {
                     write!(f, "APPEND {k} {} → {}", show(suffix), show_result(*len))?
+                }
+                RegisterOp::WriteExpiring { value, ttl_ms, vanish_from, .. } => {
+                    write!(f, "SET {k} {} PX {ttl_ms} (may vanish from {vanish_from})", show(value))?
                 }
             }
         }
@@ -548,6 +557,8 @@ fn first_unexplained(ops: &[Operation], keys: &[Vec<u8>], budget: u64) -> Option
 #[derive(Debug, Clone, Copy)]
 enum Effect<'a> {
     Write(Option<&'a [u8]>),
+    /// A value and the earliest time it may vanish.
+    WriteExpiring(&'a [u8], u64),
     Read(Option<&'a [u8]>),
     Incr(i64, Option<i64>),
     Append(&'a [u8], Option<i64>),
@@ -556,41 +567,56 @@ enum Effect<'a> {
 /// An operation's effects, each on the searched keys' number `usize`.
 type Effects<'a> = Vec<(usize, Effect<'a>)>;
 
-/// Every key's value: absent, or a value (shared, so a state costs the memo one pointer per key).
-type State = Vec<Option<Rc<[u8]>>>;
+/// Every key's value: absent, or a value (shared, so a state costs the memo one pointer per key)
+/// with the earliest time it may vanish (`u64::MAX`: it never expires).
+type State = Vec<Option<(Rc<[u8]>, u64)>>;
 
+/// A value that never expires.
+const NEVER: u64 = u64::MAX;
+
+/// The integer INCR reads (absent is 0), by Redis's rules as the node applies them: `007` or `+5` is
+/// no integer, and an INCR of it fails.
 fn integer(v: Option<&[u8]>) -> Option<i64> {
     match v {
         None => Some(0),
-        Some(v) => std::str::from_utf8(v).ok()?.parse::<i64>().ok(),
+        Some(v) => durakv::fsm::parse_redis_int(v),
     }
 }
 
-/// Apply one operation's effects at one instant; `None` if it could not have returned what it did.
-fn step(state: &State, effects: &[(usize, Effect<'_>)]) -> Option<State> {
+/// Apply one operation's effects at one instant, an operation that returned at `ret`; `None` if it
+/// could not have returned what it did.
+fn step(state: &State, effects: &[(usize, Effect<'_>)], ret: u64) -> Option<State> {
     let mut next = state.clone();
     for &(k, e) in effects {
+        let value = |next: &State| next[k].as_ref().map(|(v, _)| v.clone());
         match e {
-            Effect::Write(v) => next[k] = v.map(Rc::from),
-            Effect::Read(seen) => {
-                if next[k].as_deref() != seen {
-                    return None;
-                }
-            }
+            Effect::Write(v) => next[k] = v.map(|v| (Rc::from(v), NEVER)),
+            Effect::WriteExpiring(v, from) => next[k] = Some((Rc::from(v), from)),
+            Effect::Read(seen) => match (&next[k], seen) {
+                (Some((v, _)), Some(s)) if **v == *s => {}
+                (None, None) => {}
+                // The key expired before this read took effect: it can have, if its earliest
+                // deadline came before the read returned. It stays gone.
+                (Some((_, from)), None) if *from <= ret => next[k] = None,
+                _ => return None,
+            },
             Effect::Incr(delta, result) => {
-                let n = integer(next[k].as_deref())?.checked_add(delta)?;
+                let n = integer(value(&next).as_deref())?.checked_add(delta)?;
                 if result.is_some_and(|r| r != n) {
                     return None;
                 }
-                next[k] = Some(Rc::from(n.to_string().into_bytes()));
+                // As Redis: INCR keeps the key's expiry.
+                let from = next[k].as_ref().map_or(NEVER, |(_, f)| *f);
+                next[k] = Some((Rc::from(n.to_string().into_bytes()), from));
             }
             Effect::Append(suffix, len) => {
-                let mut value = next[k].as_deref().unwrap_or_default().to_vec();
-                value.extend_from_slice(suffix);
-                if len.is_some_and(|l| usize::try_from(l).ok() != Some(value.len())) {
+                let mut v = value(&next).as_deref().unwrap_or_default().to_vec();
+                v.extend_from_slice(suffix);
+                if len.is_some_and(|l| usize::try_from(l).ok() != Some(v.len())) {
                     return None;
                 }
-                next[k] = Some(Rc::from(value));
+                let from = next[k].as_ref().map_or(NEVER, |(_, f)| *f);
+                next[k] = Some((Rc::from(v), from));
             }
         }
     }
@@ -649,6 +675,9 @@ fn effects_of<'a>(o: &'a Operation, keys: &[Vec<u8>]) -> Effects<'a> {
             let k = keys.binary_search(key).ok()?;
             let e = match e {
                 RegisterOp::Write(v) => Effect::Write(v.as_deref()),
+                RegisterOp::WriteExpiring { value, vanish_from, .. } => {
+                    Effect::WriteExpiring(value, *vanish_from)
+                }
                 RegisterOp::Read(v) if seen => Effect::Read(v.as_deref()),
                 RegisterOp::Read(_) => return None,
                 RegisterOp::Incr { delta, result } => Effect::Incr(*delta, result.filter(|_| seen)),
@@ -761,7 +790,7 @@ fn search(all: &[Operation], keys: &[Vec<u8>], budget: u64, before: &[(usize, us
         if e.is_call {
             let op = e.op;
             let ready = needs[op].iter().all(|&a| linearized[a / 64] & (1 << (a % 64)) != 0);
-            if ready && let Some(new_state) = step(&state, &ops[op].2) {
+            if ready && let Some(new_state) = step(&state, &ops[op].2, returned(ops[op].1)) {
                 let mut lin = linearized.clone();
                 lin[op / 64] |= 1 << (op % 64);
                 if cache.insert((lin.clone(), new_state.clone())) {

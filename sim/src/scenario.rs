@@ -86,6 +86,9 @@ pub struct Workload {
     /// Increment-only counter keys (default 4).
     #[serde(default = "default_special_keys")]
     pub counters: u64,
+    /// Keys that expire (default 4): `mix.ttl` works on them.
+    #[serde(default = "default_special_keys")]
+    pub ttl_keys: u64,
 }
 
 fn default_special_keys() -> u64 {
@@ -124,6 +127,12 @@ pub struct Mix {
     /// doubled or lost increment shows in the final count.
     #[serde(default)]
     pub counter: u32,
+    /// On expiring keys (`t0`, `t1`, …): `SET … PX` (half of them) with a time to live of 100 ms to
+    /// 3 s, or (one in four) 30 to 60 s, which outlives the run; GET (a third); a plain SET or a DEL. Linearizability checks that a key vanishes only
+    /// once its deadline can have passed (by any server's clock, skew included) and stays gone;
+    /// the `expiry` invariant, that it is gone at the end once its deadline surely passed.
+    #[serde(default)]
+    pub ttl: u32,
 }
 
 /// One scheduled fault.
@@ -171,6 +180,11 @@ pub struct Fault {
     #[serde(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub free_bytes: Option<u64>,
+    /// `clock_skew`: how far the target's wall clock runs ahead (negative: behind), in milliseconds,
+    /// from `at_ms` on (0 puts it back).
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset_ms: Option<i64>,
     /// For kills and power losses: land right *after* an operation of this kind completes (`any`,
     /// `write`, `sync`, `sync_dir`, `rename`, `remove`, `set_len`, `create`), the `nth` such one on
     /// a path matching `path` from `at_ms` on: the crash between two synchronous calls.
@@ -208,11 +222,31 @@ impl Fault {
             stall_ms: None,
             op: None,
             free_bytes: None,
+            offset_ms: None,
             after_op: None,
             path: None,
             nth: None,
             with: None,
         }
+    }
+}
+
+/// The largest clock skew a scenario may script.
+pub const MAX_CLOCK_SKEW_MS: u64 = 86_400_000;
+
+impl Scenario {
+    /// How far any server's clock runs behind and ahead of true time at most, over the whole run
+    /// (milliseconds, both ≥ 0): the slack the expiry checks allow.
+    pub fn clock_skew_bounds(&self) -> (u64, u64) {
+        let offsets =
+            self.faults.iter().filter(|f| f.action == Action::ClockSkew).filter_map(|f| f.offset_ms);
+        offsets.fold((0, 0), |(behind, ahead), ms| {
+            if ms < 0 {
+                (behind.max(ms.unsigned_abs()), ahead)
+            } else {
+                (behind, ahead.max(ms.unsigned_abs()))
+            }
+        })
     }
 }
 
@@ -267,6 +301,9 @@ actions! {
     // The target's servers die again and again until `for_ms` ends: each is killed (or loses
     // power, with `effect = "power_loss"`) a random 200–1500 ms after every start.
     CrashLoop => "crash_loop",
+    // The target's wall clock jumps `offset_ms` ahead (or behind) of true time and stays there: the
+    // clock a leader stamps its entries with, and so the one expiry follows.
+    ClockSkew => "clock_skew",
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -411,6 +448,7 @@ impl Scenario {
             ApplyFailure => &["times"],
             Eio => &["at", "op", "times", "for_ms"],
             Enospc => &["free_bytes", "for_ms"],
+            ClockSkew => &["offset_ms"],
             Partition | Clog => &["for_ms"],
             Kill | PowerLoss => &["mid_write", "after_op", "path", "nth", "with"],
             CrashLoop => &["for_ms", "effect"],
@@ -426,6 +464,7 @@ impl Scenario {
             ("stall_ms", f.stall_ms.is_some()),
             ("op", f.op.is_some()),
             ("free_bytes", f.free_bytes.is_some()),
+            ("offset_ms", f.offset_ms.is_some()),
             ("for_ms", f.for_ms.is_some()),
             ("mid_write", f.mid_write.is_some()),
             ("after_op", f.after_op.is_some()),
@@ -544,6 +583,18 @@ impl Scenario {
                     None => return Some(("effect", "a failpoint fault needs an effect".into())),
                 }
             }
+            ClockSkew => match f.offset_ms {
+                None => return Some(("offset_ms", "a clock skew needs offset_ms".into())),
+                Some(ms) if ms.unsigned_abs() > MAX_CLOCK_SKEW_MS => {
+                    return Some((
+                        "offset_ms",
+                        format!(
+                            "{ms} is beyond ±{MAX_CLOCK_SKEW_MS} ms (a day): not a skew but another date"
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            },
             BitFlip => {
                 if let Some(at) = f.at.as_deref()
                     && !matches!(at, "wal" | "snapshot")

@@ -1,5 +1,6 @@
 //! Swarm testing (`durakv-sim fuzz`): every seed turns a base scenario into a variant of its own —
-//! cluster size, sync mode, snapshot interval, workload (APPEND added to a quarter of them), which
+//! cluster size, sync mode, snapshot interval, workload (APPEND added to a quarter of them, keys
+//! with a time to live to three in ten, with a clock skew half the time), which
 //! of the base faults run and when, and extra faults drawn from a pool — so a fleet of seeds covers
 //! fault mixes nobody wrote down. The variant depends only on the base file and the seed:
 //! `durakv-sim run <file> --seed N --swarm` rebuilds it bit for bit.
@@ -106,6 +107,23 @@ pub fn swarm(base: &Scenario, seed: u64) -> Scenario {
         s.workload.mix.counter = (total / special.random_range(3..=8)).max(1);
         s.workload.lists = special.random_range(1..=6);
         s.workload.counters = special.random_range(1..=6);
+    }
+    let mut expiring = rng_for(seed, "fuzz/swarm/expiry");
+    if s.workload.mix.ttl == 0 && expiring.random_bool(0.3) {
+        // Keys with a time to live, and half the time a server whose clock jumps ahead or behind.
+        let m = &s.workload.mix;
+        let total = m.set + m.get + m.del + m.incr + m.mset + m.append;
+        s.workload.mix.ttl = (total / expiring.random_range(3..=8)).max(1);
+        s.workload.ttl_keys = expiring.random_range(1..=6);
+        if expiring.random_bool(0.5) {
+            let at = expiring.random_range(0..d * 7 / 10);
+            let mut skew =
+                Fault::new(at, Action::ClockSkew, ["leader", "follower", "any"][expiring.random_range(0..3)]);
+            let ms = expiring.random_range(100..=5000i64);
+            skew.offset_ms = Some(if expiring.random_bool(0.5) { ms } else { -ms });
+            let position = s.faults.partition_point(|f| f.at_ms <= at);
+            s.faults.insert(position, skew);
+        }
     }
     s
 }

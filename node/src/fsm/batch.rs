@@ -5,6 +5,9 @@
 //! op      := 1 key                  (put: key then value)  -> tag 1, key, value
 //!          | 2 key                  (delete)
 //!          | 3 start has_end u8 [end] (delete range)
+//!          | 4 key                  (put an expiry index key)
+//!          | 5 key                  (delete an expiry index key)
+//!          | 6                      (clear the expiry index)
 //! meta    := id u8, value
 //! key, value, start, end := len u32, bytes
 //! ```
@@ -28,6 +31,15 @@ pub enum Op {
         start: Vec<u8>,
         end: Option<Vec<u8>>,
     },
+    /// Add a key to the expiry index (its own namespace; [`super::value::index_key`]).
+    PutIndex {
+        key: Vec<u8>,
+    },
+    DeleteIndex {
+        key: Vec<u8>,
+    },
+    /// Remove every expiry index key (FLUSHALL).
+    ClearIndex,
 }
 
 /// Mutations and meta values applied together, atomically.
@@ -108,6 +120,8 @@ impl WriteBatch {
                     Op::DeleteRange { start, end } => {
                         1 + framed(start) + 1 + end.as_deref().map_or(0, framed)
                     }
+                    Op::PutIndex { key } | Op::DeleteIndex { key } => 1 + framed(key),
+                    Op::ClearIndex => 1,
                 })
                 .sum::<usize>()
             + 4
@@ -140,6 +154,15 @@ impl WriteBatch {
                         None => out.push(0),
                     }
                 }
+                Op::PutIndex { key } => {
+                    out.push(4);
+                    put(&mut out, key);
+                }
+                Op::DeleteIndex { key } => {
+                    out.push(5);
+                    put(&mut out, key);
+                }
+                Op::ClearIndex => out.push(6),
             }
         }
         out.extend_from_slice(&(self.metas.len() as u32).to_be_bytes());
@@ -169,6 +192,9 @@ impl WriteBatch {
                     };
                     Op::DeleteRange { start, end }
                 }
+                4 => Op::PutIndex { key: r.bytes()? },
+                5 => Op::DeleteIndex { key: r.bytes()? },
+                6 => Op::ClearIndex,
                 _ => return Err(r.err("unknown op tag")),
             };
             batch.ops.push(op);
@@ -226,6 +252,8 @@ mod tests {
     fn round_trip() {
         let mut b = WriteBatch::new();
         b.put("k", "v").delete("x").delete_range("a", Some(b"c".to_vec())).delete_range("z", None);
+        b.push(Op::PutIndex { key: b"i1".to_vec() }).push(Op::DeleteIndex { key: b"i0".to_vec() });
+        b.push(Op::ClearIndex);
         b.set_applied_index(42);
         assert_eq!(WriteBatch::decode(&b.encode()), Ok(b));
     }

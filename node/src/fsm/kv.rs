@@ -15,7 +15,8 @@ use std::str::FromStr;
 
 use prost::Message;
 
-use super::{Engine, FsmError, MetaKey, WriteBatch, WriteMode, decode_u64};
+use super::value::{self, VALUE_FORMAT};
+use super::{Engine, FsmError, KeyValues, MetaKey, Op, WriteBatch, WriteMode, decode_u64};
 use crate::limits::MAX_VALUE_BYTES;
 
 /// The length of a value after APPEND, or `None` when it would exceed [`MAX_VALUE_BYTES`]. The
@@ -61,6 +62,26 @@ pub enum SetCondition {
     IfPresent = 2,
 }
 
+/// The condition of an EXPIRE (Redis 7's NX, XX, GT, LT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, prost::Enumeration)]
+#[repr(i32)]
+pub enum ExpireCondition {
+    Always = 0,
+    /// Only if the key has no expiry.
+    IfNone = 1,
+    /// Only if the key has one.
+    IfSome = 2,
+    /// Only if the new deadline is later (a key without expiry never gets one this way).
+    IfLater = 3,
+    /// Only if the new deadline is earlier (a key without expiry always gets one).
+    IfEarlier = 4,
+    /// XX LT: only if the key has an expiry and the new deadline is earlier.
+    IfEarlierWithExpiry = 5,
+}
+
+/// The most keys one sweep entry deletes; a sweep that leaves some due is followed by another.
+pub const SWEEP_MAX_KEYS: u32 = 1024;
+
 /// The reads a transaction can queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, prost::Enumeration)]
 #[repr(i32)]
@@ -74,7 +95,7 @@ pub enum ReadKind {
 /// A client command as stored in a raft entry.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Command {
-    #[prost(oneof = "command::Kind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14")]
+    #[prost(oneof = "command::Kind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17")]
     pub kind: Option<command::Kind>,
 }
 
@@ -110,13 +131,73 @@ pub mod command {
         Multi(Multi),
         #[prost(message, tag = "14")]
         Read(Read),
+        #[prost(message, tag = "15")]
+        SetExpiry(SetExpiry),
+        #[prost(message, tag = "16")]
+        Sweep(Sweep),
+        #[prost(message, tag = "17")]
+        GetEx(GetEx),
     }
 
-    /// MULTI … EXEC: the queued commands, applied in order as one atomic batch.
+    /// An expiry as the client gave it. A relative one becomes a deadline at apply time, from the
+    /// state machine's clock as of the entry (the leader's timestamp), so every replica computes the
+    /// same deadline.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Expiry {
+        /// Milliseconds: after the entry's clock (relative), or since the unix epoch (absolute).
+        #[prost(sint64, tag = "1")]
+        pub ms: i64,
+        #[prost(bool, tag = "2")]
+        pub absolute: bool,
+    }
+
+    /// EXPIRE / PEXPIRE / EXPIREAT / PEXPIREAT key … [NX|XX|GT|LT], and PERSIST (no expiry).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct SetExpiry {
+        #[prost(bytes = "vec", tag = "1")]
+        pub key: Vec<u8>,
+        #[prost(message, optional, tag = "2")]
+        pub expiry: Option<Expiry>,
+        #[prost(enumeration = "super::ExpireCondition", tag = "3")]
+        pub condition: i32,
+    }
+
+    /// The leader's sweep: delete up to `limit` keys whose deadline the entry's clock has reached.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Sweep {
+        #[prost(uint32, tag = "1")]
+        pub limit: u32,
+    }
+
+    /// GETEX key [EX|PX|EXAT|PXAT t | PERSIST]: the value, its expiry changed.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct GetEx {
+        #[prost(bytes = "vec", tag = "1")]
+        pub key: Vec<u8>,
+        #[prost(message, optional, tag = "2")]
+        pub expiry: Option<Expiry>,
+        #[prost(bool, tag = "3")]
+        pub persist: bool,
+    }
+
+    /// MULTI … EXEC: the queued commands, applied in order as one atomic batch, unless a watched
+    /// key changed since WATCH read it.
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct Multi {
         #[prost(message, repeated, tag = "1")]
         pub commands: Vec<super::Command>,
+        #[prost(message, repeated, tag = "2")]
+        pub watches: Vec<Watch>,
+    }
+
+    /// A key WATCH read, and what it found: the version (the raft index that last wrote it), or
+    /// nothing (absent or expired).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Watch {
+        #[prost(bytes = "vec", tag = "1")]
+        pub key: Vec<u8>,
+        #[prost(uint64, optional, tag = "2")]
+        pub version: Option<u64>,
     }
 
     /// A read queued inside MULTI: it runs at apply time, between the transaction's writes.
@@ -194,6 +275,12 @@ pub mod command {
         /// SET … GET (and GETSET): answer the previous value.
         #[prost(bool, tag = "4")]
         pub get: bool,
+        /// EX / PX / EXAT / PXAT. Without it (and without KEEPTTL) a SET clears the key's expiry.
+        #[prost(message, optional, tag = "5")]
+        pub expiry: Option<Expiry>,
+        /// KEEPTTL: keep the expiry the key has.
+        #[prost(bool, tag = "6")]
+        pub keep_ttl: bool,
     }
 
     /// DEL key [key …], one atomic batch.
@@ -240,15 +327,64 @@ pub mod command {
 
 impl Command {
     pub fn set(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>, condition: SetCondition) -> Self {
-        let set =
-            command::Set { key: key.into(), value: value.into(), condition: condition as i32, get: false };
+        let set = command::Set {
+            key: key.into(),
+            value: value.into(),
+            condition: condition as i32,
+            ..Default::default()
+        };
         Command { kind: Some(command::Kind::Set(set)) }
+    }
+
+    /// SET with its options: an expiry, KEEPTTL, GET.
+    pub fn set_with(
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+        condition: SetCondition,
+        get: bool,
+        expiry: Option<command::Expiry>,
+        keep_ttl: bool,
+    ) -> Self {
+        let set = command::Set {
+            key: key.into(),
+            value: value.into(),
+            condition: condition as i32,
+            get,
+            expiry,
+            keep_ttl,
+        };
+        Command { kind: Some(command::Kind::Set(set)) }
+    }
+
+    /// EXPIRE and its kin (`Some`), or PERSIST (`None`).
+    pub fn set_expiry(
+        key: impl Into<Vec<u8>>,
+        expiry: Option<command::Expiry>,
+        condition: ExpireCondition,
+    ) -> Self {
+        let e = command::SetExpiry { key: key.into(), expiry, condition: condition as i32 };
+        Command { kind: Some(command::Kind::SetExpiry(e)) }
+    }
+
+    /// GETEX with an expiry, or PERSIST.
+    pub fn get_ex(key: impl Into<Vec<u8>>, expiry: Option<command::Expiry>, persist: bool) -> Self {
+        Command { kind: Some(command::Kind::GetEx(command::GetEx { key: key.into(), expiry, persist })) }
+    }
+
+    /// The leader's sweep of due keys.
+    pub fn sweep(limit: u32) -> Self {
+        Command { kind: Some(command::Kind::Sweep(command::Sweep { limit })) }
     }
 
     /// SET … GET / GETSET: like [`Command::set`], answering the previous value.
     pub fn set_get(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>, condition: SetCondition) -> Self {
-        let set =
-            command::Set { key: key.into(), value: value.into(), condition: condition as i32, get: true };
+        let set = command::Set {
+            key: key.into(),
+            value: value.into(),
+            condition: condition as i32,
+            get: true,
+            ..Default::default()
+        };
         Command { kind: Some(command::Kind::Set(set)) }
     }
 
@@ -303,7 +439,14 @@ impl Command {
 
     /// MULTI … EXEC of `commands`.
     pub fn multi(commands: Vec<Command>) -> Self {
-        Command { kind: Some(command::Kind::Multi(command::Multi { commands })) }
+        Command::multi_watching(commands, Vec::new())
+    }
+
+    /// MULTI … EXEC of `commands`, applied only if every watched key still has the version WATCH
+    /// found (`None`: still absent).
+    pub fn multi_watching(commands: Vec<Command>, watches: Vec<(Vec<u8>, Option<u64>)>) -> Self {
+        let watches = watches.into_iter().map(|(key, version)| command::Watch { key, version }).collect();
+        Command { kind: Some(command::Kind::Multi(command::Multi { commands, watches })) }
     }
 
     /// A read queued in a transaction.
@@ -336,6 +479,8 @@ pub enum Reply {
     Array(Vec<Reply>),
     /// A deterministic command error; the entry was applied as a no-op.
     Error(String),
+    /// EXEC of a transaction whose watched key changed since WATCH: nothing was applied.
+    Aborted,
     /// The entry was at or below the applied index (replay after restart): nothing was done.
     AlreadyApplied,
 }
@@ -349,6 +494,10 @@ const KEY_COUNT_UNKNOWN: u64 = u64::MAX;
 struct Progress {
     applied: std::sync::atomic::AtomicU64,
     keys: std::sync::atomic::AtomicU64,
+    /// The state machine's clock as of the applied index ([`MetaKey::Clock`]).
+    clock: std::sync::atomic::AtomicU64,
+    /// The earliest deadline in the expiry index (`u64::MAX`: none).
+    next_expiry: std::sync::atomic::AtomicU64,
 }
 
 impl Progress {
@@ -360,11 +509,24 @@ impl Progress {
         self.keys.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Publish a new position: the key count first, so a reader that sees the new index also sees
-    /// the count that goes with it (or a later one).
-    fn publish(&self, applied: u64, keys: u64) {
-        self.keys.store(keys, std::sync::atomic::Ordering::Release);
-        self.applied.store(applied, std::sync::atomic::Ordering::Release);
+    fn clock(&self) -> u64 {
+        self.clock.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn next_expiry(&self) -> u64 {
+        self.next_expiry.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Publish a new position: the key count, clock and next deadline first, so a reader that sees
+    /// the new index also sees what goes with it (or a later one).
+    fn publish(&self, applied: u64, keys: u64, clock: u64, next_expiry: Option<u64>) {
+        use std::sync::atomic::Ordering::Release;
+        self.keys.store(keys, Release);
+        self.clock.store(clock, Release);
+        if let Some(next) = next_expiry {
+            self.next_expiry.store(next, Release);
+        }
+        self.applied.store(applied, Release);
     }
 }
 
@@ -382,6 +544,8 @@ pub struct Kv<E: Engine> {
     /// while it replaces the whole state, so a multi-key read (MGET, a SCAN page) never sees part of
     /// the old state and part of the new ([`Kv::read_view`]).
     state_gate: std::sync::Arc<std::sync::RwLock<()>>,
+    /// Whether the engine records [`MetaKey::ValueFormat`] (the first applied batch writes it).
+    format_recorded: std::sync::atomic::AtomicBool,
 }
 
 impl<E: Engine> Kv<E> {
@@ -389,15 +553,45 @@ impl<E: Engine> Kv<E> {
     pub fn new(engine: E, mode: FsmSync) -> Result<Self, FsmError> {
         let applied = Self::read_applied(&engine)?;
         let keys = Self::read_key_count(&engine)?;
+        let format_recorded = Self::check_value_format(&engine)?;
+        let progress = Progress::default();
+        progress.publish(applied, keys, Self::read_clock(&engine)?, Some(Self::read_next_expiry(&engine)?));
         Ok(Kv {
             engine: std::sync::Arc::new(engine),
             mode,
-            progress: std::sync::Arc::new(Progress {
-                applied: std::sync::atomic::AtomicU64::new(applied),
-                keys: std::sync::atomic::AtomicU64::new(keys),
-            }),
+            progress: std::sync::Arc::new(progress),
             state_gate: std::sync::Arc::default(),
+            format_recorded: std::sync::atomic::AtomicBool::new(format_recorded),
         })
+    }
+
+    /// Whether the engine records this build's value format. Values written before the format
+    /// existed would be misread (their first byte taken for a header): refuse them.
+    fn check_value_format(engine: &E) -> Result<bool, FsmError> {
+        match engine.meta(MetaKey::ValueFormat)?.as_deref() {
+            Some([VALUE_FORMAT]) => Ok(true),
+            None if engine.scan(b"", None, 1)?.is_empty() => Ok(false),
+            other => Err(FsmError::Corrupt {
+                path: std::path::PathBuf::from("<engine meta>"),
+                offset: 0,
+                reason: format!(
+                    "the state machine's values are in format {:?}, this build reads format {VALUE_FORMAT}: \
+                     restore the node from a snapshot taken by a node of this build",
+                    other.map(<[u8]>::to_vec)
+                ),
+            }),
+        }
+    }
+
+    fn read_clock(engine: &E) -> Result<u64, FsmError> {
+        Ok(engine.meta(MetaKey::Clock)?.as_deref().and_then(decode_u64).unwrap_or(0))
+    }
+
+    /// The earliest deadline in the expiry index, `u64::MAX` when it is empty (stale entries
+    /// included: the sweep that reaches one drops it).
+    fn read_next_expiry(engine: &E) -> Result<u64, FsmError> {
+        let first = engine.index_scan(b"", 1)?;
+        Ok(first.first().and_then(|k| value::parse_index_key(k)).map_or(u64::MAX, |(d, _)| d))
     }
 
     /// The engine's applied index. Missing on an engine that holds data means the meta value was lost
@@ -419,7 +613,10 @@ impl<E: Engine> Kv<E> {
     pub fn reload_applied_index(&self) -> Result<u64, FsmError> {
         let applied = Self::read_applied(&self.engine)?;
         let keys = Self::read_key_count(&self.engine)?;
-        self.progress.publish(applied, keys);
+        let recorded = Self::check_value_format(&self.engine)?;
+        self.format_recorded.store(recorded, std::sync::atomic::Ordering::Release);
+        let (clock, next) = (Self::read_clock(&self.engine)?, Self::read_next_expiry(&self.engine)?);
+        self.progress.publish(applied, keys, clock, Some(next));
         Ok(applied)
     }
 
@@ -479,6 +676,7 @@ impl<E: Engine> Kv<E> {
                 }
                 // No command deletes part of the keyspace by range; were one to, count anew after.
                 Op::DeleteRange { .. } => return Ok(None),
+                Op::PutIndex { .. } | Op::DeleteIndex { .. } | Op::ClearIndex => {}
             }
         }
         let mut n = base.unwrap_or(0) as i64;
@@ -507,7 +705,20 @@ impl<E: Engine> Kv<E> {
             mode: self.mode,
             progress: std::sync::Arc::clone(&self.progress),
             state_gate: std::sync::Arc::clone(&self.state_gate),
+            format_recorded: std::sync::atomic::AtomicBool::new(true),
         }
+    }
+
+    /// The state machine's clock as of the applied index: unix milliseconds, the latest leader
+    /// timestamp an applied entry carried. Reads hide keys whose deadline it has reached.
+    pub fn clock(&self) -> u64 {
+        self.progress.clock()
+    }
+
+    /// The earliest deadline of the expiry index (`None`: no key expires). May name a key since
+    /// overwritten or deleted; the sweep that reaches it drops it.
+    pub fn next_expiry(&self) -> Option<u64> {
+        Some(self.progress.next_expiry()).filter(|&d| d != u64::MAX)
     }
 
     /// Held shared by a batch of reads off the loop while it runs (see `state_gate`).
@@ -532,7 +743,7 @@ impl<E: Engine> Kv<E> {
     /// Apply the committed raft entry `index` carrying `payload` (an encoded [`Command`]; empty for a
     /// raft-internal entry that only advances the index).
     pub fn apply_raft(&mut self, index: u64, payload: &[u8]) -> Result<Reply, FsmError> {
-        self.apply_raft_with(index, payload, true)
+        self.apply_entry(index, 0, payload, true)
     }
 
     /// Apply a raft entry that is not the last of a batch of committed entries: under `sync` it is
@@ -541,12 +752,17 @@ impl<E: Engine> Kv<E> {
     /// per entry). Nobody hears of the entry before the batch ends; a crash before then loses it
     /// from the state machine only, and the WAL replays it (D3).
     pub fn apply_raft_unsynced(&mut self, index: u64, payload: &[u8]) -> Result<Reply, FsmError> {
-        self.apply_raft_with(index, payload, false)
+        self.apply_entry(index, 0, payload, false)
     }
 
-    fn apply_raft_with(
+    /// Apply entry `index` stamped by its leader at `stamp` (unix milliseconds; 0: no stamp). The
+    /// state machine's clock moves to the stamp if it is later (never back: leaders' clocks differ),
+    /// and the entry's expiry decisions are made against that clock, so every replica makes them
+    /// alike. `last_of_batch`: see [`Kv::apply_raft_unsynced`].
+    pub fn apply_entry(
         &mut self,
         index: u64,
+        stamp: u64,
         payload: &[u8],
         last_of_batch: bool,
     ) -> Result<Reply, FsmError> {
@@ -557,18 +773,31 @@ impl<E: Engine> Kv<E> {
         if index != applied + 1 {
             return Err(FsmError::OutOfOrder { index, applied });
         }
+        let clock = self.progress.clock();
+        let now = clock.max(stamp);
         let (mut batch, reply) = if payload.is_empty() {
             (WriteBatch::new(), Reply::Ok)
         } else {
             match Command::decode(payload) {
-                Ok(cmd) => self.plan(&cmd)?,
+                Ok(cmd) => self.plan(&cmd, now, index)?,
                 Err(e) => {
                     (WriteBatch::new(), Reply::Error(format!("ERR malformed command in entry {index}: {e}")))
                 }
             }
         };
         let keys = self.key_count_after(&batch)?;
+        let moves_index = batch
+            .ops()
+            .iter()
+            .any(|op| matches!(op, Op::PutIndex { .. } | Op::DeleteIndex { .. } | Op::ClearIndex));
         batch.set_applied_index(index);
+        if now != clock {
+            batch.set_meta(MetaKey::Clock, now.to_be_bytes().to_vec());
+        }
+        let record_format = !self.format_recorded.load(std::sync::atomic::Ordering::Acquire);
+        if record_format {
+            batch.set_meta(MetaKey::ValueFormat, vec![VALUE_FORMAT]);
+        }
         // Unknown (a partial range delete): recorded as such, so an open after a crash counts anew.
         batch.set_meta(MetaKey::KeyCount, keys.unwrap_or(KEY_COUNT_UNKNOWN).to_be_bytes().to_vec());
         let mode = match self.mode {
@@ -577,24 +806,55 @@ impl<E: Engine> Kv<E> {
         };
         // On error the applied index stays where it was: the entry is neither skipped nor half done.
         self.engine.write(&batch, mode)?;
+        if record_format {
+            self.format_recorded.store(true, std::sync::atomic::Ordering::Release);
+        }
         let keys = match keys {
             Some(keys) => keys,
             // The next batch records it.
             None => Self::count_keys(&self.engine)?,
         };
-        self.progress.publish(index, keys);
+        let next = if moves_index { Some(Self::read_next_expiry(&self.engine)?) } else { None };
+        self.progress.publish(index, keys, now, next);
         Ok(reply)
     }
 
-    /// Read a key.
+    /// Read a key: its value, or `None` when it is missing or its deadline has passed by the
+    /// state machine's clock.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, FsmError> {
-        self.engine.get(key)
+        Ok(self.get_entry(key)?.map(|(v, _)| v))
+    }
+
+    /// A key's value and deadline, unless it is missing or expired.
+    pub fn get_entry(&self, key: &[u8]) -> Result<Option<Entry>, FsmError> {
+        visible(self.engine.get(key)?, self.progress.clock())
+    }
+
+    /// What WATCH records of a key: the raft index that last wrote it (0 for a value written before
+    /// versions were kept), or `None` when it is missing or expired.
+    pub fn version(&self, key: &[u8]) -> Result<Option<u64>, FsmError> {
+        version_at(self.engine.get(key)?, self.progress.clock())
+    }
+
+    /// Client keys from `start` with their values, at most `limit` stored keys looked at (so a page
+    /// of expired keys still moves a scan on): the visible ones, and the last key looked at.
+    pub fn scan_visible(&self, start: &[u8], limit: usize) -> Result<(KeyValues, Option<Vec<u8>>), FsmError> {
+        let page = self.engine.scan(start, None, limit)?;
+        let last = if page.len() == limit { page.last().map(|(k, _)| k.clone()) } else { None };
+        let now = self.progress.clock();
+        let mut out = Vec::with_capacity(page.len());
+        for (k, raw) in page {
+            if let Some((v, _)) = visible(Some(raw), now)? {
+                out.push((k, v));
+            }
+        }
+        Ok((out, last))
     }
 
     /// Turn a command into the batch it writes and the reply it gives. Reads see the state before
-    /// this command (applies are serialized).
-    fn plan(&self, cmd: &Command) -> Result<(WriteBatch, Reply), FsmError> {
-        let mut tx = Tx { engine: &*self.engine, batch: WriteBatch::new(), overlay: None };
+    /// this command (applies are serialized), with `now` as the clock.
+    fn plan(&self, cmd: &Command, now: u64, index: u64) -> Result<(WriteBatch, Reply), FsmError> {
+        let mut tx = Tx { engine: &*self.engine, batch: WriteBatch::new(), overlay: None, now, index };
         let reply = Self::plan_in(&mut tx, cmd)?;
         Ok((tx.batch, reply))
     }
@@ -606,9 +866,11 @@ impl<E: Engine> Kv<E> {
             None => Reply::Error("ERR empty command".into()),
             Some(Kind::Set(set)) => {
                 let condition = SetCondition::from_i32(set.condition).unwrap_or(SetCondition::Always);
-                let old = match (condition, set.get) {
-                    (SetCondition::Always, false) => None,
-                    _ => Some(tx.get(&set.key)?),
+                // A plain SET is a blind write: it reads nothing (an index entry its old value
+                // left is stale and dropped by the sweep).
+                let old = match (condition, set.get, set.keep_ttl) {
+                    (SetCondition::Always, false, false) => None,
+                    _ => Some(tx.entry(&set.key)?),
                 };
                 let exists = old.as_ref().map(Option::is_some);
                 let write = !matches!(
@@ -616,11 +878,16 @@ impl<E: Engine> Kv<E> {
                     (SetCondition::IfAbsent, Some(true)) | (SetCondition::IfPresent, Some(false))
                 );
                 if write {
-                    tx.put(set.key.clone(), set.value.clone());
+                    let deadline = match (&set.expiry, set.keep_ttl) {
+                        (Some(e), _) => Some(deadline_for(e, tx.now)),
+                        (None, true) => old.as_ref().and_then(|o| o.as_ref()).and_then(|(_, d)| *d),
+                        (None, false) => None,
+                    };
+                    tx.put(set.key.clone(), set.value.clone(), deadline);
                 }
                 match (set.get, write) {
                     // As Redis: SET … GET answers the old value whether or not it wrote.
-                    (true, _) => Reply::Value(old.flatten()),
+                    (true, _) => Reply::Value(old.flatten().map(|(v, _)| v)),
                     (false, true) => Reply::Ok,
                     (false, false) => Reply::NotWritten,
                 }
@@ -637,22 +904,23 @@ impl<E: Engine> Kv<E> {
                 Reply::Int(count)
             }
             Some(Kind::IncrBy(incr)) => {
-                let current = match tx.get(&incr.key)? {
-                    None => Some(0i64),
-                    Some(v) => std::str::from_utf8(&v).ok().and_then(|s| s.parse::<i64>().ok()),
+                let (current, deadline) = match tx.entry(&incr.key)? {
+                    None => (Some(0i64), None),
+                    Some((v, d)) => (parse_redis_int(&v), d),
                 };
                 match current.map(|c| c.checked_add(incr.delta)) {
                     None => Reply::Error("ERR value is not an integer or out of range".into()),
                     Some(None) => Reply::Error("ERR increment or decrement would overflow".into()),
                     Some(Some(n)) => {
-                        tx.put(incr.key.clone(), n.to_string().into_bytes());
+                        // As Redis: INCR keeps the key's expiry.
+                        tx.put(incr.key.clone(), n.to_string().into_bytes(), deadline);
                         Reply::Int(n)
                     }
                 }
             }
             Some(Kind::MSet(mset)) => {
                 for kv in &mset.pairs {
-                    tx.put(kv.key.clone(), kv.value.clone());
+                    tx.put(kv.key.clone(), kv.value.clone(), None);
                 }
                 Reply::Ok
             }
@@ -668,14 +936,15 @@ impl<E: Engine> Kv<E> {
                 }
                 Reply::Value(old)
             }
-            Some(Kind::Rename(r)) => match tx.get(&r.from)? {
+            Some(Kind::Rename(r)) => match tx.entry(&r.from)? {
                 None => Reply::Error("ERR no such key".into()),
                 Some(_) if r.if_absent && tx.get(&r.to)?.is_some() => Reply::Int(0),
-                Some(value) => {
+                Some((value, deadline)) => {
                     // Renaming a key onto itself changes nothing (Redis answers OK, or 0 for NX).
+                    // The expiry moves with the value.
                     if r.from != r.to {
                         tx.delete(r.from.clone());
-                        tx.put(r.to.clone(), value);
+                        tx.put(r.to.clone(), value, deadline);
                     }
                     match (r.if_absent, r.from == r.to) {
                         (true, true) => Reply::Int(0),
@@ -684,12 +953,12 @@ impl<E: Engine> Kv<E> {
                     }
                 }
             },
-            Some(Kind::Copy(c)) => match tx.get(&c.from)? {
+            Some(Kind::Copy(c)) => match tx.entry(&c.from)? {
                 None => Reply::Int(0),
                 Some(_) if c.from == c.to => Reply::Int(0),
                 Some(_) if !c.replace && tx.get(&c.to)?.is_some() => Reply::Int(0),
-                Some(value) => {
-                    tx.put(c.to.clone(), value);
+                Some((value, deadline)) => {
+                    tx.put(c.to.clone(), value, deadline);
                     Reply::Int(1)
                 }
             },
@@ -702,13 +971,16 @@ impl<E: Engine> Kv<E> {
                     Reply::Int(0)
                 } else {
                     for kv in &mset.pairs {
-                        tx.put(kv.key.clone(), kv.value.clone());
+                        tx.put(kv.key.clone(), kv.value.clone(), None);
                     }
                     Reply::Int(1)
                 }
             }
             Some(Kind::SetRange(r)) => {
-                let current = tx.get(&r.key)?;
+                let (current, deadline) = match tx.entry(&r.key)? {
+                    Some((v, d)) => (Some(v), d),
+                    None => (None, None),
+                };
                 let end = usize::try_from(r.offset)
                     .ok()
                     .and_then(|o| o.checked_add(r.value.len()))
@@ -726,15 +998,15 @@ impl<E: Engine> Kv<E> {
                         }
                         value[end - r.value.len()..end].copy_from_slice(&r.value);
                         let len = value.len() as i64;
-                        tx.put(r.key.clone(), value);
+                        tx.put(r.key.clone(), value, deadline);
                         Reply::Int(len)
                     }
                 }
             }
             Some(Kind::IncrByFloat(f)) => {
-                let current = match tx.get(&f.key)? {
-                    None => Some(0.0),
-                    Some(v) => parse_redis_float(&v),
+                let (current, deadline) = match tx.entry(&f.key)? {
+                    None => (Some(0.0), None),
+                    Some((v, d)) => (parse_redis_float(&v), d),
                 };
                 match current {
                     None => Reply::Error("ERR value is not a valid float".into()),
@@ -742,7 +1014,7 @@ impl<E: Engine> Kv<E> {
                         let n = c + f.increment;
                         if n.is_finite() {
                             let text = format_redis_float(n).into_bytes();
-                            tx.put(f.key.clone(), text.clone());
+                            tx.put(f.key.clone(), text.clone(), deadline);
                             Reply::Value(Some(text))
                         } else {
                             Reply::Error("ERR increment would produce NaN or Infinity".into())
@@ -755,6 +1027,13 @@ impl<E: Engine> Kv<E> {
                 // all of it is applied on every replica, or (an engine error) none of it.
                 if tx.overlay.is_some() {
                     return Ok(Reply::Error("ERR MULTI calls can not be nested".into()));
+                }
+                // WATCH: a watched key written (or expired, or deleted) since it was read aborts the
+                // whole transaction, on every replica alike: its version is the index of its last write.
+                for w in &multi.watches {
+                    if version_at(tx.engine.get(&w.key)?, tx.now)? != w.version {
+                        return Ok(Reply::Aborted);
+                    }
                 }
                 tx.overlay = Some(Overlay::default());
                 let mut replies = Vec::with_capacity(multi.commands.len());
@@ -778,15 +1057,81 @@ impl<E: Engine> Kv<E> {
                     _ => Reply::Error("ERR malformed read in a transaction".into()),
                 }
             }
+            Some(Kind::SetExpiry(e)) => match tx.entry(&e.key)? {
+                None => Reply::Int(0),
+                Some((value, current)) => match &e.expiry {
+                    // PERSIST
+                    None if current.is_none() => Reply::Int(0),
+                    None => {
+                        tx.put(e.key.clone(), value, None);
+                        Reply::Int(1)
+                    }
+                    Some(expiry) => {
+                        let new = deadline_for(expiry, tx.now);
+                        let condition =
+                            ExpireCondition::from_i32(e.condition).unwrap_or(ExpireCondition::Always);
+                        let allowed = match (condition, current) {
+                            (ExpireCondition::Always, _) => true,
+                            (ExpireCondition::IfNone, c) => c.is_none(),
+                            (ExpireCondition::IfSome, c) => c.is_some(),
+                            // No expiry counts as an infinite one, as in Redis.
+                            (ExpireCondition::IfLater, c) => c.is_some_and(|c| new > c),
+                            (ExpireCondition::IfEarlier, c) => c.is_none_or(|c| new < c),
+                            (ExpireCondition::IfEarlierWithExpiry, c) => c.is_some_and(|c| new < c),
+                        };
+                        if allowed {
+                            // A deadline already reached deletes the key (`Tx::put`), as in Redis.
+                            tx.put(e.key.clone(), value, Some(new));
+                        }
+                        Reply::Int(i64::from(allowed))
+                    }
+                },
+            },
+            Some(Kind::GetEx(g)) => match tx.entry(&g.key)? {
+                None => Reply::Value(None),
+                Some((value, current)) => {
+                    match (&g.expiry, g.persist) {
+                        (Some(expiry), _) => {
+                            tx.put(g.key.clone(), value.clone(), Some(deadline_for(expiry, tx.now)))
+                        }
+                        (None, true) if current.is_some() => tx.put(g.key.clone(), value.clone(), None),
+                        (None, _) => {}
+                    }
+                    Reply::Value(Some(value))
+                }
+            },
+            Some(Kind::Sweep(sweep)) => {
+                // Due index entries in deadline order, from the engine (a sweep is never queued in a
+                // transaction). An entry whose key no longer carries its deadline is stale: dropped.
+                let limit = sweep.limit.clamp(1, SWEEP_MAX_KEYS) as usize;
+                let mut removed = 0i64;
+                for index_key in tx.engine.index_scan(b"", limit)? {
+                    let Some((deadline, key)) = value::parse_index_key(&index_key) else {
+                        tx.batch.push(Op::DeleteIndex { key: index_key });
+                        continue;
+                    };
+                    if deadline > tx.now {
+                        break;
+                    }
+                    if let Some(raw) = tx.engine.get(key)?
+                        && value::deadline_of(&raw) == Some(deadline)
+                    {
+                        tx.delete(key.to_vec());
+                        removed += 1;
+                    }
+                    tx.batch.push(Op::DeleteIndex { key: index_key });
+                }
+                Reply::Int(removed)
+            }
             Some(Kind::Append(app)) => {
-                let mut value = tx.get(&app.key)?.unwrap_or_default();
+                let (mut value, deadline) = tx.entry(&app.key)?.unwrap_or_default();
                 match appended_len(value.len(), app.value.len()) {
                     None => Reply::Error(format!(
                         "ERR string exceeds maximum allowed size ({MAX_VALUE_BYTES} bytes)"
                     )),
                     Some(len) => {
                         value.extend_from_slice(&app.value);
-                        tx.put(app.key.clone(), value);
+                        tx.put(app.key.clone(), value, deadline);
                         Reply::Int(len as i64)
                     }
                 }
@@ -796,11 +1141,41 @@ impl<E: Engine> Kv<E> {
     }
 }
 
+/// A key's value and its deadline (unix ms), if it expires.
+pub type Entry = (Vec<u8>, Option<u64>);
+
+/// A stored value as a read sees it at `now`: `None` when missing or expired.
+fn visible(stored: Option<Vec<u8>>, now: u64) -> Result<Option<Entry>, FsmError> {
+    let Some(stored) = stored else { return Ok(None) };
+    let s = value::decode(&stored)?;
+    if value::expired(s.deadline, now) {
+        return Ok(None);
+    }
+    Ok(Some((s.value.to_vec(), s.deadline)))
+}
+
+/// A stored value's version as WATCH compares it at `now`: `None` when missing or expired.
+fn version_at(stored: Option<Vec<u8>>, now: u64) -> Result<Option<u64>, FsmError> {
+    let Some(stored) = stored else { return Ok(None) };
+    let s = value::decode(&stored)?;
+    Ok((!value::expired(s.deadline, now)).then_some(s.version.unwrap_or(0)))
+}
+
+/// The deadline an expiry names at `now` (a negative one is in the past: 0).
+fn deadline_for(expiry: &command::Expiry, now: u64) -> u64 {
+    let ms = if expiry.absolute {
+        expiry.ms
+    } else {
+        i64::try_from(now).unwrap_or(i64::MAX).saturating_add(expiry.ms)
+    };
+    u64::try_from(ms).unwrap_or(0)
+}
+
 /// Writes planned but not yet applied, as a transaction's later commands must see them: a key's new
-/// value (`None`: deleted), and whether everything was flushed before them.
+/// value and deadline (`None`: deleted), and whether everything was flushed before them.
 #[derive(Debug, Default)]
 struct Overlay {
-    values: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    values: std::collections::BTreeMap<Vec<u8>, Option<Entry>>,
     flushed: bool,
 }
 
@@ -810,10 +1185,15 @@ struct Tx<'a, E: Engine> {
     batch: WriteBatch,
     /// Only a transaction keeps one: a single command reads each key before it writes it.
     overlay: Option<Overlay>,
+    /// The state machine's clock for this entry: what has expired.
+    now: u64,
+    /// The entry's raft index: the version of every key it writes.
+    index: u64,
 }
 
 impl<E: Engine> Tx<'_, E> {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, FsmError> {
+    /// A key's value and deadline as this entry sees it (missing or expired: `None`).
+    fn entry(&self, key: &[u8]) -> Result<Option<Entry>, FsmError> {
         if let Some(o) = &self.overlay {
             if let Some(v) = o.values.get(key) {
                 return Ok(v.clone());
@@ -822,14 +1202,26 @@ impl<E: Engine> Tx<'_, E> {
                 return Ok(None);
             }
         }
-        self.engine.get(key)
+        visible(self.engine.get(key)?, self.now)
     }
 
-    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        if let Some(o) = &mut self.overlay {
-            o.values.insert(key.clone(), Some(value.clone()));
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, FsmError> {
+        Ok(self.entry(key)?.map(|(v, _)| v))
+    }
+
+    /// Write `key` with `deadline`; a deadline this entry's clock has reached deletes it instead.
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>, deadline: Option<u64>) {
+        if value::expired(deadline, self.now) {
+            return self.delete(key);
         }
-        self.batch.put(key, value);
+        let stored = value::encode(&value, deadline, Some(self.index));
+        if let Some(o) = &mut self.overlay {
+            o.values.insert(key.clone(), Some((value, deadline)));
+        }
+        if let Some(d) = deadline {
+            self.batch.push(Op::PutIndex { key: value::index_key(d, &key) });
+        }
+        self.batch.put(key, stored);
     }
 
     fn delete(&mut self, key: Vec<u8>) {
@@ -845,7 +1237,24 @@ impl<E: Engine> Tx<'_, E> {
             o.flushed = true;
         }
         self.batch.delete_range(Vec::new(), None);
+        self.batch.push(Op::ClearIndex);
     }
+}
+
+/// A 64-bit integer as Redis reads one (`string2ll`): an optional `-`, then digits with no leading
+/// zero (`0` alone is fine); no `+`, no spaces, no `-0`, nothing that overflows. Arguments and
+/// stored values alike (INCR of `007` is not an integer, as in Redis).
+pub fn parse_redis_int(text: &[u8]) -> Option<i64> {
+    let digits = text.strip_prefix(b"-").unwrap_or(text);
+    let well_formed = !digits.is_empty()
+        && digits.len() <= 20
+        && digits.iter().all(u8::is_ascii_digit)
+        && (digits[0] != b'0' || digits.len() == 1)
+        && text != b"-0";
+    if !well_formed {
+        return None;
+    }
+    std::str::from_utf8(text).ok()?.parse::<i64>().ok()
 }
 
 /// A float as Redis reads one (`string2ld`): the whole string, no leading space, no NaN; infinities
@@ -1050,6 +1459,280 @@ mod tests {
             apply(&mut kv, nested),
             Reply::Array(vec![Reply::Error("ERR MULTI calls can not be nested".into())])
         );
+    }
+
+    /// Apply `cmd` as the next entry, stamped by its leader at `stamp` (unix ms).
+    fn apply_at(kv: &mut Kv<crate::fsm::SimEngine>, stamp: u64, cmd: Command) -> Reply {
+        let index = kv.applied_index() + 1;
+        kv.apply_entry(index, stamp, &cmd.to_bytes(), true).expect("apply")
+    }
+
+    fn px(ms: i64) -> Option<command::Expiry> {
+        Some(command::Expiry { ms, absolute: false })
+    }
+
+    fn set_px(key: &str, value: &str, ms: i64) -> Command {
+        Command::set_with(key, value, SetCondition::Always, false, px(ms), false)
+    }
+
+    /// The raw engine contents (values with their headers, metas, index): two replicas that made the
+    /// same decisions hold the same bytes.
+    fn raw_state(kv: &Kv<crate::fsm::SimEngine>) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut all = kv.engine().scan(b"", None, usize::MAX).expect("scan");
+        // The key count is compared through `key_count` (a restore leaves it to be counted at open).
+        for meta in [MetaKey::AppliedIndex, MetaKey::Clock] {
+            all.push((vec![meta.id()], kv.engine().meta(meta).expect("meta").unwrap_or_default()));
+        }
+        all.extend(
+            kv.engine().index_scan(b"", usize::MAX).expect("index").into_iter().map(|k| (k, Vec::new())),
+        );
+        all
+    }
+
+    /// Failure guarded against: a replica deciding expiry by its own clock, so that a replica that
+    /// applies later (a follower behind, or one replaying its log after a crash) expires keys the
+    /// others kept and the replicas diverge. Invariant: expiry is decided by the entries' stamps
+    /// alone: the same entries give the same bytes whenever they are applied, and a key is visible
+    /// up to its deadline and hidden from the first entry whose stamp reaches it.
+    #[test]
+    fn expiry_is_decided_by_the_entries_stamps_on_every_replica() {
+        let script = |kv: &mut Kv<crate::fsm::SimEngine>| -> Vec<Reply> {
+            vec![
+                apply_at(kv, 1_000, set_px("s", "1", 100)),
+                apply_at(kv, 1_000, Command::set_expiry("none", px(5), ExpireCondition::Always)),
+                apply_at(kv, 1_050, Command::incr_by("s", 1)),
+                apply_at(kv, 1_099, Command::read(ReadKind::Get, vec![b"s".to_vec()])),
+                apply_at(kv, 1_100, Command::read(ReadKind::Get, vec![b"s".to_vec()])),
+                // A stamp behind the clock (a leader whose clock is slow) does not move it back.
+                apply_at(kv, 900, Command::incr_by("s", 1)),
+                apply_at(kv, 900, set_px("t", "x", 50)),
+            ]
+        };
+        let (_a_dir, mut a) = kv();
+        let (_b_dir, mut b) = kv();
+        let replies = script(&mut a);
+        assert_eq!(
+            replies,
+            vec![
+                Reply::Ok,
+                Reply::Int(0),
+                Reply::Int(2),
+                val("2"),
+                Reply::Value(None),
+                // Expired: INCR starts from nothing.
+                Reply::Int(1),
+                Reply::Ok,
+            ]
+        );
+        assert_eq!(a.clock(), 1_100, "the clock is the latest stamp applied");
+        // `t`'s deadline counts from the clock, not from the late stamp: 1100 + 50.
+        assert_eq!(a.get_entry(b"t").expect("get"), Some((b"x".to_vec(), Some(1_150))));
+        // The other replica applies the same entries (any time later, on any clock): same bytes.
+        assert_eq!(script(&mut b), replies);
+        assert_eq!(raw_state(&a), raw_state(&b));
+    }
+
+    /// Failure guarded against: the sweep deleting a key whose deadline an overwrite removed or moved
+    /// (its old index entry is stale), or leaving due keys behind. Invariant: a sweep deletes exactly
+    /// the keys whose *current* deadline its clock reached, drops every index entry it passes, and
+    /// the next expiry the leader waits for is the earliest entry left.
+    #[test]
+    fn a_sweep_deletes_due_keys_and_drops_stale_index_entries() {
+        let (_dir, mut kv) = kv();
+        apply_at(&mut kv, 1_000, set_px("gone", "1", 100));
+        apply_at(&mut kv, 1_000, set_px("overwritten", "1", 100));
+        apply_at(&mut kv, 1_000, set_px("moved", "1", 100));
+        apply_at(&mut kv, 1_000, set_px("later", "1", 5_000));
+        apply_at(&mut kv, 1_010, Command::set("overwritten", "2", SetCondition::Always));
+        apply_at(&mut kv, 1_010, Command::set_expiry("moved", px(1_000), ExpireCondition::Always));
+        assert_eq!(kv.next_expiry(), Some(1_100));
+        assert_eq!(kv.key_count(), 4);
+        assert_eq!(apply_at(&mut kv, 1_200, Command::sweep(SWEEP_MAX_KEYS)), Reply::Int(1));
+        assert_eq!(kv.key_count(), 3);
+        assert_eq!(kv.get(b"overwritten").expect("get"), Some(b"2".to_vec()));
+        assert_eq!(kv.get_entry(b"moved").expect("get"), Some((b"1".to_vec(), Some(2_010))));
+        assert_eq!(kv.next_expiry(), Some(2_010), "stale entries are dropped, live ones kept");
+        assert_eq!(apply_at(&mut kv, 6_000, Command::sweep(1)), Reply::Int(1), "one key per entry at most");
+        assert_eq!(apply_at(&mut kv, 6_000, Command::sweep(SWEEP_MAX_KEYS)), Reply::Int(1));
+        assert_eq!(kv.next_expiry(), None);
+        assert_eq!(kv.key_count(), 1);
+    }
+
+    /// Failure guarded against: expiry options answering or behaving unlike Redis 7. Invariant: each
+    /// command's reply and the expiry it leaves match Redis's for NX/XX/GT/LT, PERSIST, a deadline in
+    /// the past, KEEPTTL, GETEX, and the commands that keep, move, copy or clear an expiry.
+    #[test]
+    fn expiry_commands_answer_as_redis_does() {
+        let (_dir, mut kv) = kv();
+        let t = 10_000;
+        let deadline =
+            |kv: &Kv<crate::fsm::SimEngine>, k: &str| kv.get_entry(k.as_bytes()).expect("get").map(|e| e.1);
+        apply_at(&mut kv, t, Command::set("k", "v", SetCondition::Always));
+        let expire = |ms, c| Command::set_expiry("k", px(ms), c);
+        assert_eq!(
+            apply_at(&mut kv, t, expire(1_000, ExpireCondition::IfSome)),
+            Reply::Int(0),
+            "XX, no expiry"
+        );
+        assert_eq!(
+            apply_at(&mut kv, t, expire(1_000, ExpireCondition::IfLater)),
+            Reply::Int(0),
+            "GT, no expiry"
+        );
+        assert_eq!(apply_at(&mut kv, t, expire(1_000, ExpireCondition::IfNone)), Reply::Int(1), "NX");
+        assert_eq!(
+            apply_at(&mut kv, t, expire(2_000, ExpireCondition::IfNone)),
+            Reply::Int(0),
+            "NX, has one"
+        );
+        assert_eq!(apply_at(&mut kv, t, expire(500, ExpireCondition::IfLater)), Reply::Int(0), "GT, earlier");
+        assert_eq!(apply_at(&mut kv, t, expire(500, ExpireCondition::IfEarlier)), Reply::Int(1), "LT");
+        assert_eq!(deadline(&kv, "k"), Some(Some(t + 500)));
+        assert_eq!(
+            apply_at(&mut kv, t, Command::set_expiry("k", None, ExpireCondition::Always)),
+            Reply::Int(1)
+        );
+        assert_eq!(
+            apply_at(&mut kv, t, Command::set_expiry("k", None, ExpireCondition::Always)),
+            Reply::Int(0)
+        );
+        assert_eq!(
+            apply_at(&mut kv, t, expire(1, ExpireCondition::IfEarlierWithExpiry)),
+            Reply::Int(0),
+            "XX LT"
+        );
+        assert_eq!(
+            apply_at(&mut kv, t, expire(1, ExpireCondition::IfEarlier)),
+            Reply::Int(1),
+            "LT, no expiry"
+        );
+        assert_eq!(
+            apply_at(&mut kv, t, Command::set_expiry("missing", px(10), ExpireCondition::Always)),
+            Reply::Int(0)
+        );
+        // A deadline already reached deletes the key, and counts as set.
+        assert_eq!(apply_at(&mut kv, t, expire(-1, ExpireCondition::Always)), Reply::Int(1));
+        assert_eq!(kv.get(b"k").expect("get"), None);
+        assert_eq!(kv.key_count(), 0);
+        // SET … PX, KEEPTTL, a plain SET clears; INCR, APPEND, SETRANGE keep; RENAME moves; COPY copies.
+        apply_at(&mut kv, t, set_px("a", "1", 1_000));
+        apply_at(&mut kv, t, Command::set_with("a", "2", SetCondition::Always, false, None, true));
+        assert_eq!(deadline(&kv, "a"), Some(Some(t + 1_000)), "KEEPTTL");
+        apply_at(&mut kv, t, Command::incr_by("a", 1));
+        apply_at(&mut kv, t, Command::append("a", "0"));
+        apply_at(&mut kv, t, Command::set_range("a", 0, "4"));
+        assert_eq!(kv.get_entry(b"a").expect("get"), Some((b"40".to_vec(), Some(t + 1_000))));
+        apply_at(&mut kv, t, Command::rename("a", "b", false));
+        apply_at(&mut kv, t, Command::copy("b", "c", false));
+        assert_eq!(
+            (deadline(&kv, "a"), deadline(&kv, "b"), deadline(&kv, "c")),
+            (None, Some(Some(t + 1_000)), Some(Some(t + 1_000)))
+        );
+        apply_at(&mut kv, t, Command::set("c", "x", SetCondition::Always));
+        assert_eq!(deadline(&kv, "c"), Some(None), "a plain SET clears the expiry");
+        // GETEX: the value, its expiry set or removed; an absolute deadline in the past deletes.
+        assert_eq!(apply_at(&mut kv, t, Command::get_ex("c", px(10), false)), val("x"));
+        assert_eq!(deadline(&kv, "c"), Some(Some(t + 10)));
+        assert_eq!(apply_at(&mut kv, t, Command::get_ex("c", None, true)), val("x"));
+        assert_eq!(deadline(&kv, "c"), Some(None));
+        let past = Some(command::Expiry { ms: 5, absolute: true });
+        assert_eq!(apply_at(&mut kv, t, Command::get_ex("c", past.clone(), false)), val("x"));
+        assert_eq!(kv.get(b"c").expect("get"), None);
+        assert_eq!(
+            apply_at(&mut kv, t, Command::set_with("d", "1", SetCondition::Always, false, past, false)),
+            Reply::Ok
+        );
+        assert_eq!(kv.get(b"d").expect("get"), None, "SET … PXAT in the past leaves no key");
+        // SET … NX sees an expired key as absent.
+        apply_at(&mut kv, t, set_px("e", "old", 10));
+        assert_eq!(apply_at(&mut kv, t + 10, Command::set("e", "new", SetCondition::IfAbsent)), Reply::Ok);
+    }
+
+    /// Failure guarded against: a snapshot losing the expiry of its keys or the clock, so that a
+    /// follower that installs it keeps a key the others expire, or expires at a different entry.
+    /// Invariant: a state restored from a snapshot holds the same bytes as the state it was taken
+    /// from (deadlines, the rebuilt index, the clock), and the two sweep alike afterwards.
+    #[test]
+    fn a_snapshot_carries_deadlines_and_the_clock() {
+        let (dir, mut a) = kv();
+        apply_at(&mut a, 1_000, set_px("x", "1", 100));
+        apply_at(&mut a, 1_000, set_px("y", "1", 500));
+        apply_at(&mut a, 1_020, Command::set("z", "1", SetCondition::Always));
+        let fs = crate::io::RealFs::new();
+        let snaps = dir.path().join("snap");
+        std::fs::create_dir_all(&snaps).expect("snapshot dir");
+        let file = crate::snapshot::write_snapshot(&fs, &snaps, a.engine(), b"", b"").expect("write");
+        let (_b_dir, b) = kv();
+        crate::snapshot::restore(&fs, b.engine(), &file.path, &file.token()).expect("restore");
+        b.reload_applied_index().expect("reload");
+        let mut b = b;
+        assert_eq!((b.clock(), b.next_expiry()), (1_020, Some(1_100)));
+        assert_eq!(raw_state(&b), raw_state(&a));
+        assert_eq!(b.key_count(), a.key_count());
+        assert_eq!(apply_at(&mut a, 1_200, Command::sweep(SWEEP_MAX_KEYS)), Reply::Int(1));
+        assert_eq!(apply_at(&mut b, 1_200, Command::sweep(SWEEP_MAX_KEYS)), Reply::Int(1));
+        assert_eq!(raw_state(&a), raw_state(&b));
+    }
+
+    /// Failure guarded against: a transaction applied although a key its client WATCHed changed
+    /// after the client read it (a lost update), or aborted although nothing changed. Invariant:
+    /// EXEC applies exactly when every watched key still has the version WATCH read (the index of
+    /// its last write; absent stays absent), on every replica alike; an expiry or a rewrite of the
+    /// same value counts as a change, and an aborted transaction writes nothing.
+    #[test]
+    fn exec_applies_only_if_no_watched_key_changed() {
+        let (_dir, mut kv) = kv();
+        let t = 1_000;
+        apply_at(&mut kv, t, Command::set("k", "1", SetCondition::Always));
+        let v = kv.version(b"k").expect("version");
+        assert_eq!(v, Some(kv.applied_index()), "a key's version is the index that wrote it");
+        assert_eq!(kv.version(b"absent").expect("version"), None);
+        let tx = |watches: Vec<(&str, Option<u64>)>| {
+            let watches = watches.into_iter().map(|(k, v)| (k.as_bytes().to_vec(), v)).collect();
+            Command::multi_watching(vec![Command::incr_by("k", 1)], watches)
+        };
+        assert_eq!(
+            apply_at(&mut kv, t, tx(vec![("k", v), ("absent", None)])),
+            Reply::Array(vec![Reply::Int(2)])
+        );
+        // `k` moved on (the transaction itself wrote it): the old version aborts, and nothing applies.
+        assert_eq!(apply_at(&mut kv, t, tx(vec![("k", v)])), Reply::Aborted);
+        assert_eq!(kv.get(b"k").expect("get"), Some(b"2".to_vec()));
+        // The same value written again is a change, as in Redis.
+        let v = kv.version(b"k").expect("version");
+        apply_at(&mut kv, t, Command::set("k", "2", SetCondition::Always));
+        assert_eq!(apply_at(&mut kv, t, tx(vec![("k", v)])), Reply::Aborted);
+        // An absent key created meanwhile aborts; one that expired meanwhile too.
+        apply_at(&mut kv, t, Command::set("absent", "x", SetCondition::Always));
+        assert_eq!(apply_at(&mut kv, t, tx(vec![("absent", None)])), Reply::Aborted);
+        apply_at(&mut kv, t, set_px("e", "1", 100));
+        let e = kv.version(b"e").expect("version");
+        assert_eq!(apply_at(&mut kv, t + 100, tx(vec![("e", e)])), Reply::Aborted);
+        assert_eq!(kv.get(b"k").expect("get"), Some(b"2".to_vec()), "an aborted EXEC wrote something");
+    }
+
+    /// Failure guarded against: a node of this build reading values written before they had a
+    /// header (their first byte taken for one). Invariant: an engine that holds data but records no
+    /// value format is refused at open with a typed error that says what to do.
+    #[test]
+    fn values_from_before_the_format_are_refused_at_open() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let fs: std::sync::Arc<dyn crate::io::Fs> = std::sync::Arc::new(crate::io::RealFs::new());
+        let open = || {
+            crate::fsm::SimEngine::open(fs.clone(), &dir.path().join("fsm"), Default::default())
+                .expect("open")
+        };
+        let engine = open();
+        let mut b = WriteBatch::new();
+        b.put("old", "raw").set_applied_index(3);
+        engine.write(&b, WriteMode::Sync).expect("write");
+        drop(engine);
+        match Kv::new(open(), FsmSync::Sync) {
+            Err(FsmError::Corrupt { reason, .. }) => {
+                assert!(reason.contains("restore the node from a snapshot"), "{reason}")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
     }
 
     #[test]

@@ -24,6 +24,7 @@ mod rocks;
 #[cfg(feature = "rocksdb")]
 mod rocks_wal;
 mod sim;
+pub mod value;
 
 use std::fmt;
 use std::io;
@@ -31,7 +32,8 @@ use std::path::PathBuf;
 
 pub use batch::{DecodeError, Op, WriteBatch};
 pub use kv::{
-    Command, FsmSync, Kv, ReadKind, Reply, SetCondition, command, format_redis_float, parse_redis_float,
+    Command, ExpireCondition, FsmSync, Kv, ReadKind, Reply, SWEEP_MAX_KEYS, SetCondition, command,
+    format_redis_float, parse_redis_float, parse_redis_int,
 };
 #[cfg(feature = "rocksdb")]
 pub use rocks::RocksEngine;
@@ -41,7 +43,9 @@ pub use sim::{SimEngine, SimEngineOptions};
 fn restored_metas(batch: &mut WriteBatch, applied_index: u64, applied_term: u64) {
     batch
         .set_applied_index(applied_index)
-        .set_meta(MetaKey::AppliedTerm, applied_term.to_be_bytes().to_vec());
+        .set_meta(MetaKey::AppliedTerm, applied_term.to_be_bytes().to_vec())
+        // A snapshot's records carry values in this build's format (the snapshot version says so).
+        .set_meta(MetaKey::ValueFormat, vec![value::VALUE_FORMAT]);
 }
 
 use crate::wal::WalError;
@@ -70,6 +74,12 @@ pub enum MetaKey {
     /// batch so `DBSIZE` is O(1). Missing (an engine from before it, or a restored one): counted
     /// once at open.
     KeyCount,
+    /// The state machine's clock (8 bytes, big-endian, unix milliseconds): the latest leader
+    /// timestamp any applied entry carried. Expiry is judged against it, so every replica and every
+    /// replay expires the same keys at the same entry.
+    Clock,
+    /// The format of stored values ([`value::VALUE_FORMAT`], one byte).
+    ValueFormat,
 }
 
 impl MetaKey {
@@ -78,6 +88,8 @@ impl MetaKey {
             MetaKey::AppliedIndex => 1,
             MetaKey::AppliedTerm => 2,
             MetaKey::KeyCount => 3,
+            MetaKey::Clock => 4,
+            MetaKey::ValueFormat => 5,
         }
     }
 
@@ -86,6 +98,8 @@ impl MetaKey {
             1 => Some(MetaKey::AppliedIndex),
             2 => Some(MetaKey::AppliedTerm),
             3 => Some(MetaKey::KeyCount),
+            4 => Some(MetaKey::Clock),
+            5 => Some(MetaKey::ValueFormat),
             _ => None,
         }
     }
@@ -139,6 +153,9 @@ pub trait Engine: Send + Sync + fmt::Debug {
     /// [`RestoreTarget::commit`] swaps the restored state in; dropping the target discards it (D8).
     fn begin_restore(&self) -> Result<Box<dyn RestoreTarget + '_>, FsmError>;
 
+    /// Keys of the expiry index ([`value::index_key`]) from `start`, in order, at most `limit`.
+    fn index_scan(&self, start: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, FsmError>;
+
     /// Client keys starting with `prefix`, in order, at most `limit`.
     fn scan_prefix(&self, prefix: &[u8], limit: usize) -> Result<KeyValues, FsmError> {
         let end = prefix_end(prefix);
@@ -183,12 +200,22 @@ impl<E: Engine + ?Sized> Engine for Box<E> {
     fn begin_restore(&self) -> Result<Box<dyn RestoreTarget + '_>, FsmError> {
         (**self).begin_restore()
     }
+
+    fn index_scan(&self, start: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, FsmError> {
+        (**self).index_scan(start, limit)
+    }
 }
 
 /// A restore in progress: a fresh location filled key by key, swapped in only on commit.
 pub trait RestoreTarget {
     /// Add a client key (keys arrive in ascending order).
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), FsmError>;
+
+    /// Add an expiry index key (rebuilt from the values' deadlines as they arrive).
+    fn put_index(&mut self, key: &[u8]) -> Result<(), FsmError>;
+
+    /// Set a meta value of the restored state (its clock).
+    fn put_meta(&mut self, key: MetaKey, value: &[u8]) -> Result<(), FsmError>;
 
     /// Replace the engine's whole state with what was put, recording `applied_index` and
     /// `applied_term`, atomically and durably.
@@ -230,6 +257,16 @@ pub(crate) mod keys {
     pub const DATA: u8 = b'd';
     /// One past the data namespace: the exclusive end of "every client key".
     pub const DATA_END: u8 = b'e';
+    /// The expiry index ([`super::value::index_key`]), after the metas.
+    pub const INDEX: u8 = b'x';
+    pub const INDEX_END: u8 = b'y';
+
+    pub fn index(key: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(key.len() + 1);
+        k.push(INDEX);
+        k.extend_from_slice(key);
+        k
+    }
 
     pub fn data(key: &[u8]) -> Vec<u8> {
         let mut k = Vec::with_capacity(key.len() + 1);

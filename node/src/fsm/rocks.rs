@@ -276,6 +276,19 @@ impl RestoreTarget for RocksRestore<'_> {
         Ok(())
     }
 
+    fn put_index(&mut self, key: &[u8]) -> Result<(), FsmError> {
+        self.batch.put(keys::index(key), []);
+        if self.batch.size_in_bytes() >= RESTORE_BATCH_BYTES {
+            self.flush_batch()?;
+        }
+        Ok(())
+    }
+
+    fn put_meta(&mut self, key: MetaKey, value: &[u8]) -> Result<(), FsmError> {
+        self.batch.put(keys::meta(key), value);
+        Ok(())
+    }
+
     fn commit(mut self: Box<Self>, applied_index: u64, applied_term: u64) -> Result<(), FsmError> {
         let mut metas = WriteBatch::new();
         restored_metas(&mut metas, applied_index, applied_term);
@@ -333,6 +346,9 @@ fn to_rocks_batch(batch: &WriteBatch) -> rocksdb::WriteBatch {
                     wb.delete_range(lo, hi);
                 }
             }
+            Op::PutIndex { key } => wb.put(keys::index(key), []),
+            Op::DeleteIndex { key } => wb.delete(keys::index(key)),
+            Op::ClearIndex => wb.delete_range([keys::INDEX], [keys::INDEX_END]),
         }
     }
     for (key, value) in batch.metas() {
@@ -424,6 +440,21 @@ impl Engine for RocksEngine {
             name,
             batch: rocksdb::WriteBatch::default(),
         }))
+    }
+
+    fn index_scan(&self, start: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, FsmError> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let live = self.live()?;
+        let lo = keys::index(start);
+        let iter = live.db().iterator(IteratorMode::From(&lo, Direction::Forward));
+        visit_from(iter, &[keys::INDEX_END], &mut |k, _| {
+            out.push(k.to_vec());
+            Ok(out.len() < limit)
+        })?;
+        Ok(out)
     }
 }
 

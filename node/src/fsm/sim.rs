@@ -197,6 +197,19 @@ fn apply(state: &mut Map, batch: &WriteBatch) {
                     }
                 }
             }
+            Op::PutIndex { key } => {
+                state.insert(keys::index(key), Vec::new());
+            }
+            Op::DeleteIndex { key } => {
+                state.remove(&keys::index(key));
+            }
+            Op::ClearIndex => {
+                let doomed: Vec<Vec<u8>> =
+                    state.range(vec![keys::INDEX]..vec![keys::INDEX_END]).map(|(k, _)| k.clone()).collect();
+                for k in doomed {
+                    state.remove(&k);
+                }
+            }
         }
     }
     for (key, value) in batch.metas() {
@@ -282,6 +295,12 @@ impl Engine for SimEngine {
     fn begin_restore(&self) -> Result<Box<dyn RestoreTarget + '_>, FsmError> {
         Ok(Box::new(SimRestore { engine: self, state: Map::new() }))
     }
+
+    fn index_scan(&self, start: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, FsmError> {
+        let inner = self.lock();
+        let range = inner.state.range(keys::index(start)..vec![keys::INDEX_END]);
+        Ok(range.take(limit).map(|(k, _)| k[1..].to_vec()).collect())
+    }
 }
 
 /// A restore into a fresh map; `commit` checkpoints it and swaps it in.
@@ -293,6 +312,16 @@ struct SimRestore<'a> {
 impl RestoreTarget for SimRestore<'_> {
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), FsmError> {
         self.state.insert(keys::data(key), value.to_vec());
+        Ok(())
+    }
+
+    fn put_index(&mut self, key: &[u8]) -> Result<(), FsmError> {
+        self.state.insert(keys::index(key), Vec::new());
+        Ok(())
+    }
+
+    fn put_meta(&mut self, key: MetaKey, value: &[u8]) -> Result<(), FsmError> {
+        self.state.insert(keys::meta(key), value.to_vec());
         Ok(())
     }
 

@@ -9,6 +9,7 @@
 //!                                raft_loop ──messages──▶ peer::Transport (one queue per peer)
 //! ```
 
+mod expiry;
 pub mod peer;
 mod raft_loop;
 
@@ -93,6 +94,8 @@ pub struct RuntimeOptions {
     /// Seeds the node's randomness (election timeouts, request-id prefix). `None`: a random seed.
     /// The simulation sets it so a run replays exactly.
     pub seed: Option<u64>,
+    /// The clock this node stamps entries with as leader (expiry); the simulation skews it.
+    pub clock: crate::clock::WallClock,
 }
 
 impl Default for RuntimeOptions {
@@ -105,11 +108,27 @@ impl Default for RuntimeOptions {
             keep_snapshots: 2,
             spool_cap_bytes: DEFAULT_SPOOL_CAP_BYTES,
             seed: None,
+            clock: crate::clock::WallClock::system(),
         }
     }
 }
 
 impl RuntimeOptions {
+    /// The options a node configuration asks for (`tick_ms`, `request_timeout_ms`, …); the seed and
+    /// the clock keep their defaults.
+    pub fn of(cfg: &NodeConfig) -> RuntimeOptions {
+        let r = &cfg.runtime;
+        RuntimeOptions {
+            tick: Duration::from_millis(r.tick_ms),
+            request_timeout: Duration::from_millis(r.request_timeout_ms),
+            snapshot_chunk_bytes: r.snapshot_chunk_bytes,
+            peer_queue: r.peer_queue,
+            keep_snapshots: r.keep_snapshots,
+            spool_cap_bytes: r.spool_cap_bytes,
+            ..RuntimeOptions::default()
+        }
+    }
+
     /// Check the options against the limits every peer enforces ([`crate::limits`]).
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_snapshot_chunk_bytes(self.snapshot_chunk_bytes)
@@ -306,6 +325,16 @@ pub async fn serve<E: Engine + Send + 'static>(
     }
     let mut replica = replica;
     replica.set_metrics(Arc::clone(&metrics));
+    replica.set_clock(opts.clock.clone());
+    tokio::spawn(expiry::sweep(
+        replica.kv().read_view(),
+        inputs_tx.clone(),
+        status_rx.clone(),
+        opts.clock.clone(),
+        Arc::clone(&metrics),
+        opts.tick,
+        shutdown.clone(),
+    ));
     tokio::spawn(peer::accept_peers(peer_listener, link, shutdown.clone()));
     let clients = Arc::new(ClientContext {
         node_id: cfg.id,
@@ -327,6 +356,12 @@ pub async fn serve<E: Engine + Send + 'static>(
             crate::fsm::FsmSync::Sync => "sync",
             crate::fsm::FsmSync::NoSync => "nosync",
         },
+        clock: opts.clock.clone(),
+        maxclients: cfg.maxclients,
+        in_flight: Arc::default(),
+        max_in_flight: cfg.max_in_flight,
+        rejected_connections: std::sync::atomic::AtomicU64::new(0),
+        busy_replies: std::sync::atomic::AtomicU64::new(0),
     });
     tokio::spawn(accept_clients(client_listener, clients, shutdown.clone()));
     tracing::info!(

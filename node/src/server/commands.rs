@@ -2,7 +2,8 @@
 //! unknown commands, wrong arity, syntax and number errors. Writes become [`Command`]s for the raft
 //! log; reads and connection commands are answered by the server without the log.
 
-use crate::fsm::{Command, SetCondition};
+use crate::fsm::command::Expiry;
+use crate::fsm::{Command, ExpireCondition, SetCondition};
 
 use super::resp::Reply;
 
@@ -59,6 +60,8 @@ pub enum Request {
     /// SETNX key value: SET … NX answered 1 or 0.
     SetNx(Command),
     Get(Vec<u8>),
+    /// TTL, PTTL, EXPIRETIME, PEXPIRETIME key
+    Ttl(Vec<u8>, TtlAnswer),
     MGet(Vec<Vec<u8>>),
     Exists(Vec<Vec<u8>>),
     StrLen(Vec<u8>),
@@ -72,8 +75,49 @@ pub enum Request {
     },
     /// MULTI: queue the commands that follow until EXEC or DISCARD.
     Multi,
+    /// WATCH key …: EXEC applies nothing if one of them is written before it.
+    Watch(Vec<Vec<u8>>),
+    Unwatch,
     Exec,
     Discard,
+}
+
+/// What a TTL-family read answers for a key with an expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TtlAnswer {
+    /// TTL: seconds left, rounded.
+    Seconds,
+    /// PTTL: milliseconds left.
+    Millis,
+    /// EXPIRETIME: the deadline in unix seconds.
+    AtSeconds,
+    /// PEXPIRETIME: the deadline in unix milliseconds.
+    AtMillis,
+}
+
+/// The largest relative expiry accepted, in milliseconds: added to any clock before the year 2109
+/// it cannot overflow (Redis refuses a time that overflows when its clock is added).
+const MAX_RELATIVE_EXPIRY_MS: i64 = i64::MAX - (1 << 42);
+
+/// An expiry given as `amount` in seconds or milliseconds, relative or absolute, for `command`
+/// (named in the error, as Redis does). `positive`: SET, SETEX, GETEX refuse zero and below.
+fn parse_expiry(
+    command: &str,
+    amount: &[u8],
+    millis: bool,
+    absolute: bool,
+    positive: bool,
+) -> Result<Expiry, Refusal> {
+    let invalid = || Reply::Error(format!("ERR invalid expire time in '{command}' command"));
+    let n = parse_i64(amount)?;
+    if positive && n <= 0 {
+        return Err(invalid());
+    }
+    let ms = if millis { Some(n) } else { n.checked_mul(1000) }.ok_or_else(invalid)?;
+    if !absolute && ms > MAX_RELATIVE_EXPIRY_MS {
+        return Err(invalid());
+    }
+    Ok(Expiry { ms, absolute })
 }
 
 /// What LCS answers.
@@ -299,6 +343,23 @@ pub const COMMANDS: &[CommandSpec] = &[
         "Executes all commands in a transaction.",
     ),
     spec("exists", -2, READ_FAST, (1, -1, 1), "generic", "Determines whether one or more keys exist."),
+    spec("expire", -3, WRITE_FAST, (1, 1, 1), "keyspace", "Sets the expiration time of a key in seconds."),
+    spec(
+        "expireat",
+        -3,
+        WRITE_FAST,
+        (1, 1, 1),
+        "keyspace",
+        "Sets the expiration time of a key to a Unix timestamp.",
+    ),
+    spec(
+        "expiretime",
+        2,
+        READ_FAST,
+        (1, 1, 1),
+        "keyspace",
+        "Returns the expiration time of a key as a Unix timestamp.",
+    ),
     spec(
         "flushall",
         -1,
@@ -316,6 +377,14 @@ pub const COMMANDS: &[CommandSpec] = &[
         (1, 1, 1),
         "string",
         "Returns the string value of a key after deleting the key.",
+    ),
+    spec(
+        "getex",
+        -2,
+        WRITE_FAST,
+        (1, 1, 1),
+        "string",
+        "Returns the string value of a key after setting its expiration time.",
     ),
     spec(
         "getrange",
@@ -407,7 +476,48 @@ pub const COMMANDS: &[CommandSpec] = &[
         "transactions",
         "Starts a transaction.",
     ),
+    spec("persist", 2, WRITE_FAST, (1, 1, 1), "keyspace", "Removes the expiration time of a key."),
+    spec(
+        "pexpire",
+        -3,
+        WRITE_FAST,
+        (1, 1, 1),
+        "keyspace",
+        "Sets the expiration time of a key in milliseconds.",
+    ),
+    spec(
+        "pexpireat",
+        -3,
+        WRITE_FAST,
+        (1, 1, 1),
+        "keyspace",
+        "Sets the expiration time of a key to a Unix milliseconds timestamp.",
+    ),
+    spec(
+        "pexpiretime",
+        2,
+        READ_FAST,
+        (1, 1, 1),
+        "keyspace",
+        "Returns the expiration time of a key as a Unix milliseconds timestamp.",
+    ),
     spec("ping", -1, &["fast"], NOKEYS, "connection", "Returns the server's liveliness response."),
+    spec(
+        "psetex",
+        4,
+        WRITE,
+        (1, 1, 1),
+        "string",
+        "Sets both string value and expiration time in milliseconds of a key. The key is created if it doesn't exist.",
+    ),
+    spec(
+        "pttl",
+        2,
+        READ_FAST,
+        (1, 1, 1),
+        "keyspace",
+        "Returns the expiration time in milliseconds of a key.",
+    ),
     spec(
         "quit",
         -1,
@@ -436,6 +546,14 @@ pub const COMMANDS: &[CommandSpec] = &[
         "Sets the string value of a key, ignoring its type. The key is created if it doesn't exist.",
     ),
     spec(
+        "setex",
+        4,
+        WRITE,
+        (1, 1, 1),
+        "string",
+        "Sets the string value and expiration time of a key. Creates the key if it doesn't exist.",
+    ),
+    spec(
         "setnx",
         3,
         WRITE_FAST,
@@ -453,7 +571,24 @@ pub const COMMANDS: &[CommandSpec] = &[
     ),
     spec("strlen", 2, READ_FAST, (1, 1, 1), "string", "Returns the length of a string value."),
     spec("substr", 4, &["readonly"], (1, 1, 1), "string", "Returns a substring from a string value."),
+    spec("ttl", 2, READ_FAST, (1, 1, 1), "keyspace", "Returns the expiration time in seconds of a key."),
     spec("type", 2, READ_FAST, (1, 1, 1), "generic", "Determines the type of value stored at a key."),
+    spec(
+        "unwatch",
+        1,
+        &["noscript", "loading", "stale", "fast", "allow_busy"],
+        NOKEYS,
+        "transactions",
+        "Forgets about watched keys of a transaction.",
+    ),
+    spec(
+        "watch",
+        -2,
+        &["noscript", "loading", "stale", "fast", "allow_busy"],
+        (1, -1, 1),
+        "transactions",
+        "Monitors changes to keys to determine the execution of a transaction.",
+    ),
 ];
 
 /// Does `text` match the glob `pattern`, as Redis's `stringmatchlen` (KEYS, SCAN MATCH): `*` any
@@ -552,16 +687,7 @@ fn not_integer() -> Refusal {
 /// A 64-bit integer as Redis reads one (`string2ll`): an optional `-`, then digits with no leading
 /// zero (`0` alone is fine); no `+`, no spaces, no `-0`, nothing that overflows.
 pub fn redis_i64(arg: &[u8]) -> Option<i64> {
-    let digits = arg.strip_prefix(b"-").unwrap_or(arg);
-    let well_formed = !digits.is_empty()
-        && digits.len() <= 20
-        && digits.iter().all(u8::is_ascii_digit)
-        && (digits[0] != b'0' || digits.len() == 1)
-        && arg != b"-0";
-    if !well_formed {
-        return None;
-    }
-    std::str::from_utf8(arg).ok()?.parse::<i64>().ok()
+    crate::fsm::parse_redis_int(arg)
 }
 
 fn parse_i64(arg: &[u8]) -> Result<i64, Refusal> {
@@ -605,8 +731,7 @@ pub fn parse_request(args: Vec<Vec<u8>>) -> Result<Request, Refusal> {
     };
     let name = String::from_utf8_lossy(&raw_name).to_ascii_uppercase();
     let unknown = |args: &[Vec<u8>]| unknown_command(&raw_name, args.get(1..).unwrap_or_default());
-    // WATCH is not served (COMMAND does not list it), but a client using it gets told why.
-    if command_spec(&raw_name).is_none() && !matches!(name.as_str(), "QUIT" | "WATCH" | "UNWATCH") {
+    if command_spec(&raw_name).is_none() && name != "QUIT" {
         return Err(unknown(&args));
     }
     let mut rest = args.into_iter().skip(1);
@@ -795,6 +920,97 @@ pub fn parse_request(args: Vec<Vec<u8>>) -> Result<Request, Refusal> {
             arity(n == 1)?;
             Request::Get(rest.next().unwrap_or_default())
         }
+        "TTL" | "PTTL" | "EXPIRETIME" | "PEXPIRETIME" => {
+            arity(n == 1)?;
+            let answer = match name.as_str() {
+                "TTL" => TtlAnswer::Seconds,
+                "PTTL" => TtlAnswer::Millis,
+                "EXPIRETIME" => TtlAnswer::AtSeconds,
+                _ => TtlAnswer::AtMillis,
+            };
+            Request::Ttl(rest.next().unwrap_or_default(), answer)
+        }
+        "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" => {
+            arity(n >= 2)?;
+            let key = rest.next().unwrap_or_default();
+            let lower = name.to_ascii_lowercase();
+            let millis = name.starts_with('P');
+            let expiry =
+                parse_expiry(&lower, &rest.next().unwrap_or_default(), millis, name.ends_with("AT"), false)?;
+            let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
+            for opt in rest {
+                match String::from_utf8_lossy(&opt).to_ascii_uppercase().as_str() {
+                    "NX" => nx = true,
+                    "XX" => xx = true,
+                    "GT" => gt = true,
+                    "LT" => lt = true,
+                    _ => {
+                        return Err(Reply::Error(format!(
+                            "ERR Unsupported option {}",
+                            String::from_utf8_lossy(&opt)
+                        )));
+                    }
+                }
+            }
+            if nx && (xx || gt || lt) {
+                return Err(Reply::Error(
+                    "ERR NX and XX, GT or LT options at the same time are not compatible".into(),
+                ));
+            }
+            if gt && lt {
+                return Err(Reply::Error("ERR GT and LT options at the same time are not compatible".into()));
+            }
+            // XX with GT or LT: GT and LT already require an expiry (GT) or compare with one.
+            let condition = match (nx, xx, gt, lt) {
+                (true, ..) => ExpireCondition::IfNone,
+                (_, _, true, _) => ExpireCondition::IfLater,
+                (_, true, _, true) => ExpireCondition::IfEarlierWithExpiry,
+                (_, _, _, true) => ExpireCondition::IfEarlier,
+                (_, true, ..) => ExpireCondition::IfSome,
+                _ => ExpireCondition::Always,
+            };
+            Request::Write(Command::set_expiry(key, Some(expiry), condition))
+        }
+        "PERSIST" => {
+            arity(n == 1)?;
+            Request::Write(Command::set_expiry(
+                rest.next().unwrap_or_default(),
+                None,
+                ExpireCondition::Always,
+            ))
+        }
+        "SETEX" | "PSETEX" => {
+            arity(n == 3)?;
+            let key = rest.next().unwrap_or_default();
+            let lower = name.to_ascii_lowercase();
+            let expiry =
+                parse_expiry(&lower, &rest.next().unwrap_or_default(), name == "PSETEX", false, true)?;
+            let value = rest.next().unwrap_or_default();
+            Request::Write(Command::set_with(key, value, SetCondition::Always, false, Some(expiry), false))
+        }
+        "GETEX" => {
+            arity(n >= 1)?;
+            let key = rest.next().unwrap_or_default();
+            let opts: Vec<Vec<u8>> = rest.collect();
+            let upper = |b: &[u8]| String::from_utf8_lossy(b).to_ascii_uppercase();
+            match opts.as_slice() {
+                // Without options GETEX is GET.
+                [] => Request::Get(key),
+                [p] if upper(p) == "PERSIST" => Request::Write(Command::get_ex(key, None, true)),
+                [unit, amount] => {
+                    let (millis, absolute) = match upper(unit).as_str() {
+                        "EX" => (false, false),
+                        "PX" => (true, false),
+                        "EXAT" => (false, true),
+                        "PXAT" => (true, true),
+                        _ => return Err(syntax()),
+                    };
+                    let expiry = parse_expiry("getex", amount, millis, absolute, true)?;
+                    Request::Write(Command::get_ex(key, Some(expiry), false))
+                }
+                _ => return Err(syntax()),
+            }
+        }
         "KEYS" => {
             arity(n == 1)?;
             Request::Keys(rest.next().unwrap_or_default())
@@ -866,26 +1082,29 @@ pub fn parse_request(args: Vec<Vec<u8>>) -> Result<Request, Refusal> {
             let key = rest.next().unwrap_or_default();
             let value = rest.next().unwrap_or_default();
             let mut condition = SetCondition::Always;
-            let mut get = false;
-            for opt in rest {
-                // As Redis: a flag given twice is fine, NX with XX is not.
-                match String::from_utf8_lossy(&opt).to_ascii_uppercase().as_str() {
+            let (mut get, mut keep_ttl, mut expiry) = (false, false, None);
+            let opts: Vec<Vec<u8>> = rest.collect();
+            let mut i = 0;
+            while i < opts.len() {
+                // As Redis: a flag given twice is fine, NX with XX is not, nor two expiries, nor
+                // an expiry with KEEPTTL.
+                let opt = String::from_utf8_lossy(&opts[i]).to_ascii_uppercase();
+                match opt.as_str() {
                     "NX" if condition != SetCondition::IfPresent => condition = SetCondition::IfAbsent,
                     "XX" if condition != SetCondition::IfAbsent => condition = SetCondition::IfPresent,
                     "GET" => get = true,
-                    "EX" | "PX" | "EXAT" | "PXAT" | "KEEPTTL" => {
-                        return Err(Reply::Error(
-                            "ERR expiry is not supported: it is not yet replicated deterministically".into(),
-                        ));
+                    "KEEPTTL" if expiry.is_none() => keep_ttl = true,
+                    "EX" | "PX" | "EXAT" | "PXAT" if expiry.is_none() && !keep_ttl => {
+                        let amount = opts.get(i + 1).ok_or_else(syntax)?;
+                        let millis = opt.starts_with('P');
+                        expiry = Some(parse_expiry("set", amount, millis, opt.ends_with("AT"), true)?);
+                        i += 1;
                     }
                     _ => return Err(syntax()),
                 }
+                i += 1;
             }
-            Request::Write(if get {
-                Command::set_get(key, value, condition)
-            } else {
-                Command::set(key, value, condition)
-            })
+            Request::Write(Command::set_with(key, value, condition, get, expiry, keep_ttl))
         }
         "GETSET" => {
             arity(n == 2)?;
@@ -1016,11 +1235,13 @@ pub fn parse_request(args: Vec<Vec<u8>>) -> Result<Request, Refusal> {
             arity(n == 0)?;
             Request::Discard
         }
-        "WATCH" | "UNWATCH" => {
-            return Err(Reply::Error(format!(
-                "ERR {name} is not supported by durakv yet: transactions (MULTI/EXEC) run atomically but \
-                 without optimistic locks"
-            )));
+        "WATCH" => {
+            arity(n >= 1)?;
+            Request::Watch(rest.collect())
+        }
+        "UNWATCH" => {
+            arity(n == 0)?;
+            Request::Unwatch
         }
         "APPEND" => {
             arity(n == 2)?;
@@ -1110,8 +1331,8 @@ mod tests {
         assert_eq!(err_text(req(&["incrby", "n", "x"])), "ERR value is not an integer or out of range");
         assert_eq!(err_text(req(&["decrby", "n", &i64::MIN.to_string()])), "ERR decrement would overflow");
         assert_eq!(
-            err_text(req(&["ExpireAt", "k", "now"])),
-            "ERR unknown command 'ExpireAt', with args beginning with: 'k' 'now' "
+            err_text(req(&["HSetNx", "k", "now"])),
+            "ERR unknown command 'HSetNx', with args beginning with: 'k' 'now' "
         );
         for bad in ["007", "+5", "-0", " 5", "", "5 ", "99999999999999999999"] {
             assert_eq!(
@@ -1125,8 +1346,64 @@ mod tests {
             Ok(Request::Write(Command::set("k", "v", SetCondition::IfAbsent)))
         );
         assert_eq!(err_text(req(&["select", "1"])), "ERR DB index is out of range");
-        assert!(err_text(req(&["expire", "k", "1"])).starts_with("ERR unknown command 'expire'"));
-        assert!(err_text(req(&["set", "k", "v", "ex", "10"])).contains("not supported"));
+        assert!(err_text(req(&["hget", "k", "1"])).starts_with("ERR unknown command 'hget'"));
+        let rel = |ms| Some(Expiry { ms, absolute: false });
+        let at = |ms| Some(Expiry { ms, absolute: true });
+        let set =
+            |e, keep| Ok(Request::Write(Command::set_with("k", "v", SetCondition::Always, false, e, keep)));
+        assert_eq!(req(&["set", "k", "v", "ex", "10"]), set(rel(10_000), false));
+        assert_eq!(req(&["set", "k", "v", "PX", "10"]), set(rel(10), false));
+        assert_eq!(req(&["set", "k", "v", "exat", "10"]), set(at(10_000), false));
+        assert_eq!(req(&["set", "k", "v", "pxat", "10"]), set(at(10), false));
+        assert_eq!(req(&["set", "k", "v", "keepttl"]), set(None, true));
+        for bad in [
+            &["set", "k", "v", "ex", "1", "px", "1"][..],
+            &["set", "k", "v", "keepttl", "ex", "1"],
+            &["set", "k", "v", "ex"],
+        ] {
+            assert_eq!(err_text(req(bad)), "ERR syntax error", "{bad:?}");
+        }
+        assert_eq!(err_text(req(&["set", "k", "v", "ex", "0"])), "ERR invalid expire time in 'set' command");
+        assert_eq!(
+            err_text(req(&["set", "k", "v", "px", "x"])),
+            "ERR value is not an integer or out of range"
+        );
+        assert_eq!(err_text(req(&["setex", "k", "-1", "v"])), "ERR invalid expire time in 'setex' command");
+        assert_eq!(err_text(req(&["getex", "k", "px", "0"])), "ERR invalid expire time in 'getex' command");
+        assert_eq!(err_text(req(&["getex", "k", "persist", "px", "1"])), "ERR syntax error");
+        assert_eq!(req(&["getex", "k"]), Ok(Request::Get(b"k".to_vec())));
+        assert_eq!(req(&["psetex", "k", "5", "v"]), set(rel(5), false));
+        let expire = |e, c| Ok(Request::Write(Command::set_expiry("k", e, c)));
+        assert_eq!(req(&["expire", "k", "-3"]), expire(rel(-3_000), ExpireCondition::Always));
+        assert_eq!(req(&["pexpireat", "k", "7", "gt"]), expire(at(7), ExpireCondition::IfLater));
+        assert_eq!(
+            req(&["expire", "k", "1", "xx", "lt"]),
+            expire(rel(1_000), ExpireCondition::IfEarlierWithExpiry)
+        );
+        assert_eq!(req(&["persist", "k"]), expire(None, ExpireCondition::Always));
+        assert_eq!(
+            err_text(req(&["expire", "k", "1", "nx", "xx"])),
+            "ERR NX and XX, GT or LT options at the same time are not compatible"
+        );
+        assert_eq!(
+            err_text(req(&["expire", "k", "1", "gt", "lt"])),
+            "ERR GT and LT options at the same time are not compatible"
+        );
+        assert_eq!(err_text(req(&["expire", "k", "1", "now"])), "ERR Unsupported option now");
+        // Redis's overflow cases: the multiplication, and a time too large to add a clock to.
+        assert_eq!(
+            err_text(req(&["expire", "k", &i64::MIN.to_string()])),
+            "ERR invalid expire time in 'expire' command"
+        );
+        assert_eq!(
+            err_text(req(&["expire", "k", "9223370399119966"])),
+            "ERR invalid expire time in 'expire' command"
+        );
+        assert_eq!(req(&["ttl", "k"]), Ok(Request::Ttl(b"k".to_vec(), TtlAnswer::Seconds)));
+        assert_eq!(req(&["watch", "a", "b"]), Ok(Request::Watch(vec![b"a".to_vec(), b"b".to_vec()])));
+        assert_eq!(req(&["UNWATCH"]), Ok(Request::Unwatch));
+        assert_eq!(err_text(req(&["watch"])), "ERR wrong number of arguments for 'watch' command");
+        assert_eq!(req(&["pexpiretime", "k"]), Ok(Request::Ttl(b"k".to_vec(), TtlAnswer::AtMillis)));
         assert_eq!(
             req(&["set", "k", "v", "xx", "get"]),
             Ok(Request::Write(Command::set_get("k", "v", SetCondition::IfPresent)))
@@ -1193,8 +1470,6 @@ mod tests {
                 answer: LcsAnswer::Idx { min_len: 3, with_len: false }
             })
         );
-        let watch = err_text(req(&["watch", "k"]));
-        assert!(watch.contains("not supported"), "{watch}");
         assert!(err_text(req(&["exec", "now"])).contains("wrong number of arguments"));
         assert!(err_text(req(&["auth", "admin", "pw"])).starts_with("WRONGPASS"));
         assert!(err_text(req(&["client", "kill"])).contains("unknown subcommand"));

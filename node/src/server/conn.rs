@@ -12,8 +12,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::commands::{
-    COMMANDS, CommandQuery, CommandSpec, LibAttr, Request, byte_range, command_spec, config_get, glob_match,
-    lcs, parse_request,
+    COMMANDS, CommandQuery, CommandSpec, LibAttr, Request, TtlAnswer, byte_range, command_spec, config_get,
+    glob_match, lcs, parse_request,
 };
 use super::resp::{Limits, Reply, RequestParser};
 use crate::config::Peer;
@@ -41,6 +41,36 @@ pub(crate) struct ClientContext<E: Engine> {
     pub started: tokio::time::Instant,
     pub resp_port: u16,
     pub fsm_sync: &'static str,
+    /// This node's clock: TTL and PTTL count the time left from it (never from before the state
+    /// machine's clock, which hides a key once its deadline is reached).
+    pub clock: crate::clock::WallClock,
+    /// Connections served at once (`maxclients`); the next is refused.
+    pub maxclients: usize,
+    /// Requests in the raft loop's hands across every connection, and the most there may be
+    /// (`max_in_flight`): beyond it a request is answered `-BUSY` at once, so the loop's queues and
+    /// maps never grow with the number of clients.
+    pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    pub max_in_flight: usize,
+    /// Connections refused by `maxclients`, and requests answered `-BUSY` (INFO stats).
+    pub rejected_connections: std::sync::atomic::AtomicU64,
+    pub busy_replies: std::sync::atomic::AtomicU64,
+}
+
+/// One request counted in [`ClientContext::in_flight`] until its reply is in (or it is dropped).
+#[derive(Debug)]
+struct Slot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// A reply on its way from the raft loop, holding its place in the in-flight count.
+#[derive(Debug)]
+struct Awaited<T> {
+    rx: oneshot::Receiver<T>,
+    _slot: Slot,
 }
 
 /// What CLIENT INFO and CLIENT LIST say about one connection.
@@ -106,6 +136,14 @@ pub(crate) async fn accept_clients<E: Engine + Send + 'static>(
     accept_until_shutdown(listener, node, "client", shutdown, move |stream, addr| {
         let ctx = ctx.clone();
         async move {
+            if ctx.clients().len() >= ctx.maxclients {
+                // As Redis: the error, then the connection closes; nothing was read from it.
+                ctx.rejected_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(node = ctx.node_id, client = %addr, maxclients = ctx.maxclients, "client refused: maxclients reached");
+                let mut stream = stream;
+                let _ = write_flushed(&mut stream, b"-ERR max number of clients reached\r\n").await;
+                return;
+            }
             if let Err(e) = serve_client(stream, &ctx).await {
                 tracing::debug!(node = ctx.node_id, client = %addr, error = %e, "client connection ended");
             }
@@ -127,6 +165,11 @@ struct Session {
     next_cursor: u64,
     /// Inside MULTI: the commands queued so far.
     multi: Option<Queued>,
+    /// WATCHed keys and the version each had when WATCH read it (`None`: absent); EXEC sends them
+    /// with the transaction, which applies only if none changed.
+    watched: BTreeMap<Vec<u8>, Option<u64>>,
+    /// A WATCH whose read failed: the next EXEC aborts (its keys' versions are unknown).
+    watch_failed: bool,
 }
 
 /// A transaction being queued: its commands, how each reply is shaped, and whether queueing one
@@ -190,8 +233,13 @@ async fn serve_client<E: Engine + Send + 'static>(
                     // and runs of reads, still go out together.
                     // EXEC proposes its queued writes: it waits for this connection's reads too.
                     let exec = args[0].eq_ignore_ascii_case(b"EXEC");
+                    // WATCH reads its keys' versions: after this connection's earlier writes, and
+                    // before its later ones (which must abort the transaction).
+                    let watch = args[0].eq_ignore_ascii_case(b"WATCH");
                     let writes = command_spec(&args[0]).and_then(|c| {
-                        if exec || c.flags.contains(&"write") {
+                        if watch {
+                            Some(false)
+                        } else if exec || c.flags.contains(&"write") {
                             Some(true)
                         } else {
                             c.flags.contains(&"readonly").then_some(false)
@@ -200,11 +248,12 @@ async fn serve_client<E: Engine + Send + 'static>(
                     let clash = |p: &Pending| {
                         matches!(
                             (writes, p),
-                            (Some(true), Pending::Read(_) | Pending::Scan(_))
+                            (Some(true), Pending::Read(_) | Pending::Scan(_) | Pending::Watch(..))
                                 | (Some(false), Pending::Write(..))
                         )
                     };
-                    if queue.iter().any(|(p, _)| clash(p)) {
+                    // EXEC sends what WATCH recorded: every reply before it must be in.
+                    if (exec && !queue.is_empty()) || queue.iter().any(|(p, _)| clash(p)) {
                         while let Some((pending, protocol)) = queue.pop_front() {
                             finish(ctx, &mut session, pending).await.encode_for(&mut out, protocol);
                         }
@@ -250,11 +299,13 @@ async fn serve_client<E: Engine + Send + 'static>(
 enum Pending {
     Ready(Reply),
     /// A write in the raft loop's hands, and how its reply is shaped.
-    Write(oneshot::Receiver<Result<fsm::Reply, Refusal>>, Shape),
+    Write(Awaited<Result<fsm::Reply, Refusal>>, Shape),
     /// A read waiting for its ReadIndex round.
-    Read(oneshot::Receiver<Reply>),
+    Read(Awaited<Reply>),
     /// A SCAN page: `[next start key (empty: done), [keys]]`, turned into a cursor at the reply.
-    Scan(oneshot::Receiver<Reply>),
+    Scan(Awaited<Reply>),
+    /// WATCH's read of its keys' versions, recorded in the session when it comes.
+    Watch(Awaited<Reply>, Vec<Vec<u8>>),
 }
 
 /// How a write's state-machine reply becomes the client's.
@@ -265,6 +316,8 @@ enum Shape {
     SetNx,
     /// EXEC: one shape per queued command.
     Multi(Vec<Shape>),
+    /// A command queued only for its place in EXEC's replies (UNWATCH): `+OK`.
+    Ok,
 }
 
 /// Give a write's reply its command's shape (SETNX's 1/0, each of EXEC's replies).
@@ -272,6 +325,7 @@ fn shaped(shape: &Shape, reply: Reply) -> Reply {
     match (shape, reply) {
         (Shape::SetNx, Reply::Simple(_)) => Reply::Integer(1),
         (Shape::SetNx, Reply::Bulk(None)) => Reply::Integer(0),
+        (Shape::Ok, _) => Reply::ok(),
         (Shape::Multi(shapes), Reply::Array(Some(items))) if items.len() == shapes.len() => {
             Reply::Array(Some(shapes.iter().zip(items).map(|(s, r)| shaped(s, r)).collect()))
         }
@@ -287,7 +341,7 @@ async fn finish<E: Engine>(ctx: &ClientContext<E>, session: &mut Session, pendin
     match pending {
         Pending::Ready(reply) => reply,
         Pending::Write(rx, shape) => {
-            let waited = match tokio::time::timeout(ctx.request_timeout, rx).await {
+            let waited = match tokio::time::timeout(ctx.request_timeout, rx.rx).await {
                 Ok(Ok(answer)) => Waited::Answered(answer),
                 Ok(Err(_)) => Waited::Abandoned,
                 Err(_) => Waited::TimedOut,
@@ -312,7 +366,28 @@ async fn finish<E: Engine>(ctx: &ClientContext<E>, session: &mut Session, pendin
             };
             Reply::Array(Some(vec![Reply::Bulk(Some(cursor.to_string().into_bytes())), keys]))
         }
-        Pending::Read(rx) => match tokio::time::timeout(ctx.request_timeout, rx).await {
+        Pending::Watch(rx, keys) => {
+            let versions = Box::pin(finish(ctx, session, Pending::Read(rx))).await;
+            match versions {
+                Reply::Array(Some(items)) if items.len() == keys.len() => {
+                    for (key, v) in keys.into_iter().zip(items) {
+                        let version = match v {
+                            Reply::Integer(n) => u64::try_from(n).ok(),
+                            _ => None,
+                        };
+                        // As Redis: watching a key again keeps the first watch.
+                        session.watched.entry(key).or_insert(version);
+                    }
+                    Reply::ok()
+                }
+                // Not known what the keys held: the transaction must not run on a guess.
+                other => {
+                    session.watch_failed = true;
+                    other
+                }
+            }
+        }
+        Pending::Read(rx) => match tokio::time::timeout(ctx.request_timeout, rx.rx).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(_)) => stopping(),
             Err(_) => Reply::Error(format!(
@@ -351,18 +426,65 @@ async fn execute<E: Engine + Send + 'static>(
             (Request::Discard, None) => {
                 return (Pending::Ready(Reply::Error("ERR DISCARD without MULTI".into())), false);
             }
-            (Request::Discard, Some(_)) => return (Pending::Ready(Reply::ok()), false),
+            (Request::Discard, Some(_)) => {
+                unwatch(session);
+                return (Pending::Ready(Reply::ok()), false);
+            }
+            (Request::Watch(_), Some(q)) => {
+                session.multi = Some(q);
+                return (Pending::Ready(Reply::Error("ERR WATCH inside MULTI is not allowed".into())), false);
+            }
+            (Request::Watch(keys), None) => {
+                let wanted = keys.clone();
+                let versions = move |kv: &Kv<E>| {
+                    let mut out = Vec::with_capacity(wanted.len());
+                    for key in &wanted {
+                        match kv.version(key) {
+                            Ok(Some(v)) => out.push(Reply::Integer(i64::try_from(v).unwrap_or(i64::MAX))),
+                            Ok(None) => out.push(Reply::Bulk(None)),
+                            Err(e) => return read_failed(e),
+                        }
+                    }
+                    Reply::Array(Some(out))
+                };
+                return match read(ctx, Box::new(versions)).await {
+                    Pending::Read(rx) => (Pending::Watch(rx, keys), false),
+                    other => {
+                        session.watch_failed = true;
+                        (other, false)
+                    }
+                };
+            }
+            (Request::Unwatch, None) => {
+                unwatch(session);
+                return (Pending::Ready(Reply::ok()), false);
+            }
+            (Request::Unwatch, Some(mut q)) => {
+                // Queued, as Redis does; EXEC unwatches anyway, so it only answers +OK in its place
+                // (a read of no keys, shaped into OK).
+                q.commands.push(Command::read(crate::fsm::ReadKind::Exists, Vec::new()));
+                q.shapes.push(Shape::Ok);
+                session.multi = Some(q);
+                return (Pending::Ready(Reply::Simple("QUEUED".into())), false);
+            }
+            (Request::Exec, Some(_)) if session.watch_failed => {
+                unwatch(session);
+                return (Pending::Ready(Reply::Array(None)), false);
+            }
             (Request::Exec, Some(q)) if q.failed => {
+                unwatch(session);
                 let text = "EXECABORT Transaction discarded because of previous errors.";
                 return (Pending::Ready(Reply::Error(text.into())), false);
             }
-            (Request::Exec, Some(q)) if q.commands.is_empty() => {
+            (Request::Exec, Some(q)) if q.commands.is_empty() && session.watched.is_empty() => {
                 return (Pending::Ready(Reply::Array(Some(Vec::new()))), false);
             }
             (Request::Exec, Some(q)) => {
-                // The whole transaction is one raft entry: applied atomically, in order, on every replica.
+                // The whole transaction is one raft entry: applied atomically, in order, on every
+                // replica, unless a watched key's version moved since WATCH read it.
+                let watches = std::mem::take(&mut session.watched).into_iter().collect();
                 return (
-                    match propose(ctx, Command::multi(q.commands)).await {
+                    match propose(ctx, Command::multi_watching(q.commands, watches)).await {
                         Pending::Write(rx, _) => Pending::Write(rx, Shape::Multi(q.shapes)),
                         other => other,
                     },
@@ -485,10 +607,29 @@ async fn execute_parsed<E: Engine + Send + 'static>(
         Request::Info(sections) => Reply::Bulk(Some(info(ctx, &sections).into_bytes())),
         Request::Write(cmd) => return (propose(ctx, cmd).await, false),
         // Reached only before AUTH, which `execute`'s guard refuses first.
-        Request::Multi | Request::Exec | Request::Discard => {
+        Request::Multi | Request::Exec | Request::Discard | Request::Watch(_) | Request::Unwatch => {
             Reply::Error("NOAUTH Authentication required.".into())
         }
         Request::Get(key) => return (read_value(ctx, key, Reply::Bulk).await, false),
+        Request::Ttl(key, answer) => {
+            let clock = ctx.clock.clone();
+            let ttl = move |kv: &Kv<E>| match kv.get_entry(&key) {
+                Err(e) => read_failed(e),
+                Ok(None) => Reply::Integer(-2),
+                Ok(Some((_, None))) => Reply::Integer(-1),
+                Ok(Some((_, Some(deadline)))) => {
+                    let left = deadline.saturating_sub(clock.now_ms().max(kv.clock()));
+                    let n = match answer {
+                        TtlAnswer::Seconds => (left + 500) / 1000,
+                        TtlAnswer::Millis => left,
+                        TtlAnswer::AtSeconds => deadline / 1000,
+                        TtlAnswer::AtMillis => deadline,
+                    };
+                    Reply::Integer(i64::try_from(n).unwrap_or(i64::MAX))
+                }
+            };
+            return (read(ctx, Box::new(ttl)).await, false);
+        }
         Request::StrLen(key) => {
             return (read_value(ctx, key, |v| Reply::Integer(v.map_or(0, |v| v.len() as i64))).await, false);
         }
@@ -771,13 +912,13 @@ fn scan_keys<E: Engine>(
     let mut from = start.to_vec();
     let mut left = budget;
     loop {
-        let page = kv.engine().scan(&from, None, PAGE.min(left))?;
-        let full = page.len() == PAGE.min(left);
-        left -= page.len();
-        let last = page.last().map(|(k, _)| k.clone());
+        // Expired keys the sweep has not removed yet count toward the budget (they are looked at)
+        // but are not returned.
+        let (page, last) = kv.scan_visible(&from, PAGE.min(left))?;
+        left = left.saturating_sub(PAGE.min(left));
         found.extend(page.into_iter().map(|(k, _)| k).filter(|k| pattern.is_none_or(|p| glob_match(p, k))));
         match last {
-            Some(mut last) if full => {
+            Some(mut last) => {
                 // The smallest key after `last`.
                 last.push(0);
                 if left == 0 {
@@ -798,12 +939,32 @@ async fn propose<E: Engine>(ctx: &ClientContext<E>, cmd: Command) -> Pending {
     if command.len() > MAX_COMMAND_BYTES {
         return Pending::Ready(Reply::Error(Refusal::TooLarge { bytes: command.len() }.to_string()));
     }
+    let Some(slot) = take_slot(ctx) else { return Pending::Ready(busy(ctx)) };
     let (tx, rx) = oneshot::channel();
     if ctx.inputs.send(Input::Propose { command, reply: tx }).await.is_err() {
         // The raft loop is gone and the write never entered its queue.
         return Pending::Ready(Reply::Error(Refusal::NotProposed.to_string()));
     }
-    Pending::Write(rx, Shape::Plain)
+    Pending::Write(Awaited { rx, _slot: slot }, Shape::Plain)
+}
+
+/// A place among the requests in flight, unless they are at `max_in_flight`.
+fn take_slot<E: Engine>(ctx: &ClientContext<E>) -> Option<Slot> {
+    use std::sync::atomic::Ordering::AcqRel;
+    let taken = ctx.in_flight.fetch_update(AcqRel, std::sync::atomic::Ordering::Acquire, |n| {
+        (n < ctx.max_in_flight).then_some(n + 1)
+    });
+    taken.ok().map(|_| Slot(Arc::clone(&ctx.in_flight)))
+}
+
+/// The answer to a request refused because too many are in flight: nothing reached raft, so the
+/// client may retry it as it is.
+fn busy<E: Engine>(ctx: &ClientContext<E>) -> Reply {
+    ctx.busy_replies.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Reply::Error(format!(
+        "BUSY {} requests are in flight on this node (max_in_flight); nothing was done, retry shortly",
+        ctx.max_in_flight
+    ))
 }
 
 /// How the wait for a write's outcome ended.
@@ -840,10 +1001,18 @@ fn applied_reply(reply: fsm::Reply) -> Reply {
         fsm::Reply::Value(v) => Reply::Bulk(v),
         fsm::Reply::Array(items) => Reply::Array(Some(items.into_iter().map(applied_reply).collect())),
         fsm::Reply::Error(text) => Reply::Error(text),
+        // EXEC of a transaction whose watched key changed: the null array, as Redis.
+        fsm::Reply::Aborted => Reply::Array(None),
         fsm::Reply::AlreadyApplied => {
             Reply::Error("ERR internal: the write's entry was applied before it was proposed".into())
         }
     }
+}
+
+/// Forget the connection's watched keys (EXEC, DISCARD, UNWATCH).
+fn unwatch(session: &mut Session) {
+    session.watched.clear();
+    session.watch_failed = false;
 }
 
 /// Queue `req` in the transaction being built, or refuse it (which dooms the transaction).
@@ -873,11 +1042,12 @@ fn queue_in_multi(queued: &mut Queued, req: Request) -> Reply {
 
 /// Hand a read to the raft loop (it runs once a ReadIndex round confirms the leader).
 async fn read<E: Engine>(ctx: &ClientContext<E>, read: ReadFn<E>) -> Pending {
+    let Some(slot) = take_slot(ctx) else { return Pending::Ready(busy(ctx)) };
     let (tx, rx) = oneshot::channel();
     if ctx.inputs.send(Input::Read { read, reply: tx }).await.is_err() {
         return Pending::Ready(stopping());
     }
-    Pending::Read(rx)
+    Pending::Read(Awaited { rx, _slot: slot })
 }
 
 /// A read of one key's value, answered by `answer` (a failed read is an error reply).
@@ -960,6 +1130,7 @@ fn info<E: Engine>(ctx: &ClientContext<E>, asked: &[String]) -> String {
             "Clients",
             vec![
                 ("connected_clients", ctx.clients().len().to_string()),
+                ("maxclients", ctx.maxclients.to_string()),
                 ("blocked_clients", "0".to_string()),
             ],
         ),
@@ -990,6 +1161,12 @@ fn info<E: Engine>(ctx: &ClientContext<E>, asked: &[String]) -> String {
             vec![
                 ("total_connections_received", ctx.total_connections.load(Relaxed).to_string()),
                 ("total_commands_processed", ctx.total_commands.load(Relaxed).to_string()),
+                // Keys this node's sweeps removed while it led (Redis counts its own deletions).
+                ("expired_keys", m.keys_expired.get().to_string()),
+                ("rejected_connections", ctx.rejected_connections.load(Relaxed).to_string()),
+                // Requests answered -BUSY because `max_in_flight` were already in raft's hands.
+                ("durakv_busy_replies", ctx.busy_replies.load(Relaxed).to_string()),
+                ("durakv_requests_in_flight", ctx.in_flight.load(Relaxed).to_string()),
                 // The essentials of `--metrics-addr`, for those who read INFO (docs/operations.md).
                 ("durakv_raft_persists", m.persist_seconds.get_sample_count().to_string()),
                 ("durakv_raft_persist_avg_us", avg_us(&m.persist_seconds)),

@@ -2,22 +2,25 @@
 //!
 //! ```text
 //! file   := header, record*, footer
-//! header := magic "DKVSNAP1" (8), version u16 = 1, header_len u32, index u64, term u64,
-//!           conf_state_len u32, conf_state, node_state_len u32, node_state, [future fields]
-//! record := key_len u32, value_len u32, key, value        (client keys, ascending)
+//! header := magic "DKVSNAP1" (8), version u16 = 2, header_len u32, index u64, term u64,
+//!           conf_state_len u32, conf_state, node_state_len u32, node_state, clock u64,
+//!           [future fields]
+//! record := key_len u32, value_len u32, key, value        (client keys, ascending; values stored
+//!                                                           as the state machine stores them)
 //! footer := crc32c u32 of every byte before it
 //! token  := magic "DKVT" (4), version u8 = 1, index u64, crc u32      (17 bytes)
 //! ```
 //! `header_len` counts the whole header; a reader skips fields it does not know, so a newer writer can
-//! add some without a version bump.
+//! add some without a version bump. Version 2 (values with their expiry header, the state machine's
+//! clock) is the only one read: a version 1 file holds values without the header.
 
 use super::SnapshotError;
 use crate::codec::{be_u32, be_u64};
 
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"DKVSNAP1";
-pub const SNAPSHOT_VERSION: u16 = 1;
-/// Magic, version, header length, index, term, and the two length prefixes.
-pub const HEADER_FIXED_LEN: usize = 8 + 2 + 4 + 8 + 8 + 4 + 4;
+pub const SNAPSHOT_VERSION: u16 = 2;
+/// Magic, version, header length, index, term, the two length prefixes and the clock.
+pub const HEADER_FIXED_LEN: usize = 8 + 2 + 4 + 8 + 8 + 4 + 4 + 8;
 pub const FOOTER_LEN: usize = 4;
 /// The smallest valid snapshot file: an empty header and no records.
 pub const MIN_SNAPSHOT_LEN: u64 = (HEADER_FIXED_LEN + FOOTER_LEN) as u64;
@@ -42,6 +45,8 @@ pub struct SnapshotHeader {
     pub conf_state: Vec<u8>,
     /// Anything else the node must restore with the snapshot, encoded by its owner.
     pub node_state: Vec<u8>,
+    /// The state machine's clock at `index` (unix milliseconds; [`crate::fsm::MetaKey::Clock`]).
+    pub clock: u64,
 }
 
 impl SnapshotHeader {
@@ -57,6 +62,7 @@ impl SnapshotHeader {
         out.extend_from_slice(&self.conf_state);
         out.extend_from_slice(&(self.node_state.len() as u32).to_be_bytes());
         out.extend_from_slice(&self.node_state);
+        out.extend_from_slice(&self.clock.to_be_bytes());
         out
     }
 
@@ -101,7 +107,11 @@ impl SnapshotHeader {
         };
         let conf_state = field("conf state")?;
         let node_state = field("node state")?;
-        Ok(SnapshotHeader { index, term, conf_state, node_state })
+        let clock = bytes
+            .get(at..at + 8)
+            .map(|b| be_u64(b, 0))
+            .ok_or_else(|| SnapshotError::BadHeader("clock past the header".into()))?;
+        Ok(SnapshotHeader { index, term, conf_state, node_state, clock })
     }
 }
 
@@ -154,15 +164,26 @@ mod tests {
 
     #[test]
     fn header_round_trip_and_errors() {
-        let h = SnapshotHeader { index: 9, term: 2, conf_state: b"voters".to_vec(), node_state: vec![1, 2] };
+        let h = SnapshotHeader {
+            index: 9,
+            term: 2,
+            conf_state: b"voters".to_vec(),
+            node_state: vec![1, 2],
+            clock: 1_700_000_000_123,
+        };
         let bytes = h.encode();
         assert_eq!(SnapshotHeader::decode(&bytes).expect("decodes"), h);
         for cut in 0..bytes.len() {
             assert!(SnapshotHeader::decode(&bytes[..cut]).is_err());
         }
-        let mut v2 = bytes.clone();
-        v2[9] = 2;
-        assert!(matches!(SnapshotHeader::decode(&v2), Err(SnapshotError::UnknownVersion(2))));
+        // Version 1 stored values without the expiry header: refused, never misread.
+        for other in [1u8, 3] {
+            let mut v = bytes.clone();
+            v[9] = other;
+            assert!(
+                matches!(SnapshotHeader::decode(&v), Err(SnapshotError::UnknownVersion(n)) if n == u32::from(other))
+            );
+        }
         let mut magic = bytes;
         magic[0] = b'X';
         assert!(matches!(SnapshotHeader::decode(&magic), Err(SnapshotError::BadHeader(_))));

@@ -176,8 +176,13 @@ pub fn restore(
     let mut target = engine.begin_restore()?;
     let streamed = r.header().and_then(|header| {
         while let Some((k, v)) = r.record()? {
+            // The expiry index is not in the file: it follows from the values' deadlines.
+            if let Some(deadline) = crate::fsm::value::deadline_of(&v) {
+                target.put_index(&crate::fsm::value::index_key(deadline, &k))?;
+            }
             target.put(&k, &v)?;
         }
+        target.put_meta(crate::fsm::MetaKey::Clock, &header.clock.to_be_bytes())?;
         Ok(header)
     });
     let computed = r.finish_crc()?;

@@ -110,8 +110,14 @@ pub fn write_snapshot(
     engine.with_snapshot(&mut |snap| {
         let index = snap.meta(MetaKey::AppliedIndex)?.as_deref().and_then(decode_u64).unwrap_or(0);
         let term = snap.meta(MetaKey::AppliedTerm)?.as_deref().and_then(decode_u64).unwrap_or(0);
-        let header =
-            SnapshotHeader { index, term, conf_state: conf_state.to_vec(), node_state: node_state.to_vec() };
+        let clock = snap.meta(MetaKey::Clock)?.as_deref().and_then(decode_u64).unwrap_or(0);
+        let header = SnapshotHeader {
+            index,
+            term,
+            conf_state: conf_state.to_vec(),
+            node_state: node_state.to_vec(),
+            clock,
+        };
         let path = dir.join(snapshot_name(index));
         let tmp = writer_tmp(&path);
         let fsm_io = |source| FsmError::Io { path: tmp.clone(), source };

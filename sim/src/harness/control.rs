@@ -54,6 +54,10 @@ pub(super) async fn converge(
         madsim::time::sleep(Duration::from_millis(100)).await;
     }
     ran(w, "liveness");
+    if scenario.workload.mix.ttl > 0 {
+        check_expiry(servers, w).await?;
+        ran(w, "expiry");
+    }
     // Every server restarts without an operator and applies up to the leader's commit index; only
     // a server whose disk was corrupted on purpose may stay down (refusing is correct there).
     let expected: Vec<u64> =
@@ -109,6 +113,59 @@ pub(super) async fn converge(
         madsim::time::sleep(Duration::from_millis(100)).await;
     }
     ran(w, "catch_up");
+    Ok(())
+}
+
+/// How long after its deadline surely passed an expiring key may still be read: the leader's sweep
+/// looks at least once a second, and its entry must commit.
+const EXPIRY_GRACE_MS: u64 = 3000;
+
+/// `expiry`: every key whose last write was an expiring one reads as gone (through the leader, a
+/// linearizable read) by the time its deadline surely passed, plus [`EXPIRY_GRACE_MS`]. The cluster
+/// is healed and has a leader when this runs.
+async fn check_expiry(servers: &BTreeMap<u64, Server>, w: &Shared) -> Result<(), Failure> {
+    let due = crate::checkers::expiry_due(&world(w).history);
+    for d in due {
+        loop {
+            let up: Vec<u64> = servers.iter().filter(|(_, s)| s.up).map(|(id, _)| *id).collect();
+            let read = match find_leader(&up).await {
+                Some(l) => {
+                    call(SocketAddr::new(server_ip(l), RESP_PORT), &[b"GET", &d.key], Duration::from_secs(2))
+                        .await
+                        .ok()
+                }
+                None => None,
+            };
+            match read {
+                Some(Reply::Bulk(None)) => break,
+                Some(Reply::Bulk(Some(v))) if v != d.value => {
+                    return Err(Failure {
+                        invariant: "expiry",
+                        explanation: format!(
+                            "key {:?} reads {:?}, written by nothing after its last write ({:?}, expiring)",
+                            String::from_utf8_lossy(&d.key),
+                            String::from_utf8_lossy(&v),
+                            String::from_utf8_lossy(&d.value)
+                        ),
+                    });
+                }
+                _ if now_ms() > d.gone_by + EXPIRY_GRACE_MS => {
+                    return Err(Failure {
+                        invariant: "expiry",
+                        explanation: format!(
+                            "key {:?} still holds {:?} at {} ms: its deadline surely passed at {} ms (by any \
+                             server's clock), and the leader's sweep had {EXPIRY_GRACE_MS} ms more",
+                            String::from_utf8_lossy(&d.key),
+                            String::from_utf8_lossy(&d.value),
+                            now_ms(),
+                            d.gone_by
+                        ),
+                    });
+                }
+                _ => madsim::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
     Ok(())
 }
 
@@ -232,7 +289,13 @@ pub(super) async fn control(
             ran(w, "file_hygiene");
         }
         if final_state.is_empty() {
-            final_state = pairs.into_iter().collect();
+            // What a client would read: values without their stored header, keys whose deadline
+            // the state machine's clock reached hidden.
+            let (visible, _) = kv.scan_visible(b"", usize::MAX).map_err(|e| Failure {
+                invariant: "convergence",
+                explanation: format!("server {id}: {e}"),
+            })?;
+            final_state = visible.into_iter().collect();
         }
     }
     if scenario.invariants.convergence {

@@ -320,6 +320,11 @@ pub(super) async fn apply_fault(
                     });
                 }
             }
+            Action::ClockSkew => {
+                let offset = f.offset_ms.unwrap_or(0);
+                world(w).clocks.entry(id).or_default().set_offset_ms(offset);
+                event(w, format!("server {id}: wall clock set {offset} ms off true time"));
+            }
             Action::CrashLoop => {
                 let kind = if f.effect.as_deref() == Some("power_loss") {
                     CrashKind::PowerLoss

@@ -81,6 +81,10 @@ pub(super) fn node_config(scenario: &Scenario, id: u64) -> NodeConfig {
         snapshot_catch_up_entries: scenario.cluster.catch_up_entries,
         metrics_addr: None,
         max_bulk_bytes: 512 << 20,
+        maxclients: durakv::config::DEFAULT_MAXCLIENTS,
+        max_in_flight: durakv::config::DEFAULT_MAX_IN_FLIGHT,
+        // The simulation sets its runtime options itself (`runtime_options`).
+        runtime: durakv::config::RuntimeSettings::default(),
         log_json: false,
     }
 }
@@ -92,7 +96,8 @@ pub(super) fn runtime_options() -> RuntimeOptions {
 /// One server process: open storage (repairing what a crash left), serve until a fatal error.
 pub(super) async fn run_server(disk: SimFs, cfg: NodeConfig, seed: u64, w: Shared) {
     let fs: SharedFs = Arc::new(disk.clone());
-    let opts = RuntimeOptions { seed: Some(seed), ..runtime_options() };
+    let clock = world(&w).clocks.entry(cfg.id).or_default().clone();
+    let opts = RuntimeOptions { seed: Some(seed), clock, ..runtime_options() };
     let engine_fs = fs.clone();
     let replica = match open_replica(&cfg, fs.clone(), &opts, move |dir| {
         SimEngine::open(engine_fs.clone(), dir, SimEngineOptions::default())

@@ -46,6 +46,9 @@ pub(super) async fn client_loop(scenario: Scenario, seed: u64, c: u64, end_ms: u
     // does not depend on them.
     let mut sizes = ChaCha8Rng::seed_from_u64(derive_seed(seed, &format!("client/{c}/sizes")));
     let mut special = ChaCha8Rng::seed_from_u64(derive_seed(seed, &format!("client/{c}/special")));
+    // Expiring keys draw from a stream of their own too.
+    let mut expiring = ChaCha8Rng::seed_from_u64(derive_seed(seed, &format!("client/{c}/ttl")));
+    let (behind, ahead) = scenario.clock_skew_bounds();
     let wl = &scenario.workload;
     let per_client = (wl.rate_per_sec / wl.clients.max(1)).max(1);
     let gap = Duration::from_micros(1_000_000 / per_client);
@@ -58,6 +61,7 @@ pub(super) async fn client_loop(scenario: Scenario, seed: u64, c: u64, end_ms: u
         ("append", wl.mix.append),
         ("list", wl.mix.list),
         ("counter", wl.mix.counter),
+        ("ttl", wl.mix.ttl),
     ];
     let total: u32 = mix.iter().map(|(_, n)| n).sum();
     let timeout = Duration::from_millis(wl.timeout_ms);
@@ -97,7 +101,24 @@ pub(super) async fn client_loop(scenario: Scenario, seed: u64, c: u64, end_ms: u
                     key,
                 )
             }
+            "ttl" => {
+                let key = format!("t{}", expiring.random_range(0..wl.ttl_keys.max(1))).into_bytes();
+                let op = match expiring.random_range(0..6) {
+                    0..=2 => "set_px",
+                    3 | 4 => "get",
+                    _ if expiring.random_bool(0.5) => "set",
+                    _ => "del",
+                };
+                (op, key)
+            }
             _ => (kind, format!("k{}", rng.random_range(0..wl.keys.max(1))).into_bytes()),
+        };
+        // Most expire within the run; one in four outlives it, so the final state holds deadlines
+        // every replica must have computed alike.
+        let ttl_ms = match kind {
+            "set_px" if expiring.random_range(0..4) == 0 => expiring.random_range(30_000..=60_000u64),
+            "set_px" => expiring.random_range(100..=3000u64),
+            _ => 0,
         };
         // Values are unique integers, so INCR applies to any key and every write is identifiable.
         // Some are padded with leading zeros to a large size (still integers); rarely a SET's is just
@@ -122,6 +143,16 @@ pub(super) async fn client_loop(scenario: Scenario, seed: u64, c: u64, end_ms: u
             ),
             "del" => {
                 (vec![(key.clone(), RegisterOp::Write(None))], call(addr, &[b"DEL", &key], timeout).await)
+            }
+            "set_px" => {
+                // Its deadline is the leader's clock when it appends the entry, plus the time to live:
+                // no earlier than the call by the slowest clock; it is surely past once the client
+                // has its answer, plus the time to live, by the fastest clock, plus the time the
+                // slowest leader's clock needs to get there (see `RegisterOp::WriteExpiring`).
+                let vanish_from = (call_t + ttl_ms).saturating_sub(behind + ahead);
+                let op = RegisterOp::WriteExpiring { value: value.clone(), ttl_ms, vanish_from, gone_by: 0 };
+                let ttl = ttl_ms.to_string().into_bytes();
+                (vec![(key.clone(), op)], call(addr, &[b"SET", &key, &value, b"PX", &ttl], timeout).await)
             }
             "incr" => (
                 vec![(key.clone(), RegisterOp::Incr { delta: 1, result: None })],
@@ -178,6 +209,14 @@ pub(super) async fn client_loop(scenario: Scenario, seed: u64, c: u64, end_ms: u
                     }
                     (RegisterOp::Append { suffix, .. }, Ok(Reply::Integer(n))) => {
                         RegisterOp::Append { suffix, len: Some(*n) }
+                    }
+                    (RegisterOp::WriteExpiring { value, ttl_ms, vanish_from, .. }, _) => {
+                        RegisterOp::WriteExpiring {
+                            value,
+                            ttl_ms,
+                            vanish_from,
+                            gone_by: ret + ttl_ms + behind + ahead,
+                        }
                     }
                     (op, _) => op,
                 };

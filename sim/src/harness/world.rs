@@ -26,6 +26,8 @@ pub(super) struct World {
     pub(super) leaders: Vec<(u64, u64, u64)>,
     /// The nodes' own log lines with their simulated time, when [`RunOptions::capture_logs`] is set.
     pub(super) logs: Arc<Mutex<Vec<u8>>>,
+    /// Each server's wall clock, kept across its restarts (a `clock_skew` fault offsets it).
+    pub(super) clocks: BTreeMap<u64, durakv::clock::WallClock>,
 }
 
 pub(super) type Shared = Arc<Mutex<World>>;

@@ -20,7 +20,7 @@ type Store = BTreeMap<Vec<u8>, Vec<u8>>;
 fn integer(v: Option<&Vec<u8>>) -> Option<i64> {
     match v {
         None => Some(0),
-        Some(v) => std::str::from_utf8(v).ok()?.parse().ok(),
+        Some(v) => durakv::fsm::parse_redis_int(v),
     }
 }
 
@@ -51,6 +51,8 @@ fn apply(store: &mut Store, op: &Operation) -> bool {
                 }
                 store.insert(key.clone(), n.to_string().into_bytes());
             }
+            // The generator never draws expiring writes: the reference has no clock to model them.
+            RegisterOp::WriteExpiring { .. } => return false,
             RegisterOp::Append { suffix, len } => {
                 let value = store.entry(key.clone()).or_default();
                 value.extend_from_slice(suffix);
@@ -216,7 +218,7 @@ fn run(plan: &[Planned], drop: Option<usize>) -> Vec<Operation> {
                 RegisterOp::Incr { result, .. } => *result = None,
                 RegisterOp::Append { len, .. } => *len = None,
                 RegisterOp::Read(v) => *v = None,
-                RegisterOp::Write(_) => {}
+                RegisterOp::Write(_) | RegisterOp::WriteExpiring { .. } => {}
             }
         }
     }
