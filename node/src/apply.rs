@@ -171,11 +171,28 @@ impl<E: Engine> Applier<E> {
         } else {
             context.map_or(0, |c| c.stamp_ms)
         };
-        let reply = self.kv.apply_entry(e.index, stamp, &e.data, last_of_batch)?;
+        let data = if crate::failpoint::canary(fs, "watch-ignored") {
+            std::borrow::Cow::Owned(without_watches(&e.data))
+        } else {
+            std::borrow::Cow::Borrowed(&e.data[..])
+        };
+        let reply = self.kv.apply_entry(e.index, stamp, &data, last_of_batch)?;
         if let Some(c) = context {
             replies.push((c.request_id, reply));
         }
         Ok(())
+    }
+}
+
+/// The canary `watch-ignored`: a command with its transaction's watches dropped.
+fn without_watches(data: &[u8]) -> Vec<u8> {
+    use prost::Message;
+    match crate::fsm::Command::decode(data) {
+        Ok(crate::fsm::Command { kind: Some(crate::fsm::command::Kind::Multi(mut m)) }) => {
+            m.watches.clear();
+            crate::fsm::Command { kind: Some(crate::fsm::command::Kind::Multi(m)) }.encode_to_vec()
+        }
+        _ => data.to_vec(),
     }
 }
 

@@ -128,6 +128,10 @@ pub const CANARIES: &[(&str, &str)] = &[
         "each replica decides expiry by its own clock when it applies an entry, not by the leader's stamp in it: a replica applying later (a follower behind, a replay after a crash) expires keys the others kept (convergence, linearizability)",
     ),
     (
+        "watch-ignored",
+        "EXEC applies a transaction without checking its watched keys' versions: a compare-and-set built on a read that a concurrent write made stale overwrites that write (linearizability)",
+    ),
+    (
         "persist-clamped-commit",
         "a node recovering lost entries persists its commit index clamped to its shortened log (commit_monotonic)",
     ),

@@ -109,6 +109,12 @@ pub const CASES: &[Case] = &[
         seeds: &[72, 73, 74],
     },
     Case {
+        canary: "watch-ignored",
+        scenario: "optimistic-locking-under-faults.toml",
+        invariants: &["linearizability"],
+        seeds: &[191, 192],
+    },
+    Case {
         canary: "persist-clamped-commit",
         // A durable commit index past the log needs a batch whose commit covers itself: a new
         // leader's (a follower's commit index otherwise rides on its next persist, a round behind).

@@ -92,6 +92,7 @@ fn could_leave(op: &RegisterOp, found: &Option<Vec<u8>>) -> bool {
         RegisterOp::Write(v) => v == found,
         // Its value, or nothing once it expired.
         RegisterOp::WriteExpiring { value, .. } => found.as_ref().is_none_or(|f| f == value),
+        RegisterOp::CompareAndSet { new, .. } => found.as_ref() == Some(new),
         RegisterOp::Incr { result: Some(r), .. } => found.as_deref() == Some(r.to_string().as_bytes()),
         // Its result unknown: it leaves an integer (which one, the linearizability check decides
         // from the final read). A missing key or a non-integer it cannot explain.
@@ -111,6 +112,9 @@ fn acknowledged(op: &RegisterOp) -> Option<String> {
         RegisterOp::Write(v) => show(v),
         RegisterOp::WriteExpiring { value, ttl_ms, .. } => {
             Some(format!("{} (expiring after {ttl_ms} ms)", String::from_utf8_lossy(value)))
+        }
+        RegisterOp::CompareAndSet { new, .. } => {
+            Some(format!("{} (WATCH … EXEC)", String::from_utf8_lossy(new)))
         }
         RegisterOp::Incr { result, .. } => result.map(|r| r.to_string()),
         RegisterOp::Append { suffix, .. } => Some(format!("…{}", String::from_utf8_lossy(suffix))),

@@ -149,6 +149,9 @@ fn op_text(op: &Operation) -> String {
             RegisterOp::WriteExpiring { value, ttl_ms, .. } => {
                 write!(s, "SET {k} {} PX {ttl_ms}; ", shown(&Some(value.clone())))
             }
+            RegisterOp::CompareAndSet { expected, new } => {
+                write!(s, "WATCH {k} … EXEC SET {k} {} if {}; ", shown(&Some(new.clone())), shown(expected))
+            }
             RegisterOp::Incr { delta, result } => write!(s, "INCRBY {k} {delta} -> {result:?}; "),
             RegisterOp::Append { suffix, len } => {
                 write!(s, "APPEND {k} {:?} -> {len:?}; ", String::from_utf8_lossy(suffix))

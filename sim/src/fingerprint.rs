@@ -76,6 +76,7 @@ fn operation(h: &mut Fnv, op: &Operation) {
             RegisterOp::WriteExpiring { value, ttl_ms, vanish_from, gone_by } => {
                 h.u64(4).bytes(value).u64(*ttl_ms).u64(*vanish_from).u64(*gone_by)
             }
+            RegisterOp::CompareAndSet { expected, new } => h.u64(5).opt_bytes(expected).bytes(new),
         };
     }
 }

@@ -48,6 +48,10 @@ pub enum RegisterOp {
     /// ahead of true time). Once it vanished it stays gone until written again. That it is gone in
     /// the end once its deadline surely passed, `gone_by`, is the `expiry` invariant's to check.
     WriteExpiring { value: Vec<u8>, ttl_ms: u64, vanish_from: u64, gone_by: u64 },
+    /// WATCH, GET (it returned `expected`), MULTI, SET `new`, EXEC: applied (EXEC answered its
+    /// array, or its outcome is unknown) only if the key still held `expected` at that instant. An
+    /// EXEC that aborted applied nothing and is not recorded.
+    CompareAndSet { expected: Option<Vec<u8>>, new: Vec<u8> },
 }
 
 /// How an operation ended.
@@ -136,6 +140,9 @@ impl fmt::Display for Operation {
                 }
                 RegisterOp::WriteExpiring { value, ttl_ms, vanish_from, .. } => {
                     write!(f, "SET {k} {} PX {ttl_ms} (may vanish from {vanish_from})", show(value))?
+                }
+                RegisterOp::CompareAndSet { expected, new } => {
+                    write!(f, "WATCH {k}, EXEC SET {k} {} (if still {})", show(new), show_opt(expected))?
                 }
             }
         }
@@ -559,6 +566,8 @@ enum Effect<'a> {
     Write(Option<&'a [u8]>),
     /// A value and the earliest time it may vanish.
     WriteExpiring(&'a [u8], u64),
+    /// Write the second only if the key holds the first.
+    CompareAndSet(Option<&'a [u8]>, &'a [u8]),
     Read(Option<&'a [u8]>),
     Incr(i64, Option<i64>),
     Append(&'a [u8], Option<i64>),
@@ -592,6 +601,12 @@ fn step(state: &State, effects: &[(usize, Effect<'_>)], ret: u64) -> Option<Stat
         match e {
             Effect::Write(v) => next[k] = v.map(|v| (Rc::from(v), NEVER)),
             Effect::WriteExpiring(v, from) => next[k] = Some((Rc::from(v), from)),
+            Effect::CompareAndSet(expected, new) => {
+                if value(&next).as_deref() != expected {
+                    return None;
+                }
+                next[k] = Some((Rc::from(new), NEVER));
+            }
             Effect::Read(seen) => match (&next[k], seen) {
                 (Some((v, _)), Some(s)) if **v == *s => {}
                 (None, None) => {}
@@ -677,6 +692,11 @@ fn effects_of<'a>(o: &'a Operation, keys: &[Vec<u8>]) -> Effects<'a> {
                 RegisterOp::Write(v) => Effect::Write(v.as_deref()),
                 RegisterOp::WriteExpiring { value, vanish_from, .. } => {
                     Effect::WriteExpiring(value, *vanish_from)
+                }
+                // Its condition holds whether or not the client heard back: an EXEC that applied
+                // found the key as WATCH and GET had.
+                RegisterOp::CompareAndSet { expected, new } => {
+                    Effect::CompareAndSet(expected.as_deref(), new)
                 }
                 RegisterOp::Read(v) if seen => Effect::Read(v.as_deref()),
                 RegisterOp::Read(_) => return None,

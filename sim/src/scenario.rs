@@ -133,6 +133,11 @@ pub struct Mix {
     /// the `expiry` invariant, that it is gone at the end once its deadline surely passed.
     #[serde(default)]
     pub ttl: u32,
+    /// Optimistic compare-and-set on the plain keys, on one connection: WATCH, GET, MULTI, SET a new
+    /// value, EXEC. An EXEC that applied must have found the key as the GET did (linearizability
+    /// checks it as a conditional write); one that aborted applied nothing.
+    #[serde(default)]
+    pub cas: u32,
 }
 
 /// One scheduled fault.

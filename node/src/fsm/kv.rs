@@ -191,13 +191,15 @@ pub mod command {
     }
 
     /// A key WATCH read, and what it found: the version (the raft index that last wrote it), or
-    /// nothing (absent or expired).
+    /// nothing (absent or expired), as of the state at applied index `since` or a later one.
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct Watch {
         #[prost(bytes = "vec", tag = "1")]
         pub key: Vec<u8>,
         #[prost(uint64, optional, tag = "2")]
         pub version: Option<u64>,
+        #[prost(uint64, tag = "3")]
+        pub since: u64,
     }
 
     /// A read queued inside MULTI: it runs at apply time, between the transaction's writes.
@@ -444,8 +446,10 @@ impl Command {
 
     /// MULTI … EXEC of `commands`, applied only if every watched key still has the version WATCH
     /// found (`None`: still absent).
-    pub fn multi_watching(commands: Vec<Command>, watches: Vec<(Vec<u8>, Option<u64>)>) -> Self {
-        let watches = watches.into_iter().map(|(key, version)| command::Watch { key, version }).collect();
+    /// (A watch: the key, the version WATCH found, and the applied index its read was at or past.)
+    pub fn multi_watching(commands: Vec<Command>, watches: Vec<(Vec<u8>, Option<u64>, u64)>) -> Self {
+        let watches =
+            watches.into_iter().map(|(key, version, since)| command::Watch { key, version, since }).collect();
         Command { kind: Some(command::Kind::Multi(command::Multi { commands, watches })) }
     }
 
@@ -790,6 +794,10 @@ impl<E: Engine> Kv<E> {
             .ops()
             .iter()
             .any(|op| matches!(op, Op::PutIndex { .. } | Op::DeleteIndex { .. } | Op::ClearIndex));
+        // WATCH of an absent key compares with the last entry that deleted anything.
+        if batch.ops().iter().any(|op| matches!(op, Op::Delete { .. } | Op::DeleteRange { .. })) {
+            batch.set_meta(MetaKey::LastDelete, index.to_be_bytes().to_vec());
+        }
         batch.set_applied_index(index);
         if now != clock {
             batch.set_meta(MetaKey::Clock, now.to_be_bytes().to_vec());
@@ -1029,9 +1037,9 @@ impl<E: Engine> Kv<E> {
                     return Ok(Reply::Error("ERR MULTI calls can not be nested".into()));
                 }
                 // WATCH: a watched key written (or expired, or deleted) since it was read aborts the
-                // whole transaction, on every replica alike: its version is the index of its last write.
+                // whole transaction, on every replica alike.
                 for w in &multi.watches {
-                    if version_at(tx.engine.get(&w.key)?, tx.now)? != w.version {
+                    if Self::changed_since(tx, w)? {
                         return Ok(Reply::Aborted);
                     }
                 }
@@ -1169,6 +1177,33 @@ fn deadline_for(expiry: &command::Expiry, now: u64) -> u64 {
         i64::try_from(now).unwrap_or(i64::MAX).saturating_add(expiry.ms)
     };
     u64::try_from(ms).unwrap_or(0)
+}
+
+impl<E: Engine> Kv<E> {
+    /// Did the watched key change since WATCH read it? Its version is the index of its last write,
+    /// so a present key changed if its version differs. A key WATCH found absent may have been
+    /// created and removed again since (its GET then saw a value that is gone): it changed if a
+    /// value of it is stored (expired or not) that was written after the read, or, when none is, if
+    /// any delete was applied after the read (the engine keeps no per-key record of deletions, so
+    /// this may abort a transaction nothing touched; it never applies one something did).
+    fn changed_since(tx: &Tx<'_, E>, w: &command::Watch) -> Result<bool, FsmError> {
+        let stored = tx.engine.get(&w.key)?;
+        let raw_version = match &stored {
+            Some(s) => Some(value::decode(s)?.version.unwrap_or(0)),
+            None => None,
+        };
+        let current = version_at(stored, tx.now)?;
+        Ok(match (w.version, current, raw_version) {
+            (expected, current, _) if expected != current => true,
+            (Some(_), Some(_), _) => false,
+            // Absent then and now.
+            (_, _, Some(raw)) => raw > w.since,
+            (_, _, None) => {
+                let last_delete = tx.engine.meta(MetaKey::LastDelete)?.as_deref().and_then(decode_u64);
+                last_delete.unwrap_or(0) > w.since
+            }
+        })
+    }
 }
 
 /// Writes planned but not yet applied, as a transaction's later commands must see them: a key's new
@@ -1687,28 +1722,47 @@ mod tests {
         let v = kv.version(b"k").expect("version");
         assert_eq!(v, Some(kv.applied_index()), "a key's version is the index that wrote it");
         assert_eq!(kv.version(b"absent").expect("version"), None);
-        let tx = |watches: Vec<(&str, Option<u64>)>| {
-            let watches = watches.into_iter().map(|(k, v)| (k.as_bytes().to_vec(), v)).collect();
+        let since = |kv: &Kv<crate::fsm::SimEngine>| kv.applied_index();
+        let tx = |watches: Vec<(&str, Option<u64>, u64)>| {
+            let watches = watches.into_iter().map(|(k, v, s)| (k.as_bytes().to_vec(), v, s)).collect();
             Command::multi_watching(vec![Command::incr_by("k", 1)], watches)
         };
+        let s = since(&kv);
         assert_eq!(
-            apply_at(&mut kv, t, tx(vec![("k", v), ("absent", None)])),
+            apply_at(&mut kv, t, tx(vec![("k", v, s), ("absent", None, s)])),
             Reply::Array(vec![Reply::Int(2)])
         );
         // `k` moved on (the transaction itself wrote it): the old version aborts, and nothing applies.
-        assert_eq!(apply_at(&mut kv, t, tx(vec![("k", v)])), Reply::Aborted);
+        assert_eq!(apply_at(&mut kv, t, tx(vec![("k", v, s)])), Reply::Aborted);
         assert_eq!(kv.get(b"k").expect("get"), Some(b"2".to_vec()));
         // The same value written again is a change, as in Redis.
-        let v = kv.version(b"k").expect("version");
+        let (v, s) = (kv.version(b"k").expect("version"), since(&kv));
         apply_at(&mut kv, t, Command::set("k", "2", SetCondition::Always));
-        assert_eq!(apply_at(&mut kv, t, tx(vec![("k", v)])), Reply::Aborted);
+        assert_eq!(apply_at(&mut kv, t, tx(vec![("k", v, s)])), Reply::Aborted);
         // An absent key created meanwhile aborts; one that expired meanwhile too.
+        let s = since(&kv);
         apply_at(&mut kv, t, Command::set("absent", "x", SetCondition::Always));
-        assert_eq!(apply_at(&mut kv, t, tx(vec![("absent", None)])), Reply::Aborted);
+        assert_eq!(apply_at(&mut kv, t, tx(vec![("absent", None, s)])), Reply::Aborted);
         apply_at(&mut kv, t, set_px("e", "1", 100));
-        let e = kv.version(b"e").expect("version");
-        assert_eq!(apply_at(&mut kv, t + 100, tx(vec![("e", e)])), Reply::Aborted);
-        assert_eq!(kv.get(b"k").expect("get"), Some(b"2".to_vec()), "an aborted EXEC wrote something");
+        let (e, s) = (kv.version(b"e").expect("version"), since(&kv));
+        assert_eq!(apply_at(&mut kv, t + 100, tx(vec![("e", e, s)])), Reply::Aborted);
+        // Absent at WATCH, created and deleted again before EXEC (the client's GET saw the value in
+        // between): found by the simulation's compare-and-set workload. It must abort, whether the
+        // key is gone by a DEL or by its expiry.
+        let s = since(&kv);
+        apply_at(&mut kv, t, Command::set("aba", "seen", SetCondition::Always));
+        apply_at(&mut kv, t, Command::del(vec![b"aba".to_vec()]));
+        assert_eq!(apply_at(&mut kv, t, tx(vec![("aba", None, s)])), Reply::Aborted);
+        let s = since(&kv);
+        apply_at(&mut kv, t, set_px("aba", "seen", 10));
+        assert_eq!(apply_at(&mut kv, t + 10, tx(vec![("aba", None, s)])), Reply::Aborted);
+        // Absent then and now, and nothing deleted since: applies.
+        let s = since(&kv);
+        assert_eq!(
+            apply_at(&mut kv, t + 10, tx(vec![("never", None, s)])),
+            Reply::Array(vec![Reply::Int(3)])
+        );
+        assert_eq!(kv.get(b"k").expect("get"), Some(b"3".to_vec()));
     }
 
     /// Failure guarded against: a node of this build reading values written before they had a

@@ -80,6 +80,9 @@ pub enum MetaKey {
     Clock,
     /// The format of stored values ([`value::VALUE_FORMAT`], one byte).
     ValueFormat,
+    /// The index of the last applied entry that deleted a key (8 bytes, big-endian): what a WATCH
+    /// of an absent key is compared with.
+    LastDelete,
 }
 
 impl MetaKey {
@@ -90,6 +93,7 @@ impl MetaKey {
             MetaKey::KeyCount => 3,
             MetaKey::Clock => 4,
             MetaKey::ValueFormat => 5,
+            MetaKey::LastDelete => 6,
         }
     }
 
@@ -100,6 +104,7 @@ impl MetaKey {
             3 => Some(MetaKey::KeyCount),
             4 => Some(MetaKey::Clock),
             5 => Some(MetaKey::ValueFormat),
+            6 => Some(MetaKey::LastDelete),
             _ => None,
         }
     }

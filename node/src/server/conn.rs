@@ -167,7 +167,8 @@ struct Session {
     multi: Option<Queued>,
     /// WATCHed keys and the version each had when WATCH read it (`None`: absent); EXEC sends them
     /// with the transaction, which applies only if none changed.
-    watched: BTreeMap<Vec<u8>, Option<u64>>,
+    /// With each, the applied index the read was at or past.
+    watched: BTreeMap<Vec<u8>, (Option<u64>, u64)>,
     /// A WATCH whose read failed: the next EXEC aborts (its keys' versions are unknown).
     watch_failed: bool,
 }
@@ -369,14 +370,20 @@ async fn finish<E: Engine>(ctx: &ClientContext<E>, session: &mut Session, pendin
         Pending::Watch(rx, keys) => {
             let versions = Box::pin(finish(ctx, session, Pending::Read(rx))).await;
             match versions {
-                Reply::Array(Some(items)) if items.len() == keys.len() => {
+                // The applied index the read was at or past, then each key's version or nil.
+                Reply::Array(Some(items)) if items.len() == keys.len() + 1 => {
+                    let mut items = items.into_iter();
+                    let since = match items.next() {
+                        Some(Reply::Integer(n)) => u64::try_from(n).unwrap_or(0),
+                        _ => 0,
+                    };
                     for (key, v) in keys.into_iter().zip(items) {
                         let version = match v {
                             Reply::Integer(n) => u64::try_from(n).ok(),
                             _ => None,
                         };
                         // As Redis: watching a key again keeps the first watch.
-                        session.watched.entry(key).or_insert(version);
+                        session.watched.entry(key).or_insert((version, since));
                     }
                     Reply::ok()
                 }
@@ -437,7 +444,9 @@ async fn execute<E: Engine + Send + 'static>(
             (Request::Watch(keys), None) => {
                 let wanted = keys.clone();
                 let versions = move |kv: &Kv<E>| {
-                    let mut out = Vec::with_capacity(wanted.len());
+                    let mut out = Vec::with_capacity(wanted.len() + 1);
+                    // Read first: the state the keys are read from is at or past it.
+                    out.push(Reply::Integer(i64::try_from(kv.applied_index()).unwrap_or(i64::MAX)));
                     for key in &wanted {
                         match kv.version(key) {
                             Ok(Some(v)) => out.push(Reply::Integer(i64::try_from(v).unwrap_or(i64::MAX))),
@@ -482,7 +491,10 @@ async fn execute<E: Engine + Send + 'static>(
             (Request::Exec, Some(q)) => {
                 // The whole transaction is one raft entry: applied atomically, in order, on every
                 // replica, unless a watched key's version moved since WATCH read it.
-                let watches = std::mem::take(&mut session.watched).into_iter().collect();
+                let watches = std::mem::take(&mut session.watched)
+                    .into_iter()
+                    .map(|(key, (version, since))| (key, version, since))
+                    .collect();
                 return (
                     match propose(ctx, Command::multi_watching(q.commands, watches)).await {
                         Pending::Write(rx, _) => Pending::Write(rx, Shape::Multi(q.shapes)),

@@ -4,7 +4,7 @@
 //! file   := header, record*, footer
 //! header := magic "DKVSNAP1" (8), version u16 = 2, header_len u32, index u64, term u64,
 //!           conf_state_len u32, conf_state, node_state_len u32, node_state, clock u64,
-//!           [future fields]
+//!           last_delete u64, [future fields]
 //! record := key_len u32, value_len u32, key, value        (client keys, ascending; values stored
 //!                                                           as the state machine stores them)
 //! footer := crc32c u32 of every byte before it
@@ -19,8 +19,8 @@ use crate::codec::{be_u32, be_u64};
 
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"DKVSNAP1";
 pub const SNAPSHOT_VERSION: u16 = 2;
-/// Magic, version, header length, index, term, the two length prefixes and the clock.
-pub const HEADER_FIXED_LEN: usize = 8 + 2 + 4 + 8 + 8 + 4 + 4 + 8;
+/// Magic, version, header length, index, term, the two length prefixes, the clock and the last delete.
+pub const HEADER_FIXED_LEN: usize = 8 + 2 + 4 + 8 + 8 + 4 + 4 + 8 + 8;
 pub const FOOTER_LEN: usize = 4;
 /// The smallest valid snapshot file: an empty header and no records.
 pub const MIN_SNAPSHOT_LEN: u64 = (HEADER_FIXED_LEN + FOOTER_LEN) as u64;
@@ -47,6 +47,9 @@ pub struct SnapshotHeader {
     pub node_state: Vec<u8>,
     /// The state machine's clock at `index` (unix milliseconds; [`crate::fsm::MetaKey::Clock`]).
     pub clock: u64,
+    /// The index of the last entry at or below `index` that deleted a key
+    /// ([`crate::fsm::MetaKey::LastDelete`]).
+    pub last_delete: u64,
 }
 
 impl SnapshotHeader {
@@ -63,6 +66,7 @@ impl SnapshotHeader {
         out.extend_from_slice(&(self.node_state.len() as u32).to_be_bytes());
         out.extend_from_slice(&self.node_state);
         out.extend_from_slice(&self.clock.to_be_bytes());
+        out.extend_from_slice(&self.last_delete.to_be_bytes());
         out
     }
 
@@ -107,11 +111,15 @@ impl SnapshotHeader {
         };
         let conf_state = field("conf state")?;
         let node_state = field("node state")?;
-        let clock = bytes
-            .get(at..at + 8)
-            .map(|b| be_u64(b, 0))
-            .ok_or_else(|| SnapshotError::BadHeader("clock past the header".into()))?;
-        Ok(SnapshotHeader { index, term, conf_state, node_state, clock })
+        let word = |at: usize, name: &str| {
+            bytes
+                .get(at..at + 8)
+                .map(|b| be_u64(b, 0))
+                .ok_or_else(|| SnapshotError::BadHeader(format!("{name} past the header")))
+        };
+        let clock = word(at, "clock")?;
+        let last_delete = word(at + 8, "last delete")?;
+        Ok(SnapshotHeader { index, term, conf_state, node_state, clock, last_delete })
     }
 }
 
@@ -170,6 +178,7 @@ mod tests {
             conf_state: b"voters".to_vec(),
             node_state: vec![1, 2],
             clock: 1_700_000_000_123,
+            last_delete: 7,
         };
         let bytes = h.encode();
         assert_eq!(SnapshotHeader::decode(&bytes).expect("decodes"), h);

@@ -183,6 +183,7 @@ pub fn restore(
             target.put(&k, &v)?;
         }
         target.put_meta(crate::fsm::MetaKey::Clock, &header.clock.to_be_bytes())?;
+        target.put_meta(crate::fsm::MetaKey::LastDelete, &header.last_delete.to_be_bytes())?;
         Ok(header)
     });
     let computed = r.finish_crc()?;

@@ -111,12 +111,14 @@ pub fn write_snapshot(
         let index = snap.meta(MetaKey::AppliedIndex)?.as_deref().and_then(decode_u64).unwrap_or(0);
         let term = snap.meta(MetaKey::AppliedTerm)?.as_deref().and_then(decode_u64).unwrap_or(0);
         let clock = snap.meta(MetaKey::Clock)?.as_deref().and_then(decode_u64).unwrap_or(0);
+        let last_delete = snap.meta(MetaKey::LastDelete)?.as_deref().and_then(decode_u64).unwrap_or(0);
         let header = SnapshotHeader {
             index,
             term,
             conf_state: conf_state.to_vec(),
             node_state: node_state.to_vec(),
             clock,
+            last_delete,
         };
         let path = dir.join(snapshot_name(index));
         let tmp = writer_tmp(&path);

@@ -55,7 +55,7 @@ pub(super) async fn converge(
     }
     ran(w, "liveness");
     if scenario.workload.mix.ttl > 0 {
-        check_expiry(servers, w).await?;
+        check_expiry(scenario, servers, w).await?;
         ran(w, "expiry");
     }
     // Every server restarts without an operator and applies up to the leader's commit index; only
@@ -123,7 +123,18 @@ const EXPIRY_GRACE_MS: u64 = 3000;
 /// `expiry`: every key whose last write was an expiring one reads as gone (through the leader, a
 /// linearizable read) by the time its deadline surely passed, plus [`EXPIRY_GRACE_MS`]. The cluster
 /// is healed and has a leader when this runs.
-async fn check_expiry(servers: &BTreeMap<u64, Server>, w: &Shared) -> Result<(), Failure> {
+async fn check_expiry(
+    scenario: &Scenario,
+    servers: &BTreeMap<u64, Server>,
+    w: &Shared,
+) -> Result<(), Failure> {
+    // Which write was a key's last is known only once no client has one in flight (found by the
+    // swarm: a SET answered after the check began looked like a value no write explains).
+    let clients = scenario.workload.clients;
+    let patience = now_ms() + 30_000;
+    while world(w).clients_done < clients && now_ms() < patience {
+        madsim::time::sleep(Duration::from_millis(100)).await;
+    }
     let due = crate::checkers::expiry_due(&world(w).history);
     for d in due {
         loop {

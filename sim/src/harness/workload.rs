@@ -2,34 +2,10 @@
 
 use super::*;
 
-/// Send one command to a server and wait for its reply.
+/// Send one command to a server, on a connection of its own, and wait for its reply.
 pub(super) async fn call(addr: SocketAddr, args: &[&[u8]], timeout: Duration) -> Result<Reply, CallError> {
-    let connect = tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(addr)).await;
-    let mut stream = match connect {
-        Ok(Ok(s)) => s,
-        _ => return Err(CallError::NotSent),
-    };
-    // madsim's stream sends on flush.
-    if stream.write_all(&encode_command(args)).await.is_err() || stream.flush().await.is_err() {
-        return Err(CallError::NotSent);
-    }
-    let read = async {
-        let mut buf = Vec::new();
-        loop {
-            if let Ok(Some((reply, _))) = decode_reply(&buf) {
-                return Some(reply);
-            }
-            buf.reserve(4096);
-            match stream.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return None,
-                Ok(_) => {}
-            }
-        }
-    };
-    match tokio::time::timeout(timeout, read).await {
-        Ok(Some(reply)) => Ok(reply),
-        _ => Err(CallError::NoReply),
-    }
+    let Some(mut session) = Session::open(addr).await else { return Err(CallError::NotSent) };
+    session.call(args, timeout).await
 }
 
 pub(super) enum CallError {
@@ -41,6 +17,12 @@ pub(super) enum CallError {
 
 /// A client: operations from the scenario's mix on its key space, at its rate, until the end.
 pub(super) async fn client_loop(scenario: Scenario, seed: u64, c: u64, end_ms: u64, w: Shared) {
+    client_ops(scenario, seed, c, end_ms, w.clone()).await;
+    // Its history is complete: checks that need every operation recorded wait for this.
+    world(&w).clients_done += 1;
+}
+
+async fn client_ops(scenario: Scenario, seed: u64, c: u64, end_ms: u64, w: Shared) {
     let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, &format!("client/{c}")));
     // Value sizes come from a stream of their own, so the choice of operations, servers and keys
     // does not depend on them.
@@ -62,6 +44,7 @@ pub(super) async fn client_loop(scenario: Scenario, seed: u64, c: u64, end_ms: u
         ("list", wl.mix.list),
         ("counter", wl.mix.counter),
         ("ttl", wl.mix.ttl),
+        ("cas", wl.mix.cas),
     ];
     let total: u32 = mix.iter().map(|(_, n)| n).sum();
     let timeout = Duration::from_millis(wl.timeout_ms);
@@ -135,6 +118,10 @@ pub(super) async fn client_loop(scenario: Scenario, seed: u64, c: u64, end_ms: u
             ValueSize::Large(len) => zero_padded(n, len),
             ValueSize::TooLarge => zero_padded(n, MAX_COMMAND_BYTES + 1),
         };
+        if kind == "cas" {
+            compare_and_set(&w, c, server, addr, &key, &value, timeout).await;
+            continue;
+        }
         let call_t = now_ms();
         let (effects, reply): (Vec<(Vec<u8>, RegisterOp)>, _) = match kind {
             "set" => (
@@ -229,6 +216,88 @@ pub(super) async fn client_loop(scenario: Scenario, seed: u64, c: u64, end_ms: u
         }
         world(&w).history.push(Operation { client: c, server, effects, call: call_t, ret, outcome });
     }
+}
+
+/// One client connection for a sequence of commands (WATCH holds per connection).
+struct Session {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Session {
+    async fn open(addr: SocketAddr) -> Option<Session> {
+        let connect = tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(addr)).await;
+        Some(Session { stream: connect.ok()?.ok()?, buf: Vec::new() })
+    }
+
+    async fn call(&mut self, args: &[&[u8]], timeout: Duration) -> Result<Reply, CallError> {
+        // madsim's stream sends on flush.
+        if self.stream.write_all(&encode_command(args)).await.is_err() || self.stream.flush().await.is_err() {
+            return Err(CallError::NotSent);
+        }
+        let (stream, buf) = (&mut self.stream, &mut self.buf);
+        let read = async {
+            loop {
+                if let Ok(Some((reply, used))) = decode_reply(buf) {
+                    buf.drain(..used);
+                    return Some(reply);
+                }
+                buf.reserve(4096);
+                match stream.read_buf(buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, read).await {
+            Ok(Some(reply)) => Ok(reply),
+            _ => Err(CallError::NoReply),
+        }
+    }
+}
+
+/// WATCH `key`, GET it, MULTI, SET `value`, EXEC, on one connection: an optimistic compare-and-set.
+/// Recorded as the GET (a read) and, unless EXEC aborted or certainly failed, a write of `value`
+/// conditional on the key still holding what the GET returned. A step that fails before EXEC drops
+/// the connection, and with it the transaction (nothing was applied).
+async fn compare_and_set(
+    w: &Shared,
+    c: u64,
+    server: u64,
+    addr: SocketAddr,
+    key: &[u8],
+    value: &[u8],
+    timeout: Duration,
+) {
+    let Some(mut s) = Session::open(addr).await else { return };
+    if !matches!(s.call(&[b"WATCH", key], timeout).await, Ok(Reply::Simple(_))) {
+        return;
+    }
+    let get_call = now_ms();
+    let Ok(Reply::Bulk(expected)) = s.call(&[b"GET", key], timeout).await else { return };
+    let read = RegisterOp::Read(expected.clone());
+    world(w)
+        .history
+        .push(Operation { server, ..Operation::single(c, key, read, get_call, now_ms(), Outcome::Ok) });
+    if !matches!(s.call(&[b"MULTI"], timeout).await, Ok(Reply::Simple(_)))
+        || !matches!(s.call(&[b"SET", key, value], timeout).await, Ok(Reply::Simple(_)))
+    {
+        return;
+    }
+    let exec_call = now_ms();
+    let reply = s.call(&[b"EXEC"], timeout).await;
+    let outcome = match &reply {
+        Ok(Reply::Array(Some(_))) => Outcome::Ok,
+        // Aborted: a watched key changed; nothing was applied.
+        Ok(Reply::Array(None)) => return,
+        Ok(r) => outcome_of(r),
+        Err(CallError::NotSent) => Outcome::Fail,
+        Err(CallError::NoReply) => Outcome::Unknown,
+    };
+    let cas = RegisterOp::CompareAndSet { expected, new: value.to_vec() };
+    world(w)
+        .history
+        .push(Operation { server, ..Operation::single(c, key, cas, exec_call, now_ms(), outcome) });
 }
 
 /// Is `key` one of the workload's list (`l<n>`) or counter (`c<n>`) keys?

@@ -28,6 +28,8 @@ pub(super) struct World {
     pub(super) logs: Arc<Mutex<Vec<u8>>>,
     /// Each server's wall clock, kept across its restarts (a `clock_skew` fault offsets it).
     pub(super) clocks: BTreeMap<u64, durakv::clock::WallClock>,
+    /// Clients whose last operation is recorded.
+    pub(super) clients_done: u64,
 }
 
 pub(super) type Shared = Arc<Mutex<World>>;

@@ -52,7 +52,7 @@ fn apply(store: &mut Store, op: &Operation) -> bool {
                 store.insert(key.clone(), n.to_string().into_bytes());
             }
             // The generator never draws expiring writes: the reference has no clock to model them.
-            RegisterOp::WriteExpiring { .. } => return false,
+            RegisterOp::WriteExpiring { .. } | RegisterOp::CompareAndSet { .. } => return false,
             RegisterOp::Append { suffix, len } => {
                 let value = store.entry(key.clone()).or_default();
                 value.extend_from_slice(suffix);
@@ -218,7 +218,9 @@ fn run(plan: &[Planned], drop: Option<usize>) -> Vec<Operation> {
                 RegisterOp::Incr { result, .. } => *result = None,
                 RegisterOp::Append { len, .. } => *len = None,
                 RegisterOp::Read(v) => *v = None,
-                RegisterOp::Write(_) | RegisterOp::WriteExpiring { .. } => {}
+                RegisterOp::Write(_)
+                | RegisterOp::WriteExpiring { .. }
+                | RegisterOp::CompareAndSet { .. } => {}
             }
         }
     }
