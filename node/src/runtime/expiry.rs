@@ -9,30 +9,32 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::Status;
 use super::raft_loop::Input;
-use crate::clock::WallClock;
+use super::{RuntimeOptions, Status};
 use crate::fsm::{Command, Engine, Kv, Reply, SWEEP_MAX_KEYS};
 
 /// The longest the sweeper sleeps before it looks again (a deadline written meanwhile that comes
 /// sooner also wakes it, through the status).
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 
-/// Sweep expired keys while this node leads, until `shutdown`.
+/// Sweep expired keys while this node leads, until `shutdown`. From `opts`: the clock that stamps
+/// the sweep's entries, the tick (how soon to look again after a sweep that did not apply), and the
+/// switch that pauses the sweep (`sweeping`).
 pub(crate) async fn sweep<E: Engine + 'static>(
     kv: Kv<E>,
     inputs: mpsc::Sender<Input<E>>,
     mut status: watch::Receiver<Status>,
-    clock: WallClock,
     metrics: Arc<crate::metrics::Metrics>,
-    retry: Duration,
+    opts: RuntimeOptions,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let RuntimeOptions { clock, tick: retry, sweeping, .. } = opts;
     loop {
         if *shutdown.borrow() {
             return;
         }
-        let leading = status.borrow_and_update().role == "leader";
+        let leading = status.borrow_and_update().role == "leader"
+            && sweeping.load(std::sync::atomic::Ordering::Relaxed);
         // The state machine's clock may be ahead of this leader's (an earlier leader's clock ran
         // fast): keys it already hides are due too.
         let now = clock.now_ms().max(kv.clock());

@@ -96,6 +96,10 @@ pub struct RuntimeOptions {
     pub seed: Option<u64>,
     /// The clock this node stamps entries with as leader (expiry); the simulation skews it.
     pub clock: crate::clock::WallClock,
+    /// Whether the leader's expiry sweep may propose (on by default). The simulation turns it off
+    /// while it waits for the replicas to agree and stop, since the sweep is the one writer that
+    /// acts on its own.
+    pub sweeping: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Default for RuntimeOptions {
@@ -109,6 +113,7 @@ impl Default for RuntimeOptions {
             spool_cap_bytes: DEFAULT_SPOOL_CAP_BYTES,
             seed: None,
             clock: crate::clock::WallClock::system(),
+            sweeping: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
         }
     }
 }
@@ -330,9 +335,8 @@ pub async fn serve<E: Engine + Send + 'static>(
         replica.kv().read_view(),
         inputs_tx.clone(),
         status_rx.clone(),
-        opts.clock.clone(),
         Arc::clone(&metrics),
-        opts.tick,
+        opts.clone(),
         shutdown.clone(),
     ));
     tokio::spawn(peer::accept_peers(peer_listener, link, shutdown.clone()));

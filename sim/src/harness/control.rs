@@ -27,6 +27,8 @@ pub(super) async fn converge(
     w: &Shared,
 ) -> Result<(), Failure> {
     let handle = Handle::current();
+    // The leader's expiry sweep runs (the `expiry` check needs it) until the replicas must agree.
+    world(w).sweeping.store(true, std::sync::atomic::Ordering::Relaxed);
     // Liveness: a write commits within the bound.
     let deadline = now_ms() + scenario.invariants.liveness_ms;
     loop {
@@ -58,6 +60,10 @@ pub(super) async fn converge(
         check_expiry(scenario, servers, w).await?;
         ran(w, "expiry");
     }
+    // From here the servers must come to agree and stay still until they are stopped: the sweep,
+    // the one writer that acts on its own, must not propose a last entry one replica applies and
+    // the others do not before the stop (found by the swarm: replicas one index apart).
+    world(w).sweeping.store(false, std::sync::atomic::Ordering::Relaxed);
     // Every server restarts without an operator and applies up to the leader's commit index; only
     // a server whose disk was corrupted on purpose may stay down (refusing is correct there).
     let expected: Vec<u64> =

@@ -212,7 +212,11 @@ pub fn run_with(scenario: &Scenario, seed: u64, opts: &RunOptions) -> RunResult 
     // madsim re-raises a task's panic out of `block_on`, and a new runtime starts clean.
     remember_panics();
     let _ = LAST_PANIC.try_with(|p| p.borrow_mut().take());
-    let w: Shared = Arc::new(Mutex::new(World::default()));
+    let w: Shared = Arc::new(Mutex::new(World {
+        // Sweeps run from the start, through the faults.
+        sweeping: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        ..World::default()
+    }));
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let sink = world(&w).logs.clone();
         let capture = opts.capture_logs.then(|| log_capture(sink));

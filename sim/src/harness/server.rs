@@ -96,8 +96,11 @@ pub(super) fn runtime_options() -> RuntimeOptions {
 /// One server process: open storage (repairing what a crash left), serve until a fatal error.
 pub(super) async fn run_server(disk: SimFs, cfg: NodeConfig, seed: u64, w: Shared) {
     let fs: SharedFs = Arc::new(disk.clone());
-    let clock = world(&w).clocks.entry(cfg.id).or_default().clone();
-    let opts = RuntimeOptions { seed: Some(seed), clock, ..runtime_options() };
+    let (clock, sweeping) = {
+        let mut world = world(&w);
+        (world.clocks.entry(cfg.id).or_default().clone(), Arc::clone(&world.sweeping))
+    };
+    let opts = RuntimeOptions { seed: Some(seed), clock, sweeping, ..runtime_options() };
     let engine_fs = fs.clone();
     let replica = match open_replica(&cfg, fs.clone(), &opts, move |dir| {
         SimEngine::open(engine_fs.clone(), dir, SimEngineOptions::default())

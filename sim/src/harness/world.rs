@@ -30,6 +30,9 @@ pub(super) struct World {
     pub(super) clocks: BTreeMap<u64, durakv::clock::WallClock>,
     /// Clients whose last operation is recorded.
     pub(super) clients_done: u64,
+    /// Whether the servers' expiry sweeps may propose (`RuntimeOptions::sweeping`), shared by every
+    /// run of every server.
+    pub(super) sweeping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub(super) type Shared = Arc<Mutex<World>>;
