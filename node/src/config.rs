@@ -11,10 +11,16 @@
 //! peer_addr = "127.0.0.1:7379"    # the raft transport port
 //! fsm_sync = "nosync"             # default; or "sync" (raft apply fsyncs too; direct writes always sync)
 //! requirepass = "secret"          # optional; clients must AUTH
+//! peer_secret_file = "/etc/durakv/peer-secret"  # optional; peers prove they know it (or peer_secret;
+//!                                 # every member the same, at least 16 bytes)
 //! snapshot_log_bytes = 67108864   # snapshot once this much entry data was applied since the last
 //! snapshot_every = 0              # ... or after this many applied entries (0: by bytes only)
 //! snapshot_catch_up_entries = 5000  # entries kept in the log below each snapshot for lagging followers
 //! metrics_addr = "127.0.0.1:9379"  # optional; Prometheus scrapes GET /metrics here
+//! tls_resp_addr = "0.0.0.0:6380"  # optional; the Redis protocol inside TLS (Redis's tls-port), with:
+//! tls_cert_file = "/etc/durakv/server.crt"   # PEM certificate chain
+//! tls_key_file = "/etc/durakv/server.key"    # PEM private key
+//! tls_ca_cert_file = "/etc/durakv/ca.crt"    # optional; clients must present a certificate it signed
 //! max_bulk_bytes = 536870912      # largest RESP bulk string
 //! maxclients = 10000              # client connections beyond it are refused (Redis's error)
 //! max_in_flight = 16384           # writes and reads waiting for raft, all connections together;
@@ -82,6 +88,9 @@ pub struct NodeConfig {
     pub peers: BTreeMap<u64, Peer>,
     pub fsm_sync: FsmSync,
     pub requirepass: Option<String>,
+    /// The secret every member proves it knows at the peer handshake (`None`: peers are not
+    /// authenticated, and a peer that asks for proof is refused).
+    pub peer_secret: Option<Vec<u8>>,
     /// Snapshot after this many applied entries (0: only by `snapshot_log_bytes`).
     pub snapshot_every: u64,
     /// Snapshot once this many bytes of entry data were applied since the last one.
@@ -90,6 +99,8 @@ pub struct NodeConfig {
     pub snapshot_catch_up_entries: u64,
     /// Where Prometheus scrapes `GET /metrics` (`None`: no metrics port).
     pub metrics_addr: Option<SocketAddr>,
+    /// The TLS client port (`None`: none).
+    pub tls: Option<TlsConfig>,
     pub max_bulk_bytes: usize,
     /// Client connections served at once; the next is refused with Redis's error.
     pub maxclients: usize,
@@ -99,6 +110,16 @@ pub struct NodeConfig {
     pub log_json: bool,
     /// Timing and sizing of the running node ([`crate::runtime::RuntimeOptions`]).
     pub runtime: RuntimeSettings,
+}
+
+/// The TLS client port: where it listens and the files it serves with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub addr: SocketAddr,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Clients must present a certificate this CA signed (`None`: no client certificates).
+    pub ca_cert_file: Option<PathBuf>,
 }
 
 /// The running node's timing and sizing, as configured; [`crate::runtime::RuntimeOptions::of`]
@@ -126,6 +147,10 @@ impl Default for RuntimeSettings {
     }
 }
 
+/// The shortest peer secret accepted: anything shorter could be guessed offline from one recorded
+/// handshake.
+pub const MIN_PEER_SECRET_BYTES: usize = 16;
+
 /// Client connections served at once, by default (Redis's default).
 pub const DEFAULT_MAXCLIENTS: usize = 10_000;
 
@@ -145,10 +170,16 @@ struct RawConfig {
     peers: Option<BTreeMap<String, String>>,
     fsm_sync: Option<String>,
     requirepass: Option<String>,
+    peer_secret: Option<String>,
+    peer_secret_file: Option<PathBuf>,
     snapshot_every: Option<u64>,
     snapshot_log_bytes: Option<u64>,
     snapshot_catch_up_entries: Option<u64>,
     metrics_addr: Option<String>,
+    tls_resp_addr: Option<String>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+    tls_ca_cert_file: Option<PathBuf>,
     max_bulk_bytes: Option<usize>,
     maxclients: Option<usize>,
     max_in_flight: Option<usize>,
@@ -200,10 +231,16 @@ impl NodeConfig {
                 "peer-addr" => raw.peer_addr = Some(value.clone()),
                 "fsm-sync" => raw.fsm_sync = Some(value.clone()),
                 "requirepass" => raw.requirepass = Some(value.clone()),
+                "peer-secret" => raw.peer_secret = Some(value.clone()),
+                "peer-secret-file" => raw.peer_secret_file = Some(PathBuf::from(value)),
                 "snapshot-every" => raw.snapshot_every = Some(num(value)?),
                 "snapshot-log-bytes" => raw.snapshot_log_bytes = Some(num(value)?),
                 "snapshot-catch-up-entries" => raw.snapshot_catch_up_entries = Some(num(value)?),
                 "metrics-addr" => raw.metrics_addr = Some(value.clone()),
+                "tls-resp-addr" => raw.tls_resp_addr = Some(value.clone()),
+                "tls-cert-file" => raw.tls_cert_file = Some(PathBuf::from(value)),
+                "tls-key-file" => raw.tls_key_file = Some(PathBuf::from(value)),
+                "tls-ca-cert-file" => raw.tls_ca_cert_file = Some(PathBuf::from(value)),
                 "max-bulk-bytes" => raw.max_bulk_bytes = Some(num(value)? as usize),
                 "maxclients" => raw.maxclients = Some(num(value)? as usize),
                 "max-in-flight" => raw.max_in_flight = Some(num(value)? as usize),
@@ -295,6 +332,57 @@ impl NodeConfig {
         if raw.requirepass.as_deref() == Some("") {
             return Err(invalid("requirepass", "an empty password locks nobody out; leave it unset instead"));
         }
+        let peer_secret = match (raw.peer_secret, raw.peer_secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid("peer_secret", "give peer_secret or peer_secret_file, not both"));
+            }
+            (Some(s), None) => Some(s.into_bytes()),
+            (None, Some(path)) => {
+                let bytes = std::fs::read(&path)
+                    .map_err(|e| invalid("peer_secret_file", format!("{}: {e}", path.display())))?;
+                // A secret written with `echo` ends in a newline that is not part of it.
+                let end = bytes.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(0, |i| i + 1);
+                Some(bytes[..end].to_vec())
+            }
+            (None, None) => None,
+        };
+        if peer_secret.as_ref().is_some_and(|s| s.len() < MIN_PEER_SECRET_BYTES) {
+            return Err(invalid(
+                "peer_secret",
+                format!("must be at least {MIN_PEER_SECRET_BYTES} bytes (e.g. `openssl rand -hex 32`)"),
+            ));
+        }
+        let tls = match (raw.tls_resp_addr, raw.tls_cert_file, raw.tls_key_file) {
+            (None, None, None) => {
+                if raw.tls_ca_cert_file.is_some() {
+                    return Err(invalid(
+                        "tls_ca_cert_file",
+                        "set tls_resp_addr, tls_cert_file and tls_key_file too",
+                    ));
+                }
+                None
+            }
+            (Some(addr), Some(cert_file), Some(key_file)) => {
+                let addr = parse_addr("tls_resp_addr", &addr)?;
+                if addr == resp_addr || addr == peer_addr {
+                    return Err(invalid("tls_resp_addr", "must differ from resp_addr and peer_addr"));
+                }
+                Some(TlsConfig { addr, cert_file, key_file, ca_cert_file: raw.tls_ca_cert_file })
+            }
+            (addr, cert, _) => {
+                let missing = if addr.is_none() {
+                    "tls_resp_addr"
+                } else if cert.is_none() {
+                    "tls_cert_file"
+                } else {
+                    "tls_key_file"
+                };
+                return Err(invalid(
+                    missing,
+                    "the TLS port needs tls_resp_addr, tls_cert_file and tls_key_file",
+                ));
+            }
+        };
         Ok(NodeConfig {
             id,
             cluster_id: raw.cluster_id.unwrap_or(1),
@@ -305,10 +393,12 @@ impl NodeConfig {
             peers,
             fsm_sync,
             requirepass: raw.requirepass,
+            peer_secret,
             snapshot_every,
             snapshot_log_bytes,
             snapshot_catch_up_entries: raw.snapshot_catch_up_entries.unwrap_or(DEFAULT_CATCH_UP_ENTRIES),
             metrics_addr: raw.metrics_addr.map(|s| parse_addr("metrics_addr", &s)).transpose()?,
+            tls,
             max_bulk_bytes,
             maxclients,
             max_in_flight,
@@ -442,6 +532,19 @@ fsm_sync = "nosync"
     }
 
     #[test]
+    fn a_peer_secret_comes_from_a_flag_or_a_file_without_its_trailing_newline() {
+        let (_d, path) = write(FILE);
+        let c = NodeConfig::load(Some(&path), &flags(&[("peer-secret", "0123456789abcdef")])).expect("valid");
+        assert_eq!(c.peer_secret.as_deref(), Some(&b"0123456789abcdef"[..]));
+        let (_s, secret) = write("a-secret-from-a-file-0123\n");
+        let secret = secret.display().to_string();
+        let c =
+            NodeConfig::load(Some(&path), &flags(&[("peer-secret-file", secret.as_str())])).expect("valid");
+        assert_eq!(c.peer_secret.as_deref(), Some(&b"a-secret-from-a-file-0123"[..]));
+        assert_eq!(NodeConfig::load(Some(&path), &[]).expect("valid").peer_secret, None);
+    }
+
+    #[test]
     fn every_problem_names_its_field() {
         let (_d, path) = write(&FILE.replace("fsm_sync = \"nosync\"", "fsm_sink = \"nosync\""));
         match NodeConfig::load(Some(&path), &[]) {
@@ -463,6 +566,20 @@ fsm_sync = "nosync"
         assert_eq!(field_of(&[("metrics-addr", "nowhere")]), "metrics_addr");
         assert_eq!(field_of(&[("snapshot-log-bytes", "0")]), "snapshot_log_bytes");
         assert_eq!(field_of(&[("requirepass", "")]), "requirepass");
+        assert_eq!(field_of(&[("peer-secret", "short")]), "peer_secret");
+        assert_eq!(
+            field_of(&[("peer-secret", "0123456789abcdef"), ("peer-secret-file", "/etc/passwd")]),
+            "peer_secret"
+        );
+        assert_eq!(field_of(&[("peer-secret-file", "/nonexistent/secret")]), "peer_secret_file");
+        assert_eq!(field_of(&[("tls-resp-addr", "127.0.0.1:6390")]), "tls_cert_file");
+        assert_eq!(field_of(&[("tls-cert-file", "a.crt"), ("tls-key-file", "a.key")]), "tls_resp_addr");
+        assert_eq!(field_of(&[("tls-ca-cert-file", "ca.crt")]), "tls_ca_cert_file");
+        assert_eq!(
+            field_of(&[("tls-resp-addr", "127.0.0.1:6380"), ("tls-cert-file", "a"), ("tls-key-file", "b")]),
+            "tls_resp_addr",
+            "the TLS port may not be the plain one"
+        );
         assert_eq!(field_of(&[("id", "x")]), "--id");
         assert_eq!(field_of(&[("colour", "blue")]), "--colour");
         let (_d, bad_peer) = write(&FILE.replace("3 = \"127.0.0.1:7381,127.0.0.1:6381\"", "3 = \"nowhere\""));

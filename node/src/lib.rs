@@ -29,7 +29,9 @@
 //!
 //! The durability contract (D1–D11) is in `docs/durability.md`.
 
+pub mod admin;
 pub mod apply;
+pub mod backup;
 pub mod clock;
 mod codec;
 pub mod config;

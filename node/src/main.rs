@@ -26,11 +26,44 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Tool {
+    /// Operate a running cluster through one node's client port
+    Admin {
+        /// A node's Redis-protocol address (any node of the cluster)
+        #[arg(long, env = "DURAKV_ADDR", value_name = "HOST:PORT", default_value = "127.0.0.1:6379")]
+        addr: String,
+        /// The cluster's requirepass, when it has one (as redis-cli, from REDISCLI_AUTH too)
+        #[arg(long, env = "REDISCLI_AUTH", value_name = "PASS", hide_env_values = true)]
+        password: Option<String>,
+        /// How long to wait for the node, per request, in seconds
+        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+        timeout: u64,
+        #[command(subcommand)]
+        action: AdminAction,
+    },
+    /// Seed an empty data directory from a backup, as one member of a new cluster (run it for every
+    /// member with the same file and --voters, then start the members as usual)
+    Restore {
+        /// A file written by `durakv admin backup`
+        file: PathBuf,
+        /// The new member's data directory (must hold no node yet)
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Every voter of the new cluster, by id: 1,2,3 (the ids of its --peers)
+        #[arg(long, value_name = "IDS")]
+        voters: String,
+    },
     /// Inspect or repair a raft WAL directory (the node must be stopped)
     Wal {
         #[command(subcommand)]
         action: WalAction,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminAction {
+    /// Download a consistent snapshot of the cluster's data into FILE: every write acknowledged
+    /// before the command started is in it
+    Backup { file: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -77,6 +110,12 @@ struct NodeArgs {
     /// Clients must AUTH with this password
     #[arg(long, env = "DURAKV_REQUIREPASS", value_name = "PASS", hide_env_values = true)]
     requirepass: Option<String>,
+    /// Peers must prove they know this secret (every member the same; at least 16 bytes)
+    #[arg(long, env = "DURAKV_PEER_SECRET", value_name = "SECRET", hide_env_values = true)]
+    peer_secret: Option<String>,
+    /// … or read it from FILE (trailing whitespace ignored)
+    #[arg(long, env = "DURAKV_PEER_SECRET_FILE", value_name = "FILE")]
+    peer_secret_file: Option<String>,
     /// Snapshot once this many bytes of entries were applied since the last [default: 64 MiB]
     #[arg(long, env = "DURAKV_SNAPSHOT_LOG_BYTES", value_name = "N")]
     snapshot_log_bytes: Option<String>,
@@ -89,6 +128,18 @@ struct NodeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics [default: off]
     #[arg(long, env = "DURAKV_METRICS_ADDR", value_name = "ADDR")]
     metrics_addr: Option<String>,
+    /// Serve the Redis protocol inside TLS here too (Redis's tls-port) [default: off]
+    #[arg(long, env = "DURAKV_TLS_RESP_ADDR", value_name = "ADDR")]
+    tls_resp_addr: Option<String>,
+    /// The TLS port's certificate chain (PEM)
+    #[arg(long, env = "DURAKV_TLS_CERT_FILE", value_name = "FILE")]
+    tls_cert_file: Option<String>,
+    /// The TLS port's private key (PEM)
+    #[arg(long, env = "DURAKV_TLS_KEY_FILE", value_name = "FILE")]
+    tls_key_file: Option<String>,
+    /// TLS clients must present a certificate this CA signed (PEM) [default: no client certificates]
+    #[arg(long, env = "DURAKV_TLS_CA_CERT_FILE", value_name = "FILE")]
+    tls_ca_cert_file: Option<String>,
     /// The largest RESP bulk string [default: 536870912]
     #[arg(long, env = "DURAKV_MAX_BULK_BYTES", value_name = "N")]
     max_bulk_bytes: Option<String>,
@@ -135,10 +186,16 @@ impl NodeArgs {
             ("cluster-id", &self.cluster_id),
             ("fsm-sync", &self.fsm_sync),
             ("requirepass", &self.requirepass),
+            ("peer-secret", &self.peer_secret),
+            ("peer-secret-file", &self.peer_secret_file),
             ("snapshot-log-bytes", &self.snapshot_log_bytes),
             ("snapshot-every", &self.snapshot_every),
             ("snapshot-catch-up-entries", &self.snapshot_catch_up_entries),
             ("metrics-addr", &self.metrics_addr),
+            ("tls-resp-addr", &self.tls_resp_addr),
+            ("tls-cert-file", &self.tls_cert_file),
+            ("tls-key-file", &self.tls_key_file),
+            ("tls-ca-cert-file", &self.tls_ca_cert_file),
             ("max-bulk-bytes", &self.max_bulk_bytes),
             ("maxclients", &self.maxclients),
             ("max-in-flight", &self.max_in_flight),
@@ -178,6 +235,14 @@ fn main() -> ExitCode {
             init_logging(false);
             wal_tool(action)
         }
+        Some(Tool::Admin { addr, password, timeout, action }) => {
+            init_logging(false);
+            admin_tool(&addr, password.as_deref(), timeout, action)
+        }
+        Some(Tool::Restore { file, data_dir, voters }) => {
+            init_logging(false);
+            restore_tool(&file, &data_dir, &voters)
+        }
         None => {
             let flags = cli.node.flags();
             node::main(cli.node.config, flags).map(|()| ExitCode::SUCCESS)
@@ -206,6 +271,60 @@ fn describe(e: &anyhow::Error) -> String {
         }
     }
     text
+}
+
+fn admin_tool(
+    addr: &str,
+    password: Option<&str>,
+    timeout: u64,
+    action: AdminAction,
+) -> anyhow::Result<ExitCode> {
+    use durakv::admin::{AdminClient, backup};
+    let mut client = AdminClient::connect(addr, password, std::time::Duration::from_secs(timeout.max(1)))?;
+    match action {
+        AdminAction::Backup { file } => {
+            let started = std::time::Instant::now();
+            let mut last_report = std::time::Instant::now();
+            let mut progress = |done: u64, total: u64| {
+                if last_report.elapsed() >= std::time::Duration::from_secs(2) {
+                    last_report = std::time::Instant::now();
+                    eprintln!("durakv admin backup: {done} of {total} bytes");
+                }
+            };
+            let report = backup(&mut client, &RealFs::new(), &file, &mut progress)
+                .with_context(|| format!("backing up {addr} into {}", file.display()))?;
+            println!(
+                "backup {}: index {}, term {}, {} bytes, crc32c {:#010x}, {:.1} s",
+                report.path.display(),
+                report.index,
+                report.term,
+                report.len,
+                report.crc,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn restore_tool(
+    file: &std::path::Path,
+    data_dir: &std::path::Path,
+    voters: &str,
+) -> anyhow::Result<ExitCode> {
+    let voters = durakv::backup::parse_voters(voters)?;
+    let restored = durakv::backup::restore(Arc::new(RealFs::new()), file, data_dir, &voters)
+        .with_context(|| format!("restoring {} into {}", file.display(), data_dir.display()))?;
+    println!(
+        "restored {} into {}: index {}, term {}, voters {:?}; start the node with --data-dir {}",
+        file.display(),
+        data_dir.display(),
+        restored.index,
+        restored.term,
+        voters,
+        data_dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The tools inspect an existing WAL; opening one would otherwise create a missing directory.

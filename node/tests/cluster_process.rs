@@ -57,15 +57,20 @@ impl Cluster {
         Cluster::start_with(n, running, extra, false)
     }
 
-    fn start_with(n: u64, running: &[u64], extra: &[&str], metered: bool) -> Cluster {
+    /// A cluster of `n` members with ports and data directories chosen, none started.
+    fn configured(n: u64, extra: &[&str], metered: bool) -> Cluster {
         let nodes =
             (1..=n).map(|id| (id, Node { resp: free_port(), peer: free_port(), child: None })).collect();
-        let mut c = Cluster {
+        Cluster {
             dir: tempfile::tempdir().expect("temp dir"),
             nodes,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             metrics: if metered { (1..=n).map(|id| (id, free_port())).collect() } else { BTreeMap::new() },
-        };
+        }
+    }
+
+    fn start_with(n: u64, running: &[u64], extra: &[&str], metered: bool) -> Cluster {
+        let mut c = Cluster::configured(n, extra, metered);
         for &id in running {
             c.spawn(id);
         }
@@ -222,6 +227,35 @@ impl Cluster {
             acked.insert(k, v);
         }
         acked
+    }
+
+    /// Every key and value node `id` serves (SCAN, then MGET), with each key's TTL bucket: none,
+    /// or expiring.
+    fn dump(&self, id: u64) -> BTreeMap<String, (String, bool)> {
+        let mut con = self.connect(id).expect("connect for a dump");
+        let mut keys = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, page): (u64, Vec<String>) =
+                redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(1000).query(&mut con).expect("SCAN");
+            keys.extend(page);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        keys.sort();
+        let mut out = BTreeMap::new();
+        for chunk in keys.chunks(500) {
+            let values: Vec<Option<String>> = redis::cmd("MGET").arg(chunk).query(&mut con).expect("MGET");
+            for (k, v) in chunk.iter().zip(values) {
+                let ttl: i64 = redis::cmd("PTTL").arg(k).query(&mut con).expect("PTTL");
+                if let Some(v) = v {
+                    out.insert(k.clone(), (v, ttl >= 0));
+                }
+            }
+        }
+        out
     }
 
     fn running(&self) -> Vec<u64> {
@@ -770,4 +804,208 @@ fn a_snapshot_of_64_mib_is_written_and_installed_without_holding_up_a_raft_loop(
 fn a_large_snapshot_is_written_and_installed_without_holding_up_a_raft_loop() {
     let mib = std::env::var("DURAKV_LARGE_SNAPSHOT_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
     a_large_snapshot_never_holds_up_a_raft_loop(mib);
+}
+
+/// Run the `durakv` binary with `args`; its exit status and what it printed (stdout, stderr).
+fn durakv_tool(args: &[&std::ffi::OsStr]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_durakv")).args(args).output().expect("run durakv");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn backup_into(cluster: &Cluster, id: u64, file: &Path) -> (bool, String, String) {
+    let addr = format!("127.0.0.1:{}", cluster.nodes[&id].resp);
+    durakv_tool(&["admin".as_ref(), "--addr".as_ref(), addr.as_ref(), "backup".as_ref(), file.as_os_str()])
+}
+
+fn restore_into(file: &Path, data_dir: &Path, voters: &str) -> (bool, String, String) {
+    durakv_tool(&[
+        "restore".as_ref(),
+        file.as_os_str(),
+        "--data-dir".as_ref(),
+        data_dir.as_os_str(),
+        "--voters".as_ref(),
+        voters.as_ref(),
+    ])
+}
+
+/// Failures injected: a backup taken from a follower while clients write; a backup file with one
+/// byte flipped; a restore into a data directory that already holds a node; a backup onto an
+/// existing file. Invariants: every write acknowledged before the backup started is in the cluster
+/// restored from it; a backup of a quiet cluster restores into a new cluster whose every key, value
+/// and expiry matches the old one, and which takes writes; a damaged backup, a non-empty data
+/// directory and an existing output file are refused by name, leaving everything as it was.
+#[test]
+fn a_cluster_round_trips_through_a_backup_taken_under_load() {
+    let cluster = Cluster::start(3, &["--snapshot-every", "500"]);
+    let mut before = cluster.write_keys("pre-", 300);
+    let mut con = cluster.connect(cluster.leader()).expect("connect");
+    redis::cmd("SET")
+        .arg("expiring")
+        .arg("soon-ish")
+        .arg("EX")
+        .arg(100_000)
+        .query::<()>(&mut con)
+        .expect("SET EX");
+    let load = Load::start(&cluster, 3);
+    thread::sleep(Duration::from_secs(1));
+    before.extend(load.acked.lock().expect("no writer panicked holding the lock").clone());
+    let work = tempfile::tempdir().expect("temp dir");
+    let under_load = work.path().join("under-load.backup");
+    let (ok, out, err) = backup_into(&cluster, cluster.follower(), &under_load);
+    assert!(ok, "backup under load failed: {out}{err}; logs in {}", cluster.dir.path().display());
+    assert!(out.contains("index "), "{out}");
+    let acked = load.finish();
+    assert!(!acked.is_empty(), "the load got writes through");
+
+    // An existing output file is never overwritten.
+    let (ok, _, err) = backup_into(&cluster, cluster.leader(), &under_load);
+    assert!(!ok && err.contains("already exists"), "{err}");
+
+    // A quiet cluster: its backup restores into a new cluster that serves exactly the same data.
+    let quiet = work.path().join("quiet.backup");
+    let (ok, out, err) = backup_into(&cluster, cluster.leader(), &quiet);
+    assert!(ok, "backup failed: {out}{err}");
+    let source = cluster.dump(cluster.leader());
+    assert!(source.len() > 300, "{} keys", source.len());
+    let mut restored = Cluster::configured(3, &[], false);
+    for id in 1..=3 {
+        let (ok, out, err) = restore_into(&quiet, &restored.data_dir(id), "1,2,3");
+        assert!(ok, "restore of node {id} failed: {out}{err}");
+    }
+    for id in 1..=3 {
+        restored.spawn(id);
+    }
+    let leader = restored.leader();
+    for id in 1..=3 {
+        let deadline = Instant::now() + SETTLE;
+        while restored.dump(id) != source {
+            assert!(Instant::now() < deadline, "node {id} of the restored cluster differs from the source");
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+    restored.set(leader, "after-restore", "1").expect("the restored cluster takes writes");
+    restored.assert_readable(restored.follower(), &BTreeMap::from([("after-restore".into(), "1".into())]));
+
+    // The backup taken under load holds every write acknowledged before it started (one node).
+    let mut single = Cluster::configured(1, &[], false);
+    let (ok, out, err) = restore_into(&under_load, &single.data_dir(1), "1");
+    assert!(ok, "restore failed: {out}{err}");
+    single.spawn(1);
+    single.leader();
+    single.assert_readable(1, &before);
+
+    // Restoring over a node's data is refused, and changes nothing.
+    let (ok, _, err) = restore_into(&quiet, &single.data_dir(1), "1");
+    assert!(!ok && err.contains("restore seeds only an empty data directory"), "{err}");
+    single.assert_readable(1, &before);
+
+    // One flipped byte: refused by its checksum, and nothing is written.
+    let damaged = work.path().join("damaged.backup");
+    let mut bytes = std::fs::read(&quiet).expect("read the backup");
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(&damaged, bytes).expect("write the damaged copy");
+    let fresh = work.path().join("fresh");
+    let (ok, _, err) = restore_into(&damaged, &fresh, "1");
+    assert!(!ok && err.contains("CRC"), "{err}");
+    assert!(
+        !fresh.join("raft").exists() && !fresh.join("snapshots").exists(),
+        "a refused restore wrote nothing"
+    );
+}
+
+const PEER_SECRET: &str = "correct-horse-battery-staple-42";
+
+/// What a foreign process gets from a node's peer port when it claims to be member `claim`: it
+/// sends a hello (`secured`: claiming to have the secret), then a made-up proof, then a vote request
+/// and an append of a far higher term. `true` when the node kept the connection open for the raft
+/// messages (it must not).
+fn impostor_stays_connected(peer_port: u16, to: u64, claim: u64, secured: bool, term: u64) -> bool {
+    use durakv::transport::frame::{PROOF_LEN, PeerFrame};
+    use raft::eraftpb::{Message, MessageType};
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", peer_port)).expect("connect to the peer port");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut out = Vec::new();
+    PeerFrame::Hello { cluster_id: 1, node_id: claim, nonce: [5; 16], secured }.encode(&mut out);
+    PeerFrame::Proof([0xab; PROOF_LEN]).encode(&mut out);
+    for kind in [MessageType::MsgRequestVote, MessageType::MsgAppend] {
+        let mut m = Message { from: claim, to, term, ..Message::default() };
+        m.set_msg_type(kind);
+        PeerFrame::Raft(Box::new(m)).encode(&mut out);
+    }
+    // The whole conversation in one write: the node must refuse at the proof, before the messages.
+    let _ = s.write_all(&out);
+    let mut buf = vec![0u8; 4096];
+    let mut got = 0;
+    loop {
+        match s.read(&mut buf) {
+            // Still open after the read timeout: the node is waiting for more from the impostor.
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return true;
+            }
+            Ok(0) | Err(_) => return false,
+            Ok(n) => {
+                got += n;
+                // A hello (48 bytes) is all a node may send before a good proof; anything more
+                // would be its own proof, given to an impostor.
+                assert!(got <= 48, "the node answered an unproven peer with {got} bytes");
+            }
+        }
+    }
+}
+
+fn terms(cluster: &Cluster) -> BTreeMap<u64, String> {
+    cluster.running().into_iter().map(|id| (id, cluster.info(id).expect("INFO")["term"].clone())).collect()
+}
+
+/// Failures injected: a foreign process on the peer port claiming to be a member (with a made-up
+/// proof, and without claiming a secret), sending a vote request and an append of a far higher
+/// term; a member restarted with the wrong peer secret. Invariants: nothing an unproven peer sends
+/// is stepped (every node's term stays where it was, no election); each refusal is logged with its
+/// reason; the member with the wrong secret stays out until restarted with the right one, then
+/// catches up with every acknowledged write.
+#[test]
+fn a_process_without_the_peer_secret_cannot_step_messages_into_the_cluster() {
+    let mut cluster = Cluster::start(3, &["--peer-secret", PEER_SECRET]);
+    let mut acked = cluster.write_keys("secured-", 50);
+    let leader = cluster.leader();
+    let follower = cluster.follower();
+    let before = terms(&cluster);
+    let term: u64 = before[&leader].parse().expect("a number");
+    for secured in [true, false] {
+        assert!(
+            !impostor_stays_connected(cluster.nodes[&follower].peer, follower, leader, secured, term + 100),
+            "the node kept an unproven peer connected"
+        );
+    }
+    thread::sleep(Duration::from_secs(2));
+    assert_eq!(terms(&cluster), before, "an unproven peer's messages moved a term");
+    assert_eq!(cluster.leader(), leader, "an unproven peer's messages moved leadership");
+    let log = std::fs::read_to_string(cluster.log_path(follower)).unwrap_or_default();
+    assert!(log.contains("did not prove it knows the peer secret"), "{log}");
+    assert!(log.contains("it has no peer secret, and this node requires one"), "{log}");
+
+    // A member with the wrong secret is refused both ways, and the rest go on without it.
+    let outsider = *cluster.nodes.keys().find(|&&id| id != leader && id != follower).expect("a third node");
+    cluster.kill(outsider);
+    cluster.extra = vec!["--peer-secret".into(), "not-the-cluster-secret-at-all".into()];
+    cluster.spawn(outsider);
+    thread::sleep(Duration::from_secs(3));
+    acked.extend(cluster.write_keys("while-out-", 20));
+    let outsider_info = cluster.info(outsider).expect("the outsider serves INFO");
+    assert_ne!(outsider_info["leader_id"], leader.to_string(), "the outsider joined with a wrong secret");
+    assert_eq!(terms(&cluster)[&leader], before[&leader], "the outsider disturbed the cluster's term");
+    let log = std::fs::read_to_string(cluster.log_path(outsider)).unwrap_or_default();
+    assert!(log.contains("refused"), "{log}");
+
+    // With the right secret it rejoins and catches up.
+    cluster.kill(outsider);
+    cluster.extra = vec!["--peer-secret".into(), PEER_SECRET.into()];
+    cluster.spawn(outsider);
+    cluster.assert_readable(outsider, &acked);
 }

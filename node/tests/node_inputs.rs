@@ -635,7 +635,8 @@ fn a_peer_of_another_cluster_is_refused_at_the_handshake() {
     let mut s = TcpStream::connect(("127.0.0.1", node.peer)).expect("connect to the peer port");
     s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
     let mut hello = Vec::new();
-    durakv::transport::frame::PeerFrame::Hello { cluster_id: 99, node_id: 2 }.encode(&mut hello);
+    durakv::transport::frame::PeerFrame::Hello { cluster_id: 99, node_id: 2, nonce: [0; 16], secured: false }
+        .encode(&mut hello);
     s.write_all(&hello).expect("send hello");
     let mut buf = [0u8; 64];
     // The node closes without a hello of its own.

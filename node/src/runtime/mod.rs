@@ -155,6 +155,10 @@ pub enum NodeError {
     Fsm { path: PathBuf, source: FsmError },
     #[error("cannot listen on {addr} for {what}: {source}")]
     Bind { what: &'static str, addr: SocketAddr, source: io::Error },
+    #[error("TLS client port: {0}")]
+    Tls(String),
+    #[error("backup directory {}: {source}", path.display())]
+    Backups { path: PathBuf, source: Box<crate::backup::BackupError> },
     #[error("{0}")]
     Replica(#[from] ReplicaError),
 }
@@ -223,6 +227,15 @@ pub fn open_replica<E: Engine>(
             .map_err(|source| NodeError::Snapshots { path: layout.snapshots.clone(), source })?;
     if !removed.is_empty() {
         tracing::info!(node = cfg.id, removed = removed.len(), "cleaned up interrupted snapshot work");
+    }
+    // A backup nobody finished reading, or cut short by a crash, goes (`crate::backup`).
+    let backups = crate::backup::dir(&cfg.data_dir);
+    match crate::backup::clear(&*fs, &backups) {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(node = cfg.id, removed = n, path = %backups.display(), "removed unfinished backups")
+        }
+        Err(source) => return Err(NodeError::Backups { path: backups, source: Box::new(source) }),
     }
     let storage_err = |source| NodeError::Storage { path: layout.raft.clone(), source };
     let (storage, report) =
@@ -313,6 +326,7 @@ pub async fn serve<E: Engine + Send + 'static>(
         inbound: peer_tx,
         feedback: feedback_tx,
         receiving: Arc::default(),
+        secret: cfg.peer_secret.clone(),
     });
     let addrs: BTreeMap<u64, SocketAddr> =
         cfg.peers.iter().filter(|(id, _)| **id != cfg.id).map(|(id, p)| (*id, p.peer_addr)).collect();
@@ -366,7 +380,30 @@ pub async fn serve<E: Engine + Send + 'static>(
         max_in_flight: cfg.max_in_flight,
         rejected_connections: std::sync::atomic::AtomicU64::new(0),
         busy_replies: std::sync::atomic::AtomicU64::new(0),
+        fs: fs.clone(),
+        backups: crate::backup::dir(&cfg.data_dir),
     });
+    // The TLS client port (Redis's tls-port): its files are read and checked before the node serves.
+    #[cfg(not(madsim))]
+    if let Some(tls) = &cfg.tls {
+        let acceptor = crate::server::tls::acceptor(tls).map_err(|e| NodeError::Tls(e.to_string()))?;
+        let listener = TcpListener::bind(tls.addr).await.map_err(|source| NodeError::Bind {
+            what: "TLS clients (tls_resp_addr)",
+            addr: tls.addr,
+            source,
+        })?;
+        tokio::spawn(crate::server::conn::accept_tls_clients(
+            listener,
+            acceptor,
+            Arc::clone(&clients),
+            shutdown.clone(),
+        ));
+        tracing::info!(node = cfg.id, tls = %tls.addr, client_certificates = tls.ca_cert_file.is_some(), "TLS client port open");
+    }
+    #[cfg(madsim)]
+    if cfg.tls.is_some() {
+        return Err(NodeError::Tls("TLS is not available in the simulation build".into()));
+    }
     tokio::spawn(accept_clients(client_listener, clients, shutdown.clone()));
     tracing::info!(
         node = cfg.id,

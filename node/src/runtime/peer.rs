@@ -23,7 +23,8 @@ use super::{accept_until_shutdown, write_flushed};
 use crate::io::{OpenOptions, SharedFs};
 use crate::snapshot::{FOOTER_LEN, ReceiveGuard, SnapshotError, SnapshotStore, SnapshotToken, StreamInfo};
 use crate::transport::frame::{
-    FrameError, HEADER_LEN, MAX_FRAME_BYTES, PeerFrame, SnapshotChunk, check_hello,
+    FrameError, HEADER_LEN, MAX_FRAME_BYTES, NONCE_LEN, PeerFrame, PeerHello, SnapshotChunk, check_hello,
+    check_proof, proof,
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -65,6 +66,18 @@ pub enum PeerError {
     Truncated,
     #[error("unexpected {0}")]
     Unexpected(String),
+    #[error(
+        "node {peer} closed the connection during the handshake: it refused this node (another cluster id, membership or peer secret; its log names the reason)"
+    )]
+    HandshakeRefused { peer: u64 },
+    #[error("refused node {peer}: it did not prove it knows the peer secret (a different --peer-secret?)")]
+    BadProof { peer: u64 },
+    #[error("refused node {peer}: it has no peer secret, and this node requires one (--peer-secret)")]
+    PeerUnsecured { peer: u64 },
+    #[error(
+        "refused by node {peer}, or refusing it: it requires a peer secret and this node has none (--peer-secret)"
+    )]
+    SelfUnsecured { peer: u64 },
 }
 
 /// What every connection of this node needs.
@@ -82,6 +95,9 @@ pub struct LinkContext {
     pub feedback: mpsc::Sender<Feedback>,
     /// Snapshot streams being received now ([`Transport::receiving_snapshot`]).
     pub receiving: Arc<SnapshotReceipts>,
+    /// The peer secret: peers prove they know it, and so does this node (`None`: no proofs, and a
+    /// peer that asks for them is refused).
+    pub secret: Option<Vec<u8>>,
 }
 
 /// Snapshot streams being received: how many, and when the last chunk of any arrived.
@@ -130,10 +146,66 @@ impl Drop for Receiving {
 }
 
 impl LinkContext {
-    fn hello(&self) -> Vec<u8> {
+    /// This side's hello, with a fresh nonce when it has a secret to prove (none otherwise: the
+    /// seeded random stream of a simulated run is not drawn from for nothing).
+    fn hello(&self) -> ([u8; NONCE_LEN], Vec<u8>) {
+        let nonce = if self.secret.is_some() { rand::random() } else { [0; NONCE_LEN] };
         let mut buf = Vec::new();
-        PeerFrame::Hello { cluster_id: self.cluster_id, node_id: self.id }.encode(&mut buf);
-        buf
+        PeerFrame::Hello {
+            cluster_id: self.cluster_id,
+            node_id: self.id,
+            nonce,
+            secured: self.secret.is_some(),
+        }
+        .encode(&mut buf);
+        (nonce, buf)
+    }
+
+    /// Both sides have a secret, or neither: anything else is refused by name.
+    fn check_secured(&self, them: &PeerHello) -> Result<(), PeerError> {
+        match (self.secret.is_some(), them.secured) {
+            (true, false) => Err(PeerError::PeerUnsecured { peer: them.node_id }),
+            (false, true) => Err(PeerError::SelfUnsecured { peer: them.node_id }),
+            _ => Ok(()),
+        }
+    }
+
+    /// This node's proof for peer `them`, who sent `their_nonce` (`None` without a secret).
+    fn prove(&self, ours: &[u8; NONCE_LEN], them: &PeerHello) -> Option<Vec<u8>> {
+        let secret = self.secret.as_deref()?;
+        let mac = proof(secret, self.cluster_id, (self.id, ours), (them.node_id, &them.nonce));
+        let mut buf = Vec::new();
+        PeerFrame::Proof(mac).encode(&mut buf);
+        Some(buf)
+    }
+
+    /// Read the peer's proof and check it (nothing to do without a secret).
+    async fn check_their_proof<R: AsyncRead + Unpin>(
+        &self,
+        reader: &mut FrameReader,
+        stream: &mut R,
+        ours: &[u8; NONCE_LEN],
+        them: &PeerHello,
+    ) -> Result<(), PeerError> {
+        let Some(secret) = self.secret.as_deref() else { return Ok(()) };
+        let frame = tokio::time::timeout(HELLO_TIMEOUT, reader.next(stream))
+            .await
+            .map_err(|_| PeerError::HelloTimeout(HELLO_TIMEOUT))??
+            .ok_or(PeerError::Truncated)?;
+        match frame {
+            PeerFrame::Proof(mac)
+                if check_proof(
+                    secret,
+                    self.cluster_id,
+                    (them.node_id, &them.nonce),
+                    (self.id, ours),
+                    &mac,
+                ) =>
+            {
+                Ok(())
+            }
+            _ => Err(PeerError::BadProof { peer: them.node_id }),
+        }
     }
 
     /// Connect to peer `to` and exchange hellos.
@@ -142,18 +214,34 @@ impl LinkContext {
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connect to {addr} timed out")))??;
         stream.set_nodelay(true)?;
-        write_flushed(&mut stream, &self.hello()).await?;
+        let (ours, hello) = self.hello();
+        write_flushed(&mut stream, &hello).await?;
         let mut reader = FrameReader::default();
+        let refused = |e| match e {
+            PeerError::Truncated => PeerError::HandshakeRefused { peer: to },
+            PeerError::Io(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                PeerError::HandshakeRefused { peer: to }
+            }
+            e => e,
+        };
         let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.next(&mut stream))
             .await
-            .map_err(|_| PeerError::HelloTimeout(HELLO_TIMEOUT))??
-            .ok_or(PeerError::Truncated)?;
+            .map_err(|_| PeerError::HelloTimeout(HELLO_TIMEOUT))?
+            .map_err(refused)?
+            .ok_or(PeerError::HandshakeRefused { peer: to })?;
         let them = check_hello(&hello, self.cluster_id, &self.members, self.id)?;
-        if them != to {
+        if them.node_id != to {
             return Err(PeerError::Unexpected(format!(
-                "node {them} at the address configured for node {to}"
+                "node {} at the address configured for node {to}",
+                them.node_id
             )));
         }
+        self.check_secured(&them)?;
+        // The connecting side proves itself first; the accepting side answers only a good proof.
+        if let Some(proof) = self.prove(&ours, &them) {
+            write_flushed(&mut stream, &proof).await?;
+        }
+        self.check_their_proof(&mut reader, &mut stream, &ours, &them).await.map_err(refused)?;
         Ok(stream)
     }
 }
@@ -435,13 +523,23 @@ async fn serve_incoming(mut stream: TcpStream, link: &LinkContext) -> Result<(),
         .await
         .map_err(|_| PeerError::HelloTimeout(HELLO_TIMEOUT))??
         .ok_or(PeerError::Truncated)?;
-    let from = check_hello(&hello, link.cluster_id, &link.members, link.id)?;
-    write_flushed(&mut stream, &link.hello()).await?;
+    let them = check_hello(&hello, link.cluster_id, &link.members, link.id)?;
+    let from = them.node_id;
+    link.check_secured(&them)?;
+    let (ours, hello) = link.hello();
+    write_flushed(&mut stream, &hello).await?;
+    // Nothing from this peer is used until it proved it knows the secret; only then does this node
+    // prove itself in turn.
+    link.check_their_proof(&mut reader, &mut stream, &ours, &them).await?;
+    if let Some(proof) = link.prove(&ours, &them) {
+        write_flushed(&mut stream, &proof).await?;
+    }
     let mut receiving: Option<(ReceiveGuard, crate::snapshot::Spool, Receiving)> = None;
     let mut received: Option<ReceiveGuard> = None;
     while let Some(frame) = reader.next(&mut stream).await? {
         match frame {
             PeerFrame::Hello { .. } => return Err(PeerError::Unexpected("second hello".into())),
+            PeerFrame::Proof(_) => return Err(PeerError::Unexpected("a proof after the handshake".into())),
             PeerFrame::Raft(msg) => {
                 if msg.from != from || msg.to != link.id {
                     return Err(PeerError::Unexpected(format!(

@@ -39,6 +39,18 @@ pub enum Request {
     ClientHelp,
     /// CLIENT NO-EVICT / NO-TOUCH on|off: nothing to change here (no eviction, no LRU).
     ClientNoop,
+    /// BACKUP START: write a consistent snapshot of the state machine (at or past a confirmed read
+    /// index) to this node's backup directory; BACKUP READ name offset count streams it out;
+    /// BACKUP DONE name removes it (`durakv admin backup` drives the three).
+    BackupStart,
+    BackupRead {
+        name: String,
+        offset: u64,
+        count: u64,
+    },
+    BackupDone {
+        name: String,
+    },
     /// CONFIG GET name…: the few Redis parameters clients probe, answered read-only.
     ConfigGet(Vec<Vec<u8>>),
     Command(CommandQuery),
@@ -281,6 +293,14 @@ pub const COMMANDS: &[CommandSpec] = &[
         NOKEYS,
         "connection",
         "Authenticates the connection.",
+    ),
+    spec(
+        "backup",
+        -2,
+        &["admin", "noscript", "loading", "stale"],
+        NOKEYS,
+        "server",
+        "Takes a consistent snapshot of the data set and streams it out (durakv's own command; see `durakv admin backup`).",
     ),
     spec(
         "client",
@@ -881,6 +901,38 @@ pub fn parse_request(args: Vec<Vec<u8>>) -> Result<Request, Refusal> {
                     )));
                 }
                 (None, _) => return Err(wrong_arity("client")),
+            }
+        }
+        "BACKUP" => {
+            let sub = rest.next().map(|s| String::from_utf8_lossy(&s).to_ascii_uppercase());
+            let mut text = || String::from_utf8_lossy(&rest.next().unwrap_or_default()).into_owned();
+            match (sub.as_deref(), n) {
+                (Some("START"), 1) => Request::BackupStart,
+                (Some("READ"), 4) => {
+                    let name = text();
+                    let number = |s: String| {
+                        s.parse::<u64>().map_err(|_| {
+                            Reply::Error("ERR offset and count must be non-negative integers".into())
+                        })
+                    };
+                    let offset = number(text())?;
+                    let count = number(text())?;
+                    Request::BackupRead { name, offset, count }
+                }
+                (Some("DONE"), 2) => Request::BackupDone { name: text() },
+                (Some(sub @ ("START" | "READ" | "DONE")), _) => {
+                    return Err(Reply::Error(format!(
+                        "ERR wrong number of arguments for 'backup|{}' command",
+                        sub.to_ascii_lowercase()
+                    )));
+                }
+                (Some(other), _) => {
+                    return Err(Reply::Error(format!(
+                        "ERR unknown subcommand '{}'. BACKUP takes START, READ name offset count, or DONE name.",
+                        other.to_ascii_lowercase()
+                    )));
+                }
+                (None, _) => return Err(wrong_arity("backup")),
             }
         }
         "COMMAND" => {

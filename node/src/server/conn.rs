@@ -54,6 +54,9 @@ pub(crate) struct ClientContext<E: Engine> {
     /// Connections refused by `maxclients`, and requests answered `-BUSY` (INFO stats).
     pub rejected_connections: std::sync::atomic::AtomicU64,
     pub busy_replies: std::sync::atomic::AtomicU64,
+    /// The node's filesystem and its backup directory (`BACKUP`).
+    pub fs: crate::io::SharedFs,
+    pub backups: std::path::PathBuf,
 }
 
 /// One request counted in [`ClientContext::in_flight`] until its reply is in (or it is dropped).
@@ -144,8 +147,65 @@ pub(crate) async fn accept_clients<E: Engine + Send + 'static>(
                 let _ = write_flushed(&mut stream, b"-ERR max number of clients reached\r\n").await;
                 return;
             }
-            if let Err(e) = serve_client(stream, &ctx).await {
+            if let Err(e) = serve_connection(stream, &ctx).await {
                 tracing::debug!(node = ctx.node_id, client = %addr, error = %e, "client connection ended");
+            }
+        }
+    })
+    .await
+}
+
+/// A plain connection's addresses, then [`serve_client`].
+async fn serve_connection<E: Engine + Send + 'static>(
+    stream: TcpStream,
+    ctx: &ClientContext<E>,
+) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let addrs = (
+        stream.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
+        stream.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+    );
+    serve_client(stream, addrs, ctx).await
+}
+
+/// How long a TLS client has to finish its handshake.
+#[cfg(not(madsim))]
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accept TLS client connections until shutdown: each is served as a plain one once its handshake
+/// succeeded (`maxclients` counts both ports together). A failed handshake (no TLS, an unknown or
+/// missing client certificate) is logged and the connection closed.
+#[cfg(not(madsim))]
+pub(crate) async fn accept_tls_clients<E: Engine + Send + 'static>(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    ctx: Arc<ClientContext<E>>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let node = ctx.node_id;
+    accept_until_shutdown(listener, node, "TLS client", shutdown, move |stream, addr| {
+        let (ctx, acceptor) = (ctx.clone(), acceptor.clone());
+        async move {
+            if ctx.clients().len() >= ctx.maxclients {
+                ctx.rejected_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(node = ctx.node_id, client = %addr, maxclients = ctx.maxclients, "TLS client refused: maxclients reached");
+                return;
+            }
+            let _ = stream.set_nodelay(true);
+            let laddr = stream.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::warn!(node = ctx.node_id, client = %addr, error = %e, "TLS handshake failed; connection closed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(node = ctx.node_id, client = %addr, "TLS handshake timed out; connection closed");
+                    return;
+                }
+            };
+            if let Err(e) = serve_client(tls, (addr.to_string(), laddr), &ctx).await {
+                tracing::debug!(node = ctx.node_id, client = %addr, error = %e, "TLS client connection ended");
             }
         }
     })
@@ -182,19 +242,21 @@ struct Queued {
     failed: bool,
 }
 
-async fn serve_client<E: Engine + Send + 'static>(
-    mut stream: TcpStream,
+/// Serve one client connection (plain or inside TLS) until it closes: `addrs` are its remote and
+/// local addresses, for CLIENT LIST.
+async fn serve_client<E: Engine + Send + 'static, S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    (addr, laddr): (String, String),
     ctx: &ClientContext<E>,
 ) -> std::io::Result<()> {
-    stream.set_nodelay(true)?;
     let mut parser = RequestParser::new(ctx.limits);
     use std::sync::atomic::Ordering::Relaxed;
     let id = ctx.next_client_id.fetch_add(1, Relaxed) + 1;
     ctx.total_connections.fetch_add(1, Relaxed);
     let now = ctx.now_ms();
     let entry = ClientEntry {
-        addr: stream.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
-        laddr: stream.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        addr,
+        laddr,
         protocol: 2,
         connected_ms: now,
         last_active_ms: now,
@@ -608,6 +670,20 @@ async fn execute_parsed<E: Engine + Send + 'static>(
             Reply::Array(Some(CLIENT_HELP.iter().map(|l| Reply::Simple((*l).to_string())).collect()))
         }
         Request::ClientNoop => Reply::ok(),
+        Request::BackupStart => return (Pending::Ready(backup_start(ctx).await), false),
+        Request::BackupRead { name, offset, count } => {
+            let (fs, dir) = (ctx.fs.clone(), ctx.backups.clone());
+            let read = move || crate::backup::read(&*fs, &dir, &name, offset, count);
+            match off_the_runtime(read).await {
+                Some(Ok(bytes)) => Reply::Bulk(Some(bytes)),
+                Some(Err(e)) => Reply::Error(format!("ERR {e}")),
+                None => stopping(),
+            }
+        }
+        Request::BackupDone { name } => match crate::backup::remove(&*ctx.fs, &ctx.backups, &name) {
+            Ok(()) => Reply::ok(),
+            Err(e) => Reply::Error(format!("ERR {e}")),
+        },
         Request::Command(q) => command_reply(q),
         // A map: RESP3 clients get `%`, RESP2 clients the flat array Redis sends them.
         Request::ConfigGet(names) => Reply::Map(
@@ -1069,6 +1145,76 @@ async fn read_value<E: Engine>(
     answer: impl FnOnce(Option<Vec<u8>>) -> Reply + Send + 'static,
 ) -> Pending {
     read(ctx, Box::new(move |kv| kv.get(&key).map_or_else(read_failed, answer))).await
+}
+
+/// BACKUP START: confirm a read index as a linearizable read does, take a view of the state machine
+/// at or past it, and write that view to the backup directory off the async runtime. Every write
+/// acknowledged before the command is in the file.
+async fn backup_start<E: Engine + Send + 'static>(ctx: &ClientContext<E>) -> Reply {
+    // The request holds its place in the in-flight count until the backup is written.
+    let Some(_slot) = take_slot(ctx) else { return busy(ctx) };
+    let (view_tx, view_rx) = oneshot::channel();
+    // The read's own reply is not used, but it must stay open: a read whose client went away is
+    // skipped.
+    let (reply_tx, _reply_rx) = oneshot::channel();
+    let read: ReadFn<E> = Box::new(move |kv| {
+        let _ = view_tx.send((kv.applied_index(), kv.shared_engine()));
+        Reply::ok()
+    });
+    if ctx.inputs.send(Input::Read { read, reply: reply_tx }).await.is_err() {
+        return stopping();
+    }
+    let (confirmed, engine) = match tokio::time::timeout(ctx.request_timeout, view_rx).await {
+        Ok(Ok(view)) => view,
+        Ok(Err(_)) => return stopping(),
+        Err(_) => {
+            return Reply::Error("TIMEOUT no read index was confirmed in time; retry the backup".into());
+        }
+    };
+    let (fs, dir, node) = (ctx.fs.clone(), ctx.backups.clone(), ctx.node_id);
+    let Some(written) = off_the_runtime(move || crate::backup::take(&*fs, &dir, &*engine)).await else {
+        return stopping();
+    };
+    match written {
+        Ok(file) if file.index >= confirmed => {
+            tracing::info!(node, index = file.index, bytes = file.len, path = %file.path.display(), "backup written");
+            let name = file.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            Reply::Array(Some(vec![
+                Reply::Bulk(Some(name.into_bytes())),
+                Reply::Integer(file.index as i64),
+                Reply::Integer(file.term as i64),
+                Reply::Integer(file.len as i64),
+                Reply::Integer(i64::from(file.crc)),
+            ]))
+        }
+        Ok(file) => {
+            // The engine's view never moves backwards; a file behind the confirmed index would miss
+            // acknowledged writes, so it is never handed out.
+            let _ = ctx.fs.remove_file(&file.path);
+            Reply::Error(format!(
+                "ERR backup at index {} is behind the confirmed read index {confirmed}; retry",
+                file.index
+            ))
+        }
+        Err(e) => {
+            tracing::warn!(node, error = %e, "backup failed");
+            Reply::Error(format!("ERR backup failed: {e}"))
+        }
+    }
+}
+
+/// Run blocking file work on a blocking worker (under madsim, in place: the simulated disk takes no
+/// time and a run must replay exactly). `None` if the worker went away (the runtime is shutting
+/// down, or the work panicked: a bug, already printed).
+async fn off_the_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    #[cfg(not(madsim))]
+    {
+        tokio::task::spawn_blocking(work).await.ok()
+    }
+    #[cfg(madsim)]
+    {
+        Some(work())
+    }
 }
 
 /// A read the node could not serve because it is stopping (a read changes nothing, so failing it is

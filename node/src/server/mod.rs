@@ -5,3 +5,5 @@
 pub mod commands;
 pub(crate) mod conn;
 pub mod resp;
+#[cfg(not(madsim))]
+pub mod tls;

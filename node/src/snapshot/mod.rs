@@ -31,7 +31,10 @@ pub use format::{
     FOOTER_LEN, HEADER_FIXED_LEN, MAX_RECORD_FIELD_BYTES, MIN_SNAPSHOT_LEN, SNAPSHOT_MAGIC, SNAPSHOT_VERSION,
     SnapshotHeader, SnapshotToken, TOKEN_LEN, encode_record,
 };
-pub use restore::{ColdStart, VerifiedSnapshot, cold_start, ensure_applied_durable, restore, verify};
+pub use restore::{
+    ColdStart, VerifiedSnapshot, cold_start, copy_with_conf_state, ensure_applied_durable, restore, token_of,
+    verify,
+};
 pub use spool::{DEFAULT_SPOOL_CAP_BYTES, Spool, StreamInfo};
 pub use store::{ReceiveGuard, SnapshotStore};
 pub use writer::{SnapshotFile, write_snapshot};

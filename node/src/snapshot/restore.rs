@@ -122,6 +122,17 @@ impl Reader {
         Ok(Some((key, value)))
     }
 
+    /// Every body byte read ahead but not handed out yet, after reading more if none are: `None`
+    /// at the end of the body.
+    fn take_buffered(&mut self) -> Result<Option<&[u8]>, SnapshotError> {
+        if !self.fill(1)? {
+            return Ok(None);
+        }
+        let out = &self.buf[self.pos..];
+        self.pos = self.buf.len();
+        Ok(Some(out))
+    }
+
     /// Read the rest of the body (CRC only) and return the CRC of the whole body.
     fn finish_crc(&mut self) -> Result<u32, SnapshotError> {
         self.pos = self.buf.len();
@@ -249,4 +260,69 @@ pub fn ensure_applied_durable(engine: &dyn Engine, index: u64) -> Result<(), Sna
         return Err(SnapshotError::AppliedBehind { snapshot: index, applied });
     }
     Ok(())
+}
+
+/// The token of a snapshot file found on its own (a backup): the index from its header and the CRC
+/// from its footer. Nothing is verified but the header's form: follow with [`verify`].
+pub fn token_of(fs: &dyn Fs, path: &Path) -> Result<SnapshotToken, SnapshotError> {
+    let file = fs.open(path, OpenOptions::read_only()).map_err(io_err(path))?;
+    let len = file.len().map_err(io_err(path))?;
+    if len < MIN_SNAPSHOT_LEN {
+        return Err(SnapshotError::TooSmall { path: path.to_path_buf(), len });
+    }
+    let mut prefix = [0u8; 14];
+    file.read_exact_at(&mut prefix, 0).map_err(io_err(path))?;
+    let header_len = u64::from(SnapshotHeader::declared_len(&prefix)?);
+    if header_len > len - FOOTER_LEN as u64 {
+        return Err(SnapshotError::BadHeader("the header runs past the end of the file".into()));
+    }
+    let header = file.read_exact_vec_at(header_len as usize, 0).map_err(io_err(path))?;
+    let index = SnapshotHeader::decode(&header)?.index;
+    let mut footer = [0u8; FOOTER_LEN];
+    file.read_exact_at(&mut footer, len - FOOTER_LEN as u64).map_err(io_err(path))?;
+    Ok(SnapshotToken { index, crc: u32::from_be_bytes(footer) })
+}
+
+/// Copy the snapshot at `src` (checked against `token` as it streams) to `dst` with its header's
+/// conf state replaced by `conf_state`: the body is copied byte for byte, a chunk at a time, and the
+/// footer recomputed. The copy is written `.tmp` → fsync → rename → fsync(dir) (D6), and is left
+/// behind only if the source's whole-body CRC matched its footer.
+pub fn copy_with_conf_state(
+    fs: &dyn Fs,
+    src: &Path,
+    token: &SnapshotToken,
+    dst: &Path,
+    conf_state: &[u8],
+) -> Result<super::SnapshotFile, SnapshotError> {
+    let (mut r, footer) = Reader::open(fs, src, token)?;
+    let header = r.header();
+    let tmp = crate::io::tmp_path(dst);
+    let file = fs.open(&tmp, OpenOptions::create_new()).map_err(io_err(&tmp))?;
+    let mut w = super::writer::ChunkWriter::new(file);
+    let copied = (|| {
+        let header = SnapshotHeader { conf_state: conf_state.to_vec(), ..header? };
+        w.buf().extend_from_slice(&header.encode());
+        while let Some(bytes) = r.take_buffered()? {
+            w.buf().extend_from_slice(bytes);
+            w.maybe_flush().map_err(io_err(&tmp))?;
+        }
+        Ok(header)
+    })();
+    let computed = r.finish_crc()?;
+    let finished = check_read(src, token, computed, footer, copied)
+        .and_then(|header| w.finish().map(|(len, crc)| (header, len, crc)).map_err(io_err(&tmp)));
+    let (header, len, crc) = match finished {
+        Ok(done) => done,
+        Err(e) => {
+            // Never leave a half-written copy behind.
+            let _ = fs.remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    // The copy's bytes were fsynced by `finish`; the name points at them only once complete.
+    fs.rename(&tmp, dst).map_err(io_err(dst))?;
+    // ... and the name itself is durable only once its directory is synced.
+    let dir = crate::io::parent_dir(dst);
+    fs.sync_dir(dir).map_err(io_err(dir))?;
+    Ok(super::SnapshotFile { path: dst.to_path_buf(), index: header.index, term: header.term, len, crc })
 }

@@ -2,12 +2,16 @@
 //!
 //! ```text
 //! frame := len u32 (kind + payload), crc32c u32 (kind + payload), kind u8, payload
-//! kind 1 hello          magic "DKVP" (4), version u16, cluster_id u64, node_id u64
+//! kind 1 hello          magic "DKVP" (4), version u16, cluster_id u64, node_id u64, nonce [16],
+//!                       secured u8 (1: the sender has a peer secret and proves it)
 //! kind 2 raft           a prost-encoded raft Message
 //! kind 3 snapshot chunk index u64, offset u64, total_len u64, crc u32 (of the whole stream), last u8, data
+//! kind 4 proof          HMAC-SHA256 [32] ([`proof`])
 //! ```
 //! A connection opens with one `hello` each way; a peer of another cluster, an unknown node or another
-//! protocol version is refused. Every frame is checked before it is used; the decoder never panics,
+//! protocol version is refused. With a peer secret, each side then proves it knows the secret without
+//! sending it: a `proof` over both hellos' nonces, the cluster and the two ids, in each direction (the
+//! connecting side first; the accepting side answers only a proof that checked out). Every frame is checked before it is used; the decoder never panics,
 //! never allocates more than the frame limit, and a malformed frame closes the connection with a typed
 //! error.
 
@@ -20,13 +24,18 @@ use crate::limits::CHUNK_HEADER_BYTES;
 pub use crate::limits::MAX_FRAME_BYTES;
 
 pub const PEER_MAGIC: [u8; 4] = *b"DKVP";
-pub const PEER_VERSION: u16 = 1;
+pub const PEER_VERSION: u16 = 2;
+/// Bytes of a hello's nonce.
+pub const NONCE_LEN: usize = 16;
+/// Bytes of a proof.
+pub const PROOF_LEN: usize = 32;
 /// The `len` and `crc32c` words before every frame's body.
 pub const HEADER_LEN: usize = 8;
 
 const KIND_HELLO: u8 = 1;
 const KIND_RAFT: u8 = 2;
 const KIND_CHUNK: u8 = 3;
+const KIND_PROOF: u8 = 4;
 
 /// What goes between peers.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,7 +43,13 @@ pub enum PeerFrame {
     Hello {
         cluster_id: u64,
         node_id: u64,
+        /// Fresh for each connection when the sender has a peer secret (zeros otherwise).
+        nonce: [u8; NONCE_LEN],
+        /// The sender has a peer secret and will prove it.
+        secured: bool,
     },
+    /// The sender knows the peer secret ([`proof`]).
+    Proof([u8; PROOF_LEN]),
     /// Boxed: a raft message is large next to the other variants.
     Raft(Box<raft::eraftpb::Message>),
     SnapshotChunk(SnapshotChunk),
@@ -80,12 +95,18 @@ impl PeerFrame {
         let start = out.len();
         out.extend_from_slice(&[0u8; HEADER_LEN]);
         match self {
-            PeerFrame::Hello { cluster_id, node_id } => {
+            PeerFrame::Hello { cluster_id, node_id, nonce, secured } => {
                 out.push(KIND_HELLO);
                 out.extend_from_slice(&PEER_MAGIC);
                 out.extend_from_slice(&PEER_VERSION.to_be_bytes());
                 out.extend_from_slice(&cluster_id.to_be_bytes());
                 out.extend_from_slice(&node_id.to_be_bytes());
+                out.extend_from_slice(nonce);
+                out.push(u8::from(*secured));
+            }
+            PeerFrame::Proof(mac) => {
+                out.push(KIND_PROOF);
+                out.extend_from_slice(mac);
             }
             PeerFrame::Raft(m) => {
                 out.push(KIND_RAFT);
@@ -137,6 +158,10 @@ impl PeerFrame {
                     .map_err(|e| FrameError::Malformed { kind: "raft", detail: e.to_string() })?,
             )),
             KIND_CHUNK => decode_chunk(payload)?,
+            KIND_PROOF => PeerFrame::Proof(payload.try_into().map_err(|_| FrameError::Malformed {
+                kind: "proof",
+                detail: format!("{} bytes, not {PROOF_LEN}", payload.len()),
+            })?),
             other => return Err(FrameError::UnknownKind(other)),
         };
         Ok(Some((frame, end)))
@@ -145,7 +170,9 @@ impl PeerFrame {
 
 fn decode_hello(p: &[u8]) -> Result<PeerFrame, FrameError> {
     let bad = |detail: &str| FrameError::Malformed { kind: "hello", detail: detail.into() };
-    if p.len() != 4 + 2 + 8 + 8 {
+    // The magic and version come first, so a peer of another version is named as such whatever
+    // the rest of its hello looks like.
+    if p.len() < 6 {
         return Err(bad("wrong length"));
     }
     if p[0..4] != PEER_MAGIC {
@@ -155,7 +182,17 @@ fn decode_hello(p: &[u8]) -> Result<PeerFrame, FrameError> {
     if version != PEER_VERSION {
         return Err(FrameError::Version(version));
     }
-    Ok(PeerFrame::Hello { cluster_id: be_u64(p, 6), node_id: be_u64(p, 14) })
+    if p.len() != 4 + 2 + 8 + 8 + NONCE_LEN + 1 {
+        return Err(bad("wrong length"));
+    }
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce.copy_from_slice(&p[22..22 + NONCE_LEN]);
+    let secured = match p[22 + NONCE_LEN] {
+        0 => false,
+        1 => true,
+        other => return Err(bad(&format!("secured flag {other}"))),
+    };
+    Ok(PeerFrame::Hello { cluster_id: be_u64(p, 6), node_id: be_u64(p, 14), nonce, secured })
 }
 
 fn decode_chunk(p: &[u8]) -> Result<PeerFrame, FrameError> {
@@ -186,25 +223,82 @@ fn decode_chunk(p: &[u8]) -> Result<PeerFrame, FrameError> {
     Ok(PeerFrame::SnapshotChunk(chunk))
 }
 
+/// What a checked hello says about the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerHello {
+    pub node_id: u64,
+    pub nonce: [u8; NONCE_LEN],
+    pub secured: bool,
+}
+
 /// Check a peer's hello: same cluster, a known member, and not ourselves.
 pub fn check_hello(
     frame: &PeerFrame,
     cluster_id: u64,
     members: &[u64],
     self_id: u64,
-) -> Result<u64, FrameError> {
+) -> Result<PeerHello, FrameError> {
     match frame {
-        PeerFrame::Hello { cluster_id: theirs, node_id } => {
+        PeerFrame::Hello { cluster_id: theirs, node_id, nonce, secured } => {
             if *theirs != cluster_id {
                 return Err(FrameError::WrongCluster { ours: cluster_id, theirs: *theirs });
             }
             if *node_id == self_id || !members.contains(node_id) {
                 return Err(FrameError::UnknownNode(*node_id));
             }
-            Ok(*node_id)
+            Ok(PeerHello { node_id: *node_id, nonce: *nonce, secured: *secured })
         }
         _ => Err(FrameError::Malformed { kind: "hello", detail: "the first frame must be a hello".into() }),
     }
+}
+
+/// What `prover` sends `verifier` to show it knows the peer secret: HMAC-SHA256 keyed by the
+/// secret over a domain tag, the cluster, both ids and both nonces (the verifier's first). The
+/// verifier's fresh nonce makes it useless on any other connection; the ids and their order make it
+/// useless in the other direction, so a reflected proof fails.
+pub fn proof(
+    secret: &[u8],
+    cluster_id: u64,
+    (prover, prover_nonce): (u64, &[u8; NONCE_LEN]),
+    (verifier, verifier_nonce): (u64, &[u8; NONCE_LEN]),
+) -> [u8; PROOF_LEN] {
+    use hmac::Mac as _;
+    proof_mac(secret, cluster_id, (prover, prover_nonce), (verifier, verifier_nonce))
+        .finalize()
+        .into_bytes()
+        .into()
+}
+
+/// Does `mac` prove `prover` knows the secret? Compared in constant time.
+pub fn check_proof(
+    secret: &[u8],
+    cluster_id: u64,
+    (prover, prover_nonce): (u64, &[u8; NONCE_LEN]),
+    (verifier, verifier_nonce): (u64, &[u8; NONCE_LEN]),
+    mac: &[u8; PROOF_LEN],
+) -> bool {
+    use hmac::Mac as _;
+    proof_mac(secret, cluster_id, (prover, prover_nonce), (verifier, verifier_nonce))
+        .verify_slice(mac)
+        .is_ok()
+}
+
+fn proof_mac(
+    secret: &[u8],
+    cluster_id: u64,
+    (prover, prover_nonce): (u64, &[u8; NONCE_LEN]),
+    (verifier, verifier_nonce): (u64, &[u8; NONCE_LEN]),
+) -> hmac::Hmac<sha2::Sha256> {
+    use hmac::Mac as _;
+    let mut mac = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(secret)
+        .expect("HMAC takes a key of any length");
+    mac.update(b"durakv peer proof v1");
+    mac.update(&cluster_id.to_be_bytes());
+    mac.update(&prover.to_be_bytes());
+    mac.update(&verifier.to_be_bytes());
+    mac.update(verifier_nonce);
+    mac.update(prover_nonce);
+    mac
 }
 
 #[cfg(test)]
@@ -236,7 +330,9 @@ mod tests {
 
     #[test]
     fn every_kind_round_trips() {
-        round_trip(PeerFrame::Hello { cluster_id: 42, node_id: 3 });
+        round_trip(PeerFrame::Hello { cluster_id: 42, node_id: 3, nonce: [7; NONCE_LEN], secured: true });
+        round_trip(PeerFrame::Hello { cluster_id: 42, node_id: 3, nonce: [0; NONCE_LEN], secured: false });
+        round_trip(PeerFrame::Proof([9; PROOF_LEN]));
         let m = raft::eraftpb::Message { from: 1, to: 2, term: 5, ..Default::default() };
         round_trip(PeerFrame::Raft(Box::new(m)));
         round_trip(chunk(0, b"abc", 6, false));
@@ -246,7 +342,8 @@ mod tests {
     #[test]
     fn malformed_frames_are_typed_errors() {
         let mut buf = Vec::new();
-        PeerFrame::Hello { cluster_id: 1, node_id: 2 }.encode(&mut buf);
+        PeerFrame::Hello { cluster_id: 1, node_id: 2, nonce: [0; NONCE_LEN], secured: false }
+            .encode(&mut buf);
         let mut flipped = buf.clone();
         flipped[12] ^= 1;
         assert_eq!(PeerFrame::decode(&flipped, MAX_FRAME_BYTES), Err(FrameError::Checksum));
@@ -263,10 +360,26 @@ mod tests {
     }
 
     #[test]
+    fn a_proof_holds_only_for_its_secret_direction_and_nonces() {
+        let (a, b) = ([1u8; NONCE_LEN], [2u8; NONCE_LEN]);
+        let p = proof(b"s3cret", 7, (1, &a), (2, &b));
+        assert!(check_proof(b"s3cret", 7, (1, &a), (2, &b), &p));
+        assert!(!check_proof(b"other", 7, (1, &a), (2, &b), &p), "another secret");
+        assert!(!check_proof(b"s3cret", 8, (1, &a), (2, &b), &p), "another cluster");
+        assert!(!check_proof(b"s3cret", 7, (2, &b), (1, &a), &p), "reflected back to its prover");
+        assert!(!check_proof(b"s3cret", 7, (1, &a), (2, &[3; NONCE_LEN]), &p), "another connection");
+        assert!(!check_proof(b"s3cret", 7, (3, &a), (2, &b), &p), "another prover");
+    }
+
+    #[test]
     fn hellos_from_strangers_are_refused() {
         let members = [1, 2, 3];
-        let hello = |c, n| PeerFrame::Hello { cluster_id: c, node_id: n };
-        assert_eq!(check_hello(&hello(7, 2), 7, &members, 1), Ok(2));
+        let hello =
+            |c, n| PeerFrame::Hello { cluster_id: c, node_id: n, nonce: [1; NONCE_LEN], secured: false };
+        assert_eq!(
+            check_hello(&hello(7, 2), 7, &members, 1),
+            Ok(PeerHello { node_id: 2, nonce: [1; NONCE_LEN], secured: false })
+        );
         assert_eq!(
             check_hello(&hello(8, 2), 7, &members, 1),
             Err(FrameError::WrongCluster { ours: 7, theirs: 8 })

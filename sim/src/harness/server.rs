@@ -76,10 +76,14 @@ pub(super) fn node_config(scenario: &Scenario, id: u64) -> NodeConfig {
         peers,
         fsm_sync: if scenario.cluster.fsm_sync == "nosync" { FsmSync::NoSync } else { FsmSync::Sync },
         requirepass: None,
+        // Peer authentication draws nonces from the seeded stream; the scenarios run without it, and
+        // real-process tests cover it (cluster_process.rs).
+        peer_secret: None,
         snapshot_every: scenario.cluster.snapshot_every,
         snapshot_log_bytes: durakv::config::DEFAULT_SNAPSHOT_LOG_BYTES,
         snapshot_catch_up_entries: scenario.cluster.catch_up_entries,
         metrics_addr: None,
+        tls: None,
         max_bulk_bytes: 512 << 20,
         maxclients: durakv::config::DEFAULT_MAXCLIENTS,
         max_in_flight: durakv::config::DEFAULT_MAX_IN_FLIGHT,

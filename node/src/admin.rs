@@ -1,0 +1,260 @@
+//! The operator's side of the admin commands (`durakv admin …`): a small blocking Redis-protocol
+//! client, and the backup download built on `BACKUP START/READ/DONE` ([`crate::backup`]).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::io::{Fs, OpenOptions, parent_dir, tmp_path};
+use crate::snapshot::{SnapshotError, SnapshotToken, token_of, verify};
+
+/// The largest reply the client accepts (a backup chunk is at most 4 MiB).
+const MAX_REPLY_BYTES: usize = 64 << 20;
+
+/// Why an admin command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("cannot reach {addr}: {source}")]
+    Connect { addr: String, source: std::io::Error },
+    #[error("connection to the node: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the node sent a reply that is not valid RESP: {0}")]
+    Protocol(String),
+    #[error("the node refused: {0}")]
+    Refused(String),
+    #[error("{} already exists; choose a new file name (a backup never overwrites one)", .0.display())]
+    Exists(PathBuf),
+    #[error("writing {}: {source}", path.display())]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("the backup stream is damaged: {0}")]
+    Damaged(String),
+    #[error("the downloaded backup does not verify: {0}")]
+    Verify(#[from] SnapshotError),
+}
+
+/// One RESP2 reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    Simple(String),
+    Error(String),
+    Integer(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Option<Vec<Value>>),
+}
+
+/// A blocking connection to one node's client port.
+pub struct AdminClient {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl AdminClient {
+    /// Connect to `addr` (host:port) and, with a password, authenticate.
+    pub fn connect(addr: &str, password: Option<&str>, timeout: Duration) -> Result<AdminClient, AdminError> {
+        let connect_err = |source| AdminError::Connect { addr: addr.to_string(), source };
+        let sock = addr
+            .to_socket_addrs()
+            .map_err(connect_err)?
+            .next()
+            .ok_or_else(|| connect_err(std::io::Error::other("the name resolves to no address")))?;
+        let stream = TcpStream::connect_timeout(&sock, timeout).map_err(connect_err)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream.set_nodelay(true)?;
+        let mut client = AdminClient { reader: BufReader::new(stream.try_clone()?), writer: stream };
+        if let Some(pw) = password {
+            client.call_ok(&[b"AUTH", pw.as_bytes()])?;
+        }
+        Ok(client)
+    }
+
+    /// Send one command and read its reply (an error reply is a `Value::Error`, not an `Err`).
+    pub fn call(&mut self, args: &[&[u8]]) -> Result<Value, AdminError> {
+        let mut req = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            req.extend_from_slice(a);
+            req.extend_from_slice(b"\r\n");
+        }
+        self.writer.write_all(&req)?;
+        self.writer.flush()?;
+        read_value(&mut self.reader, 0)
+    }
+
+    /// [`AdminClient::call`], with an error reply turned into [`AdminError::Refused`].
+    pub fn call_ok(&mut self, args: &[&[u8]]) -> Result<Value, AdminError> {
+        match self.call(args)? {
+            Value::Error(e) => Err(AdminError::Refused(e)),
+            v => Ok(v),
+        }
+    }
+}
+
+fn line(r: &mut impl BufRead) -> Result<String, AdminError> {
+    let mut buf = Vec::new();
+    r.by_ref().take(64 * 1024).read_until(b'\n', &mut buf)?;
+    if buf.is_empty() {
+        return Err(AdminError::Protocol("the connection closed".into()));
+    }
+    if !buf.ends_with(b"\r\n") {
+        return Err(AdminError::Protocol("a line without CRLF, or longer than 64 KiB".into()));
+    }
+    buf.truncate(buf.len() - 2);
+    String::from_utf8(buf).map_err(|_| AdminError::Protocol("a line that is not UTF-8".into()))
+}
+
+fn read_value(r: &mut impl BufRead, depth: usize) -> Result<Value, AdminError> {
+    if depth > 8 {
+        return Err(AdminError::Protocol("arrays nested deeper than 8".into()));
+    }
+    let l = line(r)?;
+    let (kind, rest) = l.split_at_checked(1).ok_or_else(|| AdminError::Protocol("an empty line".into()))?;
+    let number =
+        |s: &str| s.parse::<i64>().map_err(|_| AdminError::Protocol(format!("bad length or integer {s:?}")));
+    Ok(match kind {
+        "+" => Value::Simple(rest.to_string()),
+        "-" => Value::Error(rest.to_string()),
+        ":" => Value::Integer(number(rest)?),
+        "$" => match number(rest)? {
+            -1 => Value::Bulk(None),
+            n if n < 0 || n as usize > MAX_REPLY_BYTES => {
+                return Err(AdminError::Protocol(format!("bulk length {n}")));
+            }
+            n => {
+                let mut buf = vec![0u8; n as usize + 2];
+                r.read_exact(&mut buf)?;
+                if !buf.ends_with(b"\r\n") {
+                    return Err(AdminError::Protocol("a bulk string without its CRLF".into()));
+                }
+                buf.truncate(n as usize);
+                Value::Bulk(Some(buf))
+            }
+        },
+        "*" => match number(rest)? {
+            -1 => Value::Array(None),
+            n if !(0..=1 << 20).contains(&n) => {
+                return Err(AdminError::Protocol(format!("array length {n}")));
+            }
+            n => Value::Array(Some((0..n).map(|_| read_value(r, depth + 1)).collect::<Result<_, _>>()?)),
+        },
+        other => return Err(AdminError::Protocol(format!("unknown reply type {other:?}"))),
+    })
+}
+
+/// What a backup download produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupReport {
+    pub path: PathBuf,
+    /// The log index the backup is at: every write acknowledged before it was taken is in it.
+    pub index: u64,
+    pub term: u64,
+    pub len: u64,
+    pub crc: u32,
+}
+
+/// Take a backup through `client` and write it to `out`: `BACKUP START` on the node, then the file
+/// a chunk at a time, checked end to end (the announced length and CRC32C, then the whole file as a
+/// snapshot), written `.tmp` → fsync → rename → fsync(dir). `progress` sees bytes so far and the
+/// total. The node's copy is removed afterwards, also when the download failed.
+pub fn backup(
+    client: &mut AdminClient,
+    fs: &dyn Fs,
+    out: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<BackupReport, AdminError> {
+    if fs.exists(out).map_err(|source| AdminError::Write { path: out.to_path_buf(), source })? {
+        return Err(AdminError::Exists(out.to_path_buf()));
+    }
+    let started = client.call_ok(&[b"BACKUP", b"START"])?;
+    let (name, index, term, len, crc) = match started {
+        Value::Array(Some(items)) => match items.as_slice() {
+            [
+                Value::Bulk(Some(name)),
+                Value::Integer(i),
+                Value::Integer(t),
+                Value::Integer(l),
+                Value::Integer(c),
+            ] if *i >= 0 && *t >= 0 && *l >= 0 && (0..=i64::from(u32::MAX)).contains(c) => {
+                (String::from_utf8_lossy(name).into_owned(), *i as u64, *t as u64, *l as u64, *c as u32)
+            }
+            _ => return Err(AdminError::Protocol(format!("BACKUP START answered {items:?}"))),
+        },
+        other => return Err(AdminError::Protocol(format!("BACKUP START answered {other:?}"))),
+    };
+    let downloaded = download(client, fs, out, &name, (index, len, crc), progress);
+    // The node's copy is not needed any more, whatever happened to ours.
+    let done = client.call_ok(&[b"BACKUP", b"DONE", name.as_bytes()]);
+    downloaded?;
+    done?;
+    Ok(BackupReport { path: out.to_path_buf(), index, term, len, crc })
+}
+
+fn download(
+    client: &mut AdminClient,
+    fs: &dyn Fs,
+    out: &Path,
+    name: &str,
+    (index, len, crc): (u64, u64, u32),
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(), AdminError> {
+    let tmp = tmp_path(out);
+    let write_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| AdminError::Write { path, source }
+    };
+    let mut file = fs.open(&tmp, OpenOptions::create_truncate()).map_err(write_err(&tmp))?;
+    let result = (|| {
+        let mut offset = 0u64;
+        let mut running = 0u32;
+        let body_end = len.saturating_sub(crate::snapshot::FOOTER_LEN as u64);
+        while offset < len {
+            let count = (len - offset).min(crate::backup::MAX_READ_BYTES).to_string();
+            let at = offset.to_string();
+            let chunk = match client.call_ok(&[
+                b"BACKUP",
+                b"READ",
+                name.as_bytes(),
+                at.as_bytes(),
+                count.as_bytes(),
+            ])? {
+                Value::Bulk(Some(bytes)) if !bytes.is_empty() => bytes,
+                Value::Bulk(_) => {
+                    return Err(AdminError::Damaged(format!(
+                        "the node's copy ended at {offset} bytes of the {len} announced"
+                    )));
+                }
+                other => return Err(AdminError::Protocol(format!("BACKUP READ answered {other:?}"))),
+            };
+            file.write_at(&chunk, offset).map_err(write_err(&tmp))?;
+            let body = &chunk[..(body_end.saturating_sub(offset)).min(chunk.len() as u64) as usize];
+            running = crc32c::crc32c_append(running, body);
+            offset += chunk.len() as u64;
+            progress(offset, len);
+        }
+        if running != crc {
+            return Err(AdminError::Damaged(format!(
+                "CRC32C {running:#010x} of what arrived, {crc:#010x} announced"
+            )));
+        }
+        // The bytes are durable before the name points at them.
+        file.sync().map_err(write_err(&tmp))?;
+        // The whole file as a snapshot: footer, header, every byte's CRC, the announced index.
+        let token = token_of(fs, &tmp)?;
+        if token != (SnapshotToken { index, crc }) {
+            return Err(AdminError::Damaged(format!(
+                "the file names index {} and CRC {:#010x}; the node announced {index} and {crc:#010x}",
+                token.index, token.crc
+            )));
+        }
+        verify(fs, &tmp, &token)?;
+        fs.rename(&tmp, out).map_err(write_err(out))?;
+        // The new name is durable once its directory is.
+        fs.sync_dir(parent_dir(out)).map_err(write_err(parent_dir(out)))?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs.remove_file(&tmp);
+    }
+    result
+}
