@@ -34,8 +34,9 @@ enum Tool {
         /// The cluster's requirepass, when it has one (as redis-cli, from REDISCLI_AUTH too)
         #[arg(long, env = "REDISCLI_AUTH", value_name = "PASS", hide_env_values = true)]
         password: Option<String>,
-        /// How long to wait for the node, per request, in seconds
-        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+        /// How long to wait for the node, per request, in seconds (BACKUP START writes the whole
+        /// data set before it answers)
+        #[arg(long, value_name = "SECONDS", default_value_t = 600)]
         timeout: u64,
         #[command(subcommand)]
         action: AdminAction,

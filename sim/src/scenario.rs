@@ -48,6 +48,10 @@ pub struct Cluster {
     /// Default 0: a follower behind a snapshot catches up by the snapshot.
     #[serde(default)]
     pub catch_up_entries: u64,
+    /// Every server proves a shared peer secret at each peer handshake (nonces from the seeded
+    /// stream). Default false.
+    #[serde(default)]
+    pub peer_secret: bool,
 }
 
 fn default_fsm_sync() -> String {

@@ -76,9 +76,9 @@ pub(super) fn node_config(scenario: &Scenario, id: u64) -> NodeConfig {
         peers,
         fsm_sync: if scenario.cluster.fsm_sync == "nosync" { FsmSync::NoSync } else { FsmSync::Sync },
         requirepass: None,
-        // Peer authentication draws nonces from the seeded stream; the scenarios run without it, and
-        // real-process tests cover it (cluster_process.rs).
-        peer_secret: None,
+        // Peer authentication (`cluster.peer_secret`): every handshake draws fresh nonces from the
+        // seeded stream and proves the secret both ways.
+        peer_secret: scenario.cluster.peer_secret.then(|| b"the simulated cluster's peer secret".to_vec()),
         snapshot_every: scenario.cluster.snapshot_every,
         snapshot_log_bytes: durakv::config::DEFAULT_SNAPSHOT_LOG_BYTES,
         snapshot_catch_up_entries: scenario.cluster.catch_up_entries,
