@@ -6,7 +6,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -62,6 +64,15 @@ pub struct Metrics {
     pub pending_writes: IntGauge,
     /// 1 while this node recovers log entries it lost from its peers (D5).
     pub recovering: IntGauge,
+    /// While recovering: the index the log must reach, and how many entries it still lacks.
+    pub recover_to: IntGauge,
+    pub recovery_remaining: IntGauge,
+    /// The raft log's last index.
+    pub last_index: IntGauge,
+    /// What the start found and repaired, by `finding`: `torn_tail_repaired`, `corrupt_record`,
+    /// `lost_entries` (counted once per start; a process that refused to start exports nothing, its
+    /// exit code and log line say why).
+    pub start_findings: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -145,6 +156,30 @@ impl Metrics {
                 "durakv_recovering",
                 "1 while this node recovers lost log entries from its peers",
             )?,
+            recover_to: gauge(
+                "durakv_raft_recover_to_index",
+                "While recovering lost entries: the index the log must reach (0 otherwise)",
+            )?,
+            recovery_remaining: gauge(
+                "durakv_raft_recovery_remaining_entries",
+                "While recovering lost entries: how many the log still lacks (0 otherwise)",
+            )?,
+            last_index: gauge("durakv_raft_last_index", "The raft log's last index")?,
+            start_findings: {
+                let v = IntCounterVec::new(
+                    Opts::new(
+                        "durakv_start_findings_total",
+                        "What this start found and repaired: torn_tail_repaired, corrupt_record, lost_entries",
+                    ),
+                    &["finding"],
+                )?;
+                registry.register(Box::new(v.clone()))?;
+                // Every finding is exported from the start, at 0 until seen.
+                for f in ["torn_tail_repaired", "corrupt_record", "lost_entries"] {
+                    v.with_label_values(&[f]);
+                }
+                v
+            },
             registry,
         }))
     }

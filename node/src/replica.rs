@@ -192,6 +192,8 @@ pub struct Replica<E: Engine> {
     applied_bytes_since_snapshot: u64,
     /// Where persist and apply timings go (`--metrics-addr`); none in tests.
     metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+    /// What this start found in the WAL ([`Replica::note_start`]), for the metrics.
+    wal_at_start: crate::probe::WalFinding,
     /// Stamps the entries this node appends as leader ([`crate::clock`]).
     clock: crate::clock::WallClock,
 }
@@ -270,6 +272,7 @@ impl<E: Engine> Replica<E> {
             led_term: 0,
             applied_bytes_since_snapshot: 0,
             metrics: None,
+            wal_at_start: crate::probe::WalFinding::Clean,
             clock: crate::clock::WallClock::system(),
         };
         replica.redraw_election_timeout();
@@ -296,10 +299,27 @@ impl<E: Engine> Replica<E> {
 
     /// Report persist and apply timings and counts to `metrics`.
     pub fn set_metrics(&mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) {
+        // What this start found and repaired, once: an operator scraping after a crash sees it.
+        let finding = match self.wal_at_start {
+            crate::probe::WalFinding::Clean => None,
+            crate::probe::WalFinding::TornTailRepaired => Some("torn_tail_repaired"),
+            crate::probe::WalFinding::Corrupt => Some("corrupt_record"),
+        };
+        if let Some(f) = finding {
+            metrics.start_findings.with_label_values(&[f]).inc();
+        }
+        if self.recover_to() > 0 {
+            metrics.start_findings.with_label_values(&["lost_entries"]).inc();
+        }
         if let Some(applier) = &mut self.applier {
             applier.set_metrics(std::sync::Arc::clone(&metrics));
         }
         self.metrics = Some(metrics);
+    }
+
+    /// Record what opening the WAL found at this start (the metrics count it).
+    pub fn note_start(&mut self, wal: crate::probe::WalFinding) {
+        self.wal_at_start = wal;
     }
 
     /// Take the applier out, to run it on a task of its own: from now on each ready round hands its

@@ -378,9 +378,10 @@ fn last_segment(cluster: &Cluster, id: u64) -> PathBuf {
 }
 
 /// Write, SIGKILL a follower, `damage` its last WAL segment, write on, restart it, write again; every
-/// acknowledged write must be readable on every node. Returns the follower's log.
-fn damage_a_stopped_follower_and_rejoin(damage: impl FnOnce(&Path)) -> String {
-    let mut cluster = Cluster::start(3, &[]);
+/// acknowledged write must be readable on every node. Returns the follower's log and a scrape of its
+/// metrics.
+fn damage_a_stopped_follower_and_rejoin(damage: impl FnOnce(&Path)) -> (String, String, u64) {
+    let mut cluster = Cluster::start_metered(3, &[]);
     let mut acked = cluster.write_keys("before-", 100);
     let victim = cluster.follower();
     cluster.kill(victim);
@@ -391,7 +392,18 @@ fn damage_a_stopped_follower_and_rejoin(damage: impl FnOnce(&Path)) -> String {
     for id in cluster.running() {
         cluster.assert_readable(id, &acked);
     }
-    std::fs::read_to_string(cluster.log_path(victim)).expect("the victim's log")
+    let (_, metrics) = http(cluster.metrics[&victim], b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    (std::fs::read_to_string(cluster.log_path(victim)).expect("the victim's log"), metrics, victim)
+}
+
+/// A start finding's count in a metrics scrape.
+fn finding(metrics: &str, id: u64, finding: &str) -> f64 {
+    let line = format!("durakv_start_findings_total{{finding=\"{finding}\",node=\"{id}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {line} in:\n{metrics}"))
 }
 
 #[test]
@@ -400,7 +412,7 @@ fn a_node_restarted_with_a_torn_in_flight_append_repairs_it_and_catches_up() {
     // everything it fsynced: what a kill in the middle of an append leaves (the bytes of a batch that
     // never reached its fsync, so never acknowledged). Invariants: it repairs the tail by itself,
     // needs no recovery from peers (it lost nothing it acknowledged), and no acknowledged write is lost.
-    let log = damage_a_stopped_follower_and_rejoin(|last| {
+    let (log, metrics, victim) = damage_a_stopped_follower_and_rejoin(|last| {
         // A frame header's worth of a batch that was being written: a length, then bytes that never
         // got their checksum.
         let mut torn = 64u32.to_be_bytes().to_vec();
@@ -410,6 +422,9 @@ fn a_node_restarted_with_a_torn_in_flight_append_repairs_it_and_catches_up() {
     });
     assert!(log.contains("repaired a torn WAL tail"), "the restart repaired the tail by itself:\n{log}");
     assert!(!log.contains("lost log entries"), "a torn unacknowledged write needs no recovery:\n{log}");
+    assert_eq!(finding(&metrics, victim, "torn_tail_repaired"), 1.0, "{metrics}");
+    assert_eq!(finding(&metrics, victim, "lost_entries"), 0.0, "{metrics}");
+    assert_eq!(series_of(&metrics, "durakv_raft_recovery_remaining_entries", victim), 0.0);
 }
 
 #[test]
@@ -418,12 +433,15 @@ fn a_node_that_lost_its_acknowledged_wal_tail_recovers_it_from_the_leader() {
     // acknowledged) is lost, as a zeroed sector or a lost write-back would. Invariants: it starts
     // without an operator, says it is recovering lost entries, recovers them from the leader, and no
     // acknowledged write is lost.
-    let log = damage_a_stopped_follower_and_rejoin(|last| {
+    let (log, metrics, victim) = damage_a_stopped_follower_and_rejoin(|last| {
         let len = std::fs::metadata(last).expect("segment metadata").len();
         File::options().write(true).open(last).expect("open segment").set_len(len - 7).expect("truncate");
     });
     assert!(log.contains("lost log entries it may have acknowledged"), "recovery started:\n{log}");
     assert!(log.contains("recovered from peers"), "recovery ended:\n{log}");
+    assert_eq!(finding(&metrics, victim, "lost_entries"), 1.0, "{metrics}");
+    assert_eq!(series_of(&metrics, "durakv_raft_recover_to_index", victim), 0.0, "recovery is over");
+    assert_eq!(series_of(&metrics, "durakv_recovering", victim), 0.0);
 }
 
 /// A cluster snapshotting every 20 entries and keeping `window` entries below each: a follower is

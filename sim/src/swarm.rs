@@ -1,5 +1,5 @@
 //! Swarm testing (`durakv-sim fuzz`): every seed turns a base scenario into a variant of its own —
-//! cluster size, sync mode, snapshot interval, workload (APPEND added to a quarter of them, keys
+//! cluster size, sync mode, snapshot interval, peer authentication, workload (APPEND added to a quarter of them, keys
 //! with a time to live to three in ten, with a clock skew half the time), which
 //! of the base faults run and when, and extra faults drawn from a pool — so a fleet of seeds covers
 //! fault mixes nobody wrote down. The variant depends only on the base file and the seed:
@@ -49,6 +49,12 @@ pub fn swarm(base: &Scenario, seed: u64) -> Scenario {
     let mut window_rng = rng_for(seed, "fuzz/swarm/catch-up-window");
     if window_rng.random_bool(0.5) {
         s.cluster.catch_up_entries = window_rng.random_range(0..=2 * s.cluster.snapshot_every);
+    }
+    // Peer authentication in a quarter of the variants (every other one keeps the base's): each
+    // handshake then draws nonces and checks proofs through the run's partitions and crashes.
+    // Drawn from a stream of its own, like the window.
+    if rng_for(seed, "fuzz/swarm/peer-secret").random_bool(0.25) {
+        s.cluster.peer_secret = true;
     }
     let w = &mut s.workload;
     w.clients = rng.random_range(1..=8);

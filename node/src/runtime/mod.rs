@@ -240,13 +240,16 @@ pub fn open_replica<E: Engine>(
     let storage_err = |source| NodeError::Storage { path: layout.raft.clone(), source };
     let (storage, report) =
         RaftStorage::open(fs.clone(), &layout.raft, WalOptions::default()).map_err(storage_err)?;
+    let wal_finding = match (&report.damaged, &report.repaired) {
+        (Some(_), _) => crate::probe::WalFinding::Corrupt,
+        (None, Some(_)) => crate::probe::WalFinding::TornTailRepaired,
+        (None, None) => crate::probe::WalFinding::Clean,
+    };
     crate::probe::observe(&*fs, || {
-        let wal = match (&report.damaged, &report.repaired) {
-            (Some(_), _) => crate::probe::WalFinding::Corrupt,
-            (None, Some(_)) => crate::probe::WalFinding::TornTailRepaired,
-            (None, None) => crate::probe::WalFinding::Clean,
-        };
-        crate::probe::Observation::Recovered(crate::probe::Recovered { wal, ..storage.recovered() })
+        crate::probe::Observation::Recovered(crate::probe::Recovered {
+            wal: wal_finding,
+            ..storage.recovered()
+        })
     });
     if let Some(torn) = &report.repaired {
         tracing::warn!(
@@ -283,7 +286,10 @@ pub fn open_replica<E: Engine>(
         catch_up_entries: cfg.snapshot_catch_up_entries,
     };
     let seed = opts.seed.unwrap_or_else(rand::random);
-    Ok(Replica::new(&ReplicaConfig { seed, ..ReplicaConfig::new(cfg.id) }, storage, kv, snapshots)?)
+    let mut replica =
+        Replica::new(&ReplicaConfig { seed, ..ReplicaConfig::new(cfg.id) }, storage, kv, snapshots)?;
+    replica.note_start(wal_finding);
+    Ok(replica)
 }
 
 /// Bind the node's two ports. Separate from [`serve`] so a caller learns of a port in use before

@@ -678,6 +678,10 @@ impl<E: Engine + 'static> Loop<E> {
         m.is_leader.set(i64::from(r.is_leader()));
         m.pending_writes.set(as_gauge(self.proposals.len() as u64));
         m.recovering.set(i64::from(r.recover_to() > 0));
+        let last = raft::Storage::last_index(r.storage()).unwrap_or(0);
+        m.last_index.set(as_gauge(last));
+        m.recover_to.set(as_gauge(r.recover_to()));
+        m.recovery_remaining.set(as_gauge(r.recover_to().saturating_sub(last)));
         let installed = self.snapshots_installed.saturating_sub(m.snapshots_installed.get());
         m.snapshots_installed.inc_by(installed);
         let dropped = self.transport.dropped();
