@@ -65,6 +65,16 @@ enum AdminAction {
     /// Download a consistent snapshot of the cluster's data into FILE: every write acknowledged
     /// before the command started is in it
     Backup { file: PathBuf },
+    /// Hand raft leadership to another member (FAILOVER): the one serving clients at --to, or the
+    /// most up-to-date follower; returns once it leads
+    Failover {
+        /// The new leader's client address (its resp_addr, HOST:PORT) [default: the leader chooses]
+        #[arg(long, value_name = "HOST:PORT")]
+        to: Option<String>,
+        /// How long to wait for it to lead, in ms
+        #[arg(long, value_name = "MS", default_value_t = 5000)]
+        timeout_ms: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -283,6 +293,21 @@ fn admin_tool(
     use durakv::admin::{AdminClient, backup};
     let mut client = AdminClient::connect(addr, password, std::time::Duration::from_secs(timeout.max(1)))?;
     match action {
+        AdminAction::Failover { to, timeout_ms } => {
+            let timeout = timeout_ms.to_string();
+            let mut args: Vec<Vec<u8>> = vec![b"FAILOVER".to_vec()];
+            if let Some(to) = &to {
+                let (host, port) = to.rsplit_once(':').context("--to must be HOST:PORT")?;
+                args.extend([b"TO".to_vec(), host.as_bytes().to_vec(), port.as_bytes().to_vec()]);
+            }
+            args.extend([b"TIMEOUT".to_vec(), timeout.into_bytes()]);
+            let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+            client.call_ok(&args).with_context(|| format!("FAILOVER through {addr}"))?;
+            match to {
+                Some(to) => println!("the member at {to} leads"),
+                None => println!("leadership handed to the most up-to-date follower"),
+            }
+        }
         AdminAction::Backup { file } => {
             let started = std::time::Instant::now();
             let mut last_report = std::time::Instant::now();

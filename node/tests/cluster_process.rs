@@ -1027,3 +1027,59 @@ fn a_process_without_the_peer_secret_cannot_step_messages_into_the_cluster() {
     cluster.spawn(outsider);
     cluster.assert_readable(outsider, &acked);
 }
+
+/// Failures injected: a leadership transfer asked through a follower that is not the target (it
+/// forwards it), one asked of the leader without a target, FAILOVER to an address that is no
+/// member's and with Redis's FORCE. Invariants: the named member leads in the next term, without an
+/// election timeout's wait; without a target, a follower takes over; the refusals say why; every
+/// write acknowledged before and after is readable everywhere.
+#[test]
+fn failover_hands_leadership_to_the_named_member_or_to_the_best_follower() {
+    let cluster = Cluster::start(3, &[]);
+    let mut acked = cluster.write_keys("before-", 50);
+    let leader = cluster.leader();
+    let term: u64 = cluster.info(leader).expect("INFO")["term"].parse().expect("a number");
+    let target = cluster.follower();
+    let via = *cluster.nodes.keys().find(|&&id| id != leader && id != target).expect("a third node");
+    let addr = |id: u64| format!("127.0.0.1:{}", cluster.nodes[&id].resp);
+    let started = Instant::now();
+    let (ok, out, err) = durakv_tool(&[
+        "admin".as_ref(),
+        "--addr".as_ref(),
+        addr(via).as_ref(),
+        "failover".as_ref(),
+        "--to".as_ref(),
+        addr(target).as_ref(),
+    ]);
+    assert!(ok, "failover through node {via} failed: {out}{err}");
+    assert!(started.elapsed() < Duration::from_secs(2), "the transfer waited for an election timeout");
+    let info = cluster.info(target).expect("INFO");
+    assert_eq!(info["role"], "leader", "node {target} did not take over");
+    assert_eq!(info["term"], (term + 1).to_string(), "one transfer, no election rounds");
+    acked.extend(cluster.write_keys("after-", 50));
+
+    // Without a target, the leader hands over to a follower of its choosing.
+    let (ok, out, err) =
+        durakv_tool(&["admin".as_ref(), "--addr".as_ref(), addr(target).as_ref(), "failover".as_ref()]);
+    assert!(ok, "failover without a target failed: {out}{err}");
+    let new_leader = cluster.leader();
+    assert_ne!(new_leader, target, "leadership stayed where it was");
+
+    // Refusals, by name.
+    let (ok, _, err) = durakv_tool(&[
+        "admin".as_ref(),
+        "--addr".as_ref(),
+        addr(new_leader).as_ref(),
+        "failover".as_ref(),
+        "--to".as_ref(),
+        "127.0.0.1:1".as_ref(),
+    ]);
+    assert!(!ok && err.contains("is not a member's client address"), "{err}");
+    let mut con = cluster.connect(new_leader).expect("connect");
+    let forced: redis::RedisResult<()> = redis::cmd("FAILOVER").arg("FORCE").query(&mut con);
+    assert!(forced.is_err_and(|e| e.to_string().contains("takes no FORCE")));
+    acked.extend(cluster.write_keys("last-", 20));
+    for id in cluster.running() {
+        cluster.assert_readable(id, &acked);
+    }
+}

@@ -541,7 +541,11 @@ async fn serve_incoming(mut stream: TcpStream, link: &LinkContext) -> Result<(),
             PeerFrame::Hello { .. } => return Err(PeerError::Unexpected("second hello".into())),
             PeerFrame::Proof(_) => return Err(PeerError::Unexpected("a proof after the handshake".into())),
             PeerFrame::Raft(msg) => {
-                if msg.from != from || msg.to != link.id {
+                // A follower forwards a leadership transfer to the leader as raft-rs builds it: `from`
+                // names the member to hand over to, not the sender.
+                let forwarded_transfer = msg.msg_type() == raft::eraftpb::MessageType::MsgTransferLeader
+                    && link.members.contains(&msg.from);
+                if (msg.from != from && !forwarded_transfer) || msg.to != link.id {
                     return Err(PeerError::Unexpected(format!(
                         "message from {} to {} on node {from}'s connection to node {}",
                         msg.from, msg.to, link.id

@@ -57,6 +57,10 @@ pub(crate) enum Input<E: Engine> {
     Propose { command: Vec<u8>, reply: oneshot::Sender<Result<fsm::Reply, Refusal>> },
     /// A linearizable read, answered once the read index is confirmed and applied.
     Read { read: ReadFn<E>, reply: oneshot::Sender<Reply> },
+    /// Hand leadership to `to` (on the leader, `None`: its most up-to-date follower). Answered with
+    /// the node the transfer went to as soon as it is under way; the caller watches the status for
+    /// the outcome.
+    TransferLeader { to: Option<u64>, reply: oneshot::Sender<Result<u64, String>> },
 }
 
 pub(crate) struct Channels<E: Engine> {
@@ -428,6 +432,37 @@ impl<E: Engine + 'static> Loop<E> {
         false
     }
 
+    /// Start a leadership transfer to `to` (see [`Input::TransferLeader`]). A follower forwards it to
+    /// the leader (raft-rs sends the leader a `MsgTransferLeader`).
+    fn transfer_leader(&mut self, to: Option<u64>) -> Result<u64, String> {
+        let me = self.replica.id();
+        if self.handoff.is_some() {
+            return Err("this node is stopping and already handing its leadership over".into());
+        }
+        let to = match to {
+            Some(to) => to,
+            None if self.replica.is_leader() => self
+                .replica
+                .handoff_target()
+                .ok_or("no follower is reachable to take over; leadership stays here")?,
+            None => {
+                return Err(format!(
+                    "this node follows node {}: name the new leader (FAILOVER TO host port) or send FAILOVER to the leader",
+                    self.replica.leader_id()
+                ));
+            }
+        };
+        if to == me && self.replica.is_leader() {
+            return Ok(me);
+        }
+        if !self.replica.is_leader() && self.replica.leader_id() == 0 {
+            return Err("no leader is known to hand over from; retry shortly".into());
+        }
+        tracing::info!(node = me, to, leader = self.replica.leader_id(), "leadership transfer asked for");
+        self.replica.transfer_leader(to);
+        Ok(to)
+    }
+
     /// The oldest work waiting for the applier's queue.
     fn take_outbox(&mut self) -> Option<Dispatch> {
         let d = self.outbox.pop_front()?;
@@ -527,6 +562,9 @@ impl<E: Engine + 'static> Loop<E> {
                         let _ = reply.send(Err(Refusal::NoLeader));
                     }
                 }
+            }
+            Input::TransferLeader { to, reply } => {
+                let _ = reply.send(self.transfer_leader(to));
             }
             Input::Read { read, reply } => {
                 if crate::failpoint::canary(self.replica.fs(), "local-reads") {

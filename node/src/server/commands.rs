@@ -43,6 +43,12 @@ pub enum Request {
     /// index) to this node's backup directory; BACKUP READ name offset count streams it out;
     /// BACKUP DONE name removes it (`durakv admin backup` drives the three).
     BackupStart,
+    /// FAILOVER [TO host port] [TIMEOUT ms]: hand raft leadership to the member serving clients at
+    /// host:port (without TO, on the leader: its most up-to-date follower), and answer once it leads.
+    Failover {
+        to: Option<(String, u16)>,
+        timeout_ms: u64,
+    },
     BackupRead {
         name: String,
         offset: u64,
@@ -276,6 +282,9 @@ const READ_FAST: &[&str] = &["readonly", "fast"];
 const CONN: &[&str] = &["noscript", "loading", "stale", "fast"];
 const NOKEYS: (i64, i64, i64) = (0, 0, 0);
 
+/// How long FAILOVER waits for the new leader, unless TIMEOUT says otherwise.
+pub const DEFAULT_FAILOVER_TIMEOUT_MS: u64 = 5000;
+
 /// Every command durakv serves, sorted by name.
 pub const COMMANDS: &[CommandSpec] = &[
     spec(
@@ -379,6 +388,14 @@ pub const COMMANDS: &[CommandSpec] = &[
         (1, 1, 1),
         "keyspace",
         "Returns the expiration time of a key as a Unix timestamp.",
+    ),
+    spec(
+        "failover",
+        -1,
+        &["admin", "noscript", "stale"],
+        NOKEYS,
+        "server",
+        "Hands raft leadership to another member (TO its host and client port), or to the most up-to-date follower.",
     ),
     spec(
         "flushall",
@@ -902,6 +919,36 @@ pub fn parse_request(args: Vec<Vec<u8>>) -> Result<Request, Refusal> {
                 }
                 (None, _) => return Err(wrong_arity("client")),
             }
+        }
+        "FAILOVER" => {
+            let (mut to, mut timeout_ms) = (None, DEFAULT_FAILOVER_TIMEOUT_MS);
+            let args: Vec<String> = rest.map(|a| String::from_utf8_lossy(&a).into_owned()).collect();
+            let mut i = 0;
+            while i < args.len() {
+                match args[i].to_ascii_uppercase().as_str() {
+                    "TO" if i + 2 < args.len() => {
+                        let port = args[i + 2]
+                            .parse::<u16>()
+                            .map_err(|_| Reply::Error("ERR Invalid TO port".into()))?;
+                        to = Some((args[i + 1].clone(), port));
+                        i += 3;
+                    }
+                    "TIMEOUT" if i + 1 < args.len() => {
+                        timeout_ms = args[i + 1].parse::<u64>().ok().filter(|&t| t > 0).ok_or_else(|| {
+                            Reply::Error("ERR FAILOVER timeout must be greater than 0".into())
+                        })?;
+                        i += 2;
+                    }
+                    "FORCE" | "ABORT" => {
+                        return Err(Reply::Error(format!(
+                            "ERR durakv's FAILOVER takes no {}: a raft leadership transfer either completes or leaves the leader in place",
+                            args[i].to_ascii_uppercase()
+                        )));
+                    }
+                    _ => return Err(Reply::Error("ERR syntax error".into())),
+                }
+            }
+            Request::Failover { to, timeout_ms }
         }
         "BACKUP" => {
             let sub = rest.next().map(|s| String::from_utf8_lossy(&s).to_ascii_uppercase());
@@ -1600,6 +1647,33 @@ mod tests {
             req(&["setnx", "k", "v"]),
             Ok(Request::SetNx(Command::set("k", "v", SetCondition::IfAbsent)))
         );
+    }
+
+    #[test]
+    fn failover_and_backup_parse_as_documented_and_refuse_the_rest() {
+        assert_eq!(
+            req(&["failover"]),
+            Ok(Request::Failover { to: None, timeout_ms: DEFAULT_FAILOVER_TIMEOUT_MS })
+        );
+        assert_eq!(
+            req(&["FAILOVER", "to", "10.0.0.3", "6379", "TIMEOUT", "250"]),
+            Ok(Request::Failover { to: Some(("10.0.0.3".into(), 6379)), timeout_ms: 250 })
+        );
+        assert!(err_text(req(&["failover", "force"])).contains("takes no FORCE"));
+        assert!(err_text(req(&["failover", "abort"])).contains("takes no ABORT"));
+        assert_eq!(err_text(req(&["failover", "to", "h", "99999"])), "ERR Invalid TO port");
+        assert_eq!(err_text(req(&["failover", "to", "h"])), "ERR syntax error");
+        assert!(err_text(req(&["failover", "timeout", "0"])).contains("greater than 0"));
+        assert_eq!(req(&["backup", "start"]), Ok(Request::BackupStart));
+        assert_eq!(
+            req(&["backup", "READ", "00000000000000000007.snap", "0", "4096"]),
+            Ok(Request::BackupRead { name: "00000000000000000007.snap".into(), offset: 0, count: 4096 })
+        );
+        assert_eq!(req(&["backup", "done", "x"]), Ok(Request::BackupDone { name: "x".into() }));
+        assert!(err_text(req(&["backup", "read", "x", "-1", "5"])).contains("non-negative"));
+        assert!(err_text(req(&["backup", "start", "now"])).contains("'backup|start'"));
+        assert!(err_text(req(&["backup", "restore"])).contains("unknown subcommand 'restore'"));
+        assert!(err_text(req(&["backup"])).contains("wrong number of arguments"));
     }
 
     #[test]

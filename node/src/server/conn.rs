@@ -671,6 +671,9 @@ async fn execute_parsed<E: Engine + Send + 'static>(
         }
         Request::ClientNoop => Reply::ok(),
         Request::BackupStart => return (Pending::Ready(backup_start(ctx).await), false),
+        Request::Failover { to, timeout_ms } => {
+            return (Pending::Ready(failover(ctx, to, timeout_ms).await), false);
+        }
         Request::BackupRead { name, offset, count } => {
             let (fs, dir) = (ctx.fs.clone(), ctx.backups.clone());
             let read = move || crate::backup::read(&*fs, &dir, &name, offset, count);
@@ -1199,6 +1202,60 @@ async fn backup_start<E: Engine + Send + 'static>(ctx: &ClientContext<E>) -> Rep
         Err(e) => {
             tracing::warn!(node, error = %e, "backup failed");
             Reply::Error(format!("ERR backup failed: {e}"))
+        }
+    }
+}
+
+/// FAILOVER: resolve the target by its client address among the members, ask the raft loop to
+/// transfer leadership, and answer once the target leads (or with why not).
+async fn failover<E: Engine>(ctx: &ClientContext<E>, to: Option<(String, u16)>, timeout_ms: u64) -> Reply {
+    let target = match to {
+        None => None,
+        Some((host, port)) => {
+            let wanted: Option<std::net::IpAddr> = match host.as_str() {
+                "localhost" => Some(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+                h => h.parse().ok(),
+            };
+            let found = ctx
+                .peers
+                .iter()
+                .find(|(_, p)| p.resp_addr.port() == port && wanted.is_some_and(|ip| ip == p.resp_addr.ip()));
+            match found {
+                Some((id, _)) => Some(*id),
+                None => {
+                    return Reply::Error(format!(
+                        "ERR FAILOVER target {host}:{port} is not a member's client address (use the IP and port of its resp_addr)"
+                    ));
+                }
+            }
+        }
+    };
+    let (tx, rx) = oneshot::channel();
+    if ctx.inputs.send(Input::TransferLeader { to: target, reply: tx }).await.is_err() {
+        return stopping();
+    }
+    let to = match rx.await {
+        Ok(Ok(to)) => to,
+        Ok(Err(why)) => return Reply::Error(format!("ERR FAILOVER refused: {why}")),
+        Err(_) => return stopping(),
+    };
+    let mut status = ctx.status.clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+    loop {
+        let leader = status.borrow_and_update().leader_id;
+        if leader == to {
+            return Reply::ok();
+        }
+        // madsim's time has no `timeout_at`: the time left, then `timeout`.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, status.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return stopping(),
+            Err(_) => {
+                return Reply::Error(format!(
+                    "ERR FAILOVER timed out after {timeout_ms} ms: node {to} did not take over (behind or unreachable); the leader is node {leader}"
+                ));
+            }
         }
     }
 }
