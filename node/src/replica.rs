@@ -585,6 +585,12 @@ impl<E: Engine> Replica<E> {
         self.raw.has_ready()
     }
 
+    /// Why the replica stopped, once a read of the raft log failed inside raft (see `contained`):
+    /// whatever call met the failure, the node must stop on it (D10), not go on refusing everything.
+    pub fn stopped(&self) -> Option<ReplicaError> {
+        self.stopped.as_ref().map(|reason| ReplicaError::LogRead(reason.clone()))
+    }
+
     /// The role as a word: `leader`, `follower`, `candidate` or `precandidate`.
     pub fn role(&self) -> &'static str {
         match self.raw.raft.state {

@@ -310,6 +310,13 @@ pub(crate) async fn run<E: Engine + Send + 'static>(
         if let Err(e) = lp.round() {
             break Err(e);
         }
+        // A log read that failed inside raft while a peer message, a proposal or a tick was handled
+        // (not only in a ready round) stops the replica; the node stops with it and its supervisor
+        // restarts it (found by fuzz, seed 91592: bit rot under a follower's WAL read, met while it
+        // stepped a message, left it up but refusing everything, forever one entry behind).
+        if let Some(e) = lp.replica.stopped() {
+            break Err(e.into());
+        }
         if let Some(base) = lp.replica.take_retention() {
             spawn_retention(lp.replica.snapshot_store().clone(), base);
         }
