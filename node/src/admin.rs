@@ -258,3 +258,42 @@ fn download(
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(bytes: &[u8]) -> Result<Value, AdminError> {
+        read_value(&mut std::io::BufReader::new(bytes), 0)
+    }
+
+    #[test]
+    fn replies_parse_and_malformed_ones_are_typed_errors() {
+        assert_eq!(parse(b"+OK\r\n").expect("simple"), Value::Simple("OK".into()));
+        assert_eq!(parse(b"-ERR no\r\n").expect("error"), Value::Error("ERR no".into()));
+        assert_eq!(
+            parse(b"*2\r\n$3\r\nabc\r\n:-7\r\n").expect("array"),
+            Value::Array(Some(vec![Value::Bulk(Some(b"abc".to_vec())), Value::Integer(-7)]))
+        );
+        assert_eq!(parse(b"$-1\r\n").expect("null"), Value::Bulk(None));
+        for bad in [
+            &b""[..],
+            b"?x\r\n",
+            b"$-5\r\n",
+            b"$3\r\nab",
+            b"$3\r\nabcd\r\n",
+            b"*x\r\n",
+            b":12a\r\n",
+            b"+no newline",
+            b"$99999999999\r\n",
+        ] {
+            assert!(
+                matches!(parse(bad), Err(AdminError::Protocol(_) | AdminError::Io(_))),
+                "{:?} parsed",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let deep = "*1\r\n".repeat(20) + ":1\r\n";
+        assert!(matches!(parse(deep.as_bytes()), Err(AdminError::Protocol(_))));
+    }
+}

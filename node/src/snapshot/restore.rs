@@ -326,3 +326,21 @@ pub fn copy_with_conf_state(
     fs.sync_dir(dir).map_err(io_err(dir))?;
     Ok(super::SnapshotFile { path: dst.to_path_buf(), index: header.index, term: header.term, len, crc })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::RealFs;
+
+    #[test]
+    fn a_file_that_is_no_snapshot_has_no_token_and_says_why() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let fs = RealFs::new();
+        let path = dir.path().join("x.backup");
+        std::fs::write(&path, b"short").expect("write");
+        assert!(matches!(token_of(&fs, &path), Err(SnapshotError::TooSmall { .. })));
+        std::fs::write(&path, vec![0x5a; 4096]).expect("write");
+        assert!(matches!(token_of(&fs, &path), Err(SnapshotError::BadHeader(_))));
+        assert!(matches!(token_of(&fs, &dir.path().join("missing")), Err(SnapshotError::NotFound { .. })));
+    }
+}

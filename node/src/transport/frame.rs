@@ -357,6 +357,33 @@ mod tests {
         let mut early = Vec::new();
         chunk(0, b"abc", 6, true).encode(&mut early);
         assert!(matches!(PeerFrame::decode(&early, MAX_FRAME_BYTES), Err(FrameError::Malformed { .. })));
+        // A proof of the wrong length, a version-1 hello (no nonce), a secured flag that is not 0/1.
+        let framed = |body: &[u8]| {
+            let mut out = (body.len() as u32).to_be_bytes().to_vec();
+            out.extend_from_slice(&crc32c::crc32c(body).to_be_bytes());
+            out.extend_from_slice(body);
+            out
+        };
+        let mut short_proof = vec![KIND_PROOF];
+        short_proof.extend_from_slice(&[7; PROOF_LEN - 1]);
+        assert!(matches!(
+            PeerFrame::decode(&framed(&short_proof), MAX_FRAME_BYTES),
+            Err(FrameError::Malformed { kind: "proof", .. })
+        ));
+        let mut v1 = vec![KIND_HELLO];
+        v1.extend_from_slice(&PEER_MAGIC);
+        v1.extend_from_slice(&1u16.to_be_bytes());
+        v1.extend_from_slice(&[0; 16]);
+        assert_eq!(PeerFrame::decode(&framed(&v1), MAX_FRAME_BYTES), Err(FrameError::Version(1)));
+        let mut hello = Vec::new();
+        PeerFrame::Hello { cluster_id: 1, node_id: 2, nonce: [0; NONCE_LEN], secured: true }
+            .encode(&mut hello);
+        let mut body = hello[HEADER_LEN..].to_vec();
+        *body.last_mut().expect("a flag byte") = 2;
+        assert!(matches!(
+            PeerFrame::decode(&framed(&body), MAX_FRAME_BYTES),
+            Err(FrameError::Malformed { kind: "hello", .. })
+        ));
     }
 
     #[test]
