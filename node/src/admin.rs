@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::io::{Fs, OpenOptions, parent_dir, tmp_path};
+/// A reply, as the server's own codec names its kinds (the client reads only RESP2's five).
+pub use crate::server::resp::Reply as Value;
 use crate::snapshot::{SnapshotError, SnapshotToken, token_of, verify};
 
 /// The largest reply the client accepts (a backup chunk is at most 4 MiB).
@@ -31,16 +33,6 @@ pub enum AdminError {
     Damaged(String),
     #[error("the downloaded backup does not verify: {0}")]
     Verify(#[from] SnapshotError),
-}
-
-/// One RESP2 reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Value {
-    Simple(String),
-    Error(String),
-    Integer(i64),
-    Bulk(Option<Vec<u8>>),
-    Array(Option<Vec<Value>>),
 }
 
 /// A blocking connection to one node's client port.
