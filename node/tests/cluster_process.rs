@@ -873,8 +873,18 @@ fn a_cluster_round_trips_through_a_backup_taken_under_load() {
     before.extend(load.acked.lock().expect("no writer panicked holding the lock").clone());
     let work = tempfile::tempdir().expect("temp dir");
     let under_load = work.path().join("under-load.backup");
-    let (ok, out, err) = backup_into(&cluster, cluster.follower(), &under_load);
-    assert!(ok, "backup under load failed: {out}{err}; logs in {}", cluster.dir.path().display());
+    let source_node = cluster.follower();
+    let (ok, out, err) = backup_into(&cluster, source_node, &under_load);
+    if !ok {
+        // The cluster's directory goes with the panic: say what the node was doing.
+        let log = std::fs::read_to_string(cluster.log_path(source_node)).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        panic!(
+            "backup under load from node {source_node} failed: {out}{err}; INFO now: {:?}; its log ends:\n{}",
+            cluster.info(source_node).map(|i| (i.get("role").cloned(), i.get("term").cloned())),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
     assert!(out.contains("index "), "{out}");
     let acked = load.finish();
     assert!(!acked.is_empty(), "the load got writes through");
