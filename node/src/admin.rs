@@ -1,7 +1,7 @@
 //! The operator's side of the admin commands (`durakv admin …`): a small blocking Redis-protocol
 //! client, and the backup download built on `BACKUP START/READ/DONE` ([`crate::backup`]).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::io::{Fs, OpenOptions, parent_dir, tmp_path};
 /// A reply, as the server's own codec names its kinds (the client reads only RESP2's five).
 pub use crate::server::resp::Reply as Value;
+use crate::server::resp::{Limits, encode_command, parse_reply};
 use crate::snapshot::{SnapshotError, SnapshotToken, token_of, verify};
 
 /// The largest reply the client accepts (a backup chunk is at most 4 MiB).
@@ -37,8 +38,9 @@ pub enum AdminError {
 
 /// A blocking connection to one node's client port.
 pub struct AdminClient {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    stream: TcpStream,
+    /// Bytes read past the last reply.
+    buf: Vec<u8>,
 }
 
 impl AdminClient {
@@ -54,7 +56,7 @@ impl AdminClient {
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         stream.set_nodelay(true)?;
-        let mut client = AdminClient { reader: BufReader::new(stream.try_clone()?), writer: stream };
+        let mut client = AdminClient { stream, buf: Vec::new() };
         if let Some(pw) = password {
             client.call_ok(&[b"AUTH", pw.as_bytes()])?;
         }
@@ -63,15 +65,8 @@ impl AdminClient {
 
     /// Send one command and read its reply (an error reply is a `Value::Error`, not an `Err`).
     pub fn call(&mut self, args: &[&[u8]]) -> Result<Value, AdminError> {
-        let mut req = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            req.extend_from_slice(a);
-            req.extend_from_slice(b"\r\n");
-        }
-        self.writer.write_all(&req)?;
-        self.writer.flush()?;
-        read_value(&mut self.reader, 0)
+        self.stream.write_all(&encode_command(args))?;
+        read_reply(&mut self.stream, &mut self.buf)
     }
 
     /// [`AdminClient::call`], with an error reply turned into [`AdminError::Refused`].
@@ -83,55 +78,23 @@ impl AdminClient {
     }
 }
 
-fn line(r: &mut impl BufRead) -> Result<String, AdminError> {
-    let mut buf = Vec::new();
-    r.by_ref().take(64 * 1024).read_until(b'\n', &mut buf)?;
-    if buf.is_empty() {
-        return Err(AdminError::Protocol("the connection closed".into()));
+/// Read one reply from `r`, keeping what arrives past it in `buf` for the next. Parsed by the server's
+/// own codec ([`parse_reply`]: lengths checked before anything is allocated, nesting bounded).
+fn read_reply(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<Value, AdminError> {
+    let limits = Limits { max_bulk_bytes: MAX_REPLY_BYTES, ..Limits::default() };
+    loop {
+        if let Some((reply, used)) = parse_reply(buf, &limits).map_err(|e| AdminError::Protocol(e.0))? {
+            buf.drain(..used);
+            return Ok(reply);
+        }
+        let had = buf.len();
+        buf.resize(had + (64 << 10), 0);
+        let n = r.read(&mut buf[had..])?;
+        buf.truncate(had + n);
+        if n == 0 {
+            return Err(AdminError::Protocol("the connection closed".into()));
+        }
     }
-    if !buf.ends_with(b"\r\n") {
-        return Err(AdminError::Protocol("a line without CRLF, or longer than 64 KiB".into()));
-    }
-    buf.truncate(buf.len() - 2);
-    String::from_utf8(buf).map_err(|_| AdminError::Protocol("a line that is not UTF-8".into()))
-}
-
-fn read_value(r: &mut impl BufRead, depth: usize) -> Result<Value, AdminError> {
-    if depth > 8 {
-        return Err(AdminError::Protocol("arrays nested deeper than 8".into()));
-    }
-    let l = line(r)?;
-    let (kind, rest) = l.split_at_checked(1).ok_or_else(|| AdminError::Protocol("an empty line".into()))?;
-    let number =
-        |s: &str| s.parse::<i64>().map_err(|_| AdminError::Protocol(format!("bad length or integer {s:?}")));
-    Ok(match kind {
-        "+" => Value::Simple(rest.to_string()),
-        "-" => Value::Error(rest.to_string()),
-        ":" => Value::Integer(number(rest)?),
-        "$" => match number(rest)? {
-            -1 => Value::Bulk(None),
-            n if n < 0 || n as usize > MAX_REPLY_BYTES => {
-                return Err(AdminError::Protocol(format!("bulk length {n}")));
-            }
-            n => {
-                let mut buf = vec![0u8; n as usize + 2];
-                r.read_exact(&mut buf)?;
-                if !buf.ends_with(b"\r\n") {
-                    return Err(AdminError::Protocol("a bulk string without its CRLF".into()));
-                }
-                buf.truncate(n as usize);
-                Value::Bulk(Some(buf))
-            }
-        },
-        "*" => match number(rest)? {
-            -1 => Value::Array(None),
-            n if !(0..=1 << 20).contains(&n) => {
-                return Err(AdminError::Protocol(format!("array length {n}")));
-            }
-            n => Value::Array(Some((0..n).map(|_| read_value(r, depth + 1)).collect::<Result<_, _>>()?)),
-        },
-        other => return Err(AdminError::Protocol(format!("unknown reply type {other:?}"))),
-    })
 }
 
 /// What a backup download produced.
@@ -255,8 +218,8 @@ fn download(
 mod tests {
     use super::*;
 
-    fn parse(bytes: &[u8]) -> Result<Value, AdminError> {
-        read_value(&mut std::io::BufReader::new(bytes), 0)
+    fn parse(mut bytes: &[u8]) -> Result<Value, AdminError> {
+        read_reply(&mut bytes, &mut Vec::new())
     }
 
     #[test]
@@ -285,7 +248,11 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
-        let deep = "*1\r\n".repeat(20) + ":1\r\n";
+        // Bytes past one reply are kept for the next.
+        let (mut wire, mut buf) = (&b"+OK\r\n:1\r\n"[..], Vec::new());
+        assert_eq!(read_reply(&mut wire, &mut buf).expect("first"), Value::Simple("OK".into()));
+        assert_eq!(read_reply(&mut wire, &mut buf).expect("second"), Value::Integer(1));
+        let deep = "*1\r\n".repeat(40) + ":1\r\n";
         assert!(matches!(parse(deep.as_bytes()), Err(AdminError::Protocol(_))));
     }
 }
