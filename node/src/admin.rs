@@ -78,6 +78,41 @@ impl AdminClient {
     }
 }
 
+/// Send a membership command (`CLUSTER ADDLEARNER|PROMOTE|REMOVE …`) and return the membership
+/// it left, one line per member. A node that does not lead answers `NOTLEADER addr`: the command
+/// goes there instead (once; a second redirect means leadership is moving: retry later).
+pub fn membership(
+    client: &mut AdminClient,
+    args: &[&[u8]],
+    password: Option<&str>,
+    timeout: Duration,
+) -> Result<Vec<String>, AdminError> {
+    let reply = match client.call(args)? {
+        Value::Error(e) if e.starts_with("NOTLEADER ") => {
+            let leader = e.split(' ').nth(1).unwrap_or_default().to_string();
+            let mut at_leader = AdminClient::connect(&leader, password, timeout)?;
+            at_leader.call_ok(args)?
+        }
+        Value::Error(e) => return Err(AdminError::Refused(e)),
+        v => v,
+    };
+    lines(reply)
+}
+
+/// The lines of a `CLUSTER MEMBERS` reply.
+pub fn lines(reply: Value) -> Result<Vec<String>, AdminError> {
+    match reply {
+        Value::Array(Some(items)) => items
+            .into_iter()
+            .map(|item| match item {
+                Value::Bulk(Some(b)) => Ok(String::from_utf8_lossy(&b).into_owned()),
+                other => Err(AdminError::Protocol(format!("a member line that is not a string: {other:?}"))),
+            })
+            .collect(),
+        other => Err(AdminError::Protocol(format!("expected the member list, got {other:?}"))),
+    }
+}
+
 /// Read one reply from `r`, keeping what arrives past it in `buf` for the next. Parsed by the server's
 /// own codec ([`parse_reply`]: lengths checked before anything is allocated, nesting bounded).
 fn read_reply(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<Value, AdminError> {

@@ -86,6 +86,9 @@ pub struct NodeConfig {
     pub resp_addr: SocketAddr,
     pub peer_addr: SocketAddr,
     pub peers: BTreeMap<u64, Peer>,
+    /// Join a running cluster: a new data directory waits for the leader's snapshot (after an
+    /// operator's `CLUSTER ADDLEARNER`) instead of making `peers` the initial voters.
+    pub join: bool,
     pub fsm_sync: FsmSync,
     pub requirepass: Option<String>,
     /// The secret every member proves it knows at the peer handshake (`None`: peers are not
@@ -168,6 +171,7 @@ struct RawConfig {
     resp_addr: Option<String>,
     peer_addr: Option<String>,
     peers: Option<BTreeMap<String, String>>,
+    join: Option<bool>,
     fsm_sync: Option<String>,
     requirepass: Option<String>,
     peer_secret: Option<String>,
@@ -250,6 +254,10 @@ impl NodeConfig {
                 "spool-cap-bytes" => raw.spool_cap_bytes = Some(num(value)?),
                 "peer-queue" => raw.peer_queue = Some(num(value)? as usize),
                 "snapshot-chunk-bytes" => raw.snapshot_chunk_bytes = Some(num(value)? as usize),
+                "join" => {
+                    raw.join =
+                        Some(value.parse().map_err(|_| bad(format!("{value:?} is not true or false")))?)
+                }
                 "log-json" => {
                     raw.log_json =
                         Some(value.parse().map_err(|_| bad(format!("{value:?} is not true or false")))?)
@@ -391,6 +399,7 @@ impl NodeConfig {
             resp_addr,
             peer_addr,
             peers,
+            join: raw.join.unwrap_or(false),
             fsm_sync,
             requirepass: raw.requirepass,
             peer_secret,

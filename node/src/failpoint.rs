@@ -135,6 +135,10 @@ pub const CANARIES: &[(&str, &str)] = &[
         "persist-clamped-commit",
         "a node recovering lost entries persists its commit index clamped to its shortened log (commit_monotonic)",
     ),
+    (
+        "joiner-replays-from-one",
+        "a node that joins after a membership change is sent the log from its first entry instead of a snapshot, and rebuilds a membership without the initial voters (membership)",
+    ),
 ];
 
 /// Is the canary `name` (one of [`CANARIES`]) switched on for this disk?

@@ -40,6 +40,7 @@ pub mod fsm;
 pub mod hardstate;
 pub mod io;
 pub mod limits;
+pub mod members;
 pub mod metrics;
 pub mod probe;
 pub mod replica;

@@ -62,6 +62,26 @@ enum Tool {
 
 #[derive(Debug, Subcommand)]
 enum AdminAction {
+    /// List the members, their roles and addresses (CLUSTER MEMBERS)
+    Members,
+    /// Add a new node as a learner (it receives the data, does not vote); then start it with
+    /// --join and its own --id, and promote it once it caught up
+    AddLearner {
+        /// The new node's id (never used before in this cluster)
+        id: u64,
+        /// Its raft transport address
+        peer_addr: String,
+        /// Its Redis-protocol address
+        resp_addr: String,
+    },
+    /// Make a learner a voter; with --replacing, remove that voter in the same (joint) change
+    Promote {
+        id: u64,
+        #[arg(long, value_name = "ID")]
+        replacing: Option<u64>,
+    },
+    /// Remove a member (a leader hands its leadership over first); then stop that node
+    Remove { id: u64 },
     /// Download a consistent snapshot of the cluster's data into FILE: every write acknowledged
     /// before the command started is in it
     Backup { file: PathBuf },
@@ -100,6 +120,10 @@ struct NodeArgs {
     /// Every member: '1=PEER_ADDR,RESP_ADDR;2=…;3=…'
     #[arg(long, env = "DURAKV_PEERS", value_name = "LIST")]
     peers: Option<String>,
+    /// Join a running cluster as a new member (after CLUSTER ADDLEARNER): a new data directory
+    /// waits for the leader's snapshot instead of bootstrapping --peers as the voters
+    #[arg(long, env = "DURAKV_JOIN", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    join: Option<String>,
     /// Where the raft log, state machine and snapshots live
     #[arg(long, env = "DURAKV_DATA_DIR", value_name = "DIR")]
     data_dir: Option<String>,
@@ -190,6 +214,7 @@ impl NodeArgs {
         let all = [
             ("id", &self.id),
             ("peers", &self.peers),
+            ("join", &self.join),
             ("data-dir", &self.data_dir),
             ("spool-dir", &self.spool_dir),
             ("resp-addr", &self.resp_addr),
@@ -292,7 +317,43 @@ fn admin_tool(
 ) -> anyhow::Result<ExitCode> {
     use durakv::admin::{AdminClient, backup};
     let mut client = AdminClient::connect(addr, password, std::time::Duration::from_secs(timeout.max(1)))?;
+    let wait = std::time::Duration::from_secs(timeout.max(1));
+    let mut change = |args: &[&[u8]]| -> anyhow::Result<ExitCode> {
+        let lines = durakv::admin::membership(&mut client, args, password, wait)
+            .with_context(|| format!("CLUSTER {} through {addr}", String::from_utf8_lossy(args[1])))?;
+        for line in lines {
+            println!("{line}");
+        }
+        Ok(ExitCode::SUCCESS)
+    };
     match action {
+        AdminAction::Members => {
+            let lines = durakv::admin::lines(client.call_ok(&[b"CLUSTER", b"MEMBERS"])?)?;
+            for line in lines {
+                println!("{line}");
+            }
+        }
+        AdminAction::AddLearner { id, peer_addr, resp_addr } => {
+            let id = id.to_string();
+            return change(&[
+                b"CLUSTER",
+                b"ADDLEARNER",
+                id.as_bytes(),
+                peer_addr.as_bytes(),
+                resp_addr.as_bytes(),
+            ]);
+        }
+        AdminAction::Promote { id, replacing } => {
+            let id = id.to_string();
+            return match replacing.map(|r| r.to_string()) {
+                Some(old) => change(&[b"CLUSTER", b"PROMOTE", id.as_bytes(), b"REPLACING", old.as_bytes()]),
+                None => change(&[b"CLUSTER", b"PROMOTE", id.as_bytes()]),
+            };
+        }
+        AdminAction::Remove { id } => {
+            let id = id.to_string();
+            return change(&[b"CLUSTER", b"REMOVE", id.as_bytes()]);
+        }
         AdminAction::Failover { to, timeout_ms } => {
             let timeout = timeout_ms.to_string();
             let mut args: Vec<Vec<u8>> = vec![b"FAILOVER".to_vec()];

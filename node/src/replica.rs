@@ -109,6 +109,9 @@ pub struct ReadyOutput {
     /// Work for the applier the caller runs ([`Replica::take_applier`]), in order; empty while the
     /// replica applies itself (then the replies are in `replies`).
     pub work: Vec<ApplyWork>,
+    /// Membership changes this replica proposed that took effect in raft (the resulting conf
+    /// state) or that raft refused when they committed (why), by request id.
+    pub conf_changes: Vec<(u64, Result<raft::eraftpb::ConfState, String>)>,
 }
 
 /// A slog drain that forwards raft-rs's log lines to `tracing`.
@@ -196,6 +199,13 @@ pub struct Replica<E: Engine> {
     wal_at_start: crate::probe::WalFinding,
     /// Stamps the entries this node appends as leader ([`crate::clock`]).
     clock: crate::clock::WallClock,
+    /// The members' addresses the transport and client port use ([`crate::members`]), kept up to
+    /// date as membership changes apply and snapshots install; none in tests.
+    directory: Option<crate::members::Directory>,
+    /// The log index of the membership change that left this node out (it was removed).
+    removed_at: Option<u64>,
+    /// A peer needs a snapshot this node does not hold yet: take one at the next chance.
+    snapshot_asked: bool,
 }
 
 impl<E: Engine> std::fmt::Debug for Replica<E> {
@@ -274,7 +284,14 @@ impl<E: Engine> Replica<E> {
             metrics: None,
             wal_at_start: crate::probe::WalFinding::Clean,
             clock: crate::clock::WallClock::system(),
+            directory: None,
+            removed_at: None,
+            snapshot_asked: false,
         };
+        let cs = replica.raw.store().conf_state();
+        if crate::members::excludes(&cs, cfg.id) {
+            replica.removed_at = Some(replica.raw.store().conf_index());
+        }
         replica.redraw_election_timeout();
         Ok(replica)
     }
@@ -337,6 +354,61 @@ impl<E: Engine> Replica<E> {
 
     pub fn is_leader(&self) -> bool {
         self.raw.raft.state == StateRole::Leader
+    }
+
+    /// The members' addresses this replica keeps up to date ([`Replica::set_directory`]).
+    pub fn directory(&self) -> Option<crate::members::Directory> {
+        self.directory.clone()
+    }
+
+    /// Keep `directory` up to date with the membership from now on.
+    pub fn set_directory(&mut self, directory: crate::members::Directory) {
+        self.directory = Some(directory);
+    }
+
+    /// The members' addresses as they stand: stored by a membership change or a received snapshot,
+    /// else the directory the node started with (its configuration's).
+    fn current_book(&self) -> crate::members::Book {
+        self.raw.store().book().or_else(|| self.directory.as_ref().map(|d| d.book())).unwrap_or_default()
+    }
+
+    /// The conf state raft works with now (it takes a change when the change is handed over).
+    pub fn conf_state(&self) -> raft::eraftpb::ConfState {
+        self.raw.raft.prs().conf().to_conf_state()
+    }
+
+    /// The log index of the membership change that removed this node, if one did.
+    pub fn removed_at(&self) -> Option<u64> {
+        self.removed_at
+    }
+
+    /// Check `change` against the membership as this leader sees it and propose it; the outcome
+    /// comes back in a later [`ReadyOutput::conf_changes`] under `request_id`. Refused (with why)
+    /// when this node does not lead or another change is still under way.
+    pub fn propose_membership(
+        &mut self,
+        request_id: u64,
+        change: &crate::members::Change,
+    ) -> Result<(), String> {
+        if !self.is_leader() {
+            return Err(format!("this node is not the leader (node {} is)", self.leader_id()));
+        }
+        let raft = &self.raw.raft;
+        if raft.pending_conf_index > raft.raft_log.applied || !self.conf_state().voters_outgoing.is_empty() {
+            return Err("another membership change is still taking effect; retry in a moment".into());
+        }
+        let matched: BTreeMap<u64, u64> = raft.prs().iter().map(|(id, pr)| (*id, pr.matched)).collect();
+        let conf = self.conf_state();
+        let book = self.current_book();
+        let m = crate::members::Membership {
+            conf: &conf,
+            matched: &matched,
+            last_index: raft.raft_log.last_index(),
+            directory: &book,
+        };
+        let cc = change.to_conf_change(&m).map_err(|e| e.to_string())?;
+        let context = EntryContext { request_id, stamp_ms: self.clock.now_ms() }.encode();
+        self.contained(|r| Ok(r.raw.propose_conf_change(context, cc)?)).map_err(|e| e.to_string())
     }
 
     pub fn leader_id(&self) -> u64 {
@@ -706,7 +778,23 @@ impl<E: Engine> Replica<E> {
             if self.verified.take() != Some(token) {
                 verify(&*self.snapshots.fs, &path, &token)?;
             }
-            self.raw.store().apply_snapshot(SnapshotPointer { metadata, token: snap.data })?;
+            // The members' addresses the snapshot carries (a node that joins learns them here).
+            let book = match crate::snapshot::read_header(&*self.snapshots.fs, &path, &token)?.node_state {
+                ns if ns.is_empty() => None,
+                ns => crate::members::decode_book(&ns).ok(),
+            };
+            let installed_conf = metadata.conf_state.clone().unwrap_or_default();
+            self.raw.store().apply_snapshot_with_book(
+                SnapshotPointer { metadata, token: snap.data },
+                token.index + 1,
+                book.as_ref(),
+            )?;
+            if let Some(book) = book {
+                self.publish_book(book);
+            }
+            if crate::members::excludes(&installed_conf, self.id()) && self.removed_at.is_none() {
+                self.removed_at = Some(token.index);
+            }
             // Retention applies to received snapshots too, or a follower that only ever catches up
             // by snapshot keeps every one it was sent (found by the simulation's file-hygiene check).
             // The files it removes are older than the base just recorded: no restore needs them.
@@ -794,11 +882,17 @@ impl<E: Engine> Replica<E> {
                 EntryType::EntryNormal => {}
                 EntryType::EntryConfChange => {
                     let cc = ConfChange::decode(&e.data[..]).map_err(|err| bad(err.to_string()))?;
-                    self.apply_conf_change(e.index, &cc)?;
+                    let outcome = self.apply_conf_change(e.index, &cc)?;
+                    if let (Some(c), Some(outcome)) = (EntryContext::decode(&e.context), outcome) {
+                        out.conf_changes.push((c.request_id, outcome));
+                    }
                 }
                 EntryType::EntryConfChangeV2 => {
                     let cc = ConfChangeV2::decode(&e.data[..]).map_err(|err| bad(err.to_string()))?;
-                    self.apply_conf_change(e.index, &cc)?;
+                    let outcome = self.apply_conf_change(e.index, &cc)?;
+                    if let (Some(c), Some(outcome)) = (EntryContext::decode(&e.context), outcome) {
+                        out.conf_changes.push((c.request_id, outcome));
+                    }
                 }
             }
         }
@@ -814,18 +908,74 @@ impl<E: Engine> Replica<E> {
         Ok(())
     }
 
+    /// Take a committed membership change into raft and persist the result with the members'
+    /// addresses after it. `None` when the stored conf state already holds it; `Some(Err)` when raft
+    /// refuses it (every replica refuses the same change the same way: it changes nothing).
     fn apply_conf_change(
         &mut self,
         index: u64,
         cc: &impl raft_proto::ConfChangeI,
-    ) -> Result<(), ReplicaError> {
+    ) -> Result<Option<Result<raft::eraftpb::ConfState, String>>, ReplicaError> {
         // A conf change whose result the stored conf state already holds (written, then a crash
         // before the applied index moved) was loaded by raft at start-up: do not apply it twice.
-        if index > self.raw.store().conf_index() && index > self.kv.applied_index() {
-            let cs = self.raw.apply_conf_change(cc)?;
-            self.raw.store().set_conf_state(&cs, index)?;
+        if index <= self.raw.store().conf_index() || index <= self.kv.applied_index() {
+            return Ok(None);
         }
-        Ok(())
+        let v2 = cc.as_v2();
+        let before = self.current_book();
+        let cs = match self.raw.apply_conf_change(cc) {
+            Ok(cs) => cs,
+            Err(e) => {
+                tracing::warn!(node = self.id(), index, error = %e, "membership change refused by raft; nothing changed");
+                return Ok(Some(Err(e.to_string())));
+            }
+        };
+        // The book is replicated state: a change whose context does not decode is applied without new
+        // addresses on every replica alike (the leader checked it before proposing).
+        let book = crate::members::book_after(&before, &v2.context, &cs).unwrap_or_else(|e| {
+            tracing::warn!(node = self.id(), index, error = %e, "membership change carries no usable addresses");
+            crate::members::book_after(&before, &[], &cs).unwrap_or_default()
+        });
+        self.raw.store().set_conf_state(&cs, index, Some(&book))?;
+        self.publish_book(book);
+        tracing::info!(node = self.id(), index, voters = ?cs.voters, learners = ?cs.learners, outgoing = ?cs.voters_outgoing, "membership changed");
+        self.after_membership_change(index, &cs);
+        Ok(Some(Ok(cs)))
+    }
+
+    /// Hand the members' addresses to the transport and client port.
+    fn publish_book(&self, book: crate::members::Book) {
+        if let Some(d) = &self.directory {
+            d.replace(book);
+        }
+    }
+
+    /// A change that left this node out: it is removed (it serves nothing more). A leader that is no
+    /// longer a voter hands leadership to the best voter left (or steps down): raft-rs would keep
+    /// it leading a configuration it is not part of.
+    fn after_membership_change(&mut self, index: u64, cs: &raft::eraftpb::ConfState) {
+        let me = self.id();
+        if crate::members::excludes(cs, me) && self.removed_at.is_none() {
+            self.removed_at = Some(index);
+            tracing::warn!(
+                node = me,
+                index,
+                "this node was removed from the cluster; it no longer serves (stop it)"
+            );
+        }
+        let voter = cs.voters.contains(&me) || cs.voters_outgoing.contains(&me);
+        if self.is_leader() && !voter {
+            match self.handoff_target() {
+                Some(to) => {
+                    tracing::info!(node = me, to, index, "no longer a voter: handing leadership over");
+                    self.raw.transfer_leader(to);
+                }
+                None => {
+                    let term = self.raw.raft.term;
+                    self.raw.raft.become_follower(term, raft::INVALID_ID);
+                }
+            }
+        }
     }
 }
 
@@ -844,6 +994,8 @@ pub struct SnapshotJob<E: Engine> {
     fs: SharedFs,
     dir: std::path::PathBuf,
     conf_state: raft::eraftpb::ConfState,
+    /// The members' addresses as of `conf_state` (the header's `node_state`).
+    book: Vec<u8>,
     /// The stored conf state's index when the job was made: a conf change applied meanwhile may be
     /// inside the view, whose header must then name the newer conf state (the file is discarded).
     conf_index: u64,
@@ -876,7 +1028,7 @@ impl<E: Engine> SnapshotJob<E> {
     /// blocking worker, never on the raft loop.
     pub fn run(self) -> SnapshotDone {
         let result =
-            write_snapshot(&*self.fs, &self.dir, &*self.engine, &self.conf_state.encode_to_vec(), &[])
+            write_snapshot(&*self.fs, &self.dir, &*self.engine, &self.conf_state.encode_to_vec(), &self.book)
                 .and_then(|file| ensure_applied_durable(&*self.engine, file.index).map(|()| file));
         SnapshotDone { conf_index: self.conf_index, result }
     }
@@ -892,7 +1044,11 @@ impl<E: Engine> Replica<E> {
         let every = self.snapshots.every_entries;
         let by_entries = every > 0 && applied >= last.saturating_add(every);
         let by_bytes = self.applied_bytes_since_snapshot >= self.snapshots.every_bytes.max(1);
-        if !(by_entries || by_bytes) || applied <= last {
+        // A peer needs a snapshot this node does not hold (one that joined after a membership
+        // change: the storage sends it no log from the first entry).
+        let asked = self.snapshot_asked || self.raw.store().take_snapshot_wanted();
+        self.snapshot_asked = asked;
+        if !(by_entries || by_bytes || asked) || applied <= last {
             return None;
         }
         // The state machine must have caught up with the stored conf state (the applier may trail
@@ -911,6 +1067,7 @@ impl<E: Engine> Replica<E> {
             fs: self.snapshots.fs.clone(),
             dir: self.snapshots.store.dir().to_path_buf(),
             conf_state: self.raw.raft.prs().conf().to_conf_state(),
+            book: crate::members::encode_book(&self.current_book()),
             conf_index: self.raw.store().conf_index(),
         })
     }
@@ -952,6 +1109,7 @@ impl<E: Engine> Replica<E> {
         )?;
         self.retain(file.index)?;
         self.applied_bytes_since_snapshot = 0;
+        self.snapshot_asked = false;
         tracing::info!(node = self.id(), index = file.index, term, "snapshot taken, log compacted below it");
         Ok(Some(file))
     }

@@ -28,6 +28,7 @@ use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 
 use crate::hardstate::{self, DurableState, HardStateError, HardStateFile, RepairEvidence, RepairKind};
 use crate::io::SharedFs;
+use crate::members::Book;
 use crate::probe::{Observation, Recovered};
 use crate::wal::{Batch, RecoveryMode, RecoveryReport, Wal, WalError, WalOptions};
 
@@ -38,6 +39,9 @@ const META_SNAPSHOT: u16 = 3;
 /// Set once the hard-state file exists: from then on a missing file is a refusal, never a silent
 /// fall-back to the (stale) hard state in the log.
 const META_HARD_STATE_IN_FILE: u16 = 4;
+/// The members' addresses ([`crate::members`]), written with every conf state from the first
+/// membership change on (absent: the configuration's `peers`).
+const META_BOOK: u16 = 5;
 
 /// Errors of the raft storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +87,12 @@ struct Inner {
     /// The log index of the conf change (or snapshot) `conf_state` reflects: a conf-change entry at or
     /// below it is already in `conf_state` and must not be applied to raft again on replay.
     conf_index: u64,
+    /// The members' addresses as of `conf_state` (`None`: never changed; the configuration's).
+    book: Option<Book>,
     snapshot: SnapshotPointer,
+    /// raft asked for a snapshot to send (a peer needs one) that this node does not hold yet: a
+    /// snapshot is due now ([`RaftStorage::take_snapshot_wanted`]).
+    snapshot_wanted: bool,
     /// A read of the log failed (an I/O error, a record that no longer decodes) while raft-rs asked
     /// for entries. raft-rs treats such an error as fatal and panics; the replica contains that
     /// panic and fail-stops with this reason instead (D10).
@@ -214,6 +223,13 @@ impl RaftStorage {
             Some(b) => decode_conf(b)?,
             None => (0, ConfState::default()),
         };
+        let book = match wal.meta(META_BOOK) {
+            Some(b) => Some(
+                crate::members::decode_book(b)
+                    .map_err(|e| StorageLoadError::InvalidArgument(e.to_string()))?,
+            ),
+            None => None,
+        };
         let snapshot = match wal.meta(META_SNAPSHOT) {
             Some(b) => decode_pointer(b)?,
             None => SnapshotPointer::default(),
@@ -235,7 +251,9 @@ impl RaftStorage {
             hard_state: HardState::default(),
             conf_state,
             conf_index,
+            book,
             snapshot,
+            snapshot_wanted: false,
             read_failure: None,
         };
         let (last, last_term) = inner.log_end();
@@ -367,17 +385,43 @@ impl RaftStorage {
         if !fresh {
             return Ok(false);
         }
-        self.set_conf_state(&ConfState { voters: voters.to_vec(), ..ConfState::default() }, 0)?;
+        self.set_conf_state(&ConfState { voters: voters.to_vec(), ..ConfState::default() }, 0, None)?;
         Ok(true)
     }
 
-    /// Persist a new conf state, produced by the conf change at log index `index`.
-    pub fn set_conf_state(&self, cs: &ConfState, index: u64) -> Result<(), WalError> {
+    /// Persist a new conf state, produced by the conf change at log index `index`, with the members'
+    /// addresses after it (`None`: unchanged). One batch: after any crash the two agree.
+    pub fn set_conf_state(&self, cs: &ConfState, index: u64, book: Option<&Book>) -> Result<(), WalError> {
         let mut inner = self.lock();
-        inner.wal.append(Batch::new().set_meta(META_CONF_STATE, encode_conf(index, cs)))?;
+        let mut batch = Batch::new();
+        batch.set_meta(META_CONF_STATE, encode_conf(index, cs));
+        if let Some(book) = book {
+            batch.set_meta(META_BOOK, crate::members::encode_book(book));
+        }
+        inner.wal.append(&batch)?;
         inner.conf_state = cs.clone();
         inner.conf_index = index;
+        if let Some(book) = book {
+            inner.book = Some(book.clone());
+        }
         Ok(())
+    }
+
+    /// The members' addresses as stored (`None`: no membership change or received snapshot has set
+    /// them; the configuration's `peers` hold).
+    pub fn book(&self) -> Option<Book> {
+        self.lock().book.clone()
+    }
+
+    /// The conf state as stored.
+    pub fn conf_state(&self) -> ConfState {
+        self.lock().conf_state.clone()
+    }
+
+    /// Did raft ask for a snapshot this node does not hold yet (for a peer that needs one)? Cleared
+    /// by asking.
+    pub fn take_snapshot_wanted(&self) -> bool {
+        std::mem::take(&mut self.lock().snapshot_wanted)
     }
 
     /// The log index of the conf change the stored conf state reflects.
@@ -488,6 +532,17 @@ impl RaftStorage {
         pointer: SnapshotPointer,
         keep_from: u64,
     ) -> Result<(), StorageLoadError> {
+        self.apply_snapshot_with_book(pointer, keep_from, None)
+    }
+
+    /// [`RaftStorage::apply_snapshot_keeping`], recording the members' addresses the snapshot carried
+    /// (a received snapshot's header) in the same batch.
+    pub fn apply_snapshot_with_book(
+        &self,
+        pointer: SnapshotPointer,
+        keep_from: u64,
+        book: Option<&Book>,
+    ) -> Result<(), StorageLoadError> {
         let mut inner = self.lock();
         let index = pointer.metadata.index;
         if index < inner.snapshot.metadata.index {
@@ -500,6 +555,9 @@ impl RaftStorage {
         let mut batch = Batch::new();
         batch.set_meta(META_SNAPSHOT, encode_pointer(&pointer));
         batch.set_meta(META_CONF_STATE, encode_conf(index, &conf_state));
+        if let Some(book) = book {
+            batch.set_meta(META_BOOK, crate::members::encode_book(book));
+        }
         // A received snapshot replaces a log that disagrees with it: drop entries past it whose term
         // does not match, as raft-rs's MemStorage does by resetting.
         let keep_tail = inner.wal.term(index) == Some(pointer.metadata.term);
@@ -531,6 +589,9 @@ impl RaftStorage {
         inner.hard_state = hs;
         inner.conf_state = conf_state;
         inner.conf_index = index;
+        if let Some(book) = book {
+            inner.book = Some(book.clone());
+        }
         Ok(())
     }
 
@@ -624,10 +685,23 @@ impl Storage for RaftStorage {
         low: u64,
         high: u64,
         max_size: impl Into<Option<u64>>,
-        _context: GetEntriesContext,
+        context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
         let mut inner = self.lock();
         if low < inner.first_index() {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        // The log from its first entry, sent to a peer (raft's only asynchronous-capable reader is an
+        // append to a peer), once the membership has changed: the initial voters are in no entry
+        // (bootstrap sets them at index 0), so a node that joined later and replayed the log from
+        // there would rebuild a membership without them (and, promoted, could elect itself alone).
+        // Such a peer gets a snapshot instead, whose header names the whole membership. An initial
+        // voter that lost its log gets one too, which is as good.
+        if low == 1
+            && context.can_async()
+            && inner.conf_index > 0
+            && !crate::failpoint::canary(&**inner.hs_file.fs(), "joiner-replays-from-one")
+        {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
         if high > inner.last_index() + 1 {
@@ -683,11 +757,15 @@ impl Storage for RaftStorage {
         Ok(self.lock().last_index())
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        let inner = self.lock();
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let mut inner = self.lock();
         let p = &inner.snapshot;
-        if p.metadata.index == 0 || p.metadata.index < request_index {
-            // The node takes snapshots on its own schedule; raft asks again later.
+        let names_peer =
+            p.metadata.conf_state.as_ref().is_some_and(|cs| crate::members::ids_of(cs).contains(&to));
+        if p.metadata.index == 0 || p.metadata.index < request_index || !names_peer {
+            // None yet, too old, or from before the peer was a member (it would refuse to restore a
+            // snapshot whose membership leaves it out): a snapshot is due now; raft asks again later.
+            inner.snapshot_wanted = true;
             return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
         }
         Ok(Snapshot { data: p.token.clone(), metadata: Some(p.metadata.clone()) })

@@ -258,6 +258,47 @@ impl Cluster {
         out
     }
 
+    /// Configure one more node (fresh ports, not started); its id.
+    fn add_node(&mut self) -> u64 {
+        let id = self.nodes.keys().max().copied().unwrap_or(0) + 1;
+        self.nodes.insert(id, Node { resp: free_port(), peer: free_port(), child: None });
+        id
+    }
+
+    /// Start node `id` as a new member joining the running cluster (`--join`).
+    fn spawn_joining(&mut self, id: u64) {
+        self.extra.push("--join".into());
+        self.spawn(id);
+        self.extra.pop();
+    }
+
+    fn admin(&self, via: u64, args: &[&str]) -> (bool, String, String) {
+        let addr = format!("127.0.0.1:{}", self.nodes[&via].resp);
+        let mut all: Vec<&std::ffi::OsStr> = vec!["admin".as_ref(), "--addr".as_ref(), addr.as_ref()];
+        all.extend(args.iter().map(|a| std::ffi::OsStr::new(*a)));
+        durakv_tool(&all)
+    }
+
+    /// Wait until node `id` has applied everything the leader committed (INFO).
+    fn caught_up(&self, id: u64) {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let leader = self.leader();
+            let commit = self.info(leader).and_then(|i| i["commit_index"].parse::<u64>().ok()).unwrap_or(0);
+            let applied =
+                self.info(id).and_then(|i| i.get("applied_index")?.parse::<u64>().ok()).unwrap_or(0);
+            if commit > 0 && applied >= commit {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} did not catch up ({applied} of {commit}); logs in {}",
+                self.dir.path().display()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn running(&self) -> Vec<u64> {
         self.nodes.iter().filter(|(_, n)| n.child.is_some()).map(|(id, _)| *id).collect()
     }
@@ -1089,6 +1130,115 @@ fn failover_hands_leadership_to_the_named_member_or_to_the_best_follower() {
     let forced: redis::RedisResult<()> = redis::cmd("FAILOVER").arg("FORCE").query(&mut con);
     assert!(forced.is_err_and(|e| e.to_string().contains("takes no FORCE")));
     acked.extend(cluster.write_keys("last-", 20));
+    for id in cluster.running() {
+        cluster.assert_readable(id, &acked);
+    }
+}
+
+/// Failures injected: a voter's machine dies (SIGKILL, its disk never comes back) while clients
+/// write; the documented replacement then runs with the `durakv admin` commands only (add a learner
+/// under a new id, start it with `--join`, promote it replacing the dead voter: a joint change);
+/// afterwards the leader itself is removed, and the new member and an original one are killed and
+/// restarted. Invariants: every acknowledged write is readable on every member, the new one
+/// included (which joined by snapshot, after a membership change, so it learned the initial voters
+/// from it and never replayed the log without them); the cluster keeps a quorum of the new
+/// membership (it writes with the dead node gone and one more member down); a removed node says so
+/// and refuses requests; restarted members keep the membership (the member book is durable).
+#[test]
+fn a_dead_voter_is_replaced_under_a_new_id_with_the_documented_commands() {
+    let mut cluster = Cluster::start(3, &["--snapshot-catch-up-entries", "50"]);
+    let mut acked = cluster.write_keys("before-", 200);
+    let leader = cluster.leader();
+    let dead = *cluster.nodes.keys().find(|&&id| id != leader).expect("a follower");
+    cluster.kill(dead);
+    acked.extend(cluster.write_keys("degraded-", 50));
+
+    // 1. Add the new node as a learner (through any member: a follower redirects to the leader).
+    let new = cluster.add_node();
+    let via = *cluster.nodes.keys().find(|&&id| id != leader && id != dead && id != new).expect("a follower");
+    let (peer, resp) = (
+        format!("127.0.0.1:{}", cluster.nodes[&new].peer),
+        format!("127.0.0.1:{}", cluster.nodes[&new].resp),
+    );
+    let (ok, out, err) = cluster.admin(via, &["add-learner", &new.to_string(), &peer, &resp]);
+    assert!(ok, "add-learner failed: {out}{err}");
+    assert!(out.lines().any(|l| l.starts_with(&format!("{new} learner {peer} {resp}"))), "{out}");
+    // 2. Start it with --join; it catches up by snapshot.
+    cluster.spawn_joining(new);
+    cluster.caught_up(new);
+    // A promotion of a node that is not a learner, or of an unknown one, is refused by name.
+    let (ok, _, err) = cluster.admin(via, &["promote", "9"]);
+    assert!(!ok && err.contains("node 9 is not a learner"), "{err}");
+    // 3. Promote it in place of the dead voter (one joint change, left by the leader on its own).
+    let (ok, out, err) = cluster.admin(via, &["promote", &new.to_string(), "--replacing", &dead.to_string()]);
+    assert!(ok, "promote failed: {out}{err}");
+    let mut expected: Vec<u64> = cluster.nodes.keys().copied().filter(|&id| id != dead).collect();
+    expected.sort_unstable();
+    // The leader answered once it left the joint configuration; the new member applies that a moment later.
+    let deadline = Instant::now() + SETTLE;
+    let members = loop {
+        let (ok, members, err) = cluster.admin(new, &["members"]);
+        assert!(ok, "{err}");
+        let voters: Vec<u64> = members
+            .lines()
+            .filter(|l| l.split(' ').nth(1) == Some("voter"))
+            .filter_map(|l| l.split(' ').next()?.parse().ok())
+            .collect();
+        if voters == expected && members.lines().count() == expected.len() {
+            break members;
+        }
+        assert!(Instant::now() < deadline, "members as the new node sees them:\n{members}");
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        !members.lines().any(|l| l.starts_with(&format!("{dead} "))),
+        "the dead node is still listed:\n{members}"
+    );
+    let info = cluster.info(new).expect("INFO of the new member");
+    assert_eq!(info["voters"], expected.iter().map(u64::to_string).collect::<Vec<_>>().join(","));
+    acked.extend(cluster.write_keys("replaced-", 100));
+    // The dead node is gone for good: with another member down, the new membership still has a quorum.
+    let other =
+        *expected.iter().find(|&&id| id != cluster.leader() && id != new).expect("an original follower");
+    cluster.kill(other);
+    acked.extend(cluster.write_keys("quorum-", 50));
+    for id in cluster.running() {
+        cluster.assert_readable(id, &acked);
+    }
+    // Restarts keep the membership: the new member (its --join is a no-op now) and the original one
+    // (its --peers still name the dead node; the stored member book wins).
+    cluster.kill(new);
+    cluster.spawn(new);
+    cluster.spawn(other);
+    acked.extend(cluster.write_keys("restarted-", 50));
+    cluster.caught_up(new);
+    cluster.caught_up(other);
+
+    // 4. Remove the leader itself: it hands leadership over first, then says it was removed.
+    let old_leader = cluster.leader();
+    let (ok, out, err) = cluster.admin(old_leader, &["remove", &old_leader.to_string()]);
+    assert!(ok, "remove of the leader failed: {out}{err}");
+    let deadline = Instant::now() + SETTLE;
+    let next = loop {
+        let next = cluster.leader();
+        if next != old_leader {
+            break next;
+        }
+        assert!(Instant::now() < deadline, "the removed leader still leads");
+        thread::sleep(Duration::from_millis(100));
+    };
+    let info = cluster.info(old_leader).expect("INFO of the removed node");
+    assert_eq!(info["removed"], "1", "{info:?}");
+    let mut con = cluster.connect(old_leader).expect("connect to the removed node");
+    let refused: redis::RedisResult<()> = redis::cmd("SET").arg("k").arg("v").query(&mut con);
+    assert!(
+        refused.is_err_and(|e| e.to_string().contains("removed from the cluster")),
+        "the removed node took a write"
+    );
+    cluster.kill(old_leader);
+    acked.extend(cluster.write_keys("after-removal-", 50));
+    let (ok, members, _) = cluster.admin(next, &["members"]);
+    assert!(ok && !members.lines().any(|l| l.starts_with(&format!("{old_leader} "))), "{members}");
     for id in cluster.running() {
         cluster.assert_readable(id, &acked);
     }

@@ -26,6 +26,7 @@ pub const CHECKS: &[&str] = &[
     "commit_monotonic",
     "stable_leader",
     "expiry",
+    "membership",
 ];
 
 /// The checks in [`CHECKS`] that run only where a scenario asks for them (`expiry`: where the

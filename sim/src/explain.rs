@@ -179,7 +179,7 @@ pub fn html(scenario: &Scenario, seed: u64, r: &RunResult, replay: &str) -> Stri
         .max(scenario.duration_ms)
         + 500;
     let x = |t: u64| LEFT + t as f64 / 1000.0 * PX_PER_S;
-    let servers: Vec<u64> = (1..=scenario.cluster.nodes).collect();
+    let servers: Vec<u64> = (1..=scenario.cluster.nodes + scenario.cluster.spare).collect();
     let mut clients: Vec<u64> = r.history.iter().map(|o| o.client).collect();
     clients.sort_unstable();
     clients.dedup();
@@ -301,7 +301,7 @@ pub fn html(scenario: &Scenario, seed: u64, r: &RunResult, replay: &str) -> Stri
     // Events on their server's lane.
     for &(t, text) in &events {
         let Some(id) = server_of(text) else { continue };
-        if id == 0 || id > scenario.cluster.nodes {
+        if id == 0 || id > scenario.cluster.nodes + scenario.cluster.spare {
             continue;
         }
         let (cls, colour) = match kind_of(text) {

@@ -52,6 +52,14 @@ pub struct Cluster {
     /// stream). Default false.
     #[serde(default)]
     pub peer_secret: bool,
+    /// Servers beyond `nodes` (ids `nodes + 1` on) that run from the start as nodes waiting to join
+    /// (`--join`): an `add_learner` fault makes one a member. Default 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub spare: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn default_fsm_sync() -> String {
@@ -214,6 +222,10 @@ pub struct Fault {
     #[serde(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub with: Option<String>,
+    /// `promote`: remove this voter in the same change (joint consensus).
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replacing: Option<u64>,
 }
 
 impl Fault {
@@ -236,6 +248,7 @@ impl Fault {
             path: None,
             nth: None,
             with: None,
+            replacing: None,
         }
     }
 }
@@ -313,6 +326,13 @@ actions! {
     // The target's wall clock jumps `offset_ms` ahead (or behind) of true time and stays there: the
     // clock a leader stamps its entries with, and so the one expiry follows.
     ClockSkew => "clock_skew",
+    // Membership changes, sent to the leader as `CLUSTER …` commands (retried while no leader is
+    // known or another change is under way): the target (a spare server) becomes a learner; the
+    // target learner becomes a voter (with `replacing`: in place of that voter, a joint change); the
+    // target member is removed (the leader itself hands its leadership over first).
+    AddLearner => "add_learner",
+    Promote => "promote",
+    Remove => "remove",
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -464,7 +484,8 @@ impl Scenario {
             BitFlip => &["at"],
             BitRot => &["at", "op", "times"],
             TornTail => &["after_op", "path", "nth", "effect"],
-            Restart | LoseAckedTail => &[],
+            Restart | LoseAckedTail | AddLearner | Remove => &[],
+            Promote => &["replacing"],
         };
         let present = [
             ("at", f.at.is_some()),
@@ -480,12 +501,23 @@ impl Scenario {
             ("path", f.path.is_some()),
             ("nth", f.nth.is_some()),
             ("with", f.with.is_some()),
+            ("replacing", f.replacing.is_some()),
         ];
         if let Some((name, _)) = present.iter().find(|(name, on)| *on && !allowed.contains(name)) {
             return Some((name, format!("{:?} takes no {name}", f.action)));
         }
         if f.times == Some(0) {
             return Some(("times", "must be positive".into()));
+        }
+        let node = f.target.strip_prefix("node:").and_then(|n| n.parse::<u64>().ok());
+        if f.action == AddLearner && !node.is_some_and(|n| n > self.cluster.nodes) {
+            return Some(("target", "add_learner names a spare server: node:<id> past cluster.nodes".into()));
+        }
+        if f.action == Promote && node.is_none() {
+            return Some(("target", "promote names the learner: node:<id>".into()));
+        }
+        if f.replacing.is_some_and(|r| r == 0 || r > self.cluster.nodes + self.cluster.spare) {
+            return Some(("replacing", "must name a server".into()));
         }
         if f.at.as_deref() == Some("") {
             return Some(("at", "must not be empty".into()));
@@ -667,6 +699,9 @@ impl Scenario {
         if !(3..=5).contains(&self.cluster.nodes) {
             return fail("cluster.nodes", format!("{} is not 3 to 5 servers", self.cluster.nodes));
         }
+        if self.cluster.spare > 2 {
+            return fail("cluster.spare", format!("{} is more than 2 spare servers", self.cluster.spare));
+        }
         if !matches!(self.cluster.fsm_sync.as_str(), "sync" | "nosync") {
             return fail(
                 "cluster.fsm_sync",
@@ -717,13 +752,14 @@ impl Scenario {
                     || f.target
                         .strip_prefix("node:")
                         .and_then(|n| n.parse::<u64>().ok())
-                        .is_some_and(|n| (1..=self.cluster.nodes).contains(&n));
+                        .is_some_and(|n| (1..=self.cluster.nodes + self.cluster.spare).contains(&n));
             if !target_ok {
                 return fail(
                     &field("target"),
                     format!(
                         "{:?} is not leader, follower, any, all, quorum, pair or node:<1..={}>",
-                        f.target, self.cluster.nodes
+                        f.target,
+                        self.cluster.nodes + self.cluster.spare
                     ),
                 );
             }

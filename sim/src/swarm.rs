@@ -35,7 +35,8 @@ pub fn swarm(base: &Scenario, seed: u64) -> Scenario {
         5..7 => 4,
         _ => 5,
     };
-    s.cluster.nodes = nodes.max(base.cluster.nodes);
+    // A scenario with spare servers names them by id (`node:<nodes + 1>`): its size stays.
+    s.cluster.nodes = if base.cluster.spare > 0 { base.cluster.nodes } else { nodes.max(base.cluster.nodes) };
     if rng.random_bool(0.4) {
         s.cluster.fsm_sync = if rng.random_bool(0.5) { "sync" } else { "nosync" }.into();
     }

@@ -155,7 +155,7 @@ fn replays_bit_for_bit(
     again: std::thread::Result<RunResult>,
 ) -> Result<(), String> {
     let again = again.map_err(|_| "the second run's thread panicked".to_string())?;
-    if first.summary.disk_hashes.len() != scenario.cluster.nodes as usize {
+    if first.summary.disk_hashes.len() != (scenario.cluster.nodes + scenario.cluster.spare) as usize {
         return Err(format!("the run hashed {} disks, not one per server", first.summary.disk_hashes.len()));
     }
     if let Some(d) = first.divergence(&again) {

@@ -208,6 +208,10 @@ pub struct Status {
     /// Non-zero while the node recovers log entries it lost: the index its log must reach before it
     /// votes or campaigns again.
     pub recover_to: u64,
+    /// Non-zero once a membership change removed this node: that change's index.
+    pub removed_at: u64,
+    /// The membership as this node's raft sees it.
+    pub conf: crate::members::View,
 }
 
 /// Open the node's storage and state machine and start its replica (no network yet). A new data
@@ -271,8 +275,12 @@ pub fn open_replica<E: Engine>(
             "recovering lost log entries from the leader: votes only for candidates holding them, no campaigns, until the log reaches recover_to"
         );
     }
-    let voters: Vec<u64> = cfg.peers.keys().copied().collect();
-    storage.bootstrap(&voters).map_err(storage_err)?;
+    // A node joining a running cluster starts with no membership and waits for the leader's
+    // snapshot, which names the whole membership (`crate::members`).
+    if !cfg.join {
+        let voters: Vec<u64> = cfg.peers.keys().copied().collect();
+        storage.bootstrap(&voters).map_err(storage_err)?;
+    }
     storage.check_recoverable(cfg.id, &layout.raft).map_err(storage_err)?;
     let engine =
         open_engine(&layout.fsm).map_err(|source| NodeError::Fsm { path: layout.fsm.clone(), source })?;
@@ -286,10 +294,40 @@ pub fn open_replica<E: Engine>(
         catch_up_entries: cfg.snapshot_catch_up_entries,
     };
     let seed = opts.seed.unwrap_or_else(rand::random);
+    let (stored_book, conf) = (storage.book(), storage.conf_state());
     let mut replica =
         Replica::new(&ReplicaConfig { seed, ..ReplicaConfig::new(cfg.id) }, storage, kv, snapshots)?;
     replica.note_start(wal_finding);
+    replica.set_directory(directory(cfg, stored_book, &conf));
+    if let Some(index) = replica.removed_at() {
+        tracing::warn!(
+            node = cfg.id,
+            index,
+            "this node was removed from the cluster; it serves nothing (stop it, or wipe its data directory to join again under a new id)"
+        );
+    }
     Ok(replica)
+}
+
+/// The members' addresses this node starts with: the stored book (from the first membership change
+/// or received snapshot on), else the configuration's `peers`; this node's own entry from its
+/// configuration while the book has none (a node waiting to join). Only members of the conf state
+/// are in it (a node the configuration lists but no change added is not one), unless this node has
+/// no membership yet (it waits to join, and must reach the members its configuration names).
+fn directory(
+    cfg: &NodeConfig,
+    stored: Option<crate::members::Book>,
+    conf: &raft::eraftpb::ConfState,
+) -> crate::members::Directory {
+    let members = crate::members::ids_of(conf);
+    let mut book = stored.unwrap_or_else(|| cfg.peers.clone());
+    if !members.is_empty() {
+        book.retain(|id, _| members.contains(id));
+    }
+    if let Some(me) = cfg.peers.get(&cfg.id) {
+        book.entry(cfg.id).or_insert(*me);
+    }
+    crate::members::Directory::new(book)
 }
 
 /// Bind the node's two ports. Separate from [`serve`] so a caller learns of a port in use before
@@ -320,11 +358,16 @@ pub async fn serve<E: Engine + Send + 'static>(
     let (feedback_tx, feedback_rx) = mpsc::channel(peer::FEEDBACK_QUEUE);
     let (status_tx, status_rx) = watch::channel(Status::default());
     let store = replica.snapshot_store().clone();
-    let members: Vec<u64> = cfg.peers.keys().copied().collect();
+    let members = replica.directory().ok_or_else(|| {
+        NodeError::Options(ConfigError::Invalid {
+            field: "peers".into(),
+            message: "the replica was opened without a member directory (open_replica sets one)".into(),
+        })
+    })?;
     let link = Arc::new(peer::LinkContext {
         id: cfg.id,
         cluster_id: cfg.cluster_id,
-        members,
+        members: members.clone(),
         fs: fs.clone(),
         store,
         spool_cap_bytes: opts.spool_cap_bytes,
@@ -334,9 +377,7 @@ pub async fn serve<E: Engine + Send + 'static>(
         receiving: Arc::default(),
         secret: cfg.peer_secret.clone(),
     });
-    let addrs: BTreeMap<u64, SocketAddr> =
-        cfg.peers.iter().filter(|(id, _)| **id != cfg.id).map(|(id, p)| (*id, p.peer_addr)).collect();
-    let transport = peer::Transport::start(link.clone(), &addrs, opts.peer_queue);
+    let transport = peer::Transport::start(link.clone(), opts.peer_queue);
     let metrics = crate::metrics::Metrics::new(cfg.id).map_err(|e| {
         NodeError::Options(ConfigError::Invalid { field: "metrics".into(), message: e.to_string() })
     })?;
@@ -369,7 +410,7 @@ pub async fn serve<E: Engine + Send + 'static>(
         requirepass: cfg.requirepass.clone().map(String::into_bytes),
         limits: Limits { max_bulk_bytes: cfg.max_bulk_bytes, ..Limits::default() },
         request_timeout: opts.request_timeout,
-        peers: cfg.peers.clone(),
+        peers: members,
         clients: std::sync::Mutex::new(BTreeMap::new()),
         next_client_id: std::sync::atomic::AtomicU64::new(0),
         total_connections: std::sync::atomic::AtomicU64::new(0),

@@ -84,7 +84,9 @@ pub enum PeerError {
 pub struct LinkContext {
     pub id: u64,
     pub cluster_id: u64,
-    pub members: Vec<u64>,
+    /// The members and their addresses, as membership changes leave them: whom to connect to,
+    /// whose hello to accept.
+    pub members: crate::members::Directory,
     pub fs: SharedFs,
     pub store: SnapshotStore,
     pub spool_cap_bytes: u64,
@@ -237,7 +239,7 @@ impl LinkContext {
             .map_err(|_| PeerError::HelloTimeout(HELLO_TIMEOUT))?
             .map_err(refused)?
             .ok_or(PeerError::HandshakeRefused { peer: to })?;
-        let them = check_hello(&hello, self.cluster_id, &self.members, self.id)?;
+        let them = check_hello(&hello, self.cluster_id, &self.members.ids(), self.id)?;
         if them.node_id != to {
             return Err(PeerError::Unexpected(format!(
                 "node {} at the address configured for node {to}",
@@ -282,8 +284,10 @@ type Streaming = (u64, Vec<u8>);
 /// The sending side: a bounded queue and a connection task per peer.
 pub struct Transport {
     link: Arc<LinkContext>,
+    /// A queue and a connection task per peer, made when raft first sends to it; a peer that leaves
+    /// the membership loses its queue (its task ends).
     queues: BTreeMap<u64, mpsc::Sender<Message>>,
-    addrs: BTreeMap<u64, SocketAddr>,
+    queue_len: usize,
     dropped: u64,
     /// Snapshot streams under way, by peer and the snapshot's token.
     streaming: Arc<std::sync::Mutex<std::collections::BTreeSet<Streaming>>>,
@@ -302,14 +306,34 @@ impl Transport {
         self.link.receiving.active()
     }
 
-    pub fn start(link: Arc<LinkContext>, addrs: &BTreeMap<u64, SocketAddr>, queue: usize) -> Transport {
-        let mut queues = BTreeMap::new();
-        for (&to, &addr) in addrs {
-            let (tx, rx) = mpsc::channel(queue.max(1));
-            tokio::spawn(send_loop(link.clone(), to, addr, rx));
-            queues.insert(to, tx);
+    pub fn start(link: Arc<LinkContext>, queue: usize) -> Transport {
+        let mut t = Transport {
+            link,
+            queues: BTreeMap::new(),
+            queue_len: queue.max(1),
+            dropped: 0,
+            streaming: Arc::default(),
+        };
+        // Connect to every member at once (the first heartbeat then finds a connection ready).
+        for to in t.link.members.ids() {
+            t.queue(to);
         }
-        Transport { link, queues, addrs: addrs.clone(), dropped: 0, streaming: Arc::default() }
+        t
+    }
+
+    /// The queue to peer `to`, made (with its connection task) if it is a member without one; `None`
+    /// for a node that is not a member (any queue it had goes, and its task ends).
+    fn queue(&mut self, to: u64) -> Option<&mpsc::Sender<Message>> {
+        if to == self.link.id || !self.link.members.contains(to) {
+            self.queues.remove(&to);
+            return None;
+        }
+        if self.queues.get(&to).is_none_or(|q| q.is_closed()) {
+            let (tx, rx) = mpsc::channel(self.queue_len);
+            tokio::spawn(send_loop(self.link.clone(), to, rx));
+            self.queues.insert(to, tx);
+        }
+        self.queues.get(&to)
     }
 
     /// Queue messages to their peers; a snapshot message starts a stream of its file.
@@ -317,7 +341,7 @@ impl Transport {
         for m in messages {
             let to = m.to;
             if is_snapshot(&m) {
-                let Some(&addr) = self.addrs.get(&to) else { continue };
+                let Some(addr) = self.link.members.get(to).map(|p| p.peer_addr) else { continue };
                 let key = (to, m.snapshot.as_ref().map(|s| s.data.clone()).unwrap_or_default());
                 let mut streaming = self.streaming.lock().unwrap_or_else(|p| p.into_inner());
                 if !streaming.insert(key.clone()) {
@@ -334,8 +358,9 @@ impl Transport {
                 }));
                 continue;
             }
-            let Some(queue) = self.queues.get(&to) else {
-                tracing::warn!(node = self.link.id, to, "message for a node that is not a peer: dropped");
+            let id = self.link.id;
+            let Some(queue) = self.queue(to) else {
+                tracing::debug!(node = id, to, "message for a node that is not a member: dropped");
                 continue;
             };
             if queue.try_send(m).is_err() {
@@ -343,7 +368,7 @@ impl Transport {
                 self.dropped += 1;
                 if self.dropped.is_power_of_two() {
                     tracing::debug!(
-                        node = self.link.id,
+                        node = id,
                         to,
                         dropped = self.dropped,
                         "peer queue full, message dropped"
@@ -355,11 +380,16 @@ impl Transport {
 }
 
 /// Keep a connection to one peer and write its queue into it, reconnecting with backoff.
-async fn send_loop(link: Arc<LinkContext>, to: u64, addr: SocketAddr, mut rx: mpsc::Receiver<Message>) {
+async fn send_loop(link: Arc<LinkContext>, to: u64, mut rx: mpsc::Receiver<Message>) {
     let mut backoff = MIN_BACKOFF;
     let mut failures = 0u64;
     let mut buf = Vec::new();
     loop {
+        // The address as the membership has it now; a peer that left (its queue dropped) is done.
+        let Some(addr) = link.members.get(to).map(|p| p.peer_addr) else { return };
+        if rx.is_closed() {
+            return;
+        }
         let mut stream = match link.connect(to, addr).await {
             Ok(s) => s,
             Err(e) => {
@@ -531,7 +561,7 @@ async fn serve_incoming(mut stream: TcpStream, link: &LinkContext) -> Result<(),
         .await
         .map_err(|_| PeerError::HelloTimeout(HELLO_TIMEOUT))??
         .ok_or(PeerError::Truncated)?;
-    let them = check_hello(&hello, link.cluster_id, &link.members, link.id)?;
+    let them = check_hello(&hello, link.cluster_id, &link.members.ids(), link.id)?;
     let from = them.node_id;
     link.check_secured(&them)?;
     let (ours, hello) = link.hello()?;
@@ -552,7 +582,7 @@ async fn serve_incoming(mut stream: TcpStream, link: &LinkContext) -> Result<(),
                 // A follower forwards a leadership transfer to the leader as raft-rs builds it: `from`
                 // names the member to hand over to, not the sender.
                 let forwarded_transfer = msg.msg_type() == raft::eraftpb::MessageType::MsgTransferLeader
-                    && link.members.contains(&msg.from);
+                    && link.members.contains(msg.from);
                 if (msg.from != from && !forwarded_transfer) || msg.to != link.id {
                     return Err(PeerError::Unexpected(format!(
                         "message from {} to {} on node {from}'s connection to node {}",

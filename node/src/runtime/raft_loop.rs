@@ -49,6 +49,11 @@ pub(crate) enum Refusal {
     /// it is in this node's log or was forwarded to the leader, and may still commit.
     #[error("TIMEOUT the node stopped before the write was confirmed; it may or may not have been applied")]
     Stopped,
+    /// A membership change left this node out: it takes no more requests (raft never saw this one).
+    #[error(
+        "ERR this node was removed from the cluster at index {index}; send requests to a member and stop it"
+    )]
+    Removed { index: u64 },
 }
 
 /// A client request for the raft loop.
@@ -61,6 +66,12 @@ pub(crate) enum Input<E: Engine> {
     /// the node the transfer went to as soon as it is under way; the caller watches the status for
     /// the outcome.
     TransferLeader { to: Option<u64>, reply: oneshot::Sender<Result<u64, String>> },
+    /// A membership change, proposed by the leader (refused elsewhere, with the leader named);
+    /// answered with the conf state it resulted in once it took effect here, or with why not.
+    Membership {
+        change: crate::members::Change,
+        reply: oneshot::Sender<Result<raft::eraftpb::ConfState, String>>,
+    },
 }
 
 pub(crate) struct Channels<E: Engine> {
@@ -151,6 +162,8 @@ struct Loop<E: Engine> {
     /// nodes and from this node's earlier runs (whose entries may still be applied) do not collide.
     next_id: u64,
     proposals: BTreeMap<u64, ReplyTo>,
+    /// Membership changes proposed here, waiting to take effect.
+    membership: BTreeMap<u64, oneshot::Sender<Result<raft::eraftpb::ConfState, String>>>,
     /// Committed work the applier's queue has not taken yet, in order, and its entry bytes.
     outbox: std::collections::VecDeque<Dispatch>,
     outbox_bytes: usize,
@@ -197,6 +210,7 @@ pub(crate) async fn run<E: Engine + Send + 'static>(
         ticks: 0,
         last_tick: tokio::time::Instant::now(),
         proposals: BTreeMap::new(),
+        membership: BTreeMap::new(),
         outbox: std::collections::VecDeque::new(),
         outbox_bytes: 0,
         unasked: Vec::new(),
@@ -502,6 +516,7 @@ impl<E: Engine + 'static> Loop<E> {
         self.ticks += 1;
         // Clients that gave up (timed out or disconnected) need no reply.
         self.proposals.retain(|_, tx| !tx.is_closed());
+        self.membership.retain(|_, tx| !tx.is_closed());
         let stale: Vec<u64> = self
             .asked
             .iter()
@@ -543,6 +558,26 @@ impl<E: Engine + 'static> Loop<E> {
 
     fn input(&mut self, input: Input<E>) {
         match input {
+            Input::Propose { reply, .. } if self.replica.removed_at().is_some() => {
+                let index = self.replica.removed_at().unwrap_or_default();
+                let _ = reply.send(Err(Refusal::Removed { index }));
+            }
+            Input::Read { reply, .. } if self.replica.removed_at().is_some() => {
+                let index = self.replica.removed_at().unwrap_or_default();
+                let _ = reply.send(Reply::Error(Refusal::Removed { index }.to_string()));
+            }
+            Input::Membership { change, reply } => {
+                let id = self.fresh_id();
+                match self.replica.propose_membership(id, &change) {
+                    Ok(()) => {
+                        tracing::info!(node = self.replica.id(), ?change, "membership change proposed");
+                        self.membership.insert(id, reply);
+                    }
+                    Err(why) => {
+                        let _ = reply.send(Err(why));
+                    }
+                }
+            }
             Input::Propose { reply, .. } if self.handoff.is_some() => {
                 // Stopping: this write never reaches raft, and the client may send it elsewhere.
                 let _ = reply.send(Err(Refusal::NotProposed));
@@ -656,6 +691,11 @@ impl<E: Engine + 'static> Loop<E> {
                     let _ = tx.send(Ok(reply));
                 }
             }
+            for (id, outcome) in out.conf_changes {
+                if let Some(tx) = self.membership.remove(&id) {
+                    let _ = tx.send(outcome);
+                }
+            }
             for (id, index) in out.read_states {
                 if let Some(batch) = self.asked.remove(&id) {
                     self.confirmed.entry(index).or_default().extend(batch.reads);
@@ -703,6 +743,11 @@ impl<E: Engine + 'static> Loop<E> {
             for (_, tx) in std::mem::take(&mut self.proposals) {
                 let _ = tx.send(Err(Refusal::LeaderChanged));
             }
+            for (_, tx) in std::mem::take(&mut self.membership) {
+                let _ = tx.send(Err(
+                    "leadership changed before the change was confirmed; it may or may not take effect (see CLUSTER MEMBERS)".into(),
+                ));
+            }
         }
         Ok(())
     }
@@ -745,6 +790,8 @@ impl<E: Engine + 'static> Loop<E> {
             snapshot_index: self.replica.storage().snapshot_index(),
             snapshots_installed: self.snapshots_installed,
             recover_to: self.replica.recover_to(),
+            removed_at: self.replica.removed_at().unwrap_or(0),
+            conf: crate::members::View::of(&self.replica.conf_state()),
         }
     }
 }

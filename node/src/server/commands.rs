@@ -54,6 +54,11 @@ pub enum Request {
         offset: u64,
         count: u64,
     },
+    /// CLUSTER MEMBERS: every member, its role and addresses, as this node sees them.
+    ClusterMembers,
+    /// CLUSTER ADDLEARNER id peer_addr resp_addr | PROMOTE id [REPLACING old] | REMOVE id: a
+    /// membership change, made by the leader (`crate::members`).
+    ClusterChange(crate::members::Change),
     BackupDone {
         name: String,
     },
@@ -318,6 +323,14 @@ pub const COMMANDS: &[CommandSpec] = &[
         NOKEYS,
         "connection",
         "A container for client connection commands.",
+    ),
+    spec(
+        "cluster",
+        -2,
+        &["admin", "noscript", "stale"],
+        NOKEYS,
+        "cluster",
+        "Lists the raft members, or changes the membership: ADDLEARNER, PROMOTE [REPLACING], REMOVE (durakv's own subcommands; see `durakv admin`).",
     ),
     spec(
         "command",
@@ -949,6 +962,54 @@ pub fn parse_request(args: Vec<Vec<u8>>) -> Result<Request, Refusal> {
                 }
             }
             Request::Failover { to, timeout_ms }
+        }
+        "CLUSTER" => {
+            let args: Vec<String> = rest.map(|a| String::from_utf8_lossy(&a).into_owned()).collect();
+            let sub = args.first().map(|s| s.to_ascii_uppercase());
+            let id = |s: &str| {
+                s.parse::<u64>()
+                    .ok()
+                    .filter(|&i| i > 0)
+                    .ok_or_else(|| Reply::Error(format!("ERR {s:?} is not a node id (a positive integer)")))
+            };
+            let addr = |s: &str| {
+                s.parse::<std::net::SocketAddr>()
+                    .map_err(|_| Reply::Error(format!("ERR {s:?} is not an address like 10.0.0.4:7379")))
+            };
+            let arity = |sub: &str| {
+                Reply::Error(format!("ERR wrong number of arguments for 'cluster|{sub}' command"))
+            };
+            match sub.as_deref() {
+                Some("MEMBERS") if args.len() == 1 => Request::ClusterMembers,
+                Some("ADDLEARNER") if args.len() == 4 => {
+                    let addrs =
+                        crate::config::Peer { peer_addr: addr(&args[2])?, resp_addr: addr(&args[3])? };
+                    Request::ClusterChange(crate::members::Change::AddLearner { id: id(&args[1])?, addrs })
+                }
+                Some("PROMOTE") if args.len() == 2 => {
+                    Request::ClusterChange(crate::members::Change::Promote {
+                        id: id(&args[1])?,
+                        replacing: None,
+                    })
+                }
+                Some("PROMOTE") if args.len() == 4 && args[2].eq_ignore_ascii_case("REPLACING") => {
+                    let replacing = Some(id(&args[3])?);
+                    Request::ClusterChange(crate::members::Change::Promote { id: id(&args[1])?, replacing })
+                }
+                Some("REMOVE") if args.len() == 2 => {
+                    Request::ClusterChange(crate::members::Change::Remove { id: id(&args[1])? })
+                }
+                Some(sub @ ("MEMBERS" | "ADDLEARNER" | "PROMOTE" | "REMOVE")) => {
+                    return Err(arity(&sub.to_ascii_lowercase()));
+                }
+                Some(other) => {
+                    return Err(Reply::Error(format!(
+                        "ERR unknown subcommand '{}': durakv's CLUSTER takes MEMBERS, ADDLEARNER, PROMOTE and REMOVE (it is a raft cluster, not a Redis Cluster)",
+                        other.to_ascii_lowercase()
+                    )));
+                }
+                None => return Err(wrong_arity("cluster")),
+            }
         }
         "BACKUP" => {
             let sub = rest.next().map(|s| String::from_utf8_lossy(&s).to_ascii_uppercase());
@@ -1647,6 +1708,40 @@ mod tests {
             req(&["setnx", "k", "v"]),
             Ok(Request::SetNx(Command::set("k", "v", SetCondition::IfAbsent)))
         );
+    }
+
+    #[test]
+    fn cluster_membership_commands_parse_as_documented_and_refuse_the_rest() {
+        use crate::members::Change;
+        let peer = crate::config::Peer {
+            peer_addr: "10.0.0.4:7379".parse().expect("address"),
+            resp_addr: "10.0.0.4:6379".parse().expect("address"),
+        };
+        assert_eq!(req(&["cluster", "members"]), Ok(Request::ClusterMembers));
+        assert_eq!(
+            req(&["CLUSTER", "ADDLEARNER", "4", "10.0.0.4:7379", "10.0.0.4:6379"]),
+            Ok(Request::ClusterChange(Change::AddLearner { id: 4, addrs: peer }))
+        );
+        assert_eq!(
+            req(&["CLUSTER", "promote", "4", "replacing", "3"]),
+            Ok(Request::ClusterChange(Change::Promote { id: 4, replacing: Some(3) }))
+        );
+        assert_eq!(req(&["CLUSTER", "REMOVE", "2"]), Ok(Request::ClusterChange(Change::Remove { id: 2 })));
+        let error = |args: &[&str]| match req(args) {
+            Err(Reply::Error(e)) => e,
+            other => panic!("{args:?} was not refused: {other:?}"),
+        };
+        assert!(
+            error(&["CLUSTER", "ADDLEARNER", "0", "10.0.0.4:7379", "10.0.0.4:6379"])
+                .contains("not a node id")
+        );
+        assert!(
+            error(&["CLUSTER", "ADDLEARNER", "4", "nowhere", "10.0.0.4:6379"]).contains("not an address")
+        );
+        assert!(error(&["CLUSTER", "REMOVE"]).contains("cluster|remove"));
+        assert!(error(&["CLUSTER", "PROMOTE", "4", "INSTEAD", "3"]).contains("cluster|promote"));
+        assert!(error(&["CLUSTER", "SLOTS"]).contains("not a Redis Cluster"));
+        assert!(error(&["CLUSTER"]).contains("wrong number"));
     }
 
     #[test]

@@ -16,7 +16,6 @@ use super::commands::{
     glob_match, lcs, parse_request,
 };
 use super::resp::{Limits, Reply, RequestParser};
-use crate::config::Peer;
 use crate::fsm::{self, Command, Engine, Kv};
 use crate::limits::MAX_COMMAND_BYTES;
 use crate::runtime::{Input, ReadFn, Refusal, Status, accept_until_shutdown, write_flushed};
@@ -32,7 +31,8 @@ pub(crate) struct ClientContext<E: Engine> {
     pub requirepass: Option<Vec<u8>>,
     pub limits: Limits,
     pub request_timeout: Duration,
-    pub peers: BTreeMap<u64, Peer>,
+    /// The members' addresses, as membership changes leave them.
+    pub peers: crate::members::Directory,
     /// Every open client connection (CLIENT LIST, INFO's connected_clients).
     pub clients: std::sync::Mutex<BTreeMap<u64, ClientEntry>>,
     pub next_client_id: std::sync::atomic::AtomicU64,
@@ -674,6 +674,10 @@ async fn execute_parsed<E: Engine + Send + 'static>(
         Request::Failover { to, timeout_ms } => {
             return (Pending::Ready(failover(ctx, to, timeout_ms).await), false);
         }
+        Request::ClusterMembers => cluster_members(ctx),
+        Request::ClusterChange(change) => {
+            return (Pending::Ready(cluster_change(ctx, change).await), false);
+        }
         Request::BackupRead { name, offset, count } => {
             let (fs, dir) = (ctx.fs.clone(), ctx.backups.clone());
             let read = move || crate::backup::read(&*fs, &dir, &name, offset, count);
@@ -1216,8 +1220,8 @@ async fn failover<E: Engine>(ctx: &ClientContext<E>, to: Option<(String, u16)>, 
                 "localhost" => Some(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
                 h => h.parse().ok(),
             };
-            let found = ctx
-                .peers
+            let book = ctx.peers.book();
+            let found = book
                 .iter()
                 .find(|(_, p)| p.resp_addr.port() == port && wanted.is_some_and(|ip| ip == p.resp_addr.ip()));
             match found {
@@ -1258,6 +1262,80 @@ async fn failover<E: Engine>(ctx: &ClientContext<E>, to: Option<(String, u16)>, 
             }
         }
     }
+}
+
+/// CLUSTER MEMBERS: one line per member, `id role peer_addr resp_addr`, `leader` after the leader's
+/// (this node's view: a member that has not applied the latest change shows the one before).
+fn cluster_members<E: Engine>(ctx: &ClientContext<E>) -> Reply {
+    let s = ctx.status.borrow().clone();
+    let lines = crate::members::describe(&s.conf.conf_state(), &ctx.peers.book());
+    Reply::Array(Some(
+        lines
+            .into_iter()
+            .map(|line| {
+                let id = line.split(' ').next().and_then(|i| i.parse::<u64>().ok()).unwrap_or(0);
+                let line = if id == s.leader_id && id != 0 { format!("{line} leader") } else { line };
+                Reply::Bulk(Some(line.into_bytes()))
+            })
+            .collect(),
+    ))
+}
+
+/// How long a membership change may take to take effect (and a joint configuration to be left).
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// CLUSTER ADDLEARNER / PROMOTE / REMOVE: only the leader proposes a change (anything else answers
+/// `NOTLEADER addr`, which `durakv admin` follows); answered with the membership once the change took
+/// effect on the leader and any joint configuration it entered was left.
+async fn cluster_change<E: Engine>(ctx: &ClientContext<E>, change: crate::members::Change) -> Reply {
+    let s = ctx.status.borrow().clone();
+    if s.role != "leader" {
+        return match ctx.peers.get(s.leader_id) {
+            Some(p) if s.leader_id != 0 => Reply::Error(format!(
+                "NOTLEADER {} membership changes are made by the leader, node {}",
+                p.resp_addr, s.leader_id
+            )),
+            _ => Reply::Error("TRYAGAIN no raft leader is known yet; retry shortly".into()),
+        };
+    }
+    let (tx, rx) = oneshot::channel();
+    if ctx.inputs.send(Input::Membership { change, reply: tx }).await.is_err() {
+        return stopping();
+    }
+    let deadline = tokio::time::Instant::now() + MEMBERSHIP_TIMEOUT;
+    let outcome = match tokio::time::timeout(MEMBERSHIP_TIMEOUT, rx).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(_)) => return stopping(),
+        Err(_) => {
+            return Reply::Error(
+                "TIMEOUT the membership change did not take effect in time; it may or may not (see CLUSTER MEMBERS)".into(),
+            );
+        }
+    };
+    let cs = match outcome {
+        Ok(cs) => cs,
+        Err(why) => return Reply::Error(format!("ERR membership change refused: {why}")),
+    };
+    // A joint configuration (promote with REPLACING) is left by the leader on its own: wait for it.
+    if !cs.voters_outgoing.is_empty() {
+        let mut status = ctx.status.clone();
+        loop {
+            if status.borrow_and_update().conf.outgoing.is_empty() {
+                break;
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, status.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return stopping(),
+                Err(_) => {
+                    return Reply::Error(
+                        "TIMEOUT the change took effect but the joint configuration was not left in time; the leader leaves it on its own (see CLUSTER MEMBERS)".into(),
+                    );
+                }
+            }
+        }
+    }
+    cluster_members(ctx)
 }
 
 /// Run blocking file work on a blocking worker (under madsim, in place: the simulated disk takes no
@@ -1316,7 +1394,7 @@ fn human_bytes(n: u64) -> String {
 fn info<E: Engine>(ctx: &ClientContext<E>, asked: &[String]) -> String {
     use std::sync::atomic::Ordering::Relaxed;
     let s = ctx.status.borrow().clone();
-    let leader_resp = ctx.peers.get(&s.leader_id).map(|p| p.resp_addr.to_string()).unwrap_or_default();
+    let leader_resp = ctx.peers.get(s.leader_id).map(|p| p.resp_addr.to_string()).unwrap_or_default();
     let everything =
         asked.is_empty() || asked.iter().any(|a| matches!(a.as_str(), "default" | "all" | "everything"));
     let uptime = ctx.started.elapsed().as_secs();
@@ -1416,7 +1494,11 @@ fn info<E: Engine>(ctx: &ClientContext<E>, asked: &[String]) -> String {
                 ("snapshots_installed", s.snapshots_installed.to_string()),
                 ("recovering", u8::from(s.recover_to > 0).to_string()),
                 ("recover_to", s.recover_to.to_string()),
-                ("members", ctx.peers.keys().map(u64::to_string).collect::<Vec<_>>().join(",")),
+                ("members", s.conf.members().iter().map(u64::to_string).collect::<Vec<_>>().join(",")),
+                ("voters", s.conf.voters.iter().map(u64::to_string).collect::<Vec<_>>().join(",")),
+                ("learners", s.conf.learners.iter().map(u64::to_string).collect::<Vec<_>>().join(",")),
+                ("joint", u8::from(!s.conf.outgoing.is_empty()).to_string()),
+                ("removed", u8::from(s.removed_at > 0).to_string()),
             ],
         ),
     ];

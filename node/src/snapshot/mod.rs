@@ -32,8 +32,8 @@ pub use format::{
     SnapshotHeader, SnapshotToken, TOKEN_LEN, encode_record,
 };
 pub use restore::{
-    ColdStart, VerifiedSnapshot, cold_start, copy_with_conf_state, ensure_applied_durable, restore, token_of,
-    verify,
+    ColdStart, VerifiedSnapshot, cold_start, copy_with_conf_state, ensure_applied_durable, read_header,
+    restore, token_of, verify,
 };
 pub use spool::{DEFAULT_SPOOL_CAP_BYTES, Spool, StreamInfo};
 pub use store::{ReceiveGuard, SnapshotStore};

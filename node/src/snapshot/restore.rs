@@ -174,6 +174,13 @@ pub fn verify(fs: &dyn Fs, path: &Path, token: &SnapshotToken) -> Result<Verifie
     Ok(VerifiedSnapshot { path: path.to_path_buf(), header, len: r.end + FOOTER_LEN as u64, crc: footer })
 }
 
+/// A snapshot file's header alone (its size and footer checked against the token, the body not
+/// read): for a file already verified whole.
+pub fn read_header(fs: &dyn Fs, path: &Path, token: &SnapshotToken) -> Result<SnapshotHeader, SnapshotError> {
+    let (mut r, _footer) = Reader::open(fs, path, token)?;
+    r.header()
+}
+
 /// Restore the engine from a snapshot file: stream it into a fresh location while checking its CRC,
 /// and swap it in (with the applied index = the snapshot's index) only if every check passed.
 /// Returns the header, whose state the caller applies.
@@ -300,7 +307,9 @@ pub fn copy_with_conf_state(
     let file = fs.open(&tmp, OpenOptions::create_new()).map_err(io_err(&tmp))?;
     let mut w = super::writer::ChunkWriter::new(file);
     let copied = (|| {
-        let header = SnapshotHeader { conf_state: conf_state.to_vec(), ..header? };
+        // The source cluster's member addresses do not belong to the new cluster, which starts from
+        // its members' configuration.
+        let header = SnapshotHeader { conf_state: conf_state.to_vec(), node_state: Vec::new(), ..header? };
         w.buf().extend_from_slice(&header.encode());
         while let Some(bytes) = r.take_buffered()? {
             w.buf().extend_from_slice(bytes);

@@ -56,6 +56,7 @@ pub(super) async fn converge(
         madsim::time::sleep(Duration::from_millis(100)).await;
     }
     ran(w, "liveness");
+    check_membership(servers, w).await?;
     if scenario.workload.mix.ttl > 0 {
         check_expiry(scenario, servers, w).await?;
         ran(w, "expiry");
@@ -66,8 +67,12 @@ pub(super) async fn converge(
     world(w).sweeping.store(false, std::sync::atomic::Ordering::Relaxed);
     // Every server restarts without an operator and applies up to the leader's commit index; only
     // a server whose disk was corrupted on purpose may stay down (refusing is correct there).
-    let expected: Vec<u64> =
-        servers.iter().filter(|(_, s)| !(s.corrupted && s.refused.is_some())).map(|(id, _)| *id).collect();
+    let expected: Vec<u64> = servers
+        .iter()
+        .filter(|(_, s)| s.member && !(s.corrupted && s.refused.is_some()))
+        .map(|(id, _)| *id)
+        .collect();
+    let mut views = BTreeMap::new();
     // Quiet means: every expected server answers, all have committed and applied the same index,
     // and nothing moved since the previous poll (an election's no-op entry can still commit after
     // the workload stops; the servers are stopped only once they agree and are still).
@@ -88,6 +93,8 @@ pub(super) async fn converge(
                 target = target.max(commit);
                 commits.push(commit);
                 applied.insert(id, i.get("applied_index").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0));
+                let field = |name: &str| i.get(name).cloned().unwrap_or_default();
+                views.insert(id, (field("voters"), field("learners")));
             }
         }
         let agreed = applied.len() == expected.len()
@@ -119,6 +126,55 @@ pub(super) async fn converge(
         madsim::time::sleep(Duration::from_millis(100)).await;
     }
     ran(w, "catch_up");
+    // Every member that caught up sees the same membership.
+    let mut distinct: Vec<&(String, String)> = views.values().collect();
+    distinct.dedup();
+    if distinct.len() > 1 {
+        return Err(Failure {
+            invariant: "membership",
+            explanation: format!(
+                "members that applied the same log see different memberships (voters, learners): {views:?}"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The membership after the faults: wait for changes still being sent, ask the leader, and check
+/// that the last acknowledged change's membership stands (unless a later change's outcome was left
+/// unknown). Servers outside it (spares never added, removed ones) need not catch up.
+async fn check_membership(servers: &mut BTreeMap<u64, Server>, w: &Shared) -> Result<(), Failure> {
+    while world(w).membership_sending > 0 {
+        madsim::time::sleep(Duration::from_millis(100)).await;
+    }
+    let up: Vec<u64> = servers.iter().filter(|(_, s)| s.up).map(|(id, _)| *id).collect();
+    let Some(leader) = find_leader(&up).await else { return Ok(()) };
+    let Some(i) = info(leader).await else { return Ok(()) };
+    let ids = |name: &str| -> Vec<u64> {
+        i.get(name).map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect()).unwrap_or_default()
+    };
+    let (voters, learners, members) = (ids("voters"), ids("learners"), ids("members"));
+    let (acked, unknown) = {
+        let world = world(w);
+        (world.membership_acked.clone(), world.membership_unknown)
+    };
+    if let Some((v, l)) = acked
+        && !unknown
+        && (v != voters || l != learners)
+    {
+        return Err(Failure {
+            invariant: "membership",
+            explanation: format!(
+                "the last acknowledged membership change left voters {v:?} and learners {l:?}; the leader (server {leader}) has voters {voters:?} and learners {learners:?}"
+            ),
+        });
+    }
+    if !members.is_empty() {
+        for (id, s) in servers.iter_mut() {
+            s.member = members.contains(id);
+        }
+    }
+    ran(w, "membership");
     Ok(())
 }
 
@@ -278,7 +334,7 @@ pub(super) async fn control(
     ran(w, "recovery");
     let layout = DataLayout::new(Path::new(DATA));
     for (id, s) in servers.iter_mut() {
-        if !s.up {
+        if !s.up || !s.member {
             continue;
         }
         kill(&handle, s, CrashKind::ProcessKill, w, *id);

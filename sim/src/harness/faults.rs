@@ -99,6 +99,71 @@ pub(super) fn later(after: Duration, f: impl FnOnce() + Send + 'static) {
     });
 }
 
+/// How long the harness keeps sending a membership change that finds no leader, or another change
+/// under way.
+const MEMBERSHIP_RETRY_MS: u64 = 8_000;
+
+/// Send `CLUSTER <args>` to the leader until it is answered: acknowledged (the membership it left is
+/// recorded), refused for good, or out of time. An answer that leaves the outcome open (a timeout,
+/// a leadership change) marks the membership as unknown: the change may still take effect.
+async fn change_membership(args: Vec<String>, servers: Vec<u64>, w: Shared) {
+    let what = args.join(" ");
+    let deadline = now_ms() + MEMBERSHIP_RETRY_MS;
+    let mut full: Vec<&[u8]> = vec![b"CLUSTER"];
+    full.extend(args.iter().map(|a| a.as_bytes()));
+    let outcome = loop {
+        if let Some(l) = find_leader(&servers).await {
+            match call(SocketAddr::new(server_ip(l), RESP_PORT), &full, Duration::from_secs(12)).await {
+                Ok(Reply::Array(Some(lines))) => break Ok(lines),
+                Ok(Reply::Error(e))
+                    if e.starts_with("TRYAGAIN")
+                        || e.starts_with("NOTLEADER")
+                        || e.contains("still taking effect")
+                        || e.contains("leaving a joint")
+                        || e.contains("not caught up")
+                        || e.contains("is not the leader") => {}
+                Ok(Reply::Error(e)) if e.starts_with("ERR") => break Err((e, false)),
+                Ok(other) => break Err((format!("{other:?}"), true)),
+                Err(_) => break Err(("no answer".into(), true)),
+            }
+        }
+        if now_ms() > deadline {
+            break Err(("no leader took it in time".into(), false));
+        }
+        madsim::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut world = world(&w);
+    world.membership_sending -= 1;
+    match outcome {
+        Ok(lines) => {
+            let (mut voters, mut learners) = (Vec::new(), Vec::new());
+            for line in &lines {
+                let text = match line {
+                    Reply::Bulk(Some(b)) => String::from_utf8_lossy(b).into_owned(),
+                    _ => continue,
+                };
+                let mut parts = text.split(' ');
+                let (Some(id), Some(role)) = (parts.next().and_then(|i| i.parse::<u64>().ok()), parts.next())
+                else {
+                    continue;
+                };
+                match role {
+                    "learner" => learners.push(id),
+                    _ => voters.push(id),
+                }
+            }
+            world
+                .trace
+                .push(format!("{:>8} CLUSTER {what}: voters {voters:?}, learners {learners:?}", now_ms()));
+            world.membership_acked = Some((voters, learners));
+        }
+        Err((why, unknown)) => {
+            world.trace.push(format!("{:>8} CLUSTER {what} not acknowledged: {why}", now_ms()));
+            world.membership_unknown |= unknown;
+        }
+    }
+}
+
 /// The servers' madsim node ids, for network faults.
 pub(super) fn node_ids(servers: &BTreeMap<u64, Server>) -> BTreeMap<u64, madsim::task::NodeId> {
     servers.iter().map(|(id, s)| (*id, s.handle.id())).collect()
@@ -319,6 +384,23 @@ pub(super) async fn apply_fault(
                         event(&w2, format!("server {id}: disk space freed"));
                     });
                 }
+            }
+            Action::AddLearner | Action::Promote | Action::Remove => {
+                let id_text = id.to_string();
+                let addr = |port| SocketAddr::new(server_ip(id), port).to_string();
+                let mut args: Vec<String> = match f.action {
+                    Action::AddLearner => {
+                        vec!["ADDLEARNER".into(), id_text, addr(PEER_PORT), addr(RESP_PORT)]
+                    }
+                    Action::Promote => vec!["PROMOTE".into(), id_text],
+                    _ => vec!["REMOVE".into(), id_text],
+                };
+                if let Some(old) = f.replacing {
+                    args.extend(["REPLACING".into(), old.to_string()]);
+                }
+                let up: Vec<u64> = servers.keys().copied().collect();
+                world(w).membership_sending += 1;
+                madsim::task::spawn(change_membership(args, up, w.clone()));
             }
             Action::ClockSkew => {
                 let offset = f.offset_ms.unwrap_or(0);

@@ -280,7 +280,7 @@ fn log_capture(sink: Arc<Mutex<Vec<u8>>>) -> impl tracing::Subscriber + Send + S
 async fn simulate(scenario: Scenario, seed: u64, run_opts: RunOptions, w: Shared) -> RunResult {
     let handle = Handle::current();
     let mut servers: BTreeMap<u64, Server> = BTreeMap::new();
-    for id in 1..=scenario.cluster.nodes {
+    for id in 1..=scenario.cluster.nodes + scenario.cluster.spare {
         let opts = SimFsOptions {
             mounts: scenario.mounts.iter().map(|m| PathBuf::from(&m.path)).collect(),
             ..SimFsOptions::default()
@@ -328,6 +328,7 @@ async fn simulate(scenario: Scenario, seed: u64, run_opts: RunOptions, w: Shared
                 wal_rot: false,
                 crash_loop: None,
                 up: true,
+                member: id <= scenario.cluster.nodes,
                 started_ms: 0,
                 retry_at_ms: 0,
             },

@@ -38,6 +38,9 @@ pub(super) struct Server {
     /// `next_ms` comes (drawn after each start; 0 until then).
     pub(super) crash_loop: Option<CrashLoop>,
     pub(super) up: bool,
+    /// A member of the cluster as the last check found it (a spare server not added yet, or a removed
+    /// one, is not: it need not catch up, and its state machine is not compared).
+    pub(super) member: bool,
     /// When this server last started, and the earliest time the supervisor may start it again
     /// (a server that dies within `CRASH_LOOP_MS` of its start waits that long, as systemd's
     /// `RestartSec` would make it).
@@ -60,7 +63,10 @@ pub(super) const CRASH_LOOP_MS: u64 = 1000;
 pub(super) const RETRY_REFUSED_MS: u64 = 2000;
 
 pub(super) fn node_config(scenario: &Scenario, id: u64) -> NodeConfig {
-    let peers = (1..=scenario.cluster.nodes)
+    // The initial voters know each other; a spare server (waiting to join) knows them and itself.
+    let spare = id > scenario.cluster.nodes;
+    let last = if spare { scenario.cluster.nodes + scenario.cluster.spare } else { scenario.cluster.nodes };
+    let peers = (1..=last)
         .map(|i| {
             let ip = server_ip(i);
             (i, Peer { peer_addr: SocketAddr::new(ip, PEER_PORT), resp_addr: SocketAddr::new(ip, RESP_PORT) })
@@ -74,6 +80,7 @@ pub(super) fn node_config(scenario: &Scenario, id: u64) -> NodeConfig {
         resp_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), RESP_PORT),
         peer_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PEER_PORT),
         peers,
+        join: spare,
         fsm_sync: if scenario.cluster.fsm_sync == "nosync" { FsmSync::NoSync } else { FsmSync::Sync },
         requirepass: None,
         // Peer authentication (`cluster.peer_secret`): every handshake draws fresh nonces from the

@@ -33,6 +33,12 @@ pub(super) struct World {
     /// Whether the servers' expiry sweeps may propose (`RuntimeOptions::sweeping`), shared by every
     /// run of every server.
     pub(super) sweeping: Arc<std::sync::atomic::AtomicBool>,
+    /// The membership (voters, learners) the last acknowledged membership change left, as the
+    /// leader answered it; whether a change may still take effect unseen (one answered with an
+    /// unknown outcome), and how many are still being sent.
+    pub(super) membership_acked: Option<(Vec<u64>, Vec<u64>)>,
+    pub(super) membership_unknown: bool,
+    pub(super) membership_sending: u64,
 }
 
 pub(super) type Shared = Arc<Mutex<World>>;
