@@ -206,6 +206,8 @@ pub struct Replica<E: Engine> {
     removed_at: Option<u64>,
     /// A peer needs a snapshot this node does not hold yet: take one at the next chance.
     snapshot_asked: bool,
+    /// A membership change left this leader out of the voters: step down after the ready round.
+    step_down: bool,
 }
 
 impl<E: Engine> std::fmt::Debug for Replica<E> {
@@ -287,6 +289,7 @@ impl<E: Engine> Replica<E> {
             directory: None,
             removed_at: None,
             snapshot_asked: false,
+            step_down: false,
         };
         let cs = replica.raw.store().conf_state();
         if crate::members::excludes(&cs, cfg.id) {
@@ -835,6 +838,15 @@ impl<E: Engine> Replica<E> {
         self.hand_off(light.take_messages(), send);
         self.commit_entries(light.take_committed_entries(), &mut out)?;
         self.raw.advance_apply();
+        if std::mem::take(&mut self.step_down) && self.is_leader() {
+            let to = self.handoff_target();
+            if let Some(to) = to {
+                self.raw.transfer_leader(to);
+            }
+            let term = self.raw.raft.term;
+            self.raw.raft.become_follower(term, raft::INVALID_ID);
+            tracing::info!(node = self.id(), to = ?to, "no longer a voter: stepped down as leader");
+        }
         self.observe_leadership();
         Ok(out)
     }
@@ -965,16 +977,12 @@ impl<E: Engine> Replica<E> {
         }
         let voter = cs.voters.contains(&me) || cs.voters_outgoing.contains(&me);
         if self.is_leader() && !voter {
-            match self.handoff_target() {
-                Some(to) => {
-                    tracing::info!(node = me, to, index, "no longer a voter: handing leadership over");
-                    self.raw.transfer_leader(to);
-                }
-                None => {
-                    let term = self.raw.raft.term;
-                    self.raw.raft.become_follower(term, raft::INVALID_ID);
-                }
-            }
+            // It must stop leading now: raft-rs's leader counts its own progress when it commits,
+            // and a leader without one panics on the next append response. The best voter left is
+            // told to campaign at once where it is caught up (else the cluster elects one after an
+            // election timeout).
+            // Done once the ready round is over (raft-rs refuses a role change inside one).
+            self.step_down = true;
         }
     }
 }
@@ -1067,7 +1075,8 @@ impl<E: Engine> Replica<E> {
             fs: self.snapshots.fs.clone(),
             dir: self.snapshots.store.dir().to_path_buf(),
             conf_state: self.raw.raft.prs().conf().to_conf_state(),
-            book: crate::members::encode_book(&self.current_book()),
+            // Only once the membership changed: before that the members are the configuration's.
+            book: self.raw.store().book().map(|b| crate::members::encode_book(&b)).unwrap_or_default(),
             conf_index: self.raw.store().conf_index(),
         })
     }

@@ -692,14 +692,14 @@ impl Storage for RaftStorage {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
         // The log from its first entry, sent to a peer (raft's only asynchronous-capable reader is an
-        // append to a peer), once the membership has changed: the initial voters are in no entry
+        // append to a peer), once the membership has changed (a member book is stored): the initial voters are in no entry
         // (bootstrap sets them at index 0), so a node that joined later and replayed the log from
         // there would rebuild a membership without them (and, promoted, could elect itself alone).
         // Such a peer gets a snapshot instead, whose header names the whole membership. An initial
         // voter that lost its log gets one too, which is as good.
         if low == 1
             && context.can_async()
-            && inner.conf_index > 0
+            && inner.book.is_some()
             && !crate::failpoint::canary(&**inner.hs_file.fs(), "joiner-replays-from-one")
         {
             return Err(raft::Error::Store(StorageError::Compacted));

@@ -122,6 +122,20 @@ pub const CASES: &[Case] = &[
         invariants: &["commit_monotonic"],
         seeds: &[129, 130, 131],
     },
+    Case {
+        canary: "joiner-replays-from-one",
+        // The joiner rebuilds a membership without the initial voters: members disagree.
+        scenario: "membership-replace-a-voter-under-faults.toml",
+        invariants: &[
+            "membership",
+            "catch_up",
+            "liveness",
+            "election_safety",
+            "linearizability",
+            "convergence",
+        ],
+        seeds: &[301, 302],
+    },
 ];
 
 /// How one canary fared against the swarm.
