@@ -262,3 +262,59 @@ fn a_bad_tls_file_stops_the_start_naming_it() {
         assert!(err.contains(expect), "{err}");
     }
 }
+
+/// Replace `path` the way an operator rotates a file: write the new one beside it, rename over.
+fn replace_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, text).expect("write the new file");
+    std::fs::rename(&tmp, path).expect("rename it into place");
+}
+
+/// Failures injected: the server's certificate and key are replaced while the node runs (by one
+/// from another CA), then replaced by a key that does not fit the certificate. Invariants: new
+/// connections get the new certificate without a restart (clients trusting only the old CA are
+/// refused, clients trusting the new one served); a replacement that does not load changes nothing
+/// (the node goes on serving the last good certificate) and the next good one is taken.
+#[test]
+fn a_rotated_certificate_is_served_to_new_connections_without_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (old_ca, new_ca) = (Ca::new("durakv test CA 1"), Ca::new("durakv test CA 2"));
+    let (_, old_pem, _, old_key_pem) = old_ca.leaf(&["localhost"]);
+    let cert = write_file(dir.path(), "server.crt", &old_pem);
+    let key = write_file(dir.path(), "server.key", &old_key_pem);
+    let files = vec![
+        "--tls-cert-file".to_string(),
+        cert.display().to_string(),
+        "--tls-key-file".to_string(),
+        key.display().to_string(),
+    ];
+    let node = start(&dir.path().join("d"), &files);
+    let written =
+        plain(&node, b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n*3\r\n$3\r\nSET\r\n$5\r\nplain\r\n$2\r\nv1\r\n");
+    assert_eq!(written.as_deref(), Some("+OK\r\n+OK\r\n"));
+    assert_eq!(over_tls(node.tls, &old_ca, None, SET_AND_GET), SET_AND_GET_ANSWER);
+
+    // Rotate to a certificate the new CA signed: the key first, then the certificate (between the
+    // two renames the pair does not fit, and the node keeps the old one).
+    let (_, new_pem, _, new_key_pem) = new_ca.leaf(&["localhost"]);
+    replace_file(&key, &new_key_pem);
+    assert_eq!(
+        over_tls(node.tls, &old_ca, None, SET_AND_GET),
+        SET_AND_GET_ANSWER,
+        "a half-rotated pair was taken"
+    );
+    replace_file(&cert, &new_pem);
+    assert_eq!(
+        over_tls(node.tls, &new_ca, None, SET_AND_GET),
+        SET_AND_GET_ANSWER,
+        "the new certificate is not served"
+    );
+    assert_eq!(over_tls(node.tls, &old_ca, None, SET_AND_GET), "", "the old certificate is still served");
+
+    // A key that does not fit: logged, and the last good certificate stays.
+    let (_, _, _, stray_key_pem) = new_ca.leaf(&["localhost"]);
+    replace_file(&key, &stray_key_pem);
+    assert_eq!(over_tls(node.tls, &new_ca, None, SET_AND_GET), SET_AND_GET_ANSWER);
+    replace_file(&key, &new_key_pem);
+    assert_eq!(over_tls(node.tls, &new_ca, None, SET_AND_GET), SET_AND_GET_ANSWER);
+}

@@ -81,7 +81,8 @@ fn every_canary_failure_explains_itself_on_a_rendered_timeline() {
         assert_eq!(count(&page, "class=\"violation-line\""), 1, "{what}");
         assert!(page.contains(&format!("FAILED {}", f.invariant)), "{what}");
         assert_eq!(count(&page, "class=\"fault\""), scenario.faults.len(), "{what}");
-        assert_eq!(count(&page, "class=\"server-lane\""), scenario.cluster.nodes as usize, "{what}");
+        let servers = (scenario.cluster.nodes + scenario.cluster.spare) as usize;
+        assert_eq!(count(&page, "class=\"server-lane\""), servers, "{what}");
         assert!(page.contains("class=\"leader\""), "{what}: leadership is drawn");
         assert!(!r.logs.is_empty(), "{what}: the nodes' logs were kept");
         // A failure that names a client's operation outlines it.

@@ -433,7 +433,8 @@ pub async fn serve<E: Engine + Send + 'static>(
     // The TLS client port (Redis's tls-port): its files are read and checked before the node serves.
     #[cfg(not(madsim))]
     if let Some(tls) = &cfg.tls {
-        let acceptor = crate::server::tls::acceptor(tls).map_err(|e| NodeError::Tls(e.to_string()))?;
+        let acceptor = crate::server::tls::ReloadingAcceptor::new(tls, cfg.id)
+            .map_err(|e| NodeError::Tls(e.to_string()))?;
         let listener = TcpListener::bind(tls.addr).await.map_err(|source| NodeError::Bind {
             what: "TLS clients (tls_resp_addr)",
             addr: tls.addr,

@@ -178,13 +178,14 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 #[cfg(not(madsim))]
 pub(crate) async fn accept_tls_clients<E: Engine + Send + 'static>(
     listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
+    acceptor: crate::server::tls::ReloadingAcceptor,
     ctx: Arc<ClientContext<E>>,
     shutdown: watch::Receiver<bool>,
 ) {
     let node = ctx.node_id;
+    let acceptor = Arc::new(acceptor);
     accept_until_shutdown(listener, node, "TLS client", shutdown, move |stream, addr| {
-        let (ctx, acceptor) = (ctx.clone(), acceptor.clone());
+        let (ctx, acceptor) = (ctx.clone(), acceptor.get());
         async move {
             if ctx.clients().len() >= ctx.maxclients {
                 ctx.rejected_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

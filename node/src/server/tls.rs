@@ -70,3 +70,59 @@ pub fn acceptor(cfg: &TlsConfig) -> Result<tokio_rustls::TlsAcceptor, TlsError> 
     })?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
+
+/// What identifies the contents of the TLS files now: each file's inode, length and modification
+/// time (a file renamed into place is a new inode; a file that cannot be read counts as changed, and
+/// fails the reload that follows).
+type Stamp = Vec<Option<(u64, u64, std::time::SystemTime)>>;
+
+fn stamp(cfg: &TlsConfig) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    [Some(&cfg.cert_file), Some(&cfg.key_file), cfg.ca_cert_file.as_ref()]
+        .into_iter()
+        .flatten()
+        .map(|p| std::fs::metadata(p).ok().and_then(|m| Some((m.ino(), m.len(), m.modified().ok()?))))
+        .collect()
+}
+
+/// The TLS acceptor, reloaded when its files change: certificates are rotated by replacing the files
+/// (write the new ones beside them, then rename over), without a restart. Each new connection looks
+/// at the files' length and modification time; once they changed, the whole configuration is built
+/// again from them. A replacement that does not load (a missing file, a key that does not fit) is
+/// logged and the connections go on with the previous certificate until the files change again.
+pub struct ReloadingAcceptor {
+    cfg: TlsConfig,
+    node: u64,
+    current: std::sync::Mutex<(Stamp, tokio_rustls::TlsAcceptor)>,
+}
+
+impl ReloadingAcceptor {
+    /// Load the files now; an error stops the node's start (the file named).
+    pub fn new(cfg: &TlsConfig, node: u64) -> Result<ReloadingAcceptor, TlsError> {
+        let before = stamp(cfg);
+        let acceptor = acceptor(cfg)?;
+        Ok(ReloadingAcceptor { cfg: cfg.clone(), node, current: std::sync::Mutex::new((before, acceptor)) })
+    }
+
+    /// The acceptor for a new connection: the current one, reloaded first if the files changed.
+    pub fn get(&self) -> tokio_rustls::TlsAcceptor {
+        let now = stamp(&self.cfg);
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.0 != now {
+            // Recorded either way: a bad replacement is reported once, not at every connection.
+            current.0 = now;
+            match acceptor(&self.cfg) {
+                Ok(fresh) => {
+                    current.1 = fresh;
+                    tracing::info!(node = self.node, path = %self.cfg.cert_file.display(), "TLS files changed: certificate reloaded");
+                }
+                Err(e) => tracing::error!(
+                    node = self.node,
+                    error = %e,
+                    "TLS files changed but do not load; still serving the previous certificate"
+                ),
+            }
+        }
+        current.1.clone()
+    }
+}
