@@ -510,7 +510,7 @@ impl Scenario {
             return Some(("times", "must be positive".into()));
         }
         let node = f.target.strip_prefix("node:").and_then(|n| n.parse::<u64>().ok());
-        if f.action == AddLearner && !node.is_some_and(|n| n > self.cluster.nodes) {
+        if f.action == AddLearner && node.is_none_or(|n| n <= self.cluster.nodes) {
             return Some(("target", "add_learner names a spare server: node:<id> past cluster.nodes".into()));
         }
         if f.action == Promote && node.is_none() {
