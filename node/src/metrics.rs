@@ -69,6 +69,13 @@ pub struct Metrics {
     pub recovery_remaining: IntGauge,
     /// The raft log's last index.
     pub last_index: IntGauge,
+    /// The membership as this node's raft sees it: voters (both halves of a joint configuration
+    /// counted once), learners, and 1 once a change removed this node.
+    pub voters: IntGauge,
+    pub learners: IntGauge,
+    pub removed: IntGauge,
+    /// Membership changes this node took into raft (applied from the log).
+    pub membership_changes: IntCounter,
     /// What the start found and repaired, by `finding`: `torn_tail_repaired`, `corrupt_record`,
     /// `lost_entries` (counted once per start; a process that refused to start exports nothing, its
     /// exit code and log line say why).
@@ -165,6 +172,13 @@ impl Metrics {
                 "While recovering lost entries: how many the log still lacks (0 otherwise)",
             )?,
             last_index: gauge("durakv_raft_last_index", "The raft log's last index")?,
+            voters: gauge("durakv_raft_voters", "Voters in the membership as this node sees it")?,
+            learners: gauge("durakv_raft_learners", "Learners in the membership as this node sees it")?,
+            removed: gauge("durakv_raft_removed", "1 once a membership change removed this node")?,
+            membership_changes: counter(
+                "durakv_membership_changes_total",
+                "Membership changes this node took into raft from the log",
+            )?,
             start_findings: {
                 let v = IntCounterVec::new(
                     Opts::new(

@@ -950,6 +950,9 @@ impl<E: Engine> Replica<E> {
         });
         self.raw.store().set_conf_state(&cs, index, Some(&book))?;
         self.publish_book(book);
+        if let Some(m) = &self.metrics {
+            m.membership_changes.inc();
+        }
         tracing::info!(node = self.id(), index, voters = ?cs.voters, learners = ?cs.learners, outgoing = ?cs.voters_outgoing, "membership changed");
         self.after_membership_change(index, &cs);
         Ok(Some(Ok(cs)))

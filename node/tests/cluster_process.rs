@@ -724,6 +724,9 @@ fn the_metrics_port_exports_raft_and_state_machine_metrics_and_refuses_the_rest(
     assert_eq!(series(&body, "durakv_raft_is_leader"), 1.0);
     assert!(series(&body, "durakv_raft_leader_terms_total") >= 1.0);
     assert!(series(&body, "durakv_reads_served_total") >= 1.0);
+    assert_eq!(series(&body, "durakv_raft_voters"), 1.0);
+    assert_eq!(series(&body, "durakv_raft_learners"), 0.0);
+    assert_eq!(series(&body, "durakv_raft_removed"), 0.0);
     assert!(body.contains("durakv_raft_persist_seconds_bucket{node=\"1\",le=\"0.001\"}"), "{body}");
     assert_eq!(http(port, b"GET /other HTTP/1.1\r\n\r\n").0, "HTTP/1.1 404 Not Found");
     assert_eq!(http(port, b"POST /metrics HTTP/1.1\r\n\r\n").0, "HTTP/1.1 405 Method Not Allowed");

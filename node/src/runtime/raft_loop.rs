@@ -770,6 +770,12 @@ impl<E: Engine + 'static> Loop<E> {
         m.recovering.set(i64::from(r.recover_to() > 0));
         let last = raft::Storage::last_index(r.storage()).unwrap_or(0);
         m.last_index.set(as_gauge(last));
+        let conf = r.conf_state();
+        let voters: std::collections::BTreeSet<u64> =
+            conf.voters.iter().chain(&conf.voters_outgoing).copied().collect();
+        m.voters.set(as_gauge(voters.len() as u64));
+        m.learners.set(as_gauge(conf.learners.len() as u64));
+        m.removed.set(i64::from(r.removed_at().is_some()));
         m.recover_to.set(as_gauge(r.recover_to()));
         m.recovery_remaining.set(as_gauge(r.recover_to().saturating_sub(last)));
         let installed = self.snapshots_installed.saturating_sub(m.snapshots_installed.get());
