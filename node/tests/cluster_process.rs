@@ -1165,6 +1165,7 @@ fn a_dead_voter_is_replaced_under_a_new_id_with_the_documented_commands() {
     );
     let (ok, out, err) = cluster.admin(via, &["add-learner", &new.to_string(), &peer, &resp]);
     assert!(ok, "add-learner failed: {out}{err}");
+    assert!(!out.lines().any(|l| l.starts_with(&format!("{dead} ")) && l.contains("learner")), "{out}");
     assert!(out.lines().any(|l| l.starts_with(&format!("{new} learner {peer} {resp}"))), "{out}");
     // 2. Start it with --join; it catches up by snapshot.
     cluster.spawn_joining(new);
@@ -1175,6 +1176,9 @@ fn a_dead_voter_is_replaced_under_a_new_id_with_the_documented_commands() {
     // 3. Promote it in place of the dead voter (one joint change, left by the leader on its own).
     let (ok, out, err) = cluster.admin(via, &["promote", &new.to_string(), "--replacing", &dead.to_string()]);
     assert!(ok, "promote failed: {out}{err}");
+    // It answers with the membership the change left: the joint configuration already left.
+    assert!(out.lines().any(|l| l.starts_with(&format!("{new} voter "))), "{out}");
+    assert!(!out.lines().any(|l| l.starts_with(&format!("{dead} "))), "{out}");
     let mut expected: Vec<u64> = cluster.nodes.keys().copied().filter(|&id| id != dead).collect();
     expected.sort_unstable();
     // The leader answered once it left the joint configuration; the new member applies that a moment later.

@@ -1317,11 +1317,21 @@ async fn cluster_change<E: Engine>(ctx: &ClientContext<E>, change: crate::member
         Ok(cs) => cs,
         Err(why) => return Reply::Error(format!("ERR membership change refused: {why}")),
     };
-    // A joint configuration (promote with REPLACING) is left by the leader on its own: wait for it.
-    if !cs.voters_outgoing.is_empty() {
+    // The answer is the membership the change leaves, once this node's status shows it: a joint
+    // configuration (promote with REPLACING) is left by the leader on its own, so wait for that too.
+    let mut settled = crate::members::View::of(&cs);
+    if !settled.outgoing.is_empty() {
+        settled.outgoing.clear();
+        settled.learners = crate::members::View::of(&raft::eraftpb::ConfState {
+            learners: cs.learners.iter().chain(&cs.learners_next).copied().collect(),
+            ..Default::default()
+        })
+        .learners;
+    }
+    {
         let mut status = ctx.status.clone();
         loop {
-            if status.borrow_and_update().conf.outgoing.is_empty() {
+            if status.borrow_and_update().conf == settled {
                 break;
             }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -1330,7 +1340,7 @@ async fn cluster_change<E: Engine>(ctx: &ClientContext<E>, change: crate::member
                 Ok(Err(_)) => return stopping(),
                 Err(_) => {
                     return Reply::Error(
-                        "TIMEOUT the change took effect but the joint configuration was not left in time; the leader leaves it on its own (see CLUSTER MEMBERS)".into(),
+                        "TIMEOUT the change took effect, but the membership it leaves did not settle in time (a joint configuration the leader has not left yet, or a change after it); see CLUSTER MEMBERS".into(),
                     );
                 }
             }
