@@ -284,6 +284,11 @@ pub(super) async fn control(
     }
     for (id, s) in servers.iter_mut() {
         s.crash_loop = None;
+        // The schedule is over: nothing holds a server down any more. A crash still armed fires as
+        // its disk heals (found by fuzz, seed 301507 of a membership scenario: a server held down by
+        // a crash armed for an operation it never made died at the heal and stayed down for good);
+        // the supervisor restarts it like any other.
+        s.held_down = false;
         torn_tail_preempted(s, w, *id);
         heal_disk(&s.disk);
         let refuses_as_expected = s.corrupted && s.refused.is_some();
