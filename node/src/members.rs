@@ -124,11 +124,13 @@ impl View {
 #[derive(Debug, Clone, Default)]
 pub struct Directory {
     inner: Arc<RwLock<Book>>,
+    /// Bumped by every [`Directory::replace`], so readers notice a change cheaply.
+    version: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Directory {
     pub fn new(book: Book) -> Directory {
-        Directory { inner: Arc::new(RwLock::new(book)) }
+        Directory { inner: Arc::new(RwLock::new(book)), version: Arc::default() }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Book> {
@@ -159,6 +161,12 @@ impl Directory {
 
     pub fn replace(&self, book: Book) {
         *self.inner.write().unwrap_or_else(|p| p.into_inner()) = book;
+        self.version.fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// How many times the book was replaced.
+    pub fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
@@ -222,6 +230,11 @@ impl Change {
                     ));
                 }
                 let matched = m.matched.get(id).copied().unwrap_or(0);
+                if matched == 0 {
+                    return refuse(format!(
+                        "node {id} has not been heard from (started with --join, at the address given?); retry once it caught up"
+                    ));
+                }
                 if matched + PROMOTE_MAX_LAG < m.last_index {
                     return refuse(format!(
                         "node {id} has not caught up (it holds the log to index {matched}, the leader's ends at {}); retry once it has",
@@ -322,13 +335,21 @@ mod tests {
         let book: Book = (1..=4).map(|i| (i, peer(7000 + i as u16, 6000 + i as u16))).collect();
         let matched: BTreeMap<u64, u64> = [(4, 10)].into();
         let m = Membership { conf: &cs, matched: &matched, last_index: 5000, directory: &book };
-        let refused = |c: Change| match c.to_conf_change(&m) {
-            Err(MembersError::Refused(why)) => why,
-            other => panic!("{c:?} was not refused: {other:?}"),
-        };
+        fn refused_by(m: &Membership<'_>, c: Change) -> String {
+            match c.to_conf_change(m) {
+                Err(MembersError::Refused(why)) => why,
+                other => panic!("{c:?} was not refused: {other:?}"),
+            }
+        }
+        let refused = |c: Change| refused_by(&m, c);
         assert!(refused(Change::AddLearner { id: 2, addrs: peer(1, 2) }).contains("already a member"));
         assert!(refused(Change::AddLearner { id: 5, addrs: peer(7002, 1) }).contains("node 2 already uses"));
         assert!(refused(Change::Promote { id: 4, replacing: None }).contains("not caught up"));
+        let silent = BTreeMap::new();
+        let quiet = Membership { matched: &silent, last_index: 3, ..m };
+        assert!(
+            refused_by(&quiet, Change::Promote { id: 4, replacing: None }).contains("not been heard from")
+        );
         assert!(refused(Change::Promote { id: 3, replacing: None }).contains("not a learner"));
         assert!(refused(Change::Remove { id: 9 }).contains("not a member"));
         let caught_up: BTreeMap<u64, u64> = [(4, 4990)].into();

@@ -295,8 +295,37 @@ impl<E: Engine> Replica<E> {
         if crate::members::excludes(&cs, cfg.id) {
             replica.removed_at = Some(replica.raw.store().conf_index());
         }
+        replica.retake_conf_changes(applied)?;
         replica.redraw_election_timeout();
         Ok(replica)
+    }
+
+    /// Take into raft again the membership changes at or below the applied index that the stored
+    /// conf state lacks. raft hands over only entries past the applied index, and a change's conf
+    /// state batch (written after its entry, at handover) can be the part of the log's end that
+    /// damage took away while the entries before it survived (a torn tail repaired): without this
+    /// the node would keep the membership from before the change for good.
+    fn retake_conf_changes(&mut self, applied: u64) -> Result<(), ReplicaError> {
+        let from = self.raw.store().conf_index() + 1;
+        if applied < from {
+            return Ok(());
+        }
+        for e in self.raw.store().conf_changes_between(from, applied) {
+            tracing::warn!(
+                node = self.id(),
+                index = e.index,
+                "a membership change below the applied index is missing from the stored membership (its record lost at the log's end): taking it again"
+            );
+            let bad = |reason: String| ReplicaError::BadEntry { index: e.index, reason };
+            if e.entry_type() == EntryType::EntryConfChange {
+                let cc = ConfChange::decode(&e.data[..]).map_err(|err| bad(err.to_string()))?;
+                self.apply_conf_change(e.index, &cc)?;
+            } else {
+                let cc = ConfChangeV2::decode(&e.data[..]).map_err(|err| bad(err.to_string()))?;
+                self.apply_conf_change(e.index, &cc)?;
+            }
+        }
+        Ok(())
     }
 
     /// raft-rs re-draws the randomized election timeout (from its thread RNG) whenever it resets:
@@ -400,7 +429,10 @@ impl<E: Engine> Replica<E> {
         if raft.pending_conf_index > raft.raft_log.applied || !self.conf_state().voters_outgoing.is_empty() {
             return Err("another membership change is still taking effect; retry in a moment".into());
         }
-        let matched: BTreeMap<u64, u64> = raft.prs().iter().map(|(id, pr)| (*id, pr.matched)).collect();
+        // Only members heard from recently count as holding what they matched (a learner at a wrong
+        // address, or never started, holds nothing).
+        let matched: BTreeMap<u64, u64> =
+            raft.prs().iter().filter(|(_, pr)| pr.recent_active).map(|(id, pr)| (*id, pr.matched)).collect();
         let conf = self.conf_state();
         let book = self.current_book();
         let m = crate::members::Membership {
@@ -782,10 +814,8 @@ impl<E: Engine> Replica<E> {
                 verify(&*self.snapshots.fs, &path, &token)?;
             }
             // The members' addresses the snapshot carries (a node that joins learns them here).
-            let book = match crate::snapshot::read_header(&*self.snapshots.fs, &path, &token)?.node_state {
-                ns if ns.is_empty() => None,
-                ns => crate::members::decode_book(&ns).ok(),
-            };
+            let header = crate::snapshot::read_header(&*self.snapshots.fs, &path, &token)?;
+            let book = decode_snapshot_book(&header.node_state, &path);
             let installed_conf = metadata.conf_state.clone().unwrap_or_default();
             self.raw.store().apply_snapshot_with_book(
                 SnapshotPointer { metadata, token: snap.data },
@@ -829,13 +859,17 @@ impl<E: Engine> Replica<E> {
         }
         // 4. Votes and append responses promise persisted state: only now, and before the apply.
         self.hand_off(rd.take_persisted_messages(), send);
-        // 5. Apply what is committed (raft hands out only entries that are already persisted).
-        self.commit_entries(rd.take_committed_entries(), &mut out)?;
-        let mut light = self.raw.advance(rd);
+        // 5. Apply what is committed (raft hands out only entries that are already persisted), once
+        //    raft has taken the round's persistence (`advance_append`): a membership change taken
+        //    into raft before that could remove a leader's own progress, which raft-rs then updates
+        //    for the entries just persisted, and panics (found by review).
+        let committed = rd.take_committed_entries();
+        let mut light = self.raw.advance_append(rd);
         if let Some(commit) = light.commit_index() {
             self.raw.store().note_commit(commit);
         }
         self.hand_off(light.take_messages(), send);
+        self.commit_entries(committed, &mut out)?;
         self.commit_entries(light.take_committed_entries(), &mut out)?;
         self.raw.advance_apply();
         if std::mem::take(&mut self.step_down) && self.is_leader() {
@@ -930,7 +964,10 @@ impl<E: Engine> Replica<E> {
     ) -> Result<Option<Result<raft::eraftpb::ConfState, String>>, ReplicaError> {
         // A conf change whose result the stored conf state already holds (written, then a crash
         // before the applied index moved) was loaded by raft at start-up: do not apply it twice.
-        if index <= self.raw.store().conf_index() || index <= self.kv.applied_index() {
+        // (Only the stored conf state decides: a state machine already past the entry says nothing
+        // of the conf state, whose batch damage to the log's end can take away: found by fuzz, seed
+        // 311587, a follower that lost it kept the membership from before a removal.)
+        if index <= self.raw.store().conf_index() {
             return Ok(None);
         }
         let v2 = cc.as_v2();
@@ -1262,10 +1299,26 @@ fn adopt_newer_snapshot_after_damage(
             path = %path.display(),
             "the damaged raft log names a snapshot retention already removed; adopting the newest verified one"
         );
-        storage.apply_snapshot(SnapshotPointer { metadata, token: found.encode().to_vec() })?;
+        let book = decode_snapshot_book(&file.header.node_state, &path);
+        storage.apply_snapshot_with_book(
+            SnapshotPointer { metadata, token: found.encode().to_vec() },
+            index + 1,
+            book.as_ref(),
+        )?;
         return Ok(());
     }
     Ok(())
+}
+
+/// The member book a snapshot's header carries (`None`: none, from before any membership change).
+/// One that does not decode is reported and ignored: the file's CRC held, so its writer wrote it so.
+fn decode_snapshot_book(node_state: &[u8], path: &std::path::Path) -> Option<crate::members::Book> {
+    if node_state.is_empty() {
+        return None;
+    }
+    crate::members::decode_book(node_state)
+        .inspect_err(|e| tracing::error!(path = %path.display(), error = %e, "a snapshot's member book does not decode; keeping the stored one"))
+        .ok()
 }
 
 /// The token of the snapshot file at `path` as its footer states it (verified by the caller).

@@ -23,7 +23,7 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use prost::Message as _;
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 
 use crate::hardstate::{self, DurableState, HardStateError, HardStateFile, RepairEvidence, RepairKind};
@@ -390,14 +390,17 @@ impl RaftStorage {
     }
 
     /// Persist a new conf state, produced by the conf change at log index `index`, with the members'
-    /// addresses after it (`None`: unchanged). One batch: after any crash the two agree.
+    /// addresses after it (`None`: unchanged). One batch, the book first: a torn write of the batch
+    /// (the WAL keeps the whole frames before a torn one) can leave the book ahead of the conf state,
+    /// which the next start's retake of the change mends, never a conf state naming a member whose
+    /// address is lost.
     pub fn set_conf_state(&self, cs: &ConfState, index: u64, book: Option<&Book>) -> Result<(), WalError> {
         let mut inner = self.lock();
         let mut batch = Batch::new();
-        batch.set_meta(META_CONF_STATE, encode_conf(index, cs));
         if let Some(book) = book {
             batch.set_meta(META_BOOK, crate::members::encode_book(book));
         }
+        batch.set_meta(META_CONF_STATE, encode_conf(index, cs));
         inner.wal.append(&batch)?;
         inner.conf_state = cs.clone();
         inner.conf_index = index;
@@ -416,6 +419,19 @@ impl RaftStorage {
     /// The conf state as stored.
     pub fn conf_state(&self) -> ConfState {
         self.lock().conf_state.clone()
+    }
+
+    /// The membership changes the log holds from `from` through `to` (entries it cannot read are
+    /// skipped: damage is found, and the entries recovered, elsewhere).
+    pub fn conf_changes_between(&self, from: u64, to: u64) -> Vec<Entry> {
+        let inner = self.lock();
+        let from = from.max(inner.first_index());
+        let to = to.min(inner.last_index());
+        (from..=to)
+            .filter_map(|index| inner.wal.entry(index).ok())
+            .filter_map(|stored| Entry::decode(&stored.data[..]).ok())
+            .filter(|e| matches!(e.entry_type(), EntryType::EntryConfChange | EntryType::EntryConfChangeV2))
+            .collect()
     }
 
     /// Did raft ask for a snapshot this node does not hold yet (for a peer that needs one)? Cleared
@@ -553,11 +569,12 @@ impl RaftStorage {
         }
         let conf_state = pointer.metadata.conf_state.clone().unwrap_or_default();
         let mut batch = Batch::new();
-        batch.set_meta(META_SNAPSHOT, encode_pointer(&pointer));
-        batch.set_meta(META_CONF_STATE, encode_conf(index, &conf_state));
+        // The book first (see `set_conf_state`).
         if let Some(book) = book {
             batch.set_meta(META_BOOK, crate::members::encode_book(book));
         }
+        batch.set_meta(META_SNAPSHOT, encode_pointer(&pointer));
+        batch.set_meta(META_CONF_STATE, encode_conf(index, &conf_state));
         // A received snapshot replaces a log that disagrees with it: drop entries past it whose term
         // does not match, as raft-rs's MemStorage does by resetting.
         let keep_tail = inner.wal.term(index) == Some(pointer.metadata.term);

@@ -749,3 +749,72 @@ fn a_damaged_log_that_names_a_snapshot_retention_removed_adopts_the_newest_file(
     assert!(!c.nodes[&follower].recovering(), "the leader refilled the log past the damage");
     check_all_have(&c, 80);
 }
+
+/// Failure injected: the leader removes itself while clients keep writing to it, so the ready that
+/// commits the removal also carries new entries for it to persist (raft-rs then updates the leader's
+/// own progress, which taking the change into raft too early has removed: a panic). Invariants: no
+/// panic; the removed leader steps down and says it was removed; the two voters left elect a leader
+/// among themselves, agree on the membership, and go on taking writes.
+#[test]
+fn a_leader_that_removes_itself_under_writes_steps_down_and_the_rest_go_on() {
+    let mut c = Cluster::new(FsmSync::Sync, 0);
+    c.write(1..=5);
+    let old = c.elect();
+    let removal = durakv::members::Change::Remove { id: old };
+    c.nodes.get_mut(&old).expect("leader").propose_membership(900, &removal).expect("proposed");
+    let mut request = 1000;
+    for _ in 0..40 {
+        if let Some(node) = c.nodes.get_mut(&old).filter(|n| n.is_leader()) {
+            let cmd = Command::set(format!("w{request}").as_str(), "x", SetCondition::Always).to_bytes();
+            let _ = node.propose(request, cmd);
+            request += 1;
+        }
+        c.round();
+    }
+    assert!(c.nodes[&old].removed_at().is_some(), "the old leader does not know it was removed");
+    assert!(!c.nodes[&old].is_leader(), "the removed leader still leads");
+    let rest: Vec<u64> = VOTERS.into_iter().filter(|&id| id != old).collect();
+    c.run_until(|c| rest.iter().any(|id| c.nodes[id].is_leader()), "the voters left elect a leader");
+    let leader = *rest.iter().find(|id| c.nodes[id].is_leader()).expect("a leader");
+    for id in &rest {
+        assert_eq!(c.nodes[id].conf_state().voters.len(), 2, "node {id}: {:?}", c.nodes[id].conf_state());
+    }
+    let cmd = Command::set("after", "removal", SetCondition::Always).to_bytes();
+    c.nodes.get_mut(&leader).expect("leader").propose(5000, cmd).expect("propose");
+    c.run_until(|c| c.replies.contains_key(&5000), "a write after the removal is applied");
+}
+
+/// Failure injected: the last record of an idle follower's WAL is the conf-state batch of a
+/// membership change it took (the change's entry came before it), and that record is cut away while
+/// the follower is down (a torn tail), with its state machine already past the change. Invariant:
+/// the restarted follower holds the change again (raft hands over nothing at or below the applied
+/// index, so a start that trusted the stored conf state alone kept the membership from before the
+/// change for good: found by fuzz, seed 311587, a follower still counting a removed voter).
+#[test]
+fn a_membership_change_whose_conf_state_record_was_cut_is_taken_again_at_start() {
+    let mut c = Cluster::new(FsmSync::Sync, 0);
+    c.write(1..=5);
+    let leader = c.elect();
+    let addrs = durakv::config::Peer {
+        peer_addr: "127.0.0.1:7004".parse().expect("an address"),
+        resp_addr: "127.0.0.1:6004".parse().expect("an address"),
+    };
+    let add = durakv::members::Change::AddLearner { id: 4, addrs };
+    c.nodes.get_mut(&leader).expect("leader").propose_membership(900, &add).expect("proposed");
+    c.run_until(
+        |c| c.nodes.values().all(|n| n.conf_state().learners == [4]),
+        "every replica takes the change",
+    );
+    c.converge();
+    let follower = c.a_follower();
+    let fs = c.disks[&follower].clone();
+    c.crash(follower, CrashKind::ProcessKill);
+    // The conf-state batch (a meta record of the change's encoded conf state and book) is last: cut
+    // into it, as a torn write of it would.
+    lose_acknowledged_tail(&fs, 5);
+    c.restart(follower);
+    assert_eq!(c.nodes[&follower].conf_state().learners, [4], "the restarted follower lost the change");
+    c.write(6..=8);
+    c.converge();
+    check_all_have(&c, 8);
+}

@@ -294,10 +294,11 @@ pub fn open_replica<E: Engine>(
         catch_up_entries: cfg.snapshot_catch_up_entries,
     };
     let seed = opts.seed.unwrap_or_else(rand::random);
-    let (stored_book, conf) = (storage.book(), storage.conf_state());
     let mut replica =
         Replica::new(&ReplicaConfig { seed, ..ReplicaConfig::new(cfg.id) }, storage, kv, snapshots)?;
     replica.note_start(wal_finding);
+    // As the replica left them (it takes again a change whose conf state a torn tail took).
+    let (stored_book, conf) = (replica.storage().book(), replica.storage().conf_state());
     replica.set_directory(directory(cfg, stored_book, &conf));
     if let Some(index) = replica.removed_at() {
         tracing::warn!(

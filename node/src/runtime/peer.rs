@@ -288,6 +288,8 @@ pub struct Transport {
     /// the membership loses its queue (its task ends).
     queues: BTreeMap<u64, mpsc::Sender<Message>>,
     queue_len: usize,
+    /// The directory's version the queues were last pruned at.
+    members_seen: u64,
     dropped: u64,
     /// Snapshot streams under way, by peer and the snapshot's token.
     streaming: Arc<std::sync::Mutex<std::collections::BTreeSet<Streaming>>>,
@@ -308,6 +310,7 @@ impl Transport {
 
     pub fn start(link: Arc<LinkContext>, queue: usize) -> Transport {
         let mut t = Transport {
+            members_seen: link.members.version(),
             link,
             queues: BTreeMap::new(),
             queue_len: queue.max(1),
@@ -338,6 +341,14 @@ impl Transport {
 
     /// Queue messages to their peers; a snapshot message starts a stream of its file.
     pub fn send(&mut self, messages: Vec<Message>) {
+        // A member that left loses its queue: its task ends, and its connection with it (raft sends
+        // it nothing more, so it would otherwise wait on the queue for good).
+        let version = self.link.members.version();
+        if version != self.members_seen {
+            self.members_seen = version;
+            let members = &self.link.members;
+            self.queues.retain(|id, _| members.contains(*id));
+        }
         for m in messages {
             let to = m.to;
             if is_snapshot(&m) {

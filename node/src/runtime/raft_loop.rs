@@ -740,16 +740,26 @@ impl<E: Engine + 'static> Loop<E> {
         }
         if self.replica.term() != self.term {
             self.term = self.replica.term();
-            for (_, tx) in std::mem::take(&mut self.proposals) {
-                let _ = tx.send(Err(Refusal::LeaderChanged));
-            }
-            for (_, tx) in std::mem::take(&mut self.membership) {
-                let _ = tx.send(Err(
-                    "leadership changed before the change was confirmed; it may or may not take effect (see CLUSTER MEMBERS)".into(),
-                ));
-            }
+            self.answer_pending_as_unknown();
+        }
+        if self.replica.removed_at().is_some() && !self.replica.is_leader() {
+            // A leader that a change removed stepped down in the same term: what it holds may still
+            // commit under the new leader, or not.
+            self.answer_pending_as_unknown();
         }
         Ok(())
+    }
+
+    /// Answer every pending write and membership change as of unknown outcome (leadership moved).
+    fn answer_pending_as_unknown(&mut self) {
+        for (_, tx) in std::mem::take(&mut self.proposals) {
+            let _ = tx.send(Err(Refusal::LeaderChanged));
+        }
+        for (_, tx) in std::mem::take(&mut self.membership) {
+            let _ = tx.send(Err(
+                "TIMEOUT leadership changed before the membership change was confirmed; it may or may not take effect (see CLUSTER MEMBERS)".into(),
+            ));
+        }
     }
 
     /// Bring the gauges and the counters kept elsewhere up to date (after each round: cheap stores).

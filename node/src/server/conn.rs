@@ -1306,7 +1306,11 @@ async fn cluster_change<E: Engine>(ctx: &ClientContext<E>, change: crate::member
     let deadline = tokio::time::Instant::now() + MEMBERSHIP_TIMEOUT;
     let outcome = match tokio::time::timeout(MEMBERSHIP_TIMEOUT, rx).await {
         Ok(Ok(outcome)) => outcome,
-        Ok(Err(_)) => return stopping(),
+        Ok(Err(_)) => {
+            return Reply::Error(
+                "TIMEOUT the node stopped before the membership change was confirmed; it may or may not take effect (see CLUSTER MEMBERS)".into(),
+            );
+        }
         Err(_) => {
             return Reply::Error(
                 "TIMEOUT the membership change did not take effect in time; it may or may not (see CLUSTER MEMBERS)".into(),
@@ -1315,6 +1319,8 @@ async fn cluster_change<E: Engine>(ctx: &ClientContext<E>, change: crate::member
     };
     let cs = match outcome {
         Ok(cs) => cs,
+        // An outcome left open (leadership moved) is no refusal: the change may still take effect.
+        Err(why) if why.starts_with("TIMEOUT ") => return Reply::Error(why),
         Err(why) => return Reply::Error(format!("ERR membership change refused: {why}")),
     };
     // The answer is the membership the change leaves, once this node's status shows it: a joint
