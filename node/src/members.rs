@@ -103,9 +103,7 @@ impl View {
 
     /// Every member, ascending.
     pub fn members(&self) -> Vec<u64> {
-        let all: std::collections::BTreeSet<u64> =
-            self.voters.iter().chain(&self.learners).chain(&self.outgoing).copied().collect();
-        all.into_iter().collect()
+        ids_of(&self.conf_state()).into_iter().collect()
     }
 
     pub fn conf_state(&self) -> ConfState {
@@ -281,8 +279,9 @@ pub fn book_after(before: &Book, context: &[u8], cs: &ConfState) -> Result<Book,
     Ok(book)
 }
 
-/// One line per member for `CLUSTER MEMBERS`: `id role peer_addr resp_addr`.
-pub fn describe(cs: &ConfState, book: &Book) -> Vec<String> {
+/// One line per member for `CLUSTER MEMBERS`: `id role peer_addr resp_addr`, then `leader` on the
+/// leader's.
+pub fn describe(cs: &ConfState, book: &Book, leader: u64) -> Vec<String> {
     ids_of(cs)
         .into_iter()
         .map(|id| {
@@ -298,7 +297,8 @@ pub fn describe(cs: &ConfState, book: &Book) -> Vec<String> {
             let (p, r) = book.get(&id).map_or(("?".to_string(), "?".to_string()), |a| {
                 (a.peer_addr.to_string(), a.resp_addr.to_string())
             });
-            format!("{id} {role} {p} {r}")
+            let leads = if id == leader { " leader" } else { "" };
+            format!("{id} {role} {p} {r}{leads}")
         })
         .collect()
 }
@@ -373,6 +373,7 @@ mod tests {
         let after = book_after(&before, &added, &cs).expect("valid");
         assert_eq!(after.keys().copied().collect::<Vec<_>>(), vec![1, 2, 4]);
         assert!(excludes(&cs, 3) && !excludes(&cs, 4) && !excludes(&ConfState::default(), 9));
-        assert_eq!(describe(&cs, &after)[2], "4 learner 127.0.0.1:7004 127.0.0.1:6004");
+        assert_eq!(describe(&cs, &after, 0)[2], "4 learner 127.0.0.1:7004 127.0.0.1:6004");
+        assert_eq!(describe(&cs, &after, 1)[0], "1 voter 127.0.0.1:7001 127.0.0.1:6001 leader");
     }
 }

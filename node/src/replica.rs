@@ -316,14 +316,7 @@ impl<E: Engine> Replica<E> {
                 index = e.index,
                 "a membership change below the applied index is missing from the stored membership (its record lost at the log's end): taking it again"
             );
-            let bad = |reason: String| ReplicaError::BadEntry { index: e.index, reason };
-            if e.entry_type() == EntryType::EntryConfChange {
-                let cc = ConfChange::decode(&e.data[..]).map_err(|err| bad(err.to_string()))?;
-                self.apply_conf_change(e.index, &cc)?;
-            } else {
-                let cc = ConfChangeV2::decode(&e.data[..]).map_err(|err| bad(err.to_string()))?;
-                self.apply_conf_change(e.index, &cc)?;
-            }
+            self.take_conf_change(&e)?;
         }
         Ok(())
     }
@@ -923,23 +916,8 @@ impl<E: Engine> Replica<E> {
         for e in &entries {
             self.applied_bytes_since_snapshot =
                 self.applied_bytes_since_snapshot.saturating_add(e.data.len() as u64);
-            let bad = |reason: String| ReplicaError::BadEntry { index: e.index, reason };
-            match e.entry_type() {
-                EntryType::EntryNormal => {}
-                EntryType::EntryConfChange => {
-                    let cc = ConfChange::decode(&e.data[..]).map_err(|err| bad(err.to_string()))?;
-                    let outcome = self.apply_conf_change(e.index, &cc)?;
-                    if let (Some(c), Some(outcome)) = (EntryContext::decode(&e.context), outcome) {
-                        out.conf_changes.push((c.request_id, outcome));
-                    }
-                }
-                EntryType::EntryConfChangeV2 => {
-                    let cc = ConfChangeV2::decode(&e.data[..]).map_err(|err| bad(err.to_string()))?;
-                    let outcome = self.apply_conf_change(e.index, &cc)?;
-                    if let (Some(c), Some(outcome)) = (EntryContext::decode(&e.context), outcome) {
-                        out.conf_changes.push((c.request_id, outcome));
-                    }
-                }
+            if let (Some(outcome), Some(c)) = (self.take_conf_change(e)?, EntryContext::decode(&e.context)) {
+                out.conf_changes.push((c.request_id, outcome));
             }
         }
         self.hand_to_applier(ApplyWork::Entries(entries), out)
@@ -952,6 +930,26 @@ impl<E: Engine> Replica<E> {
             None => out.work.push(work),
         }
         Ok(())
+    }
+
+    /// [`Replica::apply_conf_change`] for a committed entry, if it is a membership change (`None`
+    /// for any other entry, and for a change the stored conf state already holds).
+    fn take_conf_change(
+        &mut self,
+        e: &Entry,
+    ) -> Result<Option<Result<raft::eraftpb::ConfState, String>>, ReplicaError> {
+        let bad = |reason: String| ReplicaError::BadEntry { index: e.index, reason };
+        match e.entry_type() {
+            EntryType::EntryNormal => Ok(None),
+            EntryType::EntryConfChange => {
+                let cc = ConfChange::decode(&e.data[..]).map_err(|err| bad(err.to_string()))?;
+                self.apply_conf_change(e.index, &cc)
+            }
+            EntryType::EntryConfChangeV2 => {
+                let cc = ConfChangeV2::decode(&e.data[..]).map_err(|err| bad(err.to_string()))?;
+                self.apply_conf_change(e.index, &cc)
+            }
+        }
     }
 
     /// Take a committed membership change into raft and persist the result with the members'

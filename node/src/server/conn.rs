@@ -1269,17 +1269,8 @@ async fn failover<E: Engine>(ctx: &ClientContext<E>, to: Option<(String, u16)>, 
 /// (this node's view: a member that has not applied the latest change shows the one before).
 fn cluster_members<E: Engine>(ctx: &ClientContext<E>) -> Reply {
     let s = ctx.status.borrow().clone();
-    let lines = crate::members::describe(&s.conf.conf_state(), &ctx.peers.book());
-    Reply::Array(Some(
-        lines
-            .into_iter()
-            .map(|line| {
-                let id = line.split(' ').next().and_then(|i| i.parse::<u64>().ok()).unwrap_or(0);
-                let line = if id == s.leader_id && id != 0 { format!("{line} leader") } else { line };
-                Reply::Bulk(Some(line.into_bytes()))
-            })
-            .collect(),
-    ))
+    let lines = crate::members::describe(&s.conf.conf_state(), &ctx.peers.book(), s.leader_id);
+    Reply::Array(Some(lines.into_iter().map(|line| Reply::Bulk(Some(line.into_bytes()))).collect()))
 }
 
 /// How long a membership change may take to take effect (and a joint configuration to be left).
