@@ -291,10 +291,8 @@ impl<E: Engine> Replica<E> {
             snapshot_asked: false,
             step_down: false,
         };
-        let cs = replica.raw.store().conf_state();
-        if crate::members::excludes(&cs, cfg.id) {
-            replica.removed_at = Some(replica.raw.store().conf_index());
-        }
+        let (cs, conf_index) = (replica.raw.store().conf_state(), replica.raw.store().conf_index());
+        replica.note_if_removed(conf_index, &cs);
         replica.retake_conf_changes(applied)?;
         replica.redraw_election_timeout();
         Ok(replica)
@@ -818,9 +816,7 @@ impl<E: Engine> Replica<E> {
             if let Some(book) = book {
                 self.publish_book(book);
             }
-            if crate::members::excludes(&installed_conf, self.id()) && self.removed_at.is_none() {
-                self.removed_at = Some(token.index);
-            }
+            self.note_if_removed(token.index, &installed_conf);
             // Retention applies to received snapshots too, or a follower that only ever catches up
             // by snapshot keeps every one it was sent (found by the simulation's file-hygiene check).
             // The files it removes are older than the base just recorded: no restore needs them.
@@ -1005,8 +1001,7 @@ impl<E: Engine> Replica<E> {
     /// it leading a configuration it is not part of.
     fn after_membership_change(&mut self, index: u64, cs: &raft::eraftpb::ConfState) {
         let me = self.id();
-        if crate::members::excludes(cs, me) && self.removed_at.is_none() {
-            self.removed_at = Some(index);
+        if self.note_if_removed(index, cs) {
             tracing::warn!(
                 node = me,
                 index,
@@ -1015,13 +1010,22 @@ impl<E: Engine> Replica<E> {
         }
         let voter = cs.voters.contains(&me) || cs.voters_outgoing.contains(&me);
         if self.is_leader() && !voter {
-            // It must stop leading now: raft-rs's leader counts its own progress when it commits,
-            // and a leader without one panics on the next append response. The best voter left is
-            // told to campaign at once where it is caught up (else the cluster elects one after an
-            // election timeout).
-            // Done once the ready round is over (raft-rs refuses a role change inside one).
+            // It must stop leading: raft-rs would go on leading a configuration it is not in. Done
+            // once the ready round is over (raft-rs refuses a role change inside one); the best voter
+            // left is then asked to campaign at once where it is caught up (else the cluster elects
+            // one after an election timeout).
             self.step_down = true;
         }
+    }
+
+    /// Record that the conf state `cs`, which took effect at `index`, leaves this node out (once:
+    /// the first such index stays). Whether this call was the one that found it.
+    fn note_if_removed(&mut self, index: u64, cs: &raft::eraftpb::ConfState) -> bool {
+        let removed = self.removed_at.is_none() && crate::members::excludes(cs, self.id());
+        if removed {
+            self.removed_at = Some(index);
+        }
+        removed
     }
 }
 

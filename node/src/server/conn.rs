@@ -1221,12 +1221,8 @@ async fn failover<E: Engine>(ctx: &ClientContext<E>, to: Option<(String, u16)>, 
                 "localhost" => Some(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
                 h => h.parse().ok(),
             };
-            let book = ctx.peers.book();
-            let found = book
-                .iter()
-                .find(|(_, p)| p.resp_addr.port() == port && wanted.is_some_and(|ip| ip == p.resp_addr.ip()));
-            match found {
-                Some((id, _)) => Some(*id),
+            match wanted.and_then(|ip| ctx.peers.by_resp_addr(std::net::SocketAddr::new(ip, port))) {
+                Some(id) => Some(id),
                 None => {
                     return Reply::Error(format!(
                         "ERR FAILOVER target {host}:{port} is not a member's client address (use the IP and port of its resp_addr)"
@@ -1316,15 +1312,16 @@ async fn cluster_change<E: Engine>(ctx: &ClientContext<E>, change: crate::member
     };
     // The answer is the membership the change leaves, once this node's status shows it: a joint
     // configuration (promote with REPLACING) is left by the leader on its own, so wait for that too.
-    let mut settled = crate::members::View::of(&cs);
-    if !settled.outgoing.is_empty() {
-        settled.outgoing.clear();
-        settled.learners = crate::members::View::of(&raft::eraftpb::ConfState {
+    let settled = if cs.voters_outgoing.is_empty() {
+        crate::members::View::of(&cs)
+    } else {
+        // Once left: the incoming voters, and the learners with those to be.
+        crate::members::View::of(&raft::eraftpb::ConfState {
+            voters: cs.voters.clone(),
             learners: cs.learners.iter().chain(&cs.learners_next).copied().collect(),
             ..Default::default()
         })
-        .learners;
-    }
+    };
     {
         let mut status = ctx.status.clone();
         loop {

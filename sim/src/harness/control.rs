@@ -128,9 +128,7 @@ pub(super) async fn converge(
     }
     ran(w, "catch_up");
     // Every member that caught up sees the same membership.
-    let mut distinct: Vec<&(String, String)> = views.values().collect();
-    distinct.dedup();
-    if distinct.len() > 1 {
+    if views.values().any(|v| Some(v) != views.values().next()) {
         return Err(Failure {
             invariant: "membership",
             explanation: format!(
