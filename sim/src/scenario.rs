@@ -884,6 +884,21 @@ liveness_ms = 10000
                 "workload.large_values_per_mille",
             ),
         ];
+        // Membership faults: the second fault (a partition of node:2) becomes one.
+        let second = "action = \"partition\"\ntarget = \"node:2\"\nfor_ms = 2000";
+        let membership =
+            |fault: &str| GOOD.replace(second, fault).replace("nodes = 3", "nodes = 3\nspare = 1");
+        parse(&membership("action = \"add_learner\"\ntarget = \"node:4\"")).expect("a spare joins");
+        parse(&membership("action = \"promote\"\ntarget = \"node:4\"\nreplacing = 3"))
+            .expect("a joint change");
+        let cases = cases.into_iter().chain([
+            (membership("action = \"add_learner\"\ntarget = \"node:2\""), "faults[1].target"),
+            (membership("action = \"promote\"\ntarget = \"leader\""), "faults[1].target"),
+            (membership("action = \"promote\"\ntarget = \"node:4\"\nreplacing = 0"), "faults[1].replacing"),
+            (membership("action = \"promote\"\ntarget = \"node:4\"\nreplacing = 9"), "faults[1].replacing"),
+            (membership("action = \"remove\"\ntarget = \"node:2\"\nreplacing = 1"), "faults[1].replacing"),
+            (GOOD.replace("nodes = 3", "nodes = 3\nspare = 3"), "cluster.spare"),
+        ]);
         for (text, field) in cases {
             let e = parse(&text).expect_err(field);
             assert_eq!(e.field, field, "{e}");
